@@ -1,0 +1,82 @@
+"""The matrix-vector datapath: zero-point stage, input skew, systolic array, output deskew."""
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.data import ArrayLayout
+from amaranth.lib.wiring import In, Out
+
+from mvu.config import HardwareConfig
+
+from .pipeline import delayed
+from .systolic_array import SystolicArray
+
+__all__ = ["MatrixVectorUnit"]
+
+
+class MatrixVectorUnit(wiring.Component):
+    """Multiplies one activation vector per cycle by the active ``rows`` x ``cols`` weight tile.
+
+    Inputs are row-aligned: ``in_data`` holds one activation entry (``rows``
+    bytes, read as int8 or uint8 and offset by ``in_zero_point``) and
+    ``in_bank`` names the weight bank it is multiplied with. Its ``cols``
+    int32 dot products leave on ``out_data`` exactly :attr:`latency` cycles
+    later. ``wl_valid`` shifts one weight row (``cols`` int8) into bank
+    ``wl_bank``; a tile is ``rows`` such shifts, last row first.
+
+    Timing rules the controller keeps (``R = rows``): a bank's shifts may
+    start ``R`` cycles after the last activation that used the bank entered,
+    and the first activation that uses the new weights may enter in the cycle
+    of the last shift (``R - 1`` cycles after the first).
+    """
+
+    def __init__(self, config: HardwareConfig):
+        self.config = config
+        R, C = config.rows, config.cols
+        #: Cycles from an input to its output.
+        self.latency = R + C + 1
+        super().__init__({
+            "in_valid": In(1),
+            "in_data": In(ArrayLayout(unsigned(8), R)),
+            "in_signed": In(1),
+            "in_zero_point": In(signed(16)),
+            "in_bank": In(1),
+            "wl_valid": In(1),
+            "wl_data": In(ArrayLayout(signed(8), C)),
+            "wl_bank": In(1),
+            "out_valid": Out(1),
+            "out_data": Out(ArrayLayout(signed(32), C)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C = self.config.rows, self.config.cols
+        m.submodules.array = array = SystolicArray(R, C, self.config.psum_bits)
+
+        # Stage 0: offset by the zero point. Valid values lie in -255..255.
+        centred = [Signal(signed(9), name=f"centred_{r}") for r in range(R)]
+        bank0 = Signal()
+        valid0 = Signal()
+        for r in range(R):
+            byte = self.in_data[r]
+            value = Mux(self.in_signed, byte.as_signed(), byte.as_unsigned())
+            m.d.sync += centred[r].eq(value - self.in_zero_point)
+        m.d.sync += [bank0.eq(self.in_bank), valid0.eq(self.in_valid)]
+
+        # Row r enters r cycles after row 0; weight column c shifts c cycles after column 0.
+        for r in range(R):
+            m.d.comb += [
+                array.act[r].eq(delayed(m, centred[r], r, f"act_skew_{r}")),
+                array.act_bank[r].eq(delayed(m, bank0, r, f"bank_skew_{r}")),
+            ]
+        for c in range(C):
+            m.d.comb += [
+                array.wl_data[c].eq(delayed(m, self.wl_data[c], c, f"wl_data_skew_{c}")),
+                array.wl_en[c].eq(delayed(m, self.wl_valid, c, f"wl_en_skew_{c}")),
+                array.wl_bank[c].eq(delayed(m, self.wl_bank, c, f"wl_bank_skew_{c}")),
+            ]
+
+        # Column c leaves the array c cycles after column 0: realign.
+        for c in range(C):
+            m.d.comb += self.out_data[c].eq(delayed(m, array.psum[c], C - 1 - c, f"deskew_{c}"))
+        m.d.comb += self.out_valid.eq(delayed(m, valid0, R + C, "valid"))
+        return m

@@ -1,0 +1,157 @@
+"""The store unit: accumulators through the post-processor and out to memory."""
+
+from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from mvu.config import HardwareConfig
+from mvu.isa import Opcode
+
+from .pipeline import delayed, instruction_field
+from .post_processor import PostProcessor
+
+__all__ = ["StoreUnit"]
+
+_ROW_FIFO_DEPTH = 8
+
+
+class StoreUnit(wiring.Component):
+    """Executes STORE instructions one at a time.
+
+    With ``load_params`` it first reads the per-channel block (bias,
+    multiplier, shift: ``cols`` int32 each) from memory. It then reads one
+    accumulator entry per cycle while its row FIFO has room, requantizes it
+    (or passes the int32 values through for ``raw``) and writes each row as
+    whole memory beats to ``dram_addr + i * dram_stride``.
+    """
+
+    def __init__(self, config: HardwareConfig):
+        self.config = config
+        P, C = config.mem_bytes, config.cols
+        super().__init__({
+            "instr_valid": In(1), "instr": In(256), "instr_ready": Out(1),
+            "token_avail": In(1), "token_pop": Out(1), "token_push": Out(1),
+            "rd_req_valid": Out(1), "rd_req_ready": In(1), "rd_req_addr": Out(32), "rd_req_len": Out(16),
+            "rd_resp_valid": In(1), "rd_resp_data": In(8 * P),
+            "acc_rd_addr": Out(16), "acc_rd_data": In(32 * C),
+            "wr_valid": Out(1), "wr_ready": In(1), "wr_addr": Out(32), "wr_data": Out(8 * P),
+            "idle": Out(1), "stall_token": Out(1), "stall_memory": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        P, C = self.config.mem_bytes, self.config.cols
+        param_beats = self.config.param_block_bytes // P
+        m.submodules.ppu = ppu = PostProcessor(C)
+        m.submodules.rows = rows = SyncFIFOBuffered(width=32 * C, depth=_ROW_FIFO_DEPTH)
+
+        word = self.instr
+        field = lambda name: instruction_field(word, name, Opcode.STORE)
+        acc_addr = Signal(16)
+        reads_left = Signal(17)
+        writes_left = Signal(17)
+        row_addr = Signal(32)
+        stride = Signal(32)
+        param_addr = Signal(32)
+        load_params = Signal()
+        raw = Signal()
+        waiting = Signal()
+        notify = Signal()
+        out_zero_point = Signal(signed(16))
+        clamp_min = Signal(signed(16))
+        clamp_max = Signal(signed(16))
+        params = Signal(8 * self.config.param_block_bytes)
+        param_beat = Signal(range(param_beats + 1))
+
+        with m.FSM(name="store") as fsm:
+            with m.State("IDLE"):
+                m.d.comb += self.instr_ready.eq(1)
+                with m.If(self.instr_valid):
+                    m.d.sync += [
+                        acc_addr.eq(field("acc_addr")),
+                        reads_left.eq(field("count")),
+                        writes_left.eq(field("count")),
+                        row_addr.eq(field("dram_addr")),
+                        stride.eq(field("dram_stride")),
+                        param_addr.eq(field("param_addr")),
+                        load_params.eq(field("load_params")),
+                        raw.eq(field("raw")),
+                        out_zero_point.eq(field("out_zero_point")),
+                        clamp_min.eq(field("clamp_min")),
+                        clamp_max.eq(field("clamp_max")),
+                        waiting.eq(instruction_field(word, "pop_prev")),
+                        notify.eq(instruction_field(word, "push_prev")),
+                        param_beat.eq(0),
+                    ]
+                    m.next = "TOKEN"
+            with m.State("TOKEN"):
+                with m.If(waiting & ~self.token_avail):
+                    m.d.comb += self.stall_token.eq(1)
+                with m.Else():
+                    m.d.comb += self.token_pop.eq(waiting)
+                    with m.If(load_params):
+                        m.next = "PARAM_REQUEST"
+                    with m.Else():
+                        m.next = "STREAM"
+            with m.State("PARAM_REQUEST"):
+                m.d.comb += [
+                    self.rd_req_valid.eq(1),
+                    self.rd_req_addr.eq(param_addr),
+                    self.rd_req_len.eq(param_beats),
+                ]
+                with m.If(self.rd_req_ready):
+                    m.next = "PARAM_RECEIVE"
+            with m.State("PARAM_RECEIVE"):
+                with m.If(self.rd_resp_valid):
+                    m.d.sync += [params.eq(Cat(params[8 * P:], self.rd_resp_data)),
+                                 param_beat.eq(param_beat + 1)]
+                    with m.If(param_beat == param_beats - 1):
+                        m.next = "STREAM"
+            with m.State("STREAM"):
+                with m.If(writes_left == 0):
+                    m.d.comb += self.token_push.eq(notify)
+                    m.next = "IDLE"
+
+        # Read one accumulator entry per cycle while the row FIFO has room for it.
+        in_flight = Signal(range(_ROW_FIFO_DEPTH + 1))
+        issue = Signal()
+        m.d.comb += issue.eq(fsm.ongoing("STREAM") & (reads_left != 0)
+                             & (in_flight + rows.level < _ROW_FIFO_DEPTH))
+        m.d.comb += self.acc_rd_addr.eq(acc_addr)
+        with m.If(issue):
+            m.d.sync += [acc_addr.eq(acc_addr + 1), reads_left.eq(reads_left - 1)]
+        m.d.sync += in_flight.eq(in_flight + issue - ppu.out_valid)
+
+        for lane in range(C):
+            m.d.comb += [
+                ppu.in_acc[lane].eq(self.acc_rd_data[32 * lane:32 * (lane + 1)]),
+                ppu.bias[lane].eq(params[32 * lane:32 * (lane + 1)]),
+                ppu.multiplier[lane].eq(params[32 * (C + lane):32 * (C + lane + 1)]),
+                ppu.shift[lane].eq(params[32 * (2 * C + lane):32 * (2 * C + lane) + 6]),
+            ]
+        m.d.comb += [
+            ppu.in_valid.eq(delayed(m, issue, 1, "read_valid")),
+            ppu.out_zero_point.eq(out_zero_point),
+            ppu.clamp_min.eq(clamp_min),
+            ppu.clamp_max.eq(clamp_max),
+            rows.w_en.eq(ppu.out_valid),
+            rows.w_data.eq(Mux(raw, ppu.out_raw.as_value(), ppu.out_data.as_value())),
+        ]
+
+        # Write each row as whole beats.
+        beat = Signal(range(4 * C // P))
+        last_beat = beat == Mux(raw, 4 * C // P - 1, C // P - 1)
+        m.d.comb += [
+            self.wr_valid.eq(rows.r_rdy),
+            self.wr_addr.eq(row_addr + beat * P),
+            self.wr_data.eq(rows.r_data.word_select(beat, 8 * P)),
+            self.stall_memory.eq(self.wr_valid & ~self.wr_ready),
+        ]
+        with m.If(self.wr_valid & self.wr_ready):
+            m.d.sync += beat.eq(Mux(last_beat, 0, beat + 1))
+            with m.If(last_beat):
+                m.d.comb += rows.r_en.eq(1)
+                m.d.sync += [row_addr.eq(row_addr + stride), writes_left.eq(writes_left - 1)]
+        m.d.comb += self.idle.eq(fsm.ongoing("IDLE"))
+        return m

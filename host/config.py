@@ -1,0 +1,118 @@
+"""The one hardware configuration, read by the HDL generator and the host alike."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+__all__ = ["HardwareConfig", "INSTRUCTION_BYTES"]
+
+#: Every instruction is 256 bits wide (see docs/isa.md).
+INSTRUCTION_BYTES = 32
+
+_POWERS_OF_TWO_BYTES = (4, 8, 16, 32)
+
+
+def _is_power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Parameters of one build of the matrix-vector unit.
+
+    ``rows`` is the number of activation lanes (the reduction dimension one
+    array pass covers) and ``cols`` the number of output channels computed at
+    once. Buffer depths count entries: an activation entry holds ``rows``
+    bytes, a weight entry ``cols`` bytes, an accumulator entry ``cols`` int32.
+    """
+
+    rows: int = 32
+    cols: int = 32
+    act_depth: int = 2048
+    wgt_depth: int = 1024
+    acc_depth: int = 1024
+    mem_bytes: int = 32
+    queue_depth: int = 16
+    clock_mhz: float = 100.0
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "cols", "act_depth", "wgt_depth", "acc_depth", "queue_depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an integer, not {value!r}")
+            if not _is_power_of_two(value):
+                raise ValueError(f"{name} must be a power of two, not {value}")
+        if not (2 <= self.rows <= 256 and 2 <= self.cols <= 256):
+            raise ValueError(f"the array must be between 2x2 and 256x256, not {self.rows}x{self.cols}")
+        if self.mem_bytes not in _POWERS_OF_TWO_BYTES:
+            raise ValueError(f"mem_bytes must be one of {_POWERS_OF_TWO_BYTES}, not {self.mem_bytes!r}")
+        if self.rows % self.mem_bytes or self.cols % self.mem_bytes:
+            raise ValueError(
+                f"rows ({self.rows}) and cols ({self.cols}) must be multiples of "
+                f"mem_bytes ({self.mem_bytes}): each buffer entry is a whole number of memory beats")
+        for name in ("act_depth", "wgt_depth", "acc_depth"):
+            depth = getattr(self, name)
+            if not 2 <= depth <= 65536:
+                raise ValueError(f"{name} must be between 2 and 65536 entries, not {depth}")
+        if self.wgt_depth < 2 * self.rows:
+            raise ValueError(
+                f"wgt_depth ({self.wgt_depth}) must hold at least two weight tiles "
+                f"({2 * self.rows} entries)")
+        if not 2 <= self.queue_depth <= 256:
+            raise ValueError(f"queue_depth must be between 2 and 256, not {self.queue_depth}")
+        if not (isinstance(self.clock_mhz, (int, float)) and self.clock_mhz > 0):
+            raise ValueError(f"clock_mhz must be a positive number, not {self.clock_mhz!r}")
+
+    # Derived sizes -------------------------------------------------------
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def act_entry_bytes(self) -> int:
+        return self.rows
+
+    @property
+    def wgt_entry_bytes(self) -> int:
+        return self.cols
+
+    @property
+    def acc_entry_bytes(self) -> int:
+        return 4 * self.cols
+
+    @property
+    def param_block_bytes(self) -> int:
+        """Bytes of one requantization block: bias, multiplier and shift, ``cols`` int32 each."""
+        return 3 * 4 * self.cols
+
+    @property
+    def psum_bits(self) -> int:
+        """Width of partial sums inside the array: a 16-bit product summed ``rows`` times."""
+        return 16 + (self.rows - 1).bit_length()
+
+    # Identity -------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HardwareConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown hardware configuration keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    @property
+    def fingerprint(self) -> int:
+        """A 32-bit hash of the configuration, also readable from the hardware's CSRs."""
+        text = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
+
+    def describe(self) -> str:
+        return (f"{self.rows}x{self.cols} array, act {self.act_depth}, wgt {self.wgt_depth}, "
+                f"acc {self.acc_depth} entries, {8 * self.mem_bytes}-bit memory port, "
+                f"{self.clock_mhz:g} MHz")

@@ -1,0 +1,298 @@
+"""Quantized matrix products of any size, tiled into programs for the matrix-vector unit.
+
+``C[M, N] = requantize((A[M, K] - act_zero_point) @ W[K, N])`` with int8 or
+uint8 activations, int8 weights and per-output-channel requantization (or
+raw int32 accumulators).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .config import HardwareConfig
+from .isa import Buffer, Compute, Finish, Instruction, Load, Store
+from .program import MemoryImage, Program, requantization_block
+from .reference import requantize
+
+__all__ = ["Requantization", "quantize_multiplier", "golden_gemm", "GemmTiling", "plan_gemm", "GemmProgram",
+           "GemmError"]
+
+_ADDRESS_SPACE = 1 << 32
+
+
+class GemmError(ValueError):
+    """A matrix product that cannot be expressed as a program for this hardware."""
+
+
+def quantize_multiplier(scale: float) -> tuple[int, int]:
+    """Fixed-point form of a positive ``scale``: ``(multiplier, shift)`` with
+    ``scale ~= multiplier * 2**-shift``, ``multiplier < 2**31`` and ``0 <= shift <= 63``."""
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"a requantization scale must be positive and finite, not {scale}")
+    exponent = math.floor(math.log2(scale))
+    shift = 30 - exponent
+    if shift < 0:
+        raise ValueError(f"scale {scale} is too large for the post-processor (at most 2**30)")
+    if shift > 63:
+        return int(round(scale * 2.0 ** 63)), 63
+    multiplier = int(round(scale * 2.0 ** shift))
+    if multiplier == 1 << 31:
+        multiplier, shift = 1 << 30, shift - 1
+    return multiplier, shift
+
+
+@dataclass(frozen=True)
+class Requantization:
+    """Per-output-channel requantization as the post-processor applies it (docs/isa.md)."""
+
+    bias: np.ndarray
+    multiplier: np.ndarray
+    shift: np.ndarray
+    out_zero_point: int = 0
+    clamp_min: int = -128
+    clamp_max: int = 127
+
+    def __post_init__(self):
+        for name in ("bias", "multiplier", "shift"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.int64).reshape(-1))
+        if not (self.bias.size == self.multiplier.size == self.shift.size):
+            raise ValueError(f"bias, multiplier and shift must have one value per channel; got sizes "
+                             f"{self.bias.size}, {self.multiplier.size}, {self.shift.size}")
+        if (np.abs(self.bias) >= 1 << 31).any():
+            raise ValueError("bias values must fit int32")
+        if ((self.multiplier < 0) | (self.multiplier >= 1 << 31)).any():
+            raise ValueError("multipliers must lie in 0 .. 2**31 - 1")
+        if ((self.shift < 0) | (self.shift > 63)).any():
+            raise ValueError("shifts must lie in 0 .. 63")
+        if not -128 <= self.clamp_min <= self.clamp_max <= 255:
+            raise ValueError(f"clamp range {self.clamp_min}..{self.clamp_max} must lie within -128..255")
+        if self.clamp_min < 0 and self.clamp_max > 127:
+            raise ValueError(f"clamp range {self.clamp_min}..{self.clamp_max} is neither int8 nor uint8")
+
+    @property
+    def channels(self) -> int:
+        return self.bias.size
+
+    @property
+    def output_dtype(self) -> np.dtype:
+        return np.dtype(np.int8) if self.clamp_min < 0 else np.dtype(np.uint8)
+
+    @classmethod
+    def from_scales(cls, scales, bias=None, *, out_zero_point: int = 0, clamp_min: int = -128,
+                    clamp_max: int = 127) -> "Requantization":
+        scales = np.asarray(scales, dtype=np.float64).reshape(-1)
+        pairs = [quantize_multiplier(float(s)) for s in scales]
+        bias = np.zeros(scales.size, dtype=np.int64) if bias is None else bias
+        return cls(bias=bias, multiplier=[p[0] for p in pairs], shift=[p[1] for p in pairs],
+                   out_zero_point=out_zero_point, clamp_min=clamp_min, clamp_max=clamp_max)
+
+
+def golden_gemm(a: np.ndarray, w: np.ndarray, act_zero_point: int = 0,
+                requant: Requantization | None = None) -> np.ndarray:
+    """The plain definition, with no tiling: int32 accumulators, or requantized bytes viewed as the output type."""
+    acc = (a.astype(np.int64) - act_zero_point) @ w.astype(np.int64)
+    acc = acc.astype(np.int32)
+    if requant is None:
+        return acc
+    out = requantize(acc, requant.bias, requant.multiplier, requant.shift,
+                     requant.out_zero_point, requant.clamp_min, requant.clamp_max)
+    return out.view(requant.output_dtype)
+
+
+@dataclass(frozen=True)
+class GemmTiling:
+    """How a product is cut up: rows per block, weight tiles per block and per chunk."""
+
+    m_block: int
+    n_block: int   # column tiles of `cols` per block
+    k_chunk: int   # reduction tiles of `rows` loaded at once
+
+
+def _blocks(total: int, size: int):
+    for start in range(0, total, size):
+        yield start, min(size, total - start)
+
+
+def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle: float = 32.0,
+              latency: int = 40) -> GemmTiling:
+    """Choose the tiling with the fewest estimated cycles, loads double-buffered against compute."""
+    R, C = config.rows, config.cols
+    k_tiles, n_tiles = -(-k // R), -(-n // C)
+    act_half, acc_half = config.act_depth // 2, config.acc_depth // 2
+    wgt_half_tiles = config.wgt_depth // 2 // R
+    min_stream = 2 * R + 4  # shorter streams wait for the next weight tile
+    candidates = sorted({min(m, acc_half, act_half)} | {b for b in (2 ** i for i in range(4, 17))
+                                                         if b < m and b <= min(acc_half, act_half)})
+    best, best_cycles = None, math.inf
+    for m_block in candidates:
+        for n_block in range(1, min(n_tiles, wgt_half_tiles, acc_half // m_block) + 1):
+            k_chunk = min(k_tiles, act_half // m_block, wgt_half_tiles // n_block)
+            if k_chunk < 1:
+                continue
+            cycles = 0.0
+            for _, rows in _blocks(m, m_block):
+                for _, tiles_n in _blocks(n_tiles, n_block):
+                    for _, tiles_k in _blocks(k_tiles, k_chunk):
+                        compute = tiles_k * tiles_n * max(rows, min_stream)
+                        load = (rows * tiles_k * R + tiles_n * tiles_k * R * C) / bytes_per_cycle + latency
+                        cycles += max(compute, load)
+            if cycles < best_cycles:
+                best, best_cycles = GemmTiling(m_block, n_block, k_chunk), cycles
+    if best is None:
+        raise GemmError(f"no tiling fits the buffers of {config.describe()}")
+    return best
+
+
+class GemmProgram:
+    """A quantized matrix product laid out in memory with the program that computes it.
+
+    Operands are stored tiled: activations as ``[K/rows][M][rows]``, weights
+    as ``[N/cols][K/rows][rows][cols]``, outputs as ``[N/cols][M][cols]``.
+    After an executor has run :attr:`program`, :meth:`result` reads the
+    ``M x N`` output back.
+    """
+
+    def __init__(self, config: HardwareConfig, a: np.ndarray, w: np.ndarray, *, act_zero_point: int = 0,
+                 requant: Requantization | None = None, tiling: GemmTiling | None = None):
+        self.config = config
+        a, w = np.asarray(a), np.asarray(w)
+        if a.ndim != 2 or w.ndim != 2:
+            raise GemmError(f"expected 2-D operands, got activations {a.shape} and weights {w.shape}")
+        if a.shape[1] != w.shape[0]:
+            raise GemmError(f"activations {a.shape} and weights {w.shape} disagree on K")
+        if a.dtype not in (np.uint8, np.int8):
+            raise GemmError(f"activations must be uint8 or int8, not {a.dtype}")
+        if w.dtype != np.int8:
+            raise GemmError(f"weights must be int8, not {w.dtype}")
+        if 0 in a.shape or 0 in w.shape:
+            raise GemmError(f"empty operands: activations {a.shape}, weights {w.shape}")
+        self.act_signed = a.dtype == np.int8
+        low, high = (-128, 127) if self.act_signed else (0, 255)
+        if not low <= act_zero_point <= high:
+            raise GemmError(f"activation zero point {act_zero_point} is outside {low}..{high} for {a.dtype}")
+        self.m, self.k = a.shape
+        self.n = w.shape[1]
+        if requant is not None and requant.channels != self.n:
+            raise GemmError(f"requantization has {requant.channels} channels; the product has {self.n}")
+        self.act_zero_point, self.requant = act_zero_point, requant
+        self.tiling = tiling or plan_gemm(config, self.m, self.k, self.n)
+        self._check_tiling()
+        self.program = self._build(a, w)
+
+    @property
+    def macs(self) -> int:
+        return self.m * self.k * self.n
+
+    def _check_tiling(self):
+        cfg, t = self.config, self.tiling
+        if t.m_block * t.k_chunk > cfg.act_depth // 2:
+            raise GemmError(f"{t.m_block} rows x {t.k_chunk} tiles overflow half the activation buffer")
+        if t.n_block * t.k_chunk * cfg.rows > cfg.wgt_depth // 2:
+            raise GemmError(f"{t.n_block} x {t.k_chunk} weight tiles overflow half the weight buffer")
+        if t.m_block * t.n_block > cfg.acc_depth // 2:
+            raise GemmError(f"{t.m_block} rows x {t.n_block} tiles overflow half the accumulator buffer")
+
+    def _build(self, a: np.ndarray, w: np.ndarray) -> Program:
+        cfg, R, C = self.config, self.config.rows, self.config.cols
+        m, k, n = self.m, self.k, self.n
+        k_tiles, n_tiles = -(-k // R), -(-n // C)
+        self.n_tiles = n_tiles
+        raw = self.requant is None
+        out_row = 4 * C if raw else C
+        needed = (k_tiles * m * R + n_tiles * k_tiles * R * C + n_tiles * m * out_row
+                  + n_tiles * cfg.param_block_bytes)
+        if needed >= _ADDRESS_SPACE:
+            raise GemmError(f"this product needs {needed} bytes of external memory; the memory port "
+                            f"addresses {_ADDRESS_SPACE} bytes")
+
+        memory = MemoryImage()
+        a_pad = np.full((m, k_tiles * R), self.act_zero_point, dtype=a.dtype)
+        a_pad[:, :k] = a
+        a_base = memory.place(a_pad.reshape(m, k_tiles, R).transpose(1, 0, 2))
+        w_pad = np.zeros((k_tiles * R, n_tiles * C), dtype=np.int8)
+        w_pad[:k, :n] = w
+        w_base = memory.place(w_pad.reshape(k_tiles, R, n_tiles, C).transpose(2, 0, 1, 3))
+        p_base = memory.allocate(n_tiles * cfg.param_block_bytes)
+        if not raw:
+            rq = self.requant
+            for nt in range(n_tiles):
+                cols = slice(nt * C, min(n, (nt + 1) * C))
+                memory.data[p_base + nt * cfg.param_block_bytes:][:cfg.param_block_bytes] = requantization_block(
+                    cfg, rq.bias[cols], rq.multiplier[cols], rq.shift[cols])
+        self.out_base = memory.allocate(n_tiles * m * out_row)
+
+        t = self.tiling
+        act_half, acc_half, wgt_half = cfg.act_depth // 2, cfg.acc_depth // 2, cfg.wgt_depth // 2
+        blocks = [(m0, rows, nt0, tiles_n) for m0, rows in _blocks(m, t.m_block)
+                  for nt0, tiles_n in _blocks(n_tiles, t.n_block)]
+        chunks = [(b, kt0, tiles_k) for b in range(len(blocks)) for kt0, tiles_k in _blocks(k_tiles, t.k_chunk)]
+
+        def loads(c: int) -> list[Instruction]:
+            b, kt0, tiles_k = chunks[c]
+            m0, rows, nt0, tiles_n = blocks[b]
+            act_base, wgt_base = (c % 2) * act_half, (c % 2) * wgt_half
+            out = [Load(Buffer.ACT, act_base + j * rows, rows, a_base + ((kt0 + j) * m + m0) * R, R)
+                   for j in range(tiles_k)]
+            out += [Load(Buffer.WGT, wgt_base + i * tiles_k * R, tiles_k * R,
+                         w_base + ((nt0 + i) * k_tiles + kt0) * R * C, C) for i in range(tiles_n)]
+            out[0] = replace(out[0], wait_compute=c >= 2)
+            out[-1] = replace(out[-1], signal_compute=True)
+            return out
+
+        def computes(c: int) -> list[Instruction]:
+            b, kt0, tiles_k = chunks[c]
+            m0, rows, nt0, tiles_n = blocks[b]
+            act_base, wgt_base, acc_base = (c % 2) * act_half, (c % 2) * wgt_half, (b % 2) * acc_half
+            out = [Compute(act_addr=act_base + j * rows, count=rows, acc_addr=acc_base + i * rows,
+                           wgt_addr=wgt_base + (i * tiles_k + j) * R, preload=True,
+                           accumulate=kt0 + j > 0, act_signed=self.act_signed,
+                           act_zero_point=self.act_zero_point)
+                   for j in range(tiles_k) for i in range(tiles_n)]
+            first_of_block = kt0 == 0
+            last_of_block = kt0 + tiles_k == k_tiles
+            out[0] = replace(out[0], wait_load=True, wait_store=first_of_block and b >= 2)
+            out[-1] = replace(out[-1], signal_load=c + 2 < len(chunks), signal_store=last_of_block)
+            return out
+
+        def stores(b: int) -> list[Instruction]:
+            m0, rows, nt0, tiles_n = blocks[b]
+            acc_base = (b % 2) * acc_half
+            out = []
+            for i in range(tiles_n):
+                nt = nt0 + i
+                common = dict(acc_addr=acc_base + i * rows, count=rows,
+                              dram_addr=self.out_base + (nt * m + m0) * out_row, dram_stride=out_row)
+                if raw:
+                    out.append(Store(**common, raw=True))
+                else:
+                    out.append(Store(**common, param_addr=p_base + nt * cfg.param_block_bytes, load_params=True,
+                                     out_zero_point=self.requant.out_zero_point,
+                                     clamp_min=self.requant.clamp_min, clamp_max=self.requant.clamp_max))
+            out[0] = replace(out[0], wait_compute=True)
+            out[-1] = replace(out[-1], signal_compute=b + 2 < len(blocks))
+            return out
+
+        instructions: list[Instruction] = loads(0)
+        for c, (b, kt0, tiles_k) in enumerate(chunks):
+            if c + 1 < len(chunks):
+                instructions += loads(c + 1)
+            instructions += computes(c)
+            if kt0 + tiles_k == k_tiles:
+                instructions += stores(b)
+        instructions.append(Finish())
+        program = Program.place(memory, instructions, macs=self.macs)
+        memory.trim()
+        return program
+
+    def result(self) -> np.ndarray:
+        """The ``M x N`` output the program wrote: int32 when raw, else int8/uint8."""
+        C, m, n = self.config.cols, self.m, self.n
+        memory = self.program.memory.data
+        if self.requant is None:
+            tiles = memory[self.out_base:self.out_base + self.n_tiles * m * 4 * C].view("<i4")
+        else:
+            tiles = memory[self.out_base:self.out_base + self.n_tiles * m * C].view(self.requant.output_dtype)
+        return tiles.reshape(self.n_tiles, m, C).transpose(1, 0, 2).reshape(m, -1)[:, :n].copy()

@@ -1,0 +1,255 @@
+"""The instruction set: one table of fields, read by the encoder, the decoder and the HDL.
+
+Every instruction is 256 bits (32 bytes), little-endian. See docs/isa.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from enum import IntEnum
+from typing import ClassVar, Union
+
+from .config import INSTRUCTION_BYTES
+
+__all__ = [
+    "Opcode", "Field", "COMMON_FIELDS", "OPCODE_FIELDS", "Load", "Compute", "Store", "Sync", "Finish",
+    "Instruction", "Buffer", "decode", "encode_program", "decode_program", "ProgramError",
+]
+
+
+class ProgramError(ValueError):
+    """A program that the machine cannot run: malformed, out of range, or deadlocking."""
+
+
+class Opcode(IntEnum):
+    LOAD = 1
+    COMPUTE = 2
+    STORE = 3
+    SYNC = 4
+    FINISH = 5
+
+
+class Buffer(IntEnum):
+    ACT = 0
+    WGT = 1
+
+
+@dataclass(frozen=True)
+class Field:
+    lsb: int
+    width: int
+    signed: bool = False
+
+    @property
+    def minimum(self) -> int:
+        return -(1 << (self.width - 1)) if self.signed else 0
+
+    @property
+    def maximum(self) -> int:
+        return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
+
+    def get(self, word: int) -> int:
+        value = (word >> self.lsb) & ((1 << self.width) - 1)
+        if self.signed and value >> (self.width - 1):
+            value -= 1 << self.width
+        return value
+
+    def put(self, value: int) -> int:
+        return (value & ((1 << self.width) - 1)) << self.lsb
+
+
+# Dependency tokens. Units are ordered load -> compute -> store; "prev" and
+# "next" name a unit's neighbours in that chain (see docs/isa.md).
+COMMON_FIELDS: dict[str, Field] = {
+    "opcode": Field(0, 4),
+    "pop_prev": Field(4, 1),
+    "pop_next": Field(5, 1),
+    "push_prev": Field(6, 1),
+    "push_next": Field(7, 1),
+}
+
+OPCODE_FIELDS: dict[Opcode, dict[str, Field]] = {
+    Opcode.LOAD: {
+        "buffer": Field(8, 1),
+        "sram_addr": Field(32, 16),
+        "count": Field(48, 16),
+        "dram_addr": Field(64, 32),
+        "dram_stride": Field(96, 32),
+    },
+    Opcode.COMPUTE: {
+        "preload": Field(8, 1),
+        "accumulate": Field(9, 1),
+        "act_signed": Field(10, 1),
+        "act_addr": Field(32, 16),
+        "count": Field(48, 16),
+        "acc_addr": Field(64, 16),
+        "wgt_addr": Field(80, 16),
+        "act_zero_point": Field(96, 16, signed=True),
+    },
+    Opcode.STORE: {
+        "load_params": Field(8, 1),
+        "raw": Field(9, 1),
+        "acc_addr": Field(32, 16),
+        "count": Field(48, 16),
+        "dram_addr": Field(64, 32),
+        "dram_stride": Field(96, 32),
+        "param_addr": Field(128, 32),
+        "out_zero_point": Field(160, 16, signed=True),
+        "clamp_min": Field(176, 16, signed=True),
+        "clamp_max": Field(192, 16, signed=True),
+    },
+    Opcode.SYNC: {},
+    Opcode.FINISH: {},
+}
+
+# Which token bits each unit may use, and what they mean for it.
+_TOKEN_NAMES: dict[Opcode, dict[str, str]] = {
+    Opcode.LOAD: {"pop_next": "wait_compute", "push_next": "signal_compute"},
+    Opcode.COMPUTE: {"pop_prev": "wait_load", "pop_next": "wait_store",
+                     "push_prev": "signal_load", "push_next": "signal_store"},
+    Opcode.STORE: {"pop_prev": "wait_compute", "push_prev": "signal_compute"},
+    Opcode.SYNC: {},
+    Opcode.FINISH: {},
+}
+
+
+class _Encodable:
+    opcode: ClassVar[Opcode]
+
+    def encode(self) -> bytes:
+        word = COMMON_FIELDS["opcode"].put(int(self.opcode))
+        for bit, name in _TOKEN_NAMES[self.opcode].items():
+            word |= COMMON_FIELDS[bit].put(int(getattr(self, name)))
+        for name, field in OPCODE_FIELDS[self.opcode].items():
+            value = int(getattr(self, name))
+            if not field.minimum <= value <= field.maximum:
+                raise ProgramError(
+                    f"{self.opcode.name} field {name}={value} does not fit "
+                    f"{field.width} bits ({field.minimum}..{field.maximum})")
+            word |= field.put(value)
+        return word.to_bytes(INSTRUCTION_BYTES, "little")
+
+
+@dataclass(frozen=True)
+class Load(_Encodable):
+    """Copy ``count`` buffer entries from memory (entry ``i`` from ``dram_addr + i * dram_stride``)."""
+
+    opcode: ClassVar[Opcode] = Opcode.LOAD
+    buffer: Buffer
+    sram_addr: int
+    count: int
+    dram_addr: int
+    dram_stride: int
+    wait_compute: bool = False
+    signal_compute: bool = False
+
+
+@dataclass(frozen=True)
+class Compute(_Encodable):
+    """Stream ``count`` activation entries through the array into the accumulators.
+
+    With ``preload`` the weight tile at ``wgt_addr`` (``rows`` entries) is
+    first shifted into the array's idle weight bank, which then becomes the
+    active one; without it the active bank is reused.
+    """
+
+    opcode: ClassVar[Opcode] = Opcode.COMPUTE
+    act_addr: int
+    count: int
+    acc_addr: int
+    wgt_addr: int = 0
+    preload: bool = True
+    accumulate: bool = False
+    act_signed: bool = False
+    act_zero_point: int = 0
+    wait_load: bool = False
+    wait_store: bool = False
+    signal_load: bool = False
+    signal_store: bool = False
+
+
+@dataclass(frozen=True)
+class Store(_Encodable):
+    """Write ``count`` accumulator entries to memory through the post-processing unit.
+
+    ``raw`` writes the int32 accumulators unchanged (``4 * cols`` bytes per
+    entry); otherwise each entry becomes ``cols`` requantized bytes.
+    ``load_params`` first reads the per-channel block at ``param_addr``.
+    """
+
+    opcode: ClassVar[Opcode] = Opcode.STORE
+    acc_addr: int
+    count: int
+    dram_addr: int
+    dram_stride: int
+    param_addr: int = 0
+    load_params: bool = False
+    raw: bool = False
+    out_zero_point: int = 0
+    clamp_min: int = -128
+    clamp_max: int = 127
+    wait_compute: bool = False
+    signal_compute: bool = False
+
+
+@dataclass(frozen=True)
+class Sync(_Encodable):
+    """Wait until every unit has finished every earlier instruction."""
+
+    opcode: ClassVar[Opcode] = Opcode.SYNC
+
+
+@dataclass(frozen=True)
+class Finish(_Encodable):
+    """Wait like SYNC, then raise done and stop."""
+
+    opcode: ClassVar[Opcode] = Opcode.FINISH
+
+
+Instruction = Union[Load, Compute, Store, Sync, Finish]
+_CLASSES = {cls.opcode: cls for cls in (Load, Compute, Store, Sync, Finish)}
+
+
+def decode(raw: bytes, index: int = 0) -> Instruction:
+    """Decode one 32-byte instruction; ``index`` only names it in error messages."""
+    if len(raw) != INSTRUCTION_BYTES:
+        raise ProgramError(f"instruction {index}: expected {INSTRUCTION_BYTES} bytes, got {len(raw)}")
+    word = int.from_bytes(raw, "little")
+    code = COMMON_FIELDS["opcode"].get(word)
+    try:
+        opcode = Opcode(code)
+    except ValueError:
+        raise ProgramError(f"instruction {index}: unknown opcode {code}") from None
+    used = COMMON_FIELDS["opcode"].put(0xF)
+    kwargs: dict[str, object] = {}
+    for bit, name in _TOKEN_NAMES[opcode].items():
+        kwargs[name] = bool(COMMON_FIELDS[bit].get(word))
+        used |= COMMON_FIELDS[bit].put(1)
+    for name, field in OPCODE_FIELDS[opcode].items():
+        kwargs[name] = field.get(word)
+        used |= field.put(-1)
+    if word & ~used:
+        stray = word & ~used
+        raise ProgramError(
+            f"instruction {index} ({opcode.name}): reserved bits set (bit {stray.bit_length() - 1} "
+            f"is the highest); this is not a valid {opcode.name}")
+    cls = _CLASSES[opcode]
+    names = {f.name for f in fields(cls)}
+    for name in list(kwargs):
+        if name in ("preload", "accumulate", "act_signed", "load_params", "raw"):
+            kwargs[name] = bool(kwargs[name])
+        if name == "buffer":
+            kwargs[name] = Buffer(kwargs[name])
+    assert set(kwargs) <= names
+    return cls(**kwargs)
+
+
+def encode_program(instructions: list[Instruction]) -> bytes:
+    return b"".join(instruction.encode() for instruction in instructions)
+
+
+def decode_program(raw: bytes) -> list[Instruction]:
+    if len(raw) % INSTRUCTION_BYTES:
+        raise ProgramError(f"a program is a whole number of {INSTRUCTION_BYTES}-byte instructions; got {len(raw)} bytes")
+    return [decode(raw[i:i + INSTRUCTION_BYTES], i // INSTRUCTION_BYTES)
+            for i in range(0, len(raw), INSTRUCTION_BYTES)]

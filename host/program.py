@@ -1,0 +1,200 @@
+"""Programs in memory: a memory image, the instructions placed in it, and their static checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import INSTRUCTION_BYTES, HardwareConfig
+from .isa import Buffer, Compute, Finish, Instruction, Load, ProgramError, Store, Sync, decode_program, encode_program
+
+__all__ = ["MemoryImage", "Program", "check_program", "requantization_block"]
+
+
+class MemoryImage:
+    """A flat byte-addressed external memory with a bump allocator."""
+
+    def __init__(self, size: int = 0, *, alignment: int = 64):
+        self.data = np.zeros(size, dtype=np.uint8)
+        self.alignment = alignment
+        self._top = 0
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def allocate(self, nbytes: int, *, alignment: int | None = None) -> int:
+        """Reserve ``nbytes`` (growing the image as needed) and return their address."""
+        if nbytes < 0:
+            raise ValueError(f"cannot allocate {nbytes} bytes")
+        align = alignment or self.alignment
+        address = -(-self._top // align) * align
+        self._top = address + nbytes
+        if self._top > self.data.size:
+            grown = np.zeros(max(self._top, 2 * self.data.size), dtype=np.uint8)
+            grown[:self.data.size] = self.data
+            self.data = grown
+        return address
+
+    def place(self, array: np.ndarray | bytes, *, alignment: int | None = None) -> int:
+        raw = np.frombuffer(bytes(array), dtype=np.uint8) if isinstance(array, (bytes, bytearray)) \
+            else np.ascontiguousarray(array).view(np.uint8).reshape(-1)
+        address = self.allocate(raw.size, alignment=alignment)
+        self.data[address:address + raw.size] = raw
+        return address
+
+    def read(self, address: int, nbytes: int) -> np.ndarray:
+        return self.data[address:address + nbytes]
+
+    def trim(self) -> None:
+        """Drop unused capacity so the image is exactly as large as what was allocated."""
+        self.data = self.data[:-(-self._top // self.alignment) * self.alignment].copy()
+
+
+@dataclass
+class Program:
+    """Instructions placed in a memory image, ready for any executor."""
+
+    memory: MemoryImage
+    address: int
+    length: int
+    #: Useful multiply-accumulates the program performs (for utilization figures).
+    macs: int = 0
+    notes: dict = field(default_factory=dict)
+
+    @classmethod
+    def place(cls, memory: MemoryImage, instructions: list[Instruction], *, macs: int = 0) -> "Program":
+        address = memory.place(encode_program(instructions), alignment=INSTRUCTION_BYTES)
+        return cls(memory=memory, address=address, length=len(instructions), macs=macs)
+
+    def instructions(self) -> list[Instruction]:
+        raw = self.memory.read(self.address, self.length * INSTRUCTION_BYTES).tobytes()
+        return decode_program(raw)
+
+
+def requantization_block(config: HardwareConfig, bias, multiplier, shift) -> np.ndarray:
+    """The bytes of one STORE parameter block: ``cols`` int32 bias, multiplier and shift."""
+    block = np.zeros((3, config.cols), dtype=np.int32)
+    for row, values in enumerate((bias, multiplier, shift)):
+        values = np.asarray(values, dtype=np.int64).reshape(-1)
+        if values.size > config.cols:
+            raise ValueError(f"{values.size} channels do not fit one block of {config.cols}")
+        block[row, :values.size] = values
+    return block.view(np.uint8).reshape(-1)
+
+
+_TOKENS = ("load_to_compute", "compute_to_load", "compute_to_store", "store_to_compute")
+_TOKEN_LIMIT = 255
+
+
+def check_program(config: HardwareConfig, memory: MemoryImage | np.ndarray, address: int,
+                  length: int) -> list[Instruction]:
+    """Decode and check a program against the configuration and the memory it will run in.
+
+    Raises :class:`ProgramError` naming the instruction and the problem for
+    anything the hardware would misread, run out of range, or deadlock on.
+    Returns the decoded instructions.
+    """
+    data = memory.data if isinstance(memory, MemoryImage) else memory
+    size = data.size
+    if length < 1:
+        raise ProgramError("a program needs at least one instruction (FINISH)")
+    if address % INSTRUCTION_BYTES:
+        raise ProgramError(f"program address {address:#x} is not {INSTRUCTION_BYTES}-byte aligned")
+    end = address + length * INSTRUCTION_BYTES
+    if end > size:
+        raise ProgramError(f"program of {length} instructions at {address:#x} runs past the end of memory ({size} bytes)")
+    instructions = decode_program(data[address:end].tobytes())
+    beat = config.mem_bytes
+    tokens = dict.fromkeys(_TOKENS, 0)
+
+    def fail(index: int, message: str) -> None:
+        raise ProgramError(f"instruction {index} ({type(instructions[index]).__name__.upper()}): {message}")
+
+    def check_range(index, what, start, count, depth):
+        if count < 1:
+            fail(index, f"{what} count must be at least 1")
+        if start + count > depth:
+            fail(index, f"{what} entries {start}..{start + count - 1} exceed the buffer ({depth} entries)")
+
+    def check_dram(index, what, start, count, stride, nbytes):
+        if start % beat or stride % beat:
+            fail(index, f"{what} address {start:#x} and stride {stride} must be multiples of the "
+                        f"{beat}-byte memory beat")
+        last = start + (count - 1) * stride + nbytes
+        if last > size:
+            fail(index, f"{what} bytes {start:#x}..{last - 1:#x} lie outside memory ({size} bytes)")
+
+    def pop(index, name):
+        if tokens[name] == 0:
+            fail(index, f"waits for a {name.replace('_', ' ')} token that no earlier instruction "
+                        f"signals: the program would deadlock")
+        tokens[name] -= 1
+
+    def push(index, name):
+        tokens[name] += 1
+        if tokens[name] > _TOKEN_LIMIT:
+            fail(index, f"more than {_TOKEN_LIMIT} {name.replace('_', ' ')} tokens outstanding")
+
+    finished = False
+    params_loaded = False
+    for index, ins in enumerate(instructions):
+        if finished:
+            fail(index, "follows FINISH and would never run")
+        if isinstance(ins, Load):
+            depth = config.act_depth if ins.buffer == Buffer.ACT else config.wgt_depth
+            entry = config.act_entry_bytes if ins.buffer == Buffer.ACT else config.wgt_entry_bytes
+            check_range(index, f"{ins.buffer.name} buffer", ins.sram_addr, ins.count, depth)
+            check_dram(index, "source", ins.dram_addr, ins.count, ins.dram_stride, entry)
+            if ins.wait_compute:
+                pop(index, "compute_to_load")
+            if ins.signal_compute:
+                push(index, "load_to_compute")
+        elif isinstance(ins, Compute):
+            check_range(index, "activation", ins.act_addr, ins.count, config.act_depth)
+            check_range(index, "accumulator", ins.acc_addr, ins.count, config.acc_depth)
+            if ins.preload:
+                check_range(index, "weight", ins.wgt_addr, config.rows, config.wgt_depth)
+            if ins.act_signed and not -128 <= ins.act_zero_point <= 127:
+                fail(index, f"int8 activation zero point {ins.act_zero_point} is outside -128..127")
+            if not ins.act_signed and not 0 <= ins.act_zero_point <= 255:
+                fail(index, f"uint8 activation zero point {ins.act_zero_point} is outside 0..255")
+            if ins.wait_load:
+                pop(index, "load_to_compute")
+            if ins.wait_store:
+                pop(index, "store_to_compute")
+            if ins.signal_load:
+                push(index, "compute_to_load")
+            if ins.signal_store:
+                push(index, "compute_to_store")
+        elif isinstance(ins, Store):
+            check_range(index, "accumulator", ins.acc_addr, ins.count, config.acc_depth)
+            row_bytes = config.acc_entry_bytes if ins.raw else config.cols
+            check_dram(index, "destination", ins.dram_addr, ins.count, ins.dram_stride, row_bytes)
+            if ins.load_params:
+                check_dram(index, "parameter block", ins.param_addr, 1, 0, config.param_block_bytes)
+                block = data[ins.param_addr:ins.param_addr + config.param_block_bytes].view(np.int32)
+                multiplier, shift = block[config.cols:2 * config.cols], block[2 * config.cols:]
+                if (multiplier < 0).any():
+                    fail(index, f"parameter block at {ins.param_addr:#x} has a negative multiplier")
+                if ((shift < 0) | (shift > 63)).any():
+                    fail(index, f"parameter block at {ins.param_addr:#x} has a shift outside 0..63")
+            elif not ins.raw and not params_loaded:
+                fail(index, "requantizes before any STORE of the program loaded parameters")
+            params_loaded |= ins.load_params
+            if not ins.clamp_min <= ins.clamp_max:
+                fail(index, f"clamp_min {ins.clamp_min} exceeds clamp_max {ins.clamp_max}")
+            if not ins.raw and not (-128 <= ins.clamp_min and ins.clamp_max <= 255):
+                fail(index, f"clamp range {ins.clamp_min}..{ins.clamp_max} does not fit a byte")
+            if ins.wait_compute:
+                pop(index, "compute_to_store")
+            if ins.signal_compute:
+                push(index, "store_to_compute")
+        elif isinstance(ins, Finish):
+            finished = True
+        else:
+            assert isinstance(ins, Sync)
+    if not finished:
+        raise ProgramError(f"the program's {length} instructions end without FINISH")
+    return instructions

@@ -1,0 +1,1 @@
+"""Simulation of the RTL: the Verilator model with its memory model, and the cocotb benches."""

@@ -1,0 +1,179 @@
+// Verilator harness for MvuCore: the clock, a model of external memory, and a
+// C ABI that Python calls through ctypes. A whole program runs inside one
+// call to mvu_sim_run(), so no Python runs per cycle.
+//
+// Memory model: read requests are accepted while fewer than `max_outstanding`
+// are pending; each one's beats become available `latency` cycles after it
+// was accepted and return in order. Reads and writes share one bandwidth
+// budget of `bytes_per_cycle`, kept as a token bucket.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <vector>
+
+#include "Vmvu_core.h"
+#include "verilated.h"
+
+#ifndef MVU_MEM_BYTES
+#error "MVU_MEM_BYTES must be defined"
+#endif
+
+namespace {
+
+constexpr uint32_t kBeat = MVU_MEM_BYTES;
+
+struct PendingRead {
+    uint64_t ready_cycle;
+    uint64_t addr;
+    uint32_t beats_left;
+    uint8_t id;
+};
+
+struct Sim {
+    VerilatedContext context;
+    Vmvu_core* top;
+    std::vector<uint8_t> memory;
+    std::deque<PendingRead> reads;
+    uint64_t cycle = 0;
+    uint32_t latency = 1;
+    uint32_t max_outstanding = 64;
+    double bytes_per_cycle = kBeat;
+    double credit = 0;
+    int memory_error = 0;  // 1: read out of range, 2: write out of range
+    uint64_t error_addr = 0;
+};
+
+template <typename T>
+void copy_in(T& port, const uint8_t* src) { std::memcpy(static_cast<void*>(&port), src, kBeat); }
+
+template <typename T>
+void copy_out(uint8_t* dst, const T& port) { std::memcpy(dst, static_cast<const void*>(&port), kBeat); }
+
+void step(Sim* s) {
+    Vmvu_core* top = s->top;
+    s->credit = std::min(s->credit + s->bytes_per_cycle, 2.0 * kBeat + s->bytes_per_cycle);
+    bool respond = false;
+    if (!s->reads.empty() && s->reads.front().ready_cycle <= s->cycle && s->credit >= kBeat) {
+        PendingRead& head = s->reads.front();
+        copy_in(top->mem_rd_resp_data, &s->memory[head.addr]);
+        top->mem_rd_resp_id = head.id;
+        respond = true;
+    }
+    top->mem_rd_resp_valid = respond;
+    top->mem_rd_req_ready = s->reads.size() < s->max_outstanding;
+    const bool write_ready = s->credit - (respond ? kBeat : 0) >= kBeat;
+    top->mem_wr_ready = write_ready;
+    top->clk = 0;
+    top->eval();
+
+    if (top->mem_rd_req_valid && top->mem_rd_req_ready) {
+        const uint64_t addr = top->mem_rd_req_addr;
+        const uint32_t beats = top->mem_rd_req_len;
+        if (beats == 0 || addr + uint64_t(beats) * kBeat > s->memory.size()) {
+            s->memory_error = 1;
+            s->error_addr = addr;
+        } else {
+            s->reads.push_back({s->cycle + s->latency, addr, beats, uint8_t(top->mem_rd_req_id)});
+        }
+    }
+    if (top->mem_wr_valid && write_ready) {
+        const uint64_t addr = top->mem_wr_addr;
+        if (addr + kBeat > s->memory.size()) {
+            s->memory_error = 2;
+            s->error_addr = addr;
+        } else {
+            copy_out(&s->memory[addr], top->mem_wr_data);
+        }
+        s->credit -= kBeat;
+    }
+    if (respond) {
+        s->credit -= kBeat;
+        PendingRead& head = s->reads.front();
+        head.addr += kBeat;
+        if (--head.beats_left == 0) s->reads.pop_front();
+    }
+    top->clk = 1;
+    top->eval();
+    ++s->cycle;
+}
+
+}  // namespace
+
+extern "C" {
+
+void* mvu_sim_create(uint32_t latency, double bytes_per_cycle, uint32_t max_outstanding) {
+    Sim* s = new Sim();
+    s->top = new Vmvu_core(&s->context, "mvu_core");
+    s->latency = std::max<uint32_t>(latency, 1);
+    s->bytes_per_cycle = bytes_per_cycle;
+    s->max_outstanding = std::max<uint32_t>(max_outstanding, 1);
+    return s;
+}
+
+void mvu_sim_destroy(void* handle) {
+    Sim* s = static_cast<Sim*>(handle);
+    s->top->final();
+    delete s->top;
+    delete s;
+}
+
+uint8_t* mvu_sim_memory(void* handle, uint64_t size) {
+    Sim* s = static_cast<Sim*>(handle);
+    s->memory.assign(size, 0);
+    return s->memory.data();
+}
+
+void mvu_sim_reset(void* handle) {
+    Sim* s = static_cast<Sim*>(handle);
+    s->reads.clear();
+    s->memory_error = 0;
+    s->credit = 0;
+    s->top->csr_we = 0;
+    s->top->rst = 1;
+    for (int i = 0; i < 4; ++i) step(s);
+    s->top->rst = 0;
+    step(s);
+}
+
+uint32_t mvu_sim_csr_read(void* handle, uint32_t addr) {
+    Sim* s = static_cast<Sim*>(handle);
+    s->top->csr_addr = addr;
+    s->top->csr_we = 0;
+    s->top->clk = 0;
+    s->top->eval();
+    return s->top->csr_rdata;
+}
+
+void mvu_sim_csr_write(void* handle, uint32_t addr, uint32_t data) {
+    Sim* s = static_cast<Sim*>(handle);
+    s->top->csr_addr = addr;
+    s->top->csr_wdata = data;
+    s->top->csr_we = 1;
+    step(s);
+    s->top->csr_we = 0;
+}
+
+// Runs until the core stops. Returns 0 when done, 1 on a core error, 2 when
+// max_cycles passed first, 3 on a memory access out of range.
+int mvu_sim_run(void* handle, uint64_t max_cycles, uint64_t* cycles_used) {
+    Sim* s = static_cast<Sim*>(handle);
+    const uint64_t start = s->cycle;
+    int result = 2;
+    while (s->cycle - start < max_cycles) {
+        step(s);
+        if (s->memory_error) { result = 3; break; }
+        if (!s->top->busy) { result = s->top->error ? 1 : 0; break; }
+    }
+    *cycles_used = s->cycle - start;
+    return result;
+}
+
+uint64_t mvu_sim_memory_error(void* handle, int* kind) {
+    Sim* s = static_cast<Sim*>(handle);
+    *kind = s->memory_error;
+    return s->error_addr;
+}
+
+}  // extern "C"
