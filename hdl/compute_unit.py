@@ -1,6 +1,6 @@
 """The compute unit: weight preloading, activation streaming and accumulation."""
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -169,7 +169,7 @@ class ComputeUnit(wiring.Component):
                 m.d.sync += drain[b].eq(drain[b] - 1)
 
         # --- Element pipeline: activation read, array, accumulate ---------------
-        v1 = delayed(m, issue, 1, "elem_valid")
+        v1 = delayed(m, issue, 1, "elem_valid", reset=True)
         m.d.comb += [
             matvec.in_valid.eq(v1),
             matvec.in_data.eq(self.act_rd_data),
@@ -179,11 +179,11 @@ class ComputeUnit(wiring.Component):
         ]
         # Metadata reaches the accumulator read one cycle before the array's result.
         lead = matvec.latency  # from issue to the accumulator read
-        acc_addr = delayed(m, stream["acc_addr"], lead, "elem_acc_addr")
-        accumulate = delayed(m, stream["accumulate"], lead + 1, "elem_accumulate")
-        notify_store = delayed(m, last & stream["signal_store"], lead + 1, "elem_notify")
+        at_read = delayed(m, Cat(stream["acc_addr"], stream["accumulate"]), lead, "elem_meta")
+        at_write = delayed(m, at_read, 1, "elem_meta_write")
+        acc_addr, write_addr, accumulate = at_read[:16], at_write[:16], at_write[16]
+        notify_store = delayed(m, last & stream["signal_store"], lead + 1, "elem_notify", reset=True)
         m.d.comb += self.acc_rd_addr.eq(acc_addr)
-        write_addr = delayed(m, acc_addr, 1, "elem_write_addr")
         for c in range(C):
             previous = self.acc_rd_data[32 * c:32 * (c + 1)].as_signed()
             result = matvec.out_data[c]

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from mvu.config import HardwareConfig
 
-from .pipeline import delayed
+from .pipeline import delayed, staggered
 from .systolic_array import SystolicArray
 
 __all__ = ["MatrixVectorUnit"]
@@ -53,7 +53,7 @@ class MatrixVectorUnit(wiring.Component):
         m.submodules.array = array = SystolicArray(R, C, self.config.psum_bits)
 
         # Stage 0: offset by the zero point. Valid values lie in -255..255.
-        centred = [Signal(signed(9), name=f"centred_{r}") for r in range(R)]
+        centred = [Signal(signed(9), name=f"centred_{r}", reset_less=True) for r in range(R)]
         bank0 = Signal()
         valid0 = Signal()
         for r in range(R):
@@ -63,20 +63,20 @@ class MatrixVectorUnit(wiring.Component):
         m.d.sync += [bank0.eq(self.in_bank), valid0.eq(self.in_valid)]
 
         # Row r enters r cycles after row 0; weight column c shifts c cycles after column 0.
+        acts = staggered(m, centred, "act_skew")
+        banks = staggered(m, [bank0] * R, "bank_skew")
+        wl_data = staggered(m, [self.wl_data[c] for c in range(C)], "wl_data_skew")
+        wl_en = staggered(m, [self.wl_valid] * C, "wl_en_skew")
+        wl_bank = staggered(m, [self.wl_bank] * C, "wl_bank_skew")
         for r in range(R):
-            m.d.comb += [
-                array.act[r].eq(delayed(m, centred[r], r, f"act_skew_{r}")),
-                array.act_bank[r].eq(delayed(m, bank0, r, f"bank_skew_{r}")),
-            ]
+            m.d.comb += [array.act[r].eq(acts[r]), array.act_bank[r].eq(banks[r])]
         for c in range(C):
-            m.d.comb += [
-                array.wl_data[c].eq(delayed(m, self.wl_data[c], c, f"wl_data_skew_{c}")),
-                array.wl_en[c].eq(delayed(m, self.wl_valid, c, f"wl_en_skew_{c}")),
-                array.wl_bank[c].eq(delayed(m, self.wl_bank, c, f"wl_bank_skew_{c}")),
-            ]
+            m.d.comb += [array.wl_data[c].eq(wl_data[c]), array.wl_en[c].eq(wl_en[c]),
+                         array.wl_bank[c].eq(wl_bank[c])]
 
         # Column c leaves the array c cycles after column 0: realign.
+        realigned = staggered(m, [array.psum[c] for c in reversed(range(C))], "deskew")
         for c in range(C):
-            m.d.comb += self.out_data[c].eq(delayed(m, array.psum[c], C - 1 - c, f"deskew_{c}"))
-        m.d.comb += self.out_valid.eq(delayed(m, valid0, R + C, "valid"))
+            m.d.comb += self.out_data[c].eq(realigned[C - 1 - c].as_signed())
+        m.d.comb += self.out_valid.eq(delayed(m, valid0, R + C, "valid", reset=True))
         return m

@@ -5,8 +5,6 @@ from amaranth.lib import wiring
 from amaranth.lib.data import ArrayLayout
 from amaranth.lib.wiring import In, Out
 
-from .pipeline import delayed
-
 __all__ = ["PostProcessor"]
 
 
@@ -47,27 +45,34 @@ class PostProcessor(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # One valid bit per stage; a stage's data registers only load when data arrives,
+        # so an idle post-processor costs a simulator almost nothing.
+        valid = [self.in_valid] + [Signal(name=f"valid_{stage + 1}") for stage in range(self.latency)]
+        for stage in range(self.latency):
+            m.d.sync += valid[stage + 1].eq(valid[stage])
         for lane in range(self.lanes):
-            biased = Signal(signed(32), name=f"biased_{lane}")
-            product = Signal(signed(64), name=f"product_{lane}")
-            scaled = Signal(signed(64), name=f"scaled_{lane}")
-            clamped = Signal(signed(16), name=f"clamped_{lane}")
+            raw = [self.in_acc[lane]] + [Signal(signed(32), name=f"raw_{lane}_{stage + 1}", reset_less=True)
+                                         for stage in range(self.latency)]
+            biased = Signal(signed(32), name=f"biased_{lane}", reset_less=True)
+            product = Signal(signed(64), name=f"product_{lane}", reset_less=True)
+            scaled = Signal(signed(64), name=f"scaled_{lane}", reset_less=True)
+            clamped = Signal(signed(16), name=f"clamped_{lane}", reset_less=True)
             shift = self.shift[lane]
-            m.d.sync += [
-                biased.eq(self.in_acc[lane] + self.bias[lane]),
-                product.eq(biased * self.multiplier[lane]),
-            ]
             # 1 << shift >> 1, written as a right shift so no 127-bit intermediate appears.
             rounding = Signal(unsigned(63), name=f"rounding_{lane}")
             m.d.comb += rounding.eq(Const(1 << 63, 64) >> (Const(64, 7) - shift)[:7])
-            m.d.sync += scaled.eq((product + rounding) >> shift)
             shifted = Signal(signed(65), name=f"shifted_{lane}")
             m.d.comb += shifted.eq(scaled + self.out_zero_point)
-            m.d.sync += clamped.eq(Mux(shifted < self.clamp_min, self.clamp_min,
-                                       Mux(shifted > self.clamp_max, self.clamp_max, shifted)))
-            m.d.comb += [
-                self.out_data[lane].eq(clamped[:8]),
-                self.out_raw[lane].eq(delayed(m, self.in_acc[lane], self.latency, f"raw_{lane}")),
-            ]
-        m.d.comb += self.out_valid.eq(delayed(m, self.in_valid, self.latency, "valid"))
+            stages = (
+                biased.eq(self.in_acc[lane] + self.bias[lane]),
+                product.eq(biased * self.multiplier[lane]),
+                scaled.eq((product + rounding) >> shift),
+                clamped.eq(Mux(shifted < self.clamp_min, self.clamp_min,
+                               Mux(shifted > self.clamp_max, self.clamp_max, shifted))),
+            )
+            for stage, assignment in enumerate(stages):
+                with m.If(valid[stage]):
+                    m.d.sync += [assignment, raw[stage + 1].eq(raw[stage])]
+            m.d.comb += [self.out_data[lane].eq(clamped[:8]), self.out_raw[lane].eq(raw[-1])]
+        m.d.comb += self.out_valid.eq(valid[-1])
         return m

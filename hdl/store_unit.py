@@ -131,7 +131,7 @@ class StoreUnit(wiring.Component):
                 ppu.shift[lane].eq(params[32 * (2 * C + lane):32 * (2 * C + lane) + 6]),
             ]
         m.d.comb += [
-            ppu.in_valid.eq(delayed(m, issue, 1, "read_valid")),
+            ppu.in_valid.eq(delayed(m, issue, 1, "read_valid", reset=True)),
             ppu.out_zero_point.eq(out_zero_point),
             ppu.clamp_min.eq(clamp_min),
             ppu.clamp_max.eq(clamp_max),

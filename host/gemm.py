@@ -116,6 +116,12 @@ def _blocks(total: int, size: int):
         yield start, min(size, total - start)
 
 
+def _block_sizes(total: int, size: int) -> list[tuple[int, int]]:
+    """``(block size, how many)`` for cutting ``total`` into blocks of ``size``: at most two kinds."""
+    full, rest = divmod(total, size)
+    return [(size, full)] * (full > 0) + [(rest, 1)] * (rest > 0)
+
+
 def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle: float = 32.0,
               latency: int = 40) -> GemmTiling:
     """Choose the tiling with the fewest estimated cycles, loads double-buffered against compute."""
@@ -133,12 +139,12 @@ def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle
             if k_chunk < 1:
                 continue
             cycles = 0.0
-            for _, rows in _blocks(m, m_block):
-                for _, tiles_n in _blocks(n_tiles, n_block):
-                    for _, tiles_k in _blocks(k_tiles, k_chunk):
+            for rows, blocks_m in _block_sizes(m, m_block):
+                for tiles_n, blocks_n in _block_sizes(n_tiles, n_block):
+                    for tiles_k, chunks in _block_sizes(k_tiles, k_chunk):
                         compute = tiles_k * tiles_n * max(rows, min_stream)
                         load = (rows * tiles_k * R + tiles_n * tiles_k * R * C) / bytes_per_cycle + latency
-                        cycles += max(compute, load)
+                        cycles += blocks_m * blocks_n * chunks * max(compute, load)
             if cycles < best_cycles:
                 best, best_cycles = GemmTiling(m_block, n_block, k_chunk), cycles
     if best is None:
@@ -178,6 +184,7 @@ class GemmProgram:
         if requant is not None and requant.channels != self.n:
             raise GemmError(f"requantization has {requant.channels} channels; the product has {self.n}")
         self.act_zero_point, self.requant = act_zero_point, requant
+        self._check_memory_size()
         self.tiling = tiling or plan_gemm(config, self.m, self.k, self.n)
         self._check_tiling()
         self.program = self._build(a, w)
@@ -185,6 +192,16 @@ class GemmProgram:
     @property
     def macs(self) -> int:
         return self.m * self.k * self.n
+
+    def _check_memory_size(self):
+        cfg = self.config
+        k_tiles, n_tiles = -(-self.k // cfg.rows), -(-self.n // cfg.cols)
+        out_row = cfg.cols * (4 if self.requant is None else 1)
+        needed = (k_tiles * self.m * cfg.rows + n_tiles * k_tiles * cfg.rows * cfg.cols
+                  + n_tiles * self.m * out_row + n_tiles * cfg.param_block_bytes)
+        if needed >= _ADDRESS_SPACE:
+            raise GemmError(f"this product needs {needed} bytes of external memory; the memory port "
+                            f"addresses {_ADDRESS_SPACE} bytes")
 
     def _check_tiling(self):
         cfg, t = self.config, self.tiling
@@ -202,11 +219,6 @@ class GemmProgram:
         self.n_tiles = n_tiles
         raw = self.requant is None
         out_row = 4 * C if raw else C
-        needed = (k_tiles * m * R + n_tiles * k_tiles * R * C + n_tiles * m * out_row
-                  + n_tiles * cfg.param_block_bytes)
-        if needed >= _ADDRESS_SPACE:
-            raise GemmError(f"this product needs {needed} bytes of external memory; the memory port "
-                            f"addresses {_ADDRESS_SPACE} bytes")
 
         memory = MemoryImage()
         a_pad = np.full((m, k_tiles * R), self.act_zero_point, dtype=a.dtype)

@@ -34,7 +34,7 @@ def requantize(acc: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift:
     x = _wrap_int32(acc.astype(np.int64) + bias.astype(np.int64)).astype(np.int64)
     product = x * multiplier.astype(np.int64)
     shift = shift.astype(np.int64)
-    rounding = np.left_shift(np.int64(1), shift) >> 1
+    rounding = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
     scaled = np.right_shift(product + rounding, shift)
     clamped = np.clip(scaled + out_zero_point, clamp_min, clamp_max)
     return (clamped & 0xFF).astype(np.uint8)

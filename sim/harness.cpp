@@ -51,6 +51,9 @@ void copy_in(T& port, const uint8_t* src) { std::memcpy(static_cast<void*>(&port
 template <typename T>
 void copy_out(uint8_t* dst, const T& port) { std::memcpy(dst, static_cast<const void*>(&port), kBeat); }
 
+// One clock cycle. The core's memory-port outputs depend only on its state
+// (no combinational path from inputs), so they are read before the inputs
+// for this cycle are set, and one evaluation per edge suffices.
 void step(Sim* s) {
     Vmvu_core* top = s->top;
     s->credit = std::min(s->credit + s->bytes_per_cycle, 2.0 * kBeat + s->bytes_per_cycle);
@@ -62,13 +65,12 @@ void step(Sim* s) {
         respond = true;
     }
     top->mem_rd_resp_valid = respond;
-    top->mem_rd_req_ready = s->reads.size() < s->max_outstanding;
+    const bool read_ready = s->reads.size() < s->max_outstanding;
+    top->mem_rd_req_ready = read_ready;
     const bool write_ready = s->credit - (respond ? kBeat : 0) >= kBeat;
     top->mem_wr_ready = write_ready;
-    top->clk = 0;
-    top->eval();
 
-    if (top->mem_rd_req_valid && top->mem_rd_req_ready) {
+    if (top->mem_rd_req_valid && read_ready) {
         const uint64_t addr = top->mem_rd_req_addr;
         const uint32_t beats = top->mem_rd_req_len;
         if (beats == 0 || addr + uint64_t(beats) * kBeat > s->memory.size()) {
@@ -95,6 +97,8 @@ void step(Sim* s) {
         if (--head.beats_left == 0) s->reads.pop_front();
     }
     top->clk = 1;
+    top->eval();
+    top->clk = 0;
     top->eval();
     ++s->cycle;
 }
@@ -141,7 +145,6 @@ uint32_t mvu_sim_csr_read(void* handle, uint32_t addr) {
     Sim* s = static_cast<Sim*>(handle);
     s->top->csr_addr = addr;
     s->top->csr_we = 0;
-    s->top->clk = 0;
     s->top->eval();
     return s->top->csr_rdata;
 }

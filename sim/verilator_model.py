@@ -38,7 +38,8 @@ def _hdl_sources() -> bytes:
     import mvu.hdl
 
     hdl_dir = Path(mvu.hdl.__file__).parent
-    return b"".join(path.name.encode() + path.read_bytes() for path in sorted(hdl_dir.glob("*.py")))
+    design = [path for path in sorted(hdl_dir.glob("*.py")) if path.name != "synthesis.py"]  # not part of the core
+    return b"".join(path.name.encode() + path.read_bytes() for path in design)
 
 
 def model_key(config: HardwareConfig) -> str:

@@ -1,0 +1,75 @@
+"""Benchmarks that print numbers (and JSON): a random quantized GEMM on an executor."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import HardwareConfig
+from .gemm import GemmProgram, Requantization
+from .reference import ReferenceExecutor
+
+__all__ = ["make_executor", "random_gemm_operands", "bench_gemm"]
+
+
+def make_executor(backend: str, config: HardwareConfig, *, latency: int = 40, bytes_per_cycle: float | None = None):
+    """An executor by name: ``reference`` or ``verilator``."""
+    if backend == "reference":
+        return ReferenceExecutor(config)
+    if backend == "verilator":
+        from mvu.sim.verilator_executor import MemoryModel, VerilatorExecutor
+
+        bandwidth = float(bytes_per_cycle if bytes_per_cycle is not None else config.mem_bytes)
+        return VerilatorExecutor(config, MemoryModel(latency=latency, bytes_per_cycle=bandwidth))
+    raise ValueError(f"unknown backend {backend!r}: choose 'reference' or 'verilator'")
+
+
+def random_gemm_operands(m: int, k: int, n: int, seed: int):
+    """Random uint8 activations, int8 weights and requantization that keeps outputs in range."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    w = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    zero_point = int(rng.integers(0, 256))
+    # The accumulators spread about sqrt(k) * 128 * 74: scale them onto roughly +-64.
+    scales = rng.uniform(0.5, 2.0, n) * 64 / (np.sqrt(k) * 128 * 74)
+    bias = rng.integers(-(1 << 16), 1 << 16, n)
+    requant = Requantization.from_scales(scales, bias, out_zero_point=int(rng.integers(-20, 20)))
+    return a, w, zero_point, requant
+
+
+def bench_gemm(config: HardwareConfig, m: int, k: int, n: int, *, backend: str = "verilator", seed: int = 0,
+               latency: int = 40, bytes_per_cycle: float | None = None, executor=None) -> dict:
+    """Run one random GEMM on ``backend`` and on the reference; report exactness and speed."""
+    a, w, zero_point, requant = random_gemm_operands(m, k, n, seed)
+    executor = executor or make_executor(backend, config, latency=latency, bytes_per_cycle=bytes_per_cycle)
+    under_test = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant)
+    run = executor.run(under_test.program)
+    reference = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant, tiling=under_test.tiling)
+    ReferenceExecutor(config).run(reference.program)
+    macs = m * k * n
+    report = {
+        "m": m, "k": k, "n": n, "seed": seed, "backend": executor.name,
+        "bit_exact": bool(np.array_equal(under_test.result(), reference.result())),
+        "macs": macs,
+        "instructions": under_test.program.length,
+        "tiling": vars(under_test.tiling),
+        "sim_seconds": run.wall_seconds,
+        "config": config.to_dict(),
+    }
+    cycles = run.counters.get("cycles")
+    if cycles:
+        memory = executor.memory_model
+        beats = run.counters["mem_read_beats"] + run.counters["mem_write_beats"]
+        report.update({
+            "cycles": cycles,
+            "mac_utilization": macs / (cycles * config.macs_per_cycle),
+            "array_active_fraction": run.counters["array_active"] / cycles,
+            "sim_cycles_per_second": cycles / run.wall_seconds,
+            "sim_macs_per_second": macs / run.wall_seconds,
+            "modelled_latency_ms": cycles / (config.clock_mhz * 1e3),
+            "memory_model": {"latency_cycles": memory.latency, "bytes_per_cycle": memory.bytes_per_cycle},
+            "memory_bandwidth_used": beats * config.mem_bytes / (cycles * memory.bytes_per_cycle),
+            "counters": run.counters,
+        })
+    else:
+        report["macs_per_second"] = macs / run.wall_seconds
+    return report

@@ -1,0 +1,127 @@
+"""cocotb bench of :class:`mvu.hdl.load_unit.LoadUnit`: random LOADs against a random-latency memory.
+
+Every buffer write, memory request and token pulse is checked against what
+the instructions ask for. Activation entries take two memory beats and
+weight entries four, so beats are gathered in both widths.
+"""
+
+import random
+from dataclasses import dataclass
+
+import cocotb
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from mvu.config import HardwareConfig
+from mvu.hdl.load_unit import LoadUnit
+from mvu.isa import Buffer, Load
+from mvu.sim.benches.runner import ReadMemory, start
+
+CONFIG = HardwareConfig(rows=8, cols=16, act_depth=64, wgt_depth=32, acc_depth=64, mem_bytes=4)
+MEMORY_BYTES = 4096
+
+
+def component() -> LoadUnit:
+    return LoadUnit(CONFIG)
+
+
+@dataclass
+class Expected:
+    """One LOAD and what it must produce: requests, writes (buffer, address, data)."""
+
+    load: Load
+    requests: list[tuple[int, int]]
+    writes: list[tuple[Buffer, int, int]]
+
+
+def random_loads(rng: random.Random, memory: bytes, count: int) -> list[Expected]:
+    """``count`` random legal LOADs (beat-aligned, in range) with random token flags."""
+    P = CONFIG.mem_bytes
+    loads = []
+    for _ in range(count):
+        buffer = rng.choice(list(Buffer))
+        entry, depth = (CONFIG.rows, CONFIG.act_depth) if buffer == Buffer.ACT else (CONFIG.cols, CONFIG.wgt_depth)
+        entries = rng.randint(1, 8)
+        stride = P * rng.choice([0, 1, entry // P, entry // P, rng.randint(1, 40)])
+        dram = P * rng.randint(0, (MEMORY_BYTES - (entries - 1) * stride - entry) // P)
+        load = Load(buffer=buffer, sram_addr=rng.randint(0, depth - entries), count=entries, dram_addr=dram,
+                    dram_stride=stride, wait_compute=rng.random() < 0.4, signal_compute=rng.random() < 0.4)
+        sources = [dram + i * stride for i in range(entries)]
+        loads.append(Expected(load, [(a, entry // P) for a in sources],
+                              [(buffer, load.sram_addr + i, int.from_bytes(memory[a:a + entry], "little"))
+                               for i, a in enumerate(sources)]))
+    return loads
+
+
+async def run_loads(dut, rng: random.Random, count: int, **memory_timing) -> None:
+    """Issue ``count`` random LOADs and check the unit cycle by cycle, then in total.
+
+    Per cycle: ``idle``/``instr_ready`` low exactly while an instruction is in
+    progress; no read request while a ``wait_compute`` LOAD has not popped its
+    token; ``token_pop`` only when ``token_avail``, once per such LOAD;
+    ``stall_token`` while it waits without a token; ``token_push`` exactly in
+    the cycle that writes the last entry of a ``signal_compute`` LOAD.
+    In total: the requests and buffer writes are exactly the expected ones.
+    """
+    memory = rng.randbytes(MEMORY_BYTES)
+    port = ReadMemory(dut, memory, CONFIG.mem_bytes, rng, **memory_timing)
+    loads = random_loads(rng, memory, count)
+    queue = list(loads)
+    current, waiting, written = None, False, 0  # the LOAD in progress
+    writes, offer_at, token = [], 0, 0
+    await start(dut, instr_valid=0, rd_resp_valid=0)
+    for cycle in range(100_000):
+        await RisingEdge(dut.clk)
+        port.drive(cycle)
+        offer = bool(queue) and cycle >= offer_at
+        dut.instr_valid.value = offer
+        dut.instr.value = int.from_bytes(queue[0].load.encode(), "little") if offer else rng.getrandbits(256)
+        token ^= rng.random() < 0.15  # the token comes and goes in runs
+        dut.token_avail.value = token
+        await ReadOnly()
+
+        port.sample(cycle)
+        busy = current is not None
+        assert int(dut.idle.value) == int(dut.instr_ready.value) == (not busy), f"cycle {cycle}: idle"
+        assert int(dut.stall_token.value) == (waiting and not token), f"cycle {cycle}: stall_token"
+        assert not (waiting and int(dut.rd_req_valid.value)), f"cycle {cycle}: read requested before the token"
+        if int(dut.token_pop.value):
+            assert waiting and token, f"cycle {cycle}: token_pop without a waiting LOAD or a token"
+            waiting = False
+        act, wgt = int(dut.act_wr_en.value), int(dut.wgt_wr_en.value)
+        assert not (act and wgt), f"cycle {cycle}: both buffers written"
+        if act or wgt:
+            assert busy and not waiting, f"cycle {cycle}: write outside a LOAD"
+            prefix, buffer = ("act", Buffer.ACT) if act else ("wgt", Buffer.WGT)
+            writes.append((buffer, int(getattr(dut, f"{prefix}_wr_addr").value),
+                           int(getattr(dut, f"{prefix}_wr_data").value)))
+            written += 1
+        last = busy and written == current.load.count
+        push = last and current.load.signal_compute
+        assert int(dut.token_push.value) == push, f"cycle {cycle}: token_push should be {int(push)}"
+        if last:
+            current = None
+        if offer and int(dut.instr_ready.value):
+            current, written = queue.pop(0), 0
+            waiting = current.load.wait_compute
+            offer_at = cycle + 1 + rng.choice([0, 0, rng.randint(1, 12)])
+        if not (queue or current or port.pending):
+            break
+    else:
+        raise AssertionError("the LOADs did not finish")
+    assert port.requests == [r for e in loads for r in e.requests], "read requests differ"
+    expected = [w for e in loads for w in e.writes]
+    first = next((i for i, (a, b) in enumerate(zip(writes, expected)) if a != b), min(len(writes), len(expected)))
+    assert writes == expected, \
+        f"buffer writes differ from write {first} on ({len(writes)} made, {len(expected)} expected)"
+
+
+@cocotb.test()
+async def random_timing(dut):
+    """Random LOADs; memory with backpressure, random latency and gaps between beats."""
+    await run_loads(dut, random.Random(5), 80)
+
+
+@cocotb.test()
+async def streaming(dut):
+    """Random LOADs; a memory that always accepts and answers a beat every cycle after one cycle."""
+    await run_loads(dut, random.Random(6), 80, ready_chance=1.0, latency=(1, 1), gap_chance=0.0)

