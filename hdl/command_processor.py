@@ -21,7 +21,9 @@ _SETTLE_CYCLES = 4
 class CommandProcessor(wiring.Component):
     """Fetches ``prog_len`` instructions from ``prog_addr`` after ``start``.
 
-    LOAD, COMPUTE and STORE go in order to their unit's queue; SYNC waits for
+    A ``start`` takes effect once the previous run has settled: its fetches
+    drained and ``units_idle`` (``starting`` marks that cycle; ``busy`` covers
+    the wait). LOAD, COMPUTE and STORE go in order to their unit's queue; SYNC waits for
     ``units_idle``; FINISH waits likewise and then raises ``done``. An unknown
     opcode, or running out of instructions before FINISH, stops with
     ``error`` and records the code and the instruction's index.
@@ -39,7 +41,7 @@ class CommandProcessor(wiring.Component):
             "compute_valid": Out(1), "compute_ready": In(1),
             "store_valid": Out(1), "store_ready": In(1),
             "units_idle": In(1),
-            "busy": Out(1), "done": Out(1), "error": Out(1),
+            "busy": Out(1), "starting": Out(1), "done": Out(1), "error": Out(1),
             "error_code": Out(4), "error_pc": Out(32), "retired": Out(32), "dispatch_stall": Out(1),
         })
 
@@ -55,12 +57,15 @@ class CommandProcessor(wiring.Component):
         beat = Signal(range(beats))
         settle = Signal(range(_SETTLE_CYCLES + 1))
 
-        m.d.comb += self.busy.eq(running)
-        with m.If(self.start & ~running):
-            m.d.sync += [
-                running.eq(1), self.done.eq(0), self.error.eq(0), self.error_code.eq(ErrorCode.NONE),
-                fetch_index.eq(0), self.retired.eq(0), beat.eq(0),
-            ]
+        pending = Signal()
+        m.d.comb += self.busy.eq(running | pending)
+        with m.If(self.start & ~self.busy):
+            m.d.sync += [pending.eq(1), self.done.eq(0), self.error.eq(0), self.error_code.eq(ErrorCode.NONE),
+                         self.retired.eq(0)]
+        # Words still arriving for a stopped run must not become the next run's instructions.
+        m.d.comb += self.starting.eq(pending & (outstanding == 0) & (fetched.level == 0) & self.units_idle)
+        with m.If(self.starting):
+            m.d.sync += [pending.eq(0), running.eq(1), fetch_index.eq(0), beat.eq(0)]
 
         # Fetch: keep the FIFO topped up, never past the end of the program.
         room = fetched.level + outstanding < _FETCH_DEPTH

@@ -96,7 +96,7 @@ class MvuCore(wiring.Component):
         def token(name, push, pop):
             count = Signal(8, name=f"tokens_{name}")
             m.d.sync += count.eq(count + push - pop)
-            with m.If(command.start & ~command.busy):
+            with m.If(command.starting):
                 m.d.sync += count.eq(0)
             return count != 0
 
@@ -168,7 +168,7 @@ class MvuCore(wiring.Component):
         }
         for index, (name, event) in enumerate(events.items()):
             counter = Signal(64, name=f"counter_{name}")
-            with m.If(command.start & ~command.busy):
+            with m.If(command.starting):
                 m.d.sync += counter.eq(0)
             with m.Elif(command.busy):
                 m.d.sync += counter.eq(counter + event)

@@ -19,7 +19,7 @@ class PostProcessor(wiring.Component):
         q = clamp(y + out_zero_point, clamp_min, clamp_max)
         out = q mod 256
 
-    ``out_raw`` carries the unmodified accumulators with the same latency.
+    ``out_raw`` carries the unmodified accumulators of valid rows with the same latency.
     The parameters are not pipelined: hold them while rows are in flight.
     """
 

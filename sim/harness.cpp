@@ -131,14 +131,14 @@ uint8_t* mvu_sim_memory(void* handle, uint64_t size) {
 
 void mvu_sim_reset(void* handle) {
     Sim* s = static_cast<Sim*>(handle);
-    s->reads.clear();
-    s->memory_error = 0;
-    s->credit = 0;
     s->top->csr_we = 0;
     s->top->rst = 1;
     for (int i = 0; i < 4; ++i) step(s);
     s->top->rst = 0;
-    step(s);
+    // Whatever the core asked of memory before the reset took effect is forgotten.
+    s->reads.clear();
+    s->memory_error = 0;
+    s->credit = 0;
 }
 
 uint32_t mvu_sim_csr_read(void* handle, uint32_t addr) {

@@ -94,6 +94,7 @@ class ReadMemory:
 
     @property
     def pending(self) -> bool:
+        """Whether accepted requests still have beats to answer."""
         return bool(self.beats)
 
     def drive(self, cycle: int) -> None:

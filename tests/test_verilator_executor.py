@@ -1,0 +1,119 @@
+"""The RTL, run by Verilator, against the reference: bit for bit, plus its error paths."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import NARROW, TINY
+from mvu.config import HardwareConfig
+from mvu.csr_map import Csr
+from mvu.gemm import GemmProgram, Requantization, golden_gemm
+from mvu.isa import Buffer, Compute, Finish, Load, Store, Sync
+from mvu.program import MemoryImage, Program
+from mvu.sim.verilator_executor import MemoryModel, SimulationError, SimulationTimeout
+
+
+def gemm_case(rng, m, k, n, signed, raw):
+    a = rng.integers(-128, 128, (m, k), dtype=np.int8) if signed else rng.integers(0, 256, (m, k), dtype=np.uint8)
+    w = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    zero_point = int(rng.integers(-128, 128) if signed else rng.integers(0, 256))
+    requant = None if raw else Requantization.from_scales(
+        rng.uniform(1e-4, 1e-2, n), rng.integers(-5000, 5000, n), out_zero_point=int(rng.integers(-10, 10)))
+    return a, w, zero_point, requant
+
+
+@pytest.mark.parametrize("config", [TINY, NARROW], ids=["tiny", "narrow"])
+def test_random_awkward_gemms_are_bit_exact(config, verilator_executors):
+    executor = verilator_executors(config)
+    rng = np.random.default_rng(2024)
+    for trial in range(10):
+        m, k, n = (int(x) for x in rng.integers(1, 60, 3))
+        signed, raw = bool(trial % 2), trial % 3 == 0
+        a, w, zero_point, requant = gemm_case(rng, m, k, n, signed, raw)
+        gemm = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant)
+        run = executor.run(gemm.program)
+        np.testing.assert_array_equal(gemm.result(), golden_gemm(a, w, zero_point, requant),
+                                      err_msg=f"{m}x{k}x{n} signed={signed} raw={raw}")
+        assert run.counters["array_active"] * config.macs_per_cycle >= m * k * n
+
+
+@pytest.mark.parametrize("model", [MemoryModel(latency=1, bytes_per_cycle=4), MemoryModel(latency=97, bytes_per_cycle=1.5,
+                                                                                            max_outstanding=3)],
+                         ids=["fast", "slow-and-narrow"])
+def test_results_do_not_depend_on_memory_timing(model, verilator_executors):
+    executor = verilator_executors(TINY, model)
+    rng = np.random.default_rng(8)
+    a, w, zero_point, requant = gemm_case(rng, 45, 23, 14, False, False)
+    gemm = GemmProgram(TINY, a, w, act_zero_point=zero_point, requant=requant)
+    executor.run(gemm.program)
+    np.testing.assert_array_equal(gemm.result(), golden_gemm(a, w, zero_point, requant))
+
+
+def test_default_configuration_gemm(verilator_executors):
+    config = HardwareConfig()
+    executor = verilator_executors(config)
+    rng = np.random.default_rng(99)
+    a, w, zero_point, requant = gemm_case(rng, 300, 700, 500, False, False)
+    gemm = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant)
+    run = executor.run(gemm.program)
+    np.testing.assert_array_equal(gemm.result(), golden_gemm(a, w, zero_point, requant))
+    counters = run.counters
+    assert counters["array_active"] == sum(ins.count for ins in gemm.program.instructions()
+                                           if isinstance(ins, Compute))
+    assert counters["cycles"] >= counters["array_active"]
+    assert counters["mem_write_beats"] == 300 * 16  # 16 column tiles of 32 bytes per output row
+
+
+def small_program(instructions, memory_bytes=4096):
+    memory = MemoryImage()
+    memory.allocate(memory_bytes)
+    return Program.place(memory, instructions)
+
+
+def test_illegal_instruction_stops_the_core(verilator_executors):
+    executor = verilator_executors(TINY)
+    program = small_program([Sync(), Finish()])
+    program.memory.data[program.address] = 9  # opcode 9 does not exist
+    with pytest.raises(SimulationError, match="ILLEGAL_OPCODE at instruction 0"):
+        executor.run(program, check=False)
+    program.memory.data[program.address] = 4
+    program.memory.data[program.address + 32] = 4  # SYNC instead of FINISH
+    with pytest.raises(SimulationError, match="NO_FINISH at instruction 2"):
+        executor.run(program, check=False)
+    executor.run(small_program([Sync(), Finish()]))  # and it still works afterwards
+
+
+def test_memory_access_out_of_range(verilator_executors):
+    executor = verilator_executors(TINY)
+    program = small_program([Load(Buffer.ACT, 0, 4, 1 << 20, 4), Finish()])
+    with pytest.raises(SimulationError, match="memory read at 0x100000 outside the"):
+        executor.run(program, check=False)
+
+
+def test_hung_program_hits_the_cycle_limit(verilator_executors):
+    executor = verilator_executors(TINY)
+    # Waits for a token nobody sends: the static check would refuse it, the hardware hangs.
+    program = small_program([Compute(act_addr=0, count=1, acc_addr=0, wait_load=True), Finish()])
+    with pytest.raises(SimulationTimeout, match="did not finish within 5000 cycles"):
+        executor.run(program, max_cycles=5000, check=False)
+    executor.run(small_program([Finish()]))
+
+
+def test_csr_identity(verilator_executors):
+    executor = verilator_executors(NARROW)
+    assert executor._lib.mvu_sim_csr_read(executor._handle, Csr.CONFIG_FINGERPRINT) == NARROW.fingerprint
+
+
+def test_bench_cli_reports_json(tmp_path, capsys):
+    from mvu.cli import main
+
+    config_file = tmp_path / "tiny.json"
+    config_file.write_text(json.dumps(TINY.to_dict()))
+    assert main(["--config", str(config_file), "bench", "gemm", "--m", "30", "--k", "70", "--n", "50",
+                 "--backend", "verilator", "--json", "--seed", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bit_exact"] is True
+    for key in ("cycles", "mac_utilization", "sim_seconds", "sim_cycles_per_second", "sim_macs_per_second"):
+        assert report[key] > 0, key
+    assert report["mac_utilization"] <= 1
