@@ -18,10 +18,11 @@ class ComputeUnit(wiring.Component):
 
     Two engines work on consecutive instructions at once. The *preloader*
     takes an instruction, waits for its load token, and (when ``preload`` is
-    set) shifts its weight tile into the idle bank as soon as that bank has
-    drained. It then hands the instruction to the *streamer*, which waits for
-    its store token and streams one activation entry per cycle into the
-    array; results are added into (or written to) the accumulators
+    set) shifts its weight tile into the array's shadow registers as soon as
+    the previous tile has swapped in. It then hands the instruction to the
+    *streamer*, which waits for its store token and streams one activation
+    entry per cycle into the array, the first of a preloaded tile flagged to
+    swap the tile in; results are added into (or written to) the accumulators
     :attr:`MatrixVectorUnit.latency` + 1 cycles later. So the next tile's
     weights load while the current tile streams.
     """
@@ -56,7 +57,7 @@ class ComputeUnit(wiring.Component):
                 "wait_store": Signal(name=f"{prefix}_wait_store"),
                 "signal_load": Signal(name=f"{prefix}_signal_load"),
                 "signal_store": Signal(name=f"{prefix}_signal_store"),
-                "bank": Signal(name=f"{prefix}_bank"),
+                "swap": Signal(name=f"{prefix}_swap"),
             }
 
         pre = job_signals("pre")          # instruction held by the preloader
@@ -66,12 +67,11 @@ class ComputeUnit(wiring.Component):
         stream_busy = Signal()
         stream_waiting = Signal()
 
-        # --- Bank bookkeeping ------------------------------------------------
-        front_bank = Signal()             # bank of the newest instruction past the preloader
-        drain = [Signal(range(R), name=f"drain_{b}") for b in range(2)]
-        in_use = [Signal(name=f"in_use_{b}") for b in range(2)]
-        for b in range(2):
-            m.d.comb += in_use[b].eq((stream_busy & (stream["bank"] == b)) | (slot_valid & (slot["bank"] == b)))
+        # --- Shadow tile bookkeeping ------------------------------------------------
+        # The shadow registers may be refilled once the tile in them has swapped in
+        # everywhere: R cycles after the first entry of its instruction entered.
+        shadow_waiting = Signal()         # a preloaded tile has not started streaming yet
+        swap_settling = Signal(range(R))
 
         # --- Preloader ---------------------------------------------------------
         word = self.instr
@@ -85,7 +85,6 @@ class ComputeUnit(wiring.Component):
         m.d.comb += [
             matvec.wl_valid.eq(shifting),  # the weight read issued last cycle arrives now
             matvec.wl_data.eq(self.wgt_rd_data),
-            matvec.wl_bank.eq(pre["bank"]),
         ]
         with m.FSM(name="preloader") as preloader:
             with m.State("IDLE"):
@@ -109,16 +108,13 @@ class ComputeUnit(wiring.Component):
                     m.d.comb += self.stall_token.eq(1)
                 with m.Else():
                     m.d.comb += self.load_token_pop.eq(wait_load)
-                    bank = Mux(do_preload, ~front_bank, front_bank)
-                    m.d.sync += [pre["bank"].eq(bank), front_bank.eq(bank)]
+                    m.d.sync += pre["swap"].eq(do_preload)
                     with m.If(do_preload):
-                        m.next = "BANK"
+                        m.next = "SHADOW"
                     with m.Else():
                         m.next = "HANDOFF"
-            with m.State("BANK"):
-                bank = pre["bank"]
-                free = ~Mux(bank, in_use[1], in_use[0]) & (Mux(bank, drain[1], drain[0]) == 0)
-                with m.If(free):
+            with m.State("SHADOW"):
+                with m.If(~shadow_waiting & (swap_settling == 0)):
                     m.d.sync += shift_index.eq(0)
                     m.next = "SHIFT"
             with m.State("SHIFT"):
@@ -131,14 +127,18 @@ class ComputeUnit(wiring.Component):
                 with m.If(~slot_valid):
                     m.d.sync += [slot[name].eq(pre[name]) for name in slot]
                     m.d.sync += slot_valid.eq(1)
+                    with m.If(pre["swap"]):
+                        m.d.sync += shadow_waiting.eq(1)
                     m.next = "IDLE"
 
         # --- Streamer -----------------------------------------------------------
         issue = Signal()
         last = Signal()
+        first = Signal()                  # the entry that swaps the preloaded tile in
         m.d.comb += [
             issue.eq(stream_busy & ~stream_waiting),
             last.eq(issue & (stream["count"] == 1)),
+            first.eq(issue & stream["swap"]),
             self.act_rd_addr.eq(stream["act_addr"]),
             self.active.eq(issue),
         ]
@@ -152,6 +152,7 @@ class ComputeUnit(wiring.Component):
                 stream["act_addr"].eq(stream["act_addr"] + 1),
                 stream["acc_addr"].eq(stream["acc_addr"] + 1),
                 stream["count"].eq(stream["count"] - 1),
+                stream["swap"].eq(0),
             ]
         with m.If(last):
             m.d.sync += stream_busy.eq(0)
@@ -162,11 +163,10 @@ class ComputeUnit(wiring.Component):
         m.d.comb += self.stall_weights.eq(~stream_busy & ~slot_valid & ~preloader.ongoing("IDLE")
                                           & ~preloader.ongoing("TOKEN"))
 
-        for b in range(2):
-            with m.If(issue & (stream["bank"] == b)):
-                m.d.sync += drain[b].eq(R - 1)
-            with m.Elif(drain[b] != 0):
-                m.d.sync += drain[b].eq(drain[b] - 1)
+        with m.If(first):
+            m.d.sync += [shadow_waiting.eq(0), swap_settling.eq(R - 1)]
+        with m.Elif(swap_settling != 0):
+            m.d.sync += swap_settling.eq(swap_settling - 1)
 
         # --- Element pipeline: activation read, array, accumulate ---------------
         v1 = delayed(m, issue, 1, "elem_valid", reset=True)
@@ -175,7 +175,7 @@ class ComputeUnit(wiring.Component):
             matvec.in_data.eq(self.act_rd_data),
             matvec.in_signed.eq(delayed(m, stream["act_signed"], 1, "elem_signed")),
             matvec.in_zero_point.eq(delayed(m, stream["act_zero_point"], 1, "elem_zp")),
-            matvec.in_bank.eq(delayed(m, stream["bank"], 1, "elem_bank")),
+            matvec.in_first.eq(delayed(m, first, 1, "elem_first", reset=True)),
         ]
         # Metadata reaches the accumulator read one cycle before the array's result.
         lead = matvec.latency  # from issue to the accumulator read

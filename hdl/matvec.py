@@ -17,32 +17,33 @@ class MatrixVectorUnit(wiring.Component):
     """Multiplies one activation vector per cycle by the active ``rows`` x ``cols`` weight tile.
 
     Inputs are row-aligned: ``in_data`` holds one activation entry (``rows``
-    bytes, read as int8 or uint8 and offset by ``in_zero_point``) and
-    ``in_bank`` names the weight bank it is multiplied with. Its ``cols``
-    int32 dot products leave on ``out_data`` exactly :attr:`latency` cycles
-    later. ``wl_valid`` shifts one weight row (``cols`` int8) into bank
-    ``wl_bank``; a tile is ``rows`` such shifts, last row first.
+    bytes, read as int8 or uint8 and offset by ``in_zero_point``). Its
+    ``cols`` int32 dot products leave on ``out_data`` exactly :attr:`latency`
+    cycles later. ``wl_valid`` shifts one weight row (``cols`` int8) into the
+    shadow tile; a tile is ``rows`` such shifts, last row first. The entry
+    flagged ``in_first`` and all after it use the shadow tile, which becomes
+    the active one.
 
-    Timing rules the controller keeps (``R = rows``): a bank's shifts may
-    start ``R`` cycles after the last activation that used the bank entered,
-    and the first activation that uses the new weights may enter in the cycle
-    of the last shift (``R - 1`` cycles after the first).
+    Timing rules the controller keeps (``R = rows``): a tile's shifts may
+    start ``R`` cycles after the previous tile's first entry entered, and the
+    new tile's first entry may enter in the cycle of its last shift (``R - 1``
+    cycles after the first). So tiles of at least ``2R - 1`` entries stream
+    back to back.
     """
 
     def __init__(self, config: HardwareConfig):
         self.config = config
         R, C = config.rows, config.cols
         #: Cycles from an input to its output.
-        self.latency = R + C + 1
+        self.latency = R + C + 2
         super().__init__({
             "in_valid": In(1),
             "in_data": In(ArrayLayout(unsigned(8), R)),
             "in_signed": In(1),
             "in_zero_point": In(signed(16)),
-            "in_bank": In(1),
+            "in_first": In(1),
             "wl_valid": In(1),
             "wl_data": In(ArrayLayout(signed(8), C)),
-            "wl_bank": In(1),
             "out_valid": Out(1),
             "out_data": Out(ArrayLayout(signed(32), C)),
         })
@@ -54,29 +55,27 @@ class MatrixVectorUnit(wiring.Component):
 
         # Stage 0: offset by the zero point. Valid values lie in -255..255.
         centred = [Signal(signed(9), name=f"centred_{r}", reset_less=True) for r in range(R)]
-        bank0 = Signal()
+        first0 = Signal()
         valid0 = Signal()
         for r in range(R):
             byte = self.in_data[r]
             value = Mux(self.in_signed, byte.as_signed(), byte.as_unsigned())
             m.d.sync += centred[r].eq(value - self.in_zero_point)
-        m.d.sync += [bank0.eq(self.in_bank), valid0.eq(self.in_valid)]
+        m.d.sync += [first0.eq(self.in_valid & self.in_first), valid0.eq(self.in_valid)]
 
         # Row r enters r cycles after row 0; weight column c shifts c cycles after column 0.
         acts = staggered(m, centred, "act_skew")
-        banks = staggered(m, [bank0] * R, "bank_skew")
+        firsts = staggered(m, [first0] * R, "first_skew")
         wl_data = staggered(m, [self.wl_data[c] for c in range(C)], "wl_data_skew")
         wl_en = staggered(m, [self.wl_valid] * C, "wl_en_skew")
-        wl_bank = staggered(m, [self.wl_bank] * C, "wl_bank_skew")
         for r in range(R):
-            m.d.comb += [array.act[r].eq(acts[r]), array.act_bank[r].eq(banks[r])]
+            m.d.comb += [array.act[r].eq(acts[r]), array.act_first[r].eq(firsts[r])]
         for c in range(C):
-            m.d.comb += [array.wl_data[c].eq(wl_data[c]), array.wl_en[c].eq(wl_en[c]),
-                         array.wl_bank[c].eq(wl_bank[c])]
+            m.d.comb += [array.wl_data[c].eq(wl_data[c]), array.wl_en[c].eq(wl_en[c])]
 
         # Column c leaves the array c cycles after column 0: realign.
         realigned = staggered(m, [array.psum[c] for c in reversed(range(C))], "deskew")
         for c in range(C):
             m.d.comb += self.out_data[c].eq(realigned[C - 1 - c].as_signed())
-        m.d.comb += self.out_valid.eq(delayed(m, valid0, R + C, "valid", reset=True))
+        m.d.comb += self.out_valid.eq(delayed(m, valid0, R + C + 1, "valid", reset=True))
         return m

@@ -26,12 +26,25 @@ VERILATOR_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noasse
 CXX_FLAGS = "-fPIC -O2"
 
 
-def generate_verilog(config: HardwareConfig) -> str:
-    from amaranth.back import verilog
+# Yosys passes between Amaranth and Verilator. They keep the design's behaviour but turn
+# "register = enable ? new : old" into registers with enables and trim unused arithmetic
+# width, which a cycle-based simulator evaluates far faster.
+_SIMULATION_PASSES = "proc; opt; wreduce; opt_clean"
+
+
+def generate_verilog(config: HardwareConfig, *, optimize: bool = True) -> str:
+    """Verilog of :class:`~mvu.hdl.core.MvuCore` named ``mvu_core``; ``optimize`` runs the passes above."""
+    from amaranth.back import rtlil, verilog
 
     from mvu.hdl.core import MvuCore
 
-    return verilog.convert(MvuCore(config), name="mvu_core", emit_src=False)
+    if not optimize:
+        return verilog.convert(MvuCore(config), name="mvu_core", emit_src=False)
+    from amaranth._toolchain.yosys import find_yosys
+
+    text = rtlil.convert(MvuCore(config), name="mvu_core", emit_src=False)
+    script = f"read_rtlil <<rtlil\n{text}\nrtlil\n{_SIMULATION_PASSES}\nwrite_verilog -norename -noattr"
+    return find_yosys(lambda version: version >= (0, 40)).run(["-q", "-"], script, ignore_warnings=True)
 
 
 def _hdl_sources() -> bytes:
@@ -44,16 +57,17 @@ def _hdl_sources() -> bytes:
 
 def model_key(config: HardwareConfig) -> str:
     """Hash of everything the model is built from: design sources, parameters, harness, tools."""
+    import mvu.config
     import mvu.csr_map
     import mvu.isa
 
     digest = hashlib.sha256()
     digest.update(json.dumps(config.to_dict(), sort_keys=True).encode())
     digest.update(_hdl_sources())
-    for module in (mvu.isa, mvu.csr_map):
+    for module in (mvu.config, mvu.isa, mvu.csr_map):  # the HDL reads all three
         digest.update(Path(module.__file__).read_bytes())
     digest.update(_HARNESS.read_bytes())
-    digest.update(" ".join(VERILATOR_FLAGS + [CXX_FLAGS]).encode())
+    digest.update(" ".join(VERILATOR_FLAGS + [CXX_FLAGS, _SIMULATION_PASSES]).encode())
     for package in ("amaranth", "verilator"):
         digest.update(f"{package}={metadata.version(package)}".encode())
     return digest.hexdigest()[:20]

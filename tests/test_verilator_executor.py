@@ -105,15 +105,25 @@ def test_csr_identity(verilator_executors):
     assert executor._lib.mvu_sim_csr_read(executor._handle, Csr.CONFIG_FINGERPRINT) == NARROW.fingerprint
 
 
-def test_bench_cli_reports_json(tmp_path, capsys):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bench_command_of_the_acceptance_criteria(seed, capsys):
+    """`mvu bench gemm --m 300 --k 700 --n 500 --backend verilator --json` on the default configuration."""
     from mvu.cli import main
 
-    config_file = tmp_path / "tiny.json"
-    config_file.write_text(json.dumps(TINY.to_dict()))
-    assert main(["--config", str(config_file), "bench", "gemm", "--m", "30", "--k", "70", "--n", "50",
-                 "--backend", "verilator", "--json", "--seed", "3"]) == 0
+    assert main(["bench", "gemm", "--m", "300", "--k", "700", "--n", "500", "--backend", "verilator", "--json",
+                 "--seed", str(seed)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["bit_exact"] is True
     for key in ("cycles", "mac_utilization", "sim_seconds", "sim_cycles_per_second", "sim_macs_per_second"):
         assert report[key] > 0, key
     assert report["mac_utilization"] <= 1
+    assert report["mac_utilization"] == pytest.approx(300 * 700 * 500 / (report["cycles"] * 1024))
+
+
+def test_bench_cli_rejects_a_bad_configuration_file(tmp_path):
+    from mvu.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**TINY.to_dict(), "rows": 6}))
+    with pytest.raises(SystemExit, match="rows must be a power of two, not 6"):
+        main(["--config", str(bad), "bench", "gemm", "--backend", "reference"])

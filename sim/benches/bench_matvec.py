@@ -1,9 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """cocotb bench of :class:`mvu.hdl.matvec.MatrixVectorUnit` against ``(a - zero_point) @ W`` in numpy.
 
-Random int8 tiles go alternately into both banks, each shifted in while the
-other bank streams random uint8/int8 activations with random zero points,
-as close as the docstring's timing rule allows. Some tiles and activations
+Random int8 tiles are shifted into the shadow registers while the previous
+tile streams random uint8/int8 activations with random zero points, as close
+as the docstring's timing rule allows. Some tiles and activations
 take extreme values, for the widest products and sums.
 """
 
@@ -28,10 +28,11 @@ def schedule(rng: np.random.Generator, jobs: int, burst: tuple[int, int] = (1, 9
              shift_lead: int = 0, act_lead: int = 0):
     """Per-cycle inputs and expected output rows for ``jobs`` tiles, each used by one burst of activations.
 
-    Job ``j`` shifts a fresh tile into bank ``j % 2``, starting ``R`` cycles
-    after the bank's last activation, and its first activation enters in the
-    cycle of the last shift; both get random slack unless ``shift_lead`` or
-    ``act_lead`` (> 0) move them that many cycles earlier than the rule allows.
+    Job ``j`` shifts a fresh tile into the shadow registers, starting ``R``
+    cycles after the previous job's first activation entered, and its first
+    activation (flagged ``in_first``) enters in the cycle of the last shift;
+    both get random slack unless ``shift_lead`` or ``act_lead`` (> 0) move
+    them that many cycles earlier than the rule allows.
     Returns ``(drive, expect, stats)``: ``drive[t]`` maps port names to values
     for cycle ``t``, ``expect[t]`` is the row ``out_data`` must carry in cycle
     ``t`` (or None: ``out_valid`` low), ``stats`` counts overlapping cycles and
@@ -42,20 +43,20 @@ def schedule(rng: np.random.Generator, jobs: int, burst: tuple[int, int] = (1, 9
     shifts, acts = {}, {}
     stats = {"overlap": 0, "shift_on_bound": 0, "act_on_bound": 0}
     wl_free = act_free = 0
-    last_use = [-R, -R]
+    previous_first = -R
     for j in range(jobs):
-        bank = j % 2
         tile = rng.integers(-128, 128, (R, C)) if rng.random() < 0.8 else rng.choice([-128, 127], (R, C))
-        bound = last_use[bank] + R - shift_lead
+        bound = previous_first + R - shift_lead
         s0 = max(wl_free, bound + slack())
         stats["shift_on_bound"] += s0 == bound
         for k in range(R):  # last row first
-            shifts[s0 + k] = {"wl_valid": 1, "wl_bank": bank, "wl_data": pack(tile[R - 1 - k], 8)}
+            shifts[s0 + k] = {"wl_valid": 1, "wl_data": pack(tile[R - 1 - k], 8)}
         wl_free = s0 + R
         bound = s0 + R - 1 - act_lead
         t = max(act_free, bound + slack())
         stats["act_on_bound"] += t == bound
-        for _ in range(rng.integers(*burst)):
+        previous_first = t
+        for index in range(rng.integers(*burst)):
             signed = bool(rng.integers(2))
             data = rng.integers(0, 256, R)
             zero_point = int(rng.integers(-128, 128) if signed else rng.integers(0, 256))
@@ -63,20 +64,19 @@ def schedule(rng: np.random.Generator, jobs: int, burst: tuple[int, int] = (1, 9
                 data, zero_point = ((np.full(R, 0x80), 127) if signed else
                                     (np.full(R, 255), 0) if rng.integers(2) else (np.zeros(R, int), 255))
             values = data.astype(np.int8) if signed else data
-            acts[t] = ({"in_valid": 1, "in_bank": bank, "in_signed": int(signed),
+            acts[t] = ({"in_valid": 1, "in_first": int(index == 0), "in_signed": int(signed),
                         "in_zero_point": zero_point, "in_data": pack(data, 8)},
                        [int(v) for v in (values.astype(np.int64) - zero_point) @ tile])
-            last_use[bank] = t
+            act_free = t + 1
             t += 1 + (0 if exact or rng.random() < 0.8 else int(rng.integers(1, 3)))
-        act_free = last_use[bank] + 1
 
     end = max(max(shifts), max(acts)) + LATENCY + 3
     drive, expect = [], [None] * end
     for t in range(end):
-        garbage = {"in_valid": 0, "in_bank": int(rng.integers(2)), "in_signed": int(rng.integers(2)),
+        garbage = {"in_valid": 0, "in_first": int(rng.integers(2)), "in_signed": int(rng.integers(2)),
                    "in_zero_point": int(rng.integers(-(1 << 15), 1 << 15)),
                    "in_data": int(rng.integers(0, 1 << 32)),
-                   "wl_valid": 0, "wl_bank": int(rng.integers(2)), "wl_data": int(rng.integers(0, 1 << 32))}
+                   "wl_valid": 0, "wl_data": int(rng.integers(0, 1 << 32))}
         cycle = garbage | shifts.get(t, {})
         if t in acts:
             cycle |= acts[t][0]
@@ -108,7 +108,7 @@ async def simulate(dut, drive, expect) -> list[tuple[int, list[int], list[int]]]
 
 @cocotb.test()
 async def random_tiles_overlapped(dut):
-    """Every output row equals the model, with tile loads overlapping the other bank's stream."""
+    """Every output row equals the model, with tile loads overlapping the previous tile's stream."""
     drive, expect, stats = schedule(np.random.default_rng(1), jobs=200)
     await start(dut, in_valid=0, wl_valid=0)
     wrong = await simulate(dut, drive, expect)
