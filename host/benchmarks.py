@@ -41,7 +41,9 @@ def bench_gemm(config: HardwareConfig, m: int, k: int, n: int, *, backend: str =
     """Run one random GEMM on ``backend`` and on the reference; report exactness and speed."""
     a, w, zero_point, requant = random_gemm_operands(m, k, n, seed)
     executor = executor or make_executor(backend, config, latency=latency, bytes_per_cycle=bytes_per_cycle)
-    under_test = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant)
+    bandwidth = getattr(getattr(executor, "memory_model", None), "bytes_per_cycle", None)
+    under_test = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant,
+                             memory_bytes_per_cycle=bandwidth)
     run = executor.run(under_test.program)
     reference = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant, tiling=under_test.tiling)
     ReferenceExecutor(config).run(reference.program)

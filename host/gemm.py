@@ -124,7 +124,11 @@ def _block_sizes(total: int, size: int) -> list[tuple[int, int]]:
 
 def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle: float = 32.0,
               latency: int = 40) -> GemmTiling:
-    """Choose the tiling with the fewest estimated cycles, loads double-buffered against compute."""
+    """Choose the tiling with the fewest estimated cycles, loads double-buffered against compute.
+
+    ``bytes_per_cycle`` and ``latency`` describe the memory the program will
+    run against; among equally fast tilings the one that moves fewer bytes wins.
+    """
     R, C = config.rows, config.cols
     k_tiles, n_tiles = -(-k // R), -(-n // C)
     act_half, acc_half = config.act_depth // 2, config.acc_depth // 2
@@ -138,13 +142,15 @@ def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle
             k_chunk = min(k_tiles, act_half // m_block, wgt_half_tiles // n_block)
             if k_chunk < 1:
                 continue
-            cycles = 0.0
+            cycles = traffic = 0.0
             for rows, blocks_m in _block_sizes(m, m_block):
                 for tiles_n, blocks_n in _block_sizes(n_tiles, n_block):
                     for tiles_k, chunks in _block_sizes(k_tiles, k_chunk):
                         compute = tiles_k * tiles_n * max(rows, min_stream)
-                        load = (rows * tiles_k * R + tiles_n * tiles_k * R * C) / bytes_per_cycle + latency
-                        cycles += blocks_m * blocks_n * chunks * max(compute, load)
+                        loaded = rows * tiles_k * R + tiles_n * tiles_k * R * C
+                        cycles += blocks_m * blocks_n * chunks * max(compute, loaded / bytes_per_cycle + latency)
+                        traffic += blocks_m * blocks_n * chunks * loaded
+            cycles += 1e-3 * traffic / bytes_per_cycle
             if cycles < best_cycles:
                 best, best_cycles = GemmTiling(m_block, n_block, k_chunk), cycles
     if best is None:
@@ -158,11 +164,13 @@ class GemmProgram:
     Operands are stored tiled: activations as ``[K/rows][M][rows]``, weights
     as ``[N/cols][K/rows][rows][cols]``, outputs as ``[N/cols][M][cols]``.
     After an executor has run :attr:`program`, :meth:`result` reads the
-    ``M x N`` output back.
+    ``M x N`` output back. ``memory_bytes_per_cycle`` (default: one beat per
+    cycle) tunes the tiling to the memory the program will run against.
     """
 
     def __init__(self, config: HardwareConfig, a: np.ndarray, w: np.ndarray, *, act_zero_point: int = 0,
-                 requant: Requantization | None = None, tiling: GemmTiling | None = None):
+                 requant: Requantization | None = None, tiling: GemmTiling | None = None,
+                 memory_bytes_per_cycle: float | None = None):
         self.config = config
         a, w = np.asarray(a), np.asarray(w)
         if a.ndim != 2 or w.ndim != 2:
@@ -185,7 +193,8 @@ class GemmProgram:
             raise GemmError(f"requantization has {requant.channels} channels; the product has {self.n}")
         self.act_zero_point, self.requant = act_zero_point, requant
         self._check_memory_size()
-        self.tiling = tiling or plan_gemm(config, self.m, self.k, self.n)
+        self.tiling = tiling or plan_gemm(config, self.m, self.k, self.n,
+                                          bytes_per_cycle=memory_bytes_per_cycle or config.mem_bytes)
         self._check_tiling()
         self.program = self._build(a, w)
 
