@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import INSTRUCTION_BYTES, HardwareConfig
-from .isa import Buffer, Compute, Finish, Instruction, Load, ProgramError, Store, Sync, decode_program, encode_program
+from .isa import Buffer, Compute, Finish, Instruction, Load, ProgramError, Store, decode_program, encode_program
 
 __all__ = ["MemoryImage", "Program", "check_program", "requantization_block"]
 
@@ -86,6 +86,13 @@ def requantization_block(config: HardwareConfig, bias, multiplier, shift) -> np.
 
 _TOKENS = ("load_to_compute", "compute_to_load", "compute_to_store", "store_to_compute")
 _TOKEN_LIMIT = 255
+# Which flag of which instruction pops or pushes which token; pops come first, as in the hardware.
+_TOKEN_FLAGS = {
+    Load: (("wait_compute", "pop", "compute_to_load"), ("signal_compute", "push", "load_to_compute")),
+    Compute: (("wait_load", "pop", "load_to_compute"), ("wait_store", "pop", "store_to_compute"),
+              ("signal_load", "push", "compute_to_load"), ("signal_store", "push", "compute_to_store")),
+    Store: (("wait_compute", "pop", "compute_to_store"), ("signal_compute", "push", "store_to_compute")),
+}
 
 
 def check_program(config: HardwareConfig, memory: MemoryImage | np.ndarray, address: int,
@@ -147,10 +154,6 @@ def check_program(config: HardwareConfig, memory: MemoryImage | np.ndarray, addr
             entry = config.act_entry_bytes if ins.buffer == Buffer.ACT else config.wgt_entry_bytes
             check_range(index, f"{ins.buffer.name} buffer", ins.sram_addr, ins.count, depth)
             check_dram(index, "source", ins.dram_addr, ins.count, ins.dram_stride, entry)
-            if ins.wait_compute:
-                pop(index, "compute_to_load")
-            if ins.signal_compute:
-                push(index, "load_to_compute")
         elif isinstance(ins, Compute):
             check_range(index, "activation", ins.act_addr, ins.count, config.act_depth)
             check_range(index, "accumulator", ins.acc_addr, ins.count, config.acc_depth)
@@ -160,14 +163,6 @@ def check_program(config: HardwareConfig, memory: MemoryImage | np.ndarray, addr
                 fail(index, f"int8 activation zero point {ins.act_zero_point} is outside -128..127")
             if not ins.act_signed and not 0 <= ins.act_zero_point <= 255:
                 fail(index, f"uint8 activation zero point {ins.act_zero_point} is outside 0..255")
-            if ins.wait_load:
-                pop(index, "load_to_compute")
-            if ins.wait_store:
-                pop(index, "store_to_compute")
-            if ins.signal_load:
-                push(index, "compute_to_load")
-            if ins.signal_store:
-                push(index, "compute_to_store")
         elif isinstance(ins, Store):
             check_range(index, "accumulator", ins.acc_addr, ins.count, config.acc_depth)
             row_bytes = config.acc_entry_bytes if ins.raw else config.cols
@@ -187,14 +182,11 @@ def check_program(config: HardwareConfig, memory: MemoryImage | np.ndarray, addr
                 fail(index, f"clamp_min {ins.clamp_min} exceeds clamp_max {ins.clamp_max}")
             if not ins.raw and not (-128 <= ins.clamp_min and ins.clamp_max <= 255):
                 fail(index, f"clamp range {ins.clamp_min}..{ins.clamp_max} does not fit a byte")
-            if ins.wait_compute:
-                pop(index, "compute_to_store")
-            if ins.signal_compute:
-                push(index, "store_to_compute")
         elif isinstance(ins, Finish):
             finished = True
-        else:
-            assert isinstance(ins, Sync)
+        for flag, action, token in _TOKEN_FLAGS.get(type(ins), ()):
+            if getattr(ins, flag):
+                (pop if action == "pop" else push)(index, token)
     if not finished:
         raise ProgramError(f"the program's {length} instructions end without FINISH")
     return instructions

@@ -9,7 +9,7 @@ from conftest import NARROW, TINY
 from mvu.config import HardwareConfig
 from mvu.csr_map import Csr
 from mvu.gemm import GemmProgram, Requantization, golden_gemm
-from mvu.isa import Buffer, Compute, Finish, Load, Store, Sync
+from mvu.isa import Buffer, Compute, Finish, Load, Sync
 from mvu.program import MemoryImage, Program
 from mvu.sim.verilator_executor import MemoryModel, SimulationError, SimulationTimeout
 
