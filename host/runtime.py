@@ -1,0 +1,192 @@
+"""Runs a quantized model: accelerator layers as GEMM programs on an executor, the rest on the host."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import HardwareConfig
+from .gemm import GemmProgram, Requantization, golden_gemm, quantize_multiplier
+from .quantize import Layer, QuantizedModel
+
+__all__ = ["LayerStats", "ModelRunner", "im2col"]
+
+
+@dataclass
+class LayerStats:
+    name: str
+    kind: str
+    placement: str
+    macs: int
+    cycles: int = 0
+    seconds: float = 0.0
+    counters: dict = field(default_factory=dict)
+
+
+def im2col(x: np.ndarray, kernel, strides, pads, dilations, pad_value: int) -> tuple[np.ndarray, int, int]:
+    """``x`` [C, H, W] -> patches [Ho * Wo, C * kh * kw] (channel-major, like Conv weights)."""
+    c, h, w = x.shape
+    kh, kw = kernel
+    sh, sw = strides
+    dh, dw = dilations
+    top, left, bottom, right = pads[0], pads[1], pads[2], pads[3]
+    padded = np.full((c, h + top + bottom, w + left + right), pad_value, dtype=x.dtype)
+    padded[:, top:top + h, left:left + w] = x
+    ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    s = padded.strides
+    windows = np.lib.stride_tricks.as_strided(
+        padded, (c, kh, kw, ho, wo), (s[0], s[1] * dh, s[2] * dw, s[1] * sh, s[2] * sw), writeable=False)
+    return windows.transpose(3, 4, 0, 1, 2).reshape(ho * wo, c * kh * kw), ho, wo
+
+
+def _rescale(x: np.ndarray, ratio: float) -> np.ndarray:
+    """``round(x * ratio)`` in fixed point, rounding half up like the post-processor."""
+    multiplier, shift = quantize_multiplier(ratio)
+    product = x.astype(np.int64) * multiplier
+    return (product + ((1 << shift) >> 1)) >> shift
+
+
+class ModelRunner:
+    """Executes :class:`QuantizedModel` layers in order on uint8 tensors.
+
+    ``backend`` is "reference" or "verilator" (a GEMM program per accelerator
+    layer, run on that executor) or "numpy" (the same products computed
+    directly from their definition: identical results, for fast evaluation).
+    """
+
+    def __init__(self, model: QuantizedModel, config: HardwareConfig, backend: str = "numpy", executor=None):
+        self.model, self.config, self.backend = model, config, backend
+        if backend != "numpy" and executor is None:
+            from .benchmarks import make_executor
+
+            executor = make_executor(backend, config)
+        self.executor = executor
+        self.stats: list[LayerStats] = []
+
+    def gemm(self, a: np.ndarray, w: np.ndarray, zero_point: int, requant: Requantization | None,
+             stats: LayerStats) -> np.ndarray:
+        if self.backend == "numpy":
+            return golden_gemm(a, w, zero_point, requant)
+        bandwidth = getattr(getattr(self.executor, "memory_model", None), "bytes_per_cycle", None)
+        program = GemmProgram(self.config, a, w, act_zero_point=zero_point, requant=requant,
+                              memory_bytes_per_cycle=bandwidth)
+        run = self.executor.run(program.program)
+        stats.cycles += run.counters.get("cycles", 0)
+        for key, value in run.counters.items():
+            stats.counters[key] = stats.counters.get(key, 0) + value
+        return program.result()
+
+    def run(self, image_q: np.ndarray) -> np.ndarray:
+        """``image_q``: uint8 [1, C, H, W] in the model's input quantization; returns float logits."""
+        tensors = {self.model.input: image_q[0]}
+        self.stats = []
+        for layer in self.model.layers:
+            stats = LayerStats(layer.name, layer.kind, layer.placement, layer.macs)
+            started = time.perf_counter()
+            tensors[layer.output] = getattr(self, f"_{layer.kind}")(layer, tensors, stats)
+            stats.seconds = time.perf_counter() - started
+            self.stats.append(stats)
+        return tensors[self.model.output]
+
+    # Layers ---------------------------------------------------------------
+
+    def _q(self, name):
+        return self.model.tensor_q[name]
+
+    def _conv(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]]
+        a = layer.attrs
+        weight = layer.arrays["weight"]
+        group = a["group"]
+        c_out = weight.shape[0]
+        low, high = a["clamp"]
+        outputs = []
+        per_group_in, per_group_out = x.shape[0] // group, c_out // group
+        for g in range(group):
+            part = x[g * per_group_in:(g + 1) * per_group_in]
+            patches, ho, wo = im2col(part, a["kernel"], a["strides"], a["pads"], a["dilations"], a["in_zero_point"])
+            channels = slice(g * per_group_out, (g + 1) * per_group_out)
+            w = weight[channels].reshape(per_group_out, -1).T
+            requant = Requantization(layer.arrays["bias"][channels], layer.arrays["multiplier"][channels],
+                                     layer.arrays["shift"][channels], out_zero_point=layer.out_q.zero_point,
+                                     clamp_min=low, clamp_max=high)
+            if layer.placement == "accelerator":
+                out = self.gemm(patches, w, a["in_zero_point"], requant, stats)
+            else:
+                out = golden_gemm(patches, w, a["in_zero_point"], requant)
+            outputs.append(out.T.reshape(per_group_out, ho, wo))
+        return np.ascontiguousarray(np.concatenate(outputs).astype(np.uint8))
+
+    def _add(self, layer: Layer, tensors, stats):
+        out_q = layer.out_q
+        total = np.full(tensors[layer.inputs[0]].shape, out_q.zero_point, np.int64)
+        for name in layer.inputs:
+            q = self._q(name)
+            total += _rescale(tensors[name].astype(np.int64) - q.zero_point, q.scale / out_q.scale)
+        low = out_q.zero_point if layer.attrs["activation"] in ("relu", "relu6") else 0
+        high = min(255, out_q.zero_point + int(round(6 / out_q.scale))) if layer.attrs["activation"] == "relu6" else 255
+        return np.clip(total, low, high).astype(np.uint8)
+
+    def _clamp(self, layer: Layer, tensors, stats):
+        low, high = layer.attrs["clamp"]
+        return np.clip(tensors[layer.inputs[0]], low, high)
+
+    def _gap(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]]
+        in_q, out_q = self._q(layer.inputs[0]), layer.out_q
+        sums = (x.astype(np.int64) - in_q.zero_point).reshape(x.shape[0], -1).sum(axis=1)
+        scaled = _rescale(sums, in_q.scale / (out_q.scale * x.shape[1] * x.shape[2])) + out_q.zero_point
+        return np.clip(scaled, 0, 255).astype(np.uint8).reshape(x.shape[0], 1, 1)
+
+    def _maxpool(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]]
+        a = layer.attrs
+        patches, ho, wo = im2col(x, a["kernel"], a["strides"], a["pads"], [1, 1], 0)  # 0 is uint8's minimum
+        kk = a["kernel"][0] * a["kernel"][1]
+        return patches.reshape(ho, wo, x.shape[0], kk).max(axis=3).transpose(2, 0, 1).copy()
+
+    def _avgpool(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]]
+        a = layer.attrs
+        in_q, out_q = self._q(layer.inputs[0]), layer.out_q
+        centred = x.astype(np.int64) - in_q.zero_point
+        patches, ho, wo = im2col(centred, a["kernel"], a["strides"], a["pads"], [1, 1], 0)
+        kk = a["kernel"][0] * a["kernel"][1]
+        sums = patches.reshape(ho, wo, x.shape[0], kk).sum(axis=3).transpose(2, 0, 1)
+        if a["count_include_pad"] or not any(a["pads"]):
+            counts = np.full(sums.shape, kk)
+        else:
+            ones, _, _ = im2col(np.ones((1, *x.shape[1:]), np.int64), a["kernel"], a["strides"], a["pads"], [1, 1], 0)
+            counts = np.broadcast_to(ones.sum(axis=1).reshape(1, ho, wo), sums.shape)
+        out = np.empty(sums.shape, np.int64)
+        for count in np.unique(counts):
+            mask = counts == count
+            out[mask] = _rescale(sums[mask], in_q.scale / (out_q.scale * count))
+        return np.clip(out + out_q.zero_point, 0, 255).astype(np.uint8)
+
+    def _reshape(self, layer: Layer, tensors, stats):
+        return tensors[layer.inputs[0]].reshape(layer.attrs["shape"][1:])
+
+    def _concat(self, layer: Layer, tensors, stats):
+        out_q = layer.out_q
+        parts = []
+        for name in layer.inputs:
+            q = self._q(name)
+            parts.append(np.clip(_rescale(tensors[name].astype(np.int64) - q.zero_point, q.scale / out_q.scale)
+                                 + out_q.zero_point, 0, 255).astype(np.uint8))
+        return np.concatenate(parts, axis=layer.attrs["axis"] - 1)
+
+    def _fc(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]].reshape(1, -1)
+        in_q = self._q(layer.inputs[0])
+        acc = self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], None, stats)
+        acc = acc.astype(np.int64) + layer.arrays["bias"]
+        return (acc * (in_q.scale * layer.arrays["w_scale"])).astype(np.float32)
+
+    def _softmax(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]].astype(np.float64)
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)

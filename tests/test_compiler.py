@@ -1,0 +1,88 @@
+"""ONNX import, quantization and layer-by-layer execution on every backend."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import TINY
+from mvu.graph import ImportError_, import_onnx
+from mvu.models.onnx_builder import GraphBuilder
+from mvu.quantize import calibrate, quantize_graph
+from mvu.runtime import ModelRunner, im2col
+
+
+def small_network(seed=0):
+    """Conv+BN+ReLU, MaxPool, Conv+ReLU6, depthwise Conv, residual Add, GAP, FC: the shapes of a real classifier."""
+    rng = np.random.default_rng(seed)
+    g = GraphBuilder("small", (1, 3, 16, 16))
+    x = g.conv("input", rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8), padding=1)
+    x = g.batch_norm(x, rng.uniform(0.5, 1.5, 8), rng.normal(0, 0.1, 8), rng.normal(0, 0.1, 8), rng.uniform(0.5, 1.5, 8))
+    x = g.relu(x)
+    x = g.max_pool(x, 3, 2, 1)
+    y = g.relu6(g.conv(x, rng.normal(0, 0.2, (8, 8, 3, 3)), rng.normal(0, 0.1, 8), padding=1))
+    d = g.conv(y, rng.normal(0, 0.3, (8, 1, 3, 3)), rng.normal(0, 0.1, 8), padding=1, group=8)
+    x = g.add(x, d)
+    x = g.flatten(g.global_average_pool(x))
+    return g.build(g.gemm(x, rng.normal(0, 0.3, (10, 8)), rng.normal(0, 0.1, 10)), classes=10)
+
+
+def test_import_folds_batch_norm_and_keeps_results():
+    model = small_network()
+    graph = import_onnx(model)
+    assert "BatchNormalization" not in [n.op for n in graph.nodes]
+    assert graph.shapes[graph.input] == (1, 3, 16, 16)
+
+
+def test_quantized_network_tracks_fp32_and_backends_agree_bit_for_bit():
+    model = small_network()
+    graph = import_onnx(model)
+    rng = np.random.default_rng(1)
+    images = rng.normal(0, 1, (16, 3, 16, 16)).astype(np.float32)
+    quantized = quantize_graph(graph, calibrate(model, graph, images, progress=False))
+    placements = {r["op"]: r["placement"] for r in quantized.report}
+    assert placements["Conv+relu"] == "accelerator" and placements["Conv"] == "host"  # depthwise on the host
+    session = ort.InferenceSession(model.SerializeToString())
+    runners = [ModelRunner(quantized, TINY, backend) for backend in ("numpy", "reference", "verilator")]
+    for image in images[:3]:
+        expected = session.run(None, {"input": image[None]})[0]
+        image_q = quantized.input_q.quantize(image[None])
+        outputs = [runner.run(image_q) for runner in runners]
+        assert np.abs(outputs[0] - expected).max() < 0.05 * np.abs(expected).max()
+        for other in outputs[1:]:
+            np.testing.assert_array_equal(other, outputs[0])
+    assert sum(s.cycles for s in runners[2].stats) > 0
+
+
+def test_im2col_matches_a_direct_convolution():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (3, 9, 7)).astype(np.int64)
+    w = rng.integers(-5, 5, (4, 3, 3, 2)).astype(np.int64)
+    patches, ho, wo = im2col(x, (3, 2), (2, 1), (1, 0, 2, 1), (1, 2), 0)
+    got = (patches @ w.reshape(4, -1).T).T.reshape(4, ho, wo)
+    padded = np.pad(x, ((0, 0), (1, 2), (0, 1)))
+    for o in range(4):
+        for i in range(ho):
+            for j in range(wo):
+                window = padded[:, 2 * i:2 * i + 3, j:j + 3:2]
+                assert got[o, i, j] == (window * w[o]).sum()
+
+
+def test_import_errors_name_the_cause(tmp_path):
+    with pytest.raises(ImportError_, match="no such file"):
+        import_onnx(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not a model at all" * 10)
+    with pytest.raises(ImportError_, match="junk.onnx: not a readable ONNX model"):
+        import_onnx(junk)
+    model = small_network()
+    model.graph.node.append(onnx.helper.make_node("Erf", ["logits"], ["erf"]))
+    model.graph.output[0].name = "erf"
+    with pytest.raises(ImportError_, match="unsupported operator Erf"):
+        import_onnx(model, name="erf.onnx")
+    dynamic = small_network()
+    dim = dynamic.graph.input[0].type.tensor_type.shape.dim[2]
+    dim.Clear()
+    dim.dim_param = "height"
+    with pytest.raises(ImportError_, match="dynamic size"):
+        import_onnx(dynamic, name="dynamic.onnx")
