@@ -86,3 +86,29 @@ def test_import_errors_name_the_cause(tmp_path):
     dim.dim_param = "height"
     with pytest.raises(ImportError_, match="dynamic size"):
         import_onnx(dynamic, name="dynamic.onnx")
+
+
+def test_package_round_trip_and_refusals(tmp_path):
+    from mvu.config import HardwareConfig
+    from mvu.package import ModelPackage, PackageError, load_package, save_package
+
+    model = small_network()
+    graph = import_onnx(model)
+    images = np.random.default_rng(2).normal(0, 1, (8, 3, 16, 16)).astype(np.float32)
+    quantized = quantize_graph(graph, calibrate(model, graph, images, progress=False))
+    package = ModelPackage("small", quantized, TINY, preprocessing={"resize": 16, "crop": 16},
+                           labels=[f"class {i}" for i in range(10)], source_sha256=graph.source_sha256)
+    path = save_package(package, tmp_path / "small.mvu")
+    loaded = load_package(path, TINY)
+    assert loaded.labels == package.labels and loaded.source_sha256 == graph.source_sha256
+    image_q = quantized.input_q.quantize(images[:1])
+    np.testing.assert_array_equal(ModelRunner(loaded.model, TINY).run(image_q),
+                                  ModelRunner(quantized, TINY).run(image_q))
+    with pytest.raises(PackageError, match="compiled for 4x4 array.*but this accelerator is 32x32"):
+        load_package(path, HardwareConfig())
+    (tmp_path / "bad.mvu").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(PackageError, match="bad.mvu: not an mvu model package"):
+        load_package(tmp_path / "bad.mvu")
+    with pytest.raises(PackageError, match="no such file"):
+        load_package(tmp_path / "none.mvu")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
