@@ -79,14 +79,75 @@ def _cmd_synth(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
-    from .benchmarks import bench_gemm
+def _print_prediction(prediction, backend: str) -> None:
+    print(f"{prediction.source}  [{backend}: {prediction.cycles:,} cycles = {prediction.modelled_ms:.2f} ms "
+          f"modelled; {prediction.seconds['total']:.2f} s wall]")
+    for rank, entry in enumerate(prediction.top, 1):
+        print(f"  {rank}. {entry['label']:<32} {entry['score']:7.2%}  (class {entry['class']})")
+
+
+def _cmd_compile(args) -> int:
+    from .recipes import compile_source
 
     config = _load_config(args.config)
-    print(f"mvu demo: a random quantized 256 x 512 x 256 product on the RTL model ({config.describe()})")
-    report = bench_gemm(config, 256, 512, 256, backend="verilator", seed=1)
-    _print_gemm_report(report)
-    return 0 if report["bit_exact"] else 1
+    package = compile_source(args.model, config=config, calibration=args.calibration, preprocess=args.preprocess,
+                             labels=args.labels)
+    from .package import save_package
+
+    path = save_package(package, args.output)
+    placements = {}
+    for entry in package.report:
+        placements[entry["placement"]] = placements.get(entry["placement"], 0) + 1
+    print(f"compiled {args.model} -> {path} ({path.stat().st_size / 1e6:.1f} MB) for {config.describe()}")
+    for entry in package.report:
+        if args.verbose or entry["placement"] != "accelerator":
+            print(f"  {entry['layer']:<28} {entry['op']:<14} -> {entry['placement']}")
+    print("  layers: " + ", ".join(f"{count} on the {where}" for where, count in sorted(placements.items())))
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .classify import Classifier
+    from .package import load_package
+    from .preprocess import ImageDecodeError
+
+    config = _load_config(args.config)
+    package = load_package(args.package, config)
+    classifier = Classifier(package, args.backend, config)
+    results, failed = [], 0
+    for image in args.images:
+        try:
+            prediction = classifier.classify(image, top=args.top)
+        except ImageDecodeError as error:
+            print(f"mvu: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        results.append(prediction.to_dict())
+        if not args.json:
+            _print_prediction(prediction, args.backend)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+def _cmd_demo(args) -> int:
+    from .classify import Classifier
+    from .recipes import demo_photos, cached_package
+
+    config = _load_config(args.config)
+    package = cached_package("efficientnet-lite0", config)
+    print(f"mvu demo: EfficientNet-Lite0 (real ImageNet weights), quantized by mvu, on the RTL model of "
+          f"the accelerator ({config.describe()})")
+    classifier = Classifier(package, "verilator", config)
+    for photo in demo_photos():
+        _print_prediction(classifier.classify(photo, top=5), "verilator")
+    return 0
+
+
+def _recipe_names() -> list[str]:
+    from .recipes import RECIPES
+
+    return sorted(RECIPES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,17 +178,41 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--target", choices=("ecp5",), default="ecp5")
     synth.add_argument("--json", action="store_true")
     synth.set_defaults(handler=_cmd_synth)
-    demo = commands.add_parser("demo", help="run the demo")
+    demo = commands.add_parser("demo", help="classify real photos end to end on the RTL model")
     demo.set_defaults(handler=_cmd_demo)
+
+    compile_ = commands.add_parser("compile", help="quantize and compile an ONNX classifier into a .mvu package")
+    compile_.add_argument("model", help="an .onnx file, or a recipe: " + ", ".join(_recipe_names()))
+    compile_.add_argument("-o", "--output", required=True, help="the package to write (.mvu)")
+    compile_.add_argument("--calibration", help="a folder of images to calibrate on (default: built-in photos)")
+    compile_.add_argument("--preprocess", help="torchvision, efficientnet-lite, or a JSON file "
+                                               "(default: the recipe's own, torchvision for .onnx files)")
+    compile_.add_argument("--labels", help="a file of class names, one per line (default: ImageNet)")
+    compile_.add_argument("-v", "--verbose", action="store_true", help="list every layer's placement")
+    compile_.set_defaults(handler=_cmd_compile)
+
+    run = commands.add_parser("run", help="classify images with a compiled package")
+    run.add_argument("package")
+    run.add_argument("images", nargs="+")
+    run.add_argument("--backend", choices=("reference", "verilator", "numpy"), default="reference")
+    run.add_argument("--top", type=int, default=5)
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(handler=_cmd_run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .graph import ImportError_
+    from .package import PackageError
+
     args = build_parser().parse_args(argv)
-    for name in ("m", "k", "n"):
+    for name in ("m", "k", "n", "top"):
         if getattr(args, name, 1) < 1:
             raise SystemExit(f"mvu: --{name} must be at least 1")
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (ImportError_, PackageError, FileNotFoundError) as error:
+        raise SystemExit(f"mvu: {error}") from None
 
 
 if __name__ == "__main__":
