@@ -80,8 +80,9 @@ def _cmd_synth(args) -> int:
 
 
 def _print_prediction(prediction, backend: str) -> None:
-    print(f"{prediction.source}  [{backend}: {prediction.cycles:,} cycles = {prediction.modelled_ms:.2f} ms "
-          f"modelled; {prediction.seconds['total']:.2f} s wall]")
+    timing = (f"{prediction.cycles:,} cycles = {prediction.modelled_ms:.2f} ms at the modelled clock; "
+              if prediction.cycles else "")
+    print(f"{prediction.source}  [{backend}: {timing}{prediction.seconds['total']:.2f} s wall]")
     for rank, entry in enumerate(prediction.top, 1):
         print(f"  {rank}. {entry['label']:<32} {entry['score']:7.2%}  (class {entry['class']})")
 
@@ -128,6 +129,25 @@ def _cmd_run(args) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0
+
+
+def _cmd_eval(args) -> int:
+    from .evaluation import evaluate
+    from .package import load_package
+
+    config = _load_config(args.config)
+    package = load_package(args.package, config)
+    report = evaluate(package, args.images, args.labels, backend=args.backend, onnx_model=args.onnx,
+                      limit=args.limit, config=config)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['images']} images on {args.backend}: top-1 {report['top1']:.1%}, top-5 {report['top5']:.1%}")
+        if "fp32" in report:
+            fp32 = report["fp32"]
+            print(f"onnxruntime fp32: top-1 {fp32['top1']:.1%}, top-5 {fp32['top5']:.1%}; "
+                  f"top-1 agreement with mvu {report['agreement_top1']:.1%}")
+    return 0
 
 
 def _cmd_demo(args) -> int:
@@ -190,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--labels", help="a file of class names, one per line (default: ImageNet)")
     compile_.add_argument("-v", "--verbose", action="store_true", help="list every layer's placement")
     compile_.set_defaults(handler=_cmd_compile)
+
+    evaluate = commands.add_parser("eval", help="accuracy on a labelled folder, optionally against fp32 onnxruntime")
+    evaluate.add_argument("package")
+    evaluate.add_argument("--images", required=True, help="folder of images")
+    evaluate.add_argument("--labels", required=True, help="CSV with columns filename,class_index")
+    evaluate.add_argument("--onnx", help="the fp32 source model, to compare with onnxruntime")
+    evaluate.add_argument("--backend", choices=("reference", "verilator", "numpy"), default="numpy")
+    evaluate.add_argument("--limit", type=int, help="only the first N images")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(handler=_cmd_eval)
 
     run = commands.add_parser("run", help="classify images with a compiled package")
     run.add_argument("package")
