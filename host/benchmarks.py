@@ -75,3 +75,36 @@ def bench_gemm(config: HardwareConfig, m: int, k: int, n: int, *, backend: str =
     else:
         report["macs_per_second"] = macs / run.wall_seconds
     return report
+
+
+def bench_network(recipe: str, config: HardwareConfig, *, image=None, backends=("reference", "verilator"),
+                  executors: dict | None = None) -> dict:
+    """One image through a compiled recipe on each backend: bit-exactness, cycles, utilization, wall times."""
+    import time
+
+    from .classify import Classifier
+    from .recipes import cached_package, demo_photos
+
+    package = cached_package(recipe, config)
+    image = image or demo_photos()[0]
+    conv_macs = sum(layer.macs for layer in package.model.layers if layer.placement == "accelerator")
+    report = {"model": recipe, "image": str(image), "config": config.to_dict(), "accelerator_macs": conv_macs,
+              "backends": {}}
+    logits = {}
+    for backend in backends:
+        executor = (executors or {}).get(backend)
+        classifier = Classifier(package, backend, config, executor=executor)
+        started = time.perf_counter()
+        prediction = classifier.classify(image)
+        wall = time.perf_counter() - started
+        logits[backend] = classifier.runner.last_output
+        entry = {"wall_seconds": wall, "top1": prediction.top[0],
+                 "accelerator_seconds": prediction.seconds["accelerator"]}
+        if prediction.cycles:
+            entry.update(cycles=prediction.cycles, modelled_ms=prediction.modelled_ms,
+                         mac_utilization=conv_macs / (prediction.cycles * config.macs_per_cycle),
+                         sim_macs_per_second=conv_macs / max(prediction.seconds["accelerator"], 1e-9))
+        report["backends"][backend] = entry
+    first = next(iter(logits.values()))
+    report["bit_exact"] = all(np.array_equal(first, other) for other in logits.values())
+    return report

@@ -52,6 +52,26 @@ def _cmd_bench(args) -> int:
     return 0 if report["bit_exact"] else 1
 
 
+def _cmd_bench_network(args) -> int:
+    from .benchmarks import bench_network
+
+    config = _load_config(args.config)
+    report = bench_network(args.model, config, image=args.image, backends=tuple(args.backends.split(",")))
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if report["bit_exact"] else 1
+    print(f"{args.model} on {report['image']}: bit_exact={report['bit_exact']} across {args.backends}")
+    for backend, entry in report["backends"].items():
+        line = f"  {backend:<10} {entry['wall_seconds']:7.2f} s wall, top-1 {entry['top1']['label']}"
+        if "cycles" in entry:
+            line += (f"; {entry['cycles']:,} cycles = {entry['modelled_ms']:.1f} ms modelled, "
+                     f"MAC utilization {entry['mac_utilization']:.1%}, {entry['sim_macs_per_second']:.3g} MAC/s simulated")
+        print(line)
+    return 0 if report["bit_exact"] else 1
+
+
 def _cmd_info(args) -> int:
     config = _load_config(args.config)
     print(json.dumps({**config.to_dict(), "fingerprint": f"{config.fingerprint:#010x}",
@@ -189,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     gemm.add_argument("--json", action="store_true", help="print the report as JSON")
     gemm.add_argument("--output", help="also write the JSON report to this file")
     gemm.set_defaults(handler=_cmd_bench)
+
+    network = bench_kinds.add_parser("network", help="one image through a model recipe on several backends")
+    network.add_argument("model", help="a recipe name, e.g. resnet50 or efficientnet-lite0")
+    network.add_argument("--image", help="an image file (default: the cat photo)")
+    network.add_argument("--backends", default="reference,verilator", help="comma-separated backends")
+    network.add_argument("--json", action="store_true")
+    network.add_argument("--output", help="also write the JSON report to this file")
+    network.set_defaults(handler=_cmd_bench_network)
 
     info = commands.add_parser("info", help="print the hardware configuration")
     info.set_defaults(handler=_cmd_info)

@@ -66,6 +66,7 @@ class ModelRunner:
             executor = make_executor(backend, config)
         self.executor = executor
         self.stats: list[LayerStats] = []
+        self.last_output: np.ndarray | None = None
 
     def gemm(self, a: np.ndarray, w: np.ndarray, zero_point: int, requant: Requantization | None,
              stats: LayerStats) -> np.ndarray:
@@ -90,7 +91,8 @@ class ModelRunner:
             tensors[layer.output] = getattr(self, f"_{layer.kind}")(layer, tensors, stats)
             stats.seconds = time.perf_counter() - started
             self.stats.append(stats)
-        return tensors[self.model.output]
+        self.last_output = tensors[self.model.output]
+        return self.last_output
 
     # Layers ---------------------------------------------------------------
 
