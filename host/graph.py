@@ -16,7 +16,7 @@ MIN_OPSET, MAX_OPSET = 9, 21
 
 SUPPORTED_OPS = frozenset({
     "Conv", "Relu", "Clip", "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul",
-    "Flatten", "Reshape", "Concat", "Softmax", "BatchNormalization", "Identity", "Dropout",
+    "Flatten", "Reshape", "Concat", "Softmax", "BatchNormalization", "Identity", "Dropout", "Mul",
 })
 
 
@@ -45,6 +45,7 @@ class Graph:
     constants: dict[str, np.ndarray]
     shapes: dict[str, tuple[int, ...]]
     source_sha256: str
+    opset: int = 17
 
     def consumers(self, tensor: str) -> list[Node]:
         return [node for node in self.nodes if tensor in node.inputs]
@@ -99,7 +100,7 @@ def import_onnx(source: str | Path | onnx.ModelProto, *, name: str | None = None
             shapes[value.name] = tuple(d.dim_value for d in dims)
     graph = Graph(name=model.graph.name or label, input=inputs[0].name, input_shape=tuple(shape),
                   output=model.graph.output[0].name, nodes=nodes, constants=constants, shapes=shapes,
-                  source_sha256=digest)
+                  source_sha256=digest, opset=opset)
     _fold_constants(graph, model)
     _drop_identities(graph)
     _fold_batch_norm(graph, label)
@@ -133,7 +134,12 @@ def _fold_constants(graph: Graph, model: onnx.ModelProto) -> None:
                 graph.constants[node.outputs[0]] = np.array(graph.shapes[node.inputs[0]], dtype=np.int64)
                 continue
             proto = onnx.helper.make_node(node.op, node.inputs, node.outputs, **node.attrs)
-            evaluator = ReferenceEvaluator(proto)
+            single = onnx.helper.make_model(
+                onnx.helper.make_graph([proto], "fold", [onnx.helper.make_empty_tensor_value_info(i)
+                                                          for i in node.inputs if i],
+                                       [onnx.helper.make_empty_tensor_value_info(o) for o in node.outputs]),
+                opset_imports=[onnx.helper.make_opsetid("", graph.opset)])
+            evaluator = ReferenceEvaluator(single)
             feeds = {i: graph.constants[i] for i in node.inputs if i}
             for output, value in zip(node.outputs, evaluator.run(None, feeds)):
                 graph.constants[output] = np.asarray(value)
@@ -179,8 +185,7 @@ def _fold_batch_norm(graph: Graph, label: str) -> None:
             continue
         conv = producers.get(node.inputs[0])
         if conv is None or conv.op != "Conv" or len(graph.consumers(conv.outputs[0])) != 1:
-            raise ImportError_(f"{label}: BatchNormalization '{node.name}' does not follow a Conv; "
-                               f"only Conv+BatchNormalization can be folded")
+            continue  # not foldable: it stays, and runs as a per-channel affine step on the host
         gamma, beta, mean, var = (graph.constants[name].astype(np.float64) for name in node.inputs[1:5])
         scale = gamma / np.sqrt(var + node.attrs.get("epsilon", 1e-5))
         weight = graph.constants[conv.inputs[1]].astype(np.float64)

@@ -123,6 +123,21 @@ def _clip_bounds(graph: Graph, node: Node) -> tuple[float, float]:
     return low, high
 
 
+def _affine_form(graph: Graph, node: Node):
+    """``(scale, shift)`` when ``node`` is ``x * scale + shift`` with constant per-channel terms, else None."""
+    constant = [i for i in node.inputs if i in graph.constants]
+    if node.op == "BatchNormalization":
+        gamma, beta, mean, var = (graph.constants[n].astype(np.float64) for n in node.inputs[1:5])
+        scale = gamma / np.sqrt(var + node.attrs.get("epsilon", 1e-5))
+        return scale, beta - mean * scale
+    if len(node.inputs) != 2 or len(constant) != 1:
+        return None
+    value = graph.constants[constant[0]].astype(np.float64)
+    if value.size > 1 and value.squeeze().ndim != 1:
+        return None  # only scalars and per-channel vectors
+    return (value, 0.0) if node.op == "Mul" else (1.0, value)
+
+
 def _weights_int8(weight: np.ndarray, bias: np.ndarray | None = None,
                   in_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Per-output-channel symmetric int8 weights and their scales.
@@ -209,6 +224,25 @@ def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
             report.append({"layer": node.name, "op": f"Conv{'+' + activation if activation != 'none' else ''}",
                            "placement": layer.placement, "scale": out_q.scale, "zero_point": out_q.zero_point,
                            "macs": macs})
+        elif node.op in ("Add", "Sum", "Mul", "BatchNormalization") and _affine_form(graph, node) is not None:
+            scale, shift_term = _affine_form(graph, node)
+            source = next(i for i in node.inputs if i not in graph.constants)
+            output, activation = _fused_activation(graph, node.outputs[0])
+            if output != node.outputs[0]:
+                consumed.add(id(graph.consumers(node.outputs[0])[0]))
+            in_q, out_q = q_of(source), out_params(output, activation)
+            channels = shapes[source][1]
+            scale = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (channels,))
+            shift_term = np.broadcast_to(np.asarray(shift_term, np.float64).reshape(-1), (channels,))
+            clamp = _output_requant(in_q, np.ones(1), None, out_q, activation)["clamp"]
+            layers.append(Layer("affine", node.name, [source], output, "host",
+                                {"clamp": clamp, "ratio": (scale * in_q.scale / out_q.scale).tolist(),
+                                 "offset": np.round(shift_term / out_q.scale).astype(np.int64).tolist()},
+                                {}, out_q))
+            tensor_q[output] = out_q
+            shapes[output] = shapes.get(node.outputs[0], shapes.get(output))
+            report.append({"layer": node.name, "op": f"{node.op} (per-channel affine)", "placement": "host",
+                           "scale": out_q.scale, "zero_point": out_q.zero_point, "macs": 0})
         elif node.op in ("Add", "Sum"):
             output, activation = _fused_activation(graph, node.outputs[0])
             if output != node.outputs[0]:
@@ -259,17 +293,34 @@ def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
                 bias = graph.constants[node.inputs[2]] * node.attrs.get("beta", 1.0) if len(node.inputs) > 2 else None
             else:
                 bias = None
+            bias = None if bias is None else np.broadcast_to(np.asarray(bias, np.float64).reshape(-1), (weight.shape[1],))
             in_q = q_of(node.inputs[0])
             q_weight, w_scale = _weights_int8(weight.T, bias, in_q.scale)  # per output column
-            bias_q = None if bias is None else np.round(np.asarray(bias, np.float64).reshape(-1)
-                                                       / (in_q.scale * w_scale)).astype(np.int64)
-            layers.append(Layer("fc", node.name, [node.inputs[0]], node.outputs[0], "accelerator",
-                                {"in_zero_point": in_q.zero_point},
-                                {"weight": q_weight.T.copy(), "w_scale": w_scale,
-                                 "bias": np.zeros(w_scale.size, np.int64) if bias_q is None else bias_q},
-                                None, int(weight.size)))
-            report.append({"layer": node.name, "op": node.op, "placement": "accelerator",
-                           "scale": float("nan"), "zero_point": 0, "macs": int(weight.size)})
+            final = all(c.op == "Softmax" for c in graph.consumers(node.outputs[0])) or node.outputs[0] == graph.output
+            if final:  # logits leave the accelerator as int32 and are scaled to float on the host
+                bias_q = np.zeros(w_scale.size, np.int64) if bias is None else np.round(bias / (in_q.scale * w_scale)).astype(np.int64)
+                layers.append(Layer("fc", node.name, [node.inputs[0]], node.outputs[0], "accelerator",
+                                    {"in_zero_point": in_q.zero_point},
+                                    {"weight": q_weight.T.copy(), "w_scale": w_scale, "bias": bias_q},
+                                    None, int(weight.size)))
+                op_name = node.op
+            else:
+                output, activation = _fused_activation(graph, node.outputs[0])
+                if output != node.outputs[0]:
+                    consumed.add(id(graph.consumers(node.outputs[0])[0]))
+                out_q = out_params(output, activation)
+                requant = _output_requant(in_q, w_scale, bias, out_q, activation)
+                layer = Layer("fc_quantized", node.name, [node.inputs[0]], output, "accelerator",
+                              {"in_zero_point": in_q.zero_point, "clamp": requant["clamp"]},
+                              {"weight": q_weight.T.copy(), **{k: v for k, v in requant.items() if k != "clamp"}},
+                              out_q, int(weight.size))
+                layers.append(layer)
+                tensor_q[output] = out_q
+                shapes[output] = shapes.get(node.outputs[0], shapes.get(output))
+                op_name = f"{node.op}{'+' + activation if activation != 'none' else ''}"
+            report.append({"layer": node.name, "op": op_name, "placement": "accelerator",
+                           "scale": float("nan") if final else out_q.scale,
+                           "zero_point": 0 if final else out_q.zero_point, "macs": int(weight.size)})
         elif node.op == "Softmax":
             layers.append(Layer("softmax", node.name, [node.inputs[0]], node.outputs[0], "host"))
         else:

@@ -148,6 +148,25 @@ class ModelRunner:
         high = min(255, out_q.zero_point + int(round(6 / out_q.scale))) if layer.attrs["activation"] == "relu6" else 255
         return np.clip(total, low, high).astype(np.uint8)
 
+    def _affine(self, layer: Layer, tensors, stats):
+        """``x * scale + shift`` per channel (unfolded BatchNorm, constant Mul/Add), in fixed point."""
+        x = tensors[layer.inputs[0]]
+        in_q, out_q = self._q(layer.inputs[0]), layer.out_q
+        centred = x.astype(np.int64) - in_q.zero_point
+        out = np.empty(x.shape, np.int64)
+        for channel, (ratio, offset) in enumerate(zip(layer.attrs["ratio"], layer.attrs["offset"])):
+            scaled = _rescale(centred[channel], abs(ratio)) if ratio else np.zeros_like(centred[channel])
+            out[channel] = (scaled if ratio >= 0 else -scaled) + offset
+        low, high = layer.attrs["clamp"]
+        return np.clip(out + out_q.zero_point, low, high).astype(np.uint8)
+
+    def _fc_quantized(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]].reshape(1, -1)
+        low, high = layer.attrs["clamp"]
+        requant = Requantization(layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
+                                 out_zero_point=layer.out_q.zero_point, clamp_min=low, clamp_max=high)
+        return self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], requant, stats).reshape(-1)
+
     def _clamp(self, layer: Layer, tensors, stats):
         low, high = layer.attrs["clamp"]
         return np.clip(tensors[layer.inputs[0]], low, high)
