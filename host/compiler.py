@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 
 from .config import HardwareConfig
-from .graph import ImportError_, import_onnx
+from .graph import PREQUANTIZED_OPS, ImportError_, import_onnx
+from .prequantized import from_qlinear_graph
 from .package import ModelPackage
 from .quantize import calibrate, quantize_graph
 
@@ -56,9 +57,11 @@ def compile_model(source: str | Path | onnx.ModelProto, *, config: HardwareConfi
     if graph.input_shape[2:] != (recipe.crop, recipe.crop):
         raise ImportError_(f"{label}: the model takes {graph.input_shape[2:]} images but the preprocessing "
                            f"crops {recipe.crop}x{recipe.crop}")
-    images = calibration_images(calibration or builtin_calibration_sources(), recipe)
-    ranges = calibrate(model, graph, images, progress=progress)
-    quantized = quantize_graph(graph, ranges)
+    if any(node.op in PREQUANTIZED_OPS for node in graph.nodes):
+        quantized = from_qlinear_graph(graph)  # its own scales: no calibration
+    else:
+        images = calibration_images(calibration or builtin_calibration_sources(), recipe)
+        quantized = quantize_graph(graph, calibrate(model, graph, images, progress=progress))
     classes = int(np.prod(graph.shapes.get(graph.output, (1, len(labels)))[1:]))
     if labels and len(labels) != classes:
         raise ImportError_(f"{label}: {len(labels)} labels for {classes} classes")

@@ -10,14 +10,18 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-__all__ = ["Node", "Graph", "ImportError_", "import_onnx", "SUPPORTED_OPS"]
+__all__ = ["Node", "Graph", "ImportError_", "import_onnx", "SUPPORTED_OPS", "PREQUANTIZED_OPS"]
 
 MIN_OPSET, MAX_OPSET = 9, 21
 
 SUPPORTED_OPS = frozenset({
     "Conv", "Relu", "Clip", "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul",
     "Flatten", "Reshape", "Concat", "Softmax", "BatchNormalization", "Identity", "Dropout", "Mul",
+    *("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearGlobalAveragePool"),
 })
+#: Operators of models that arrive already quantized (com.microsoft contributes the last two).
+PREQUANTIZED_OPS = frozenset({"QuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",
+                              "QLinearGlobalAveragePool"})
 
 
 class ImportError_(ValueError):
@@ -83,8 +87,9 @@ def import_onnx(source: str | Path | onnx.ModelProto, *, name: str | None = None
                            f"the compiler needs static channels and spatial dimensions")
     shape[0] = 1  # batch 1
     _fix_input_shape(model, inputs[0].name, shape)
+    contrib = any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
     try:
-        model = shape_inference.infer_shapes(model, strict_mode=True)
+        model = shape_inference.infer_shapes(model, strict_mode=not contrib)
     except Exception as error:
         raise ImportError_(f"{label}: shape inference failed: {error}") from None
 
@@ -96,15 +101,47 @@ def import_onnx(source: str | Path | onnx.ModelProto, *, name: str | None = None
     shapes = {inputs[0].name: tuple(shape)}
     for value in list(model.graph.value_info) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
-        if dims:
+        if dims and all(d.HasField("dim_value") for d in dims):
             shapes[value.name] = tuple(d.dim_value for d in dims)
+    if contrib:  # ONNX's shape inference stops at contributed operators: ask onnxruntime
+        shapes.update(_shapes_from_onnxruntime(model, inputs[0].name, shape, label))
     graph = Graph(name=model.graph.name or label, input=inputs[0].name, input_shape=tuple(shape),
                   output=model.graph.output[0].name, nodes=nodes, constants=constants, shapes=shapes,
                   source_sha256=digest, opset=opset)
     _fold_constants(graph, model)
     _drop_identities(graph)
     _fold_batch_norm(graph, label)
+    _drop_unused(graph)
     return graph
+
+
+def _shapes_from_onnxruntime(model: onnx.ModelProto, input_name: str, shape: list[int], label: str) -> dict:
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        for out in node.output:
+            if out and out not in known:
+                probe.graph.output.append(onnx.ValueInfoProto(name=out))
+                known.add(out)
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        values = session.run(None, {input_name: np.zeros(shape, np.float32)})
+    except Exception as error:
+        raise ImportError_(f"{label}: onnxruntime could not run the model to find its shapes: {error}") from None
+    return {o.name: tuple(v.shape) for o, v in zip(session.get_outputs(), values)}
+
+
+def _drop_unused(graph: Graph) -> None:
+    """Remove nodes none of whose outputs is used (e.g. what only fed folded shape arithmetic)."""
+    while True:
+        used = {i for node in graph.nodes for i in node.inputs} | {graph.output}
+        kept = [node for node in graph.nodes if any(o in used for o in node.outputs)]
+        if len(kept) == len(graph.nodes):
+            return
+        graph.nodes = kept
 
 
 def _fix_input_shape(model: onnx.ModelProto, name: str, shape: list[int]) -> None:

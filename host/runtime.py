@@ -139,14 +139,22 @@ class ModelRunner:
         return np.ascontiguousarray(out.T.reshape(c, ho, wo))
 
     def _add(self, layer: Layer, tensors, stats):
+        """Sum of requantized inputs, with onnxruntime's QLinearAdd arithmetic (float32 fused multiply-adds,
+        rounding half to even), so that pre-quantized models follow their reference closely."""
         out_q = layer.out_q
-        total = np.full(tensors[layer.inputs[0]].shape, out_q.zero_point, np.int64)
-        for name in layer.inputs:
-            q = self._q(name)
-            total += _rescale(tensors[name].astype(np.int64) - q.zero_point, q.scale / out_q.scale)
+        values = [tensors[name] if name in tensors else layer.arrays[name] for name in layer.inputs]
+        params = [self._q(name) for name in layer.inputs]
+        ratios = [np.float32(q.scale) / np.float32(out_q.scale) for q in params]
+        fixed = np.float32(out_q.zero_point)
+        offset = np.float32(0)
+        for ratio, q in zip(ratios, params):
+            offset = np.float32(offset + np.float32(ratio * np.float32(q.zero_point)))
+        total = np.full(np.broadcast_shapes(*(v.shape for v in values)), np.float32(fixed - offset), np.float32)
+        for ratio, value in reversed(list(zip(ratios, values))):  # fma(b, ratio_b, fixed), then fma(a, ratio_a, .)
+            total = (value.astype(np.float64) * np.float64(ratio) + total.astype(np.float64)).astype(np.float32)
         low = out_q.zero_point if layer.attrs["activation"] in ("relu", "relu6") else 0
         high = min(255, out_q.zero_point + int(round(6 / out_q.scale))) if layer.attrs["activation"] == "relu6" else 255
-        return np.clip(total, low, high).astype(np.uint8)
+        return np.clip(np.rint(total), low, high).astype(np.uint8)
 
     def _affine(self, layer: Layer, tensors, stats):
         """``x * scale + shift`` per channel (unfolded BatchNorm, constant Mul/Add), in fixed point."""
@@ -172,10 +180,12 @@ class ModelRunner:
         return np.clip(tensors[layer.inputs[0]], low, high)
 
     def _gap(self, layer: Layer, tensors, stats):
+        """Channel means, as onnxruntime's QLinearGlobalAveragePool computes them: float32, half to even."""
         x = tensors[layer.inputs[0]]
         in_q, out_q = self._q(layer.inputs[0]), layer.out_q
         sums = (x.astype(np.int64) - in_q.zero_point).reshape(x.shape[0], -1).sum(axis=1)
-        scaled = _rescale(sums, in_q.scale / (out_q.scale * x.shape[1] * x.shape[2])) + out_q.zero_point
+        scale = np.float32(in_q.scale / (out_q.scale * x.shape[1] * x.shape[2]))
+        scaled = np.rint(sums.astype(np.float32) * scale) + out_q.zero_point
         return np.clip(scaled, 0, 255).astype(np.uint8).reshape(x.shape[0], 1, 1)
 
     def _maxpool(self, layer: Layer, tensors, stats):
@@ -222,6 +232,9 @@ class ModelRunner:
         acc = self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], None, stats)
         acc = acc.astype(np.int64) + layer.arrays["bias"]
         return (acc * (in_q.scale * layer.arrays["w_scale"])).astype(np.float32)
+
+    def _dequantize(self, layer: Layer, tensors, stats):
+        return layer.out_q.dequantize(tensors[layer.inputs[0]]).reshape(1, -1)
 
     def _softmax(self, layer: Layer, tensors, stats):
         x = tensors[layer.inputs[0]].astype(np.float64)
