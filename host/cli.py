@@ -170,6 +170,23 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_profile(args) -> int:
+    from .classify import Classifier
+    from .package import load_package
+    from .profile import layer_table, plot_profile
+    from .recipes import demo_photos
+
+    config = _load_config(args.config)
+    package = load_package(args.package, config)
+    classifier = Classifier(package, args.backend, config)
+    prediction = classifier.classify(args.image or demo_photos()[0])
+    print(layer_table(prediction.layers, config))
+    if args.plot:
+        plot_profile(prediction.layers, config, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .classify import Classifier
     from .recipes import demo_photos, cached_package
@@ -248,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="only the first N images")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=_cmd_eval)
+
+    profile = commands.add_parser("profile", help="per-layer cycles, MAC utilization and time for one image")
+    profile.add_argument("package")
+    profile.add_argument("--image", help="an image (default: the cat photo)")
+    profile.add_argument("--backend", choices=("reference", "verilator", "numpy"), default="verilator")
+    profile.add_argument("--plot", help="write a bar chart of cycles and host time per layer (.png or .svg)")
+    profile.set_defaults(handler=_cmd_profile)
 
     run = commands.add_parser("run", help="classify images with a compiled package")
     run.add_argument("package")

@@ -112,3 +112,20 @@ def test_package_round_trip_and_refusals(tmp_path):
     with pytest.raises(PackageError, match="no such file"):
         load_package(tmp_path / "none.mvu")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_profile_table_and_plot(tmp_path, verilator_executors):
+    from mvu.profile import layer_table, plot_profile
+
+    model = small_network()
+    graph = import_onnx(model)
+    images = np.random.default_rng(5).normal(0, 1, (8, 3, 16, 16)).astype(np.float32)
+    quantized = quantize_graph(graph, calibrate(model, graph, images, progress=False))
+    runner = ModelRunner(quantized, TINY, "verilator", verilator_executors(TINY))
+    runner.run(quantized.input_q.quantize(images[:1]))
+    table = layer_table(runner.stats, TINY)
+    cycles = sum(s.cycles for s in runner.stats)
+    assert f"{cycles:,}" in table and "modelled accelerator latency" in table
+    assert len(table.splitlines()) == len(runner.stats) + 3
+    path = plot_profile(runner.stats, TINY, tmp_path / "profile.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
