@@ -165,7 +165,7 @@ def _cmd_eval(args) -> int:
         print(f"{report['images']} images on {args.backend}: top-1 {report['top1']:.1%}, top-5 {report['top5']:.1%}")
         if "fp32" in report:
             fp32 = report["fp32"]
-            print(f"onnxruntime fp32: top-1 {fp32['top1']:.1%}, top-5 {fp32['top5']:.1%}; "
+            print(f"onnxruntime on the source model: top-1 {fp32['top1']:.1%}, top-5 {fp32['top5']:.1%}; "
                   f"top-1 agreement with mvu {report['agreement_top1']:.1%}")
     return 0
 
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("package")
     evaluate.add_argument("--images", required=True, help="folder of images")
     evaluate.add_argument("--labels", required=True, help="CSV with columns filename,class_index")
-    evaluate.add_argument("--onnx", help="the fp32 source model, to compare with onnxruntime")
+    evaluate.add_argument("--onnx", help="the source model, to compare with onnxruntime running it")
     evaluate.add_argument("--backend", choices=("reference", "verilator", "numpy"), default="numpy")
     evaluate.add_argument("--limit", type=int, help="only the first N images")
     evaluate.add_argument("--json", action="store_true")

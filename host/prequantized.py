@@ -19,7 +19,8 @@ def _requant(in_scale: float, w_scale: np.ndarray, out_scale: float) -> dict:
     """
     ratios = (np.float32(in_scale) * w_scale.astype(np.float32)) / np.float32(out_scale)
     pairs = [quantize_multiplier(float(s)) for s in ratios]
-    return {"multiplier": np.array([p[0] for p in pairs], np.int64), "shift": np.array([p[1] for p in pairs], np.int64)}
+    return {"multiplier": np.array([p[0] for p in pairs], np.int64), "shift": np.array([p[1] for p in pairs], np.int64),
+            "scale": ratios.astype(np.float32)}
 
 
 def from_qlinear_graph(graph: Graph) -> QuantizedModel:
@@ -54,7 +55,7 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
             attrs = {"strides": list(node.attrs.get("strides", [1, 1])), "pads": list(node.attrs.get("pads", [0] * 4)),
                      "dilations": list(node.attrs.get("dilations", [1, 1])), "group": group,
                      "kernel": list(weight.shape[2:]), "in_zero_point": in_q.zero_point, "clamp": (0, 255),
-                     "activation": "none"}
+                     "activation": "none", "rounding": "float32"}
             shape = graph.shapes[node.outputs[0]]
             macs = int(np.prod(shape[1:]) * np.prod(weight.shape[1:]))
             placement = "accelerator" if group == 1 else "host"
@@ -96,7 +97,7 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
                 raise ImportError_(f"{graph.name}: QLinearMatMul '{node.name}' needs symmetric int8 weights")
             w_scale = np.broadcast_to(np.asarray(c[ins[4]], np.float64).reshape(-1), (weight.shape[1],))
             layers.append(Layer("fc_quantized", node.name, [ins[0]], node.outputs[0], "accelerator",
-                                {"in_zero_point": in_q.zero_point, "clamp": (0, 255)},
+                                {"in_zero_point": in_q.zero_point, "clamp": (0, 255), "rounding": "float32"},
                                 {"weight": weight, "bias": np.zeros(weight.shape[1], np.int64),
                                  **_requant(in_q.scale, w_scale, out_q.scale)}, out_q, int(weight.size)))
             tensor_q[node.outputs[0]] = out_q

@@ -50,6 +50,15 @@ def _rescale(x: np.ndarray, ratio: float) -> np.ndarray:
     return (product + ((1 << shift) >> 1)) >> shift
 
 
+def _float32_requantize(acc: np.ndarray, layer: Layer, channels: slice) -> np.ndarray:
+    """onnxruntime's requantization, for models imported with their own scales: the int32 sum with its
+    bias becomes a float32, is multiplied by the float32 scale and rounded half to even."""
+    low, high = layer.attrs["clamp"]
+    total = (acc.astype(np.int64) + layer.arrays["bias"][channels]).astype(np.int32).astype(np.float32)
+    scaled = np.rint(total * layer.arrays["scale"][channels]) + layer.out_q.zero_point
+    return np.clip(scaled, low, high).astype(np.uint8)
+
+
 class ModelRunner:
     """Executes :class:`QuantizedModel` layers in order on uint8 tensors.
 
@@ -118,10 +127,13 @@ class ModelRunner:
             requant = Requantization(layer.arrays["bias"][channels], layer.arrays["multiplier"][channels],
                                      layer.arrays["shift"][channels], out_zero_point=layer.out_q.zero_point,
                                      clamp_min=low, clamp_max=high)
+            float_rounding = a.get("rounding") == "float32"
             if layer.placement == "accelerator":
-                out = self.gemm(patches, w, a["in_zero_point"], requant, stats)
+                out = self.gemm(patches, w, a["in_zero_point"], None if float_rounding else requant, stats)
             else:
-                out = golden_gemm(patches, w, a["in_zero_point"], requant)
+                out = golden_gemm(patches, w, a["in_zero_point"], None if float_rounding else requant)
+            if float_rounding:
+                out = _float32_requantize(out, layer, channels)
             outputs.append(out.T.reshape(per_group_out, ho, wo))
         return np.ascontiguousarray(np.concatenate(outputs).astype(np.uint8))
 
@@ -134,8 +146,11 @@ class ModelRunner:
         weight = layer.arrays["weight"].reshape(c, -1).astype(np.float64)
         acc = np.einsum("pck,ck->pc", centred, weight).astype(np.int64).astype(np.int32)  # exact: small sums
         low, high = a["clamp"]
-        out = requantize(acc, layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
-                         layer.out_q.zero_point, low, high)
+        if a.get("rounding") == "float32":
+            out = _float32_requantize(acc, layer, slice(None))
+        else:
+            out = requantize(acc, layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
+                             layer.out_q.zero_point, low, high)
         return np.ascontiguousarray(out.T.reshape(c, ho, wo))
 
     def _add(self, layer: Layer, tensors, stats):
@@ -173,6 +188,9 @@ class ModelRunner:
         low, high = layer.attrs["clamp"]
         requant = Requantization(layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
                                  out_zero_point=layer.out_q.zero_point, clamp_min=low, clamp_max=high)
+        if layer.attrs.get("rounding") == "float32":
+            acc = self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], None, stats)
+            return _float32_requantize(acc, layer, slice(None)).reshape(-1)
         return self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], requant, stats).reshape(-1)
 
     def _clamp(self, layer: Layer, tensors, stats):
