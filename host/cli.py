@@ -122,7 +122,9 @@ def _cmd_compile(args) -> int:
     print(f"compiled {args.model} -> {path} ({path.stat().st_size / 1e6:.1f} MB) for {config.describe()}")
     for entry in package.report:
         if args.verbose or entry["placement"] != "accelerator":
-            print(f"  {entry['layer']:<28} {entry['op']:<14} -> {entry['placement']}")
+            sqnr = f"  SQNR {entry['sqnr_db']:5.1f} dB" if "sqnr_db" in entry else ""
+            print(f"  {entry['layer']:<28} {entry['op']:<24} -> {entry['placement']:<11} "
+                  f"scale {entry['scale']:.4g} zero point {entry['zero_point']}{sqnr}")
     print("  layers: " + ", ".join(f"{count} on the {where}" for where, count in sorted(placements.items())))
     return 0
 

@@ -44,6 +44,33 @@ def calibration_images(sources: list[Path], recipe, *, limit: int = 64) -> np.nd
     return np.stack(images).astype(np.float32)
 
 
+def _add_sqnr(quantized, config: HardwareConfig, model: onnx.ModelProto, image: np.ndarray) -> None:
+    """Each report row gains ``sqnr_db``: its output against fp32 onnxruntime on one calibration image."""
+    import onnxruntime as ort
+
+    from .runtime import ModelRunner
+
+    runner = ModelRunner(quantized, config, "numpy")
+    runner.run(quantized.input_q.quantize(image[None]))
+    wanted = [layer.output for layer in quantized.layers]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted if name not in present)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    reference = dict(zip(names, session.run(None, {session.get_inputs()[0].name: image[None]})))
+    by_name = {layer.name: layer for layer in quantized.layers}
+    for row in quantized.report:
+        layer = by_name.get(row["layer"])
+        if layer is None or layer.out_q is None or layer.output not in reference:
+            continue
+        expected = reference[layer.output].reshape(-1).astype(np.float64)
+        got = layer.out_q.dequantize(runner.tensors[layer.output]).reshape(-1).astype(np.float64)
+        noise = np.sum((expected - got) ** 2)
+        row["sqnr_db"] = float(10 * np.log10(np.sum(expected ** 2) / noise)) if noise > 0 else float("inf")
+
+
 def compile_model(source: str | Path | onnx.ModelProto, *, config: HardwareConfig, preprocessing: dict,
                   labels: list[str], calibration: list[Path] | None = None, name: str | None = None,
                   progress: bool = True) -> ModelPackage:
@@ -62,6 +89,7 @@ def compile_model(source: str | Path | onnx.ModelProto, *, config: HardwareConfi
     else:
         images = calibration_images(calibration or builtin_calibration_sources(), recipe)
         quantized = quantize_graph(graph, calibrate(model, graph, images, progress=progress))
+        _add_sqnr(quantized, config, model, images[0])
     classes = int(np.prod(graph.shapes.get(graph.output, (1, len(labels)))[1:]))
     if labels and len(labels) != classes:
         raise ImportError_(f"{label}: {len(labels)} labels for {classes} classes")

@@ -76,6 +76,7 @@ class ModelRunner:
         self.executor = executor
         self.stats: list[LayerStats] = []
         self.last_output: np.ndarray | None = None
+        self.tensors: dict[str, np.ndarray] = {}  # every tensor of the last run
 
     def gemm(self, a: np.ndarray, w: np.ndarray, zero_point: int, requant: Requantization | None,
              stats: LayerStats) -> np.ndarray:
@@ -101,6 +102,7 @@ class ModelRunner:
             stats.seconds = time.perf_counter() - started
             self.stats.append(stats)
         self.last_output = tensors[self.model.output]
+        self.tensors = tensors
         return self.last_output
 
     # Layers ---------------------------------------------------------------

@@ -73,3 +73,10 @@ def test_accuracy_on_shared_images_is_within_a_point_of_fp32(lite0, tmp_path):
     assert report["top1"] >= report["fp32"]["top1"] - 0.01, report
     assert report["agreement_top1"] >= 0.97, report
     assert np.isclose(report["fp32"]["top1"], 0.90)
+
+
+def test_quantization_report_has_sqnr_per_layer(lite0):
+    rows = [row for row in lite0.report if "sqnr_db" in row]
+    assert len(rows) >= 40  # every conv and add with quantized output
+    assert min(row["sqnr_db"] for row in rows) > 10  # 8-bit quantization of a healthy layer: ~15-35 dB
+    assert {row["placement"] for row in lite0.report} == {"accelerator", "host"}
