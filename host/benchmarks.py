@@ -78,7 +78,7 @@ def bench_gemm(config: HardwareConfig, m: int, k: int, n: int, *, backend: str =
 
 
 def bench_network(recipe: str, config: HardwareConfig, *, image=None, backends=("reference", "verilator"),
-                  executors: dict | None = None) -> dict:
+                  executors: dict | None = None, compare_onnxruntime: bool = False) -> dict:
     """One image through a compiled recipe on each backend: bit-exactness, cycles, utilization, wall times."""
     import time
 
@@ -107,4 +107,48 @@ def bench_network(recipe: str, config: HardwareConfig, *, image=None, backends=(
         report["backends"][backend] = entry
     first = next(iter(logits.values()))
     report["bit_exact"] = all(np.array_equal(first, other) for other in logits.values())
+    if compare_onnxruntime:
+        report["onnxruntime_int8"] = onnxruntime_int8_latency(recipe, package, image)
     return report
+
+
+def onnxruntime_int8_latency(recipe: str, package, image, *, repeats: int = 20) -> dict:
+    """The same network quantized by onnxruntime (static, QDQ, per-channel int8), timed at batch 1."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from .compiler import builtin_calibration_sources, calibration_images
+    from .preprocess import PreprocessRecipe, preprocess
+    from .recipes import RECIPES
+
+    recipe_preprocessing = PreprocessRecipe.from_dict(package.preprocessing)
+    images = calibration_images(builtin_calibration_sources(), recipe_preprocessing)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter({"input": image[None]} for image in images)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        onnx.save(RECIPES[recipe]()[0], source)
+        quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    x = preprocess(image, recipe_preprocessing)
+    name = session.get_inputs()[0].name
+    session.run(None, {name: x})
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - started)
+    return {"p50_seconds": float(np.median(times)), "repeats": repeats,
+            "note": "the same network quantized by onnxruntime.quantization (QDQ, per-channel), CPU provider"}

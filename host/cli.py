@@ -56,7 +56,8 @@ def _cmd_bench_network(args) -> int:
     from .benchmarks import bench_network
 
     config = _load_config(args.config)
-    report = bench_network(args.model, config, image=args.image, backends=tuple(args.backends.split(",")))
+    report = bench_network(args.model, config, image=args.image, backends=tuple(args.backends.split(",")),
+                           compare_onnxruntime=args.onnxruntime)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
@@ -69,6 +70,8 @@ def _cmd_bench_network(args) -> int:
             line += (f"; {entry['cycles']:,} cycles = {entry['modelled_ms']:.1f} ms modelled, "
                      f"MAC utilization {entry['mac_utilization']:.1%}, {entry['sim_macs_per_second']:.3g} MAC/s simulated")
         print(line)
+    if "onnxruntime_int8" in report:
+        print(f"  onnxruntime int8 (QDQ) {1e3 * report['onnxruntime_int8']['p50_seconds']:.1f} ms p50 at batch 1")
     return 0 if report["bit_exact"] else 1
 
 
@@ -233,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("model", help="a recipe name, e.g. resnet50 or efficientnet-lite0")
     network.add_argument("--image", help="an image file (default: the cat photo)")
     network.add_argument("--backends", default="reference,verilator", help="comma-separated backends")
+    network.add_argument("--onnxruntime", action="store_true",
+                         help="also time the network quantized by onnxruntime (int8, QDQ) for comparison")
     network.add_argument("--json", action="store_true")
     network.add_argument("--output", help="also write the JSON report to this file")
     network.set_defaults(handler=_cmd_bench_network)
