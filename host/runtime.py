@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ class LayerStats:
     macs: int
     cycles: int = 0
     seconds: float = 0.0
+    im2col_seconds: float = 0.0  # the host's share of lowering a convolution to a GEMM
     counters: dict = field(default_factory=dict)
 
 
@@ -95,12 +97,18 @@ class ModelRunner:
         """``image_q``: uint8 [1, C, H, W] in the model's input quantization; returns float logits."""
         tensors = {self.model.input: image_q[0]}
         self.stats = []
-        for layer in self.model.layers:
+        # RTL runs take seconds: show which layer is running when a person is watching.
+        show = self.backend == "verilator" and sys.stderr.isatty()
+        for index, layer in enumerate(self.model.layers):
+            if show:
+                print(f"\r  RTL: layer {index + 1}/{len(self.model.layers)} {layer.name:<32}", end="", file=sys.stderr)
             stats = LayerStats(layer.name, layer.kind, layer.placement, layer.macs)
             started = time.perf_counter()
             tensors[layer.output] = getattr(self, f"_{layer.kind}")(layer, tensors, stats)
             stats.seconds = time.perf_counter() - started
             self.stats.append(stats)
+        if show:
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
         self.last_output = tensors[self.model.output]
         self.tensors = tensors
         return self.last_output
@@ -123,7 +131,9 @@ class ModelRunner:
             return self._depthwise(layer, x)
         for g in range(group):
             part = x[g * per_group_in:(g + 1) * per_group_in]
+            lowering = time.perf_counter()
             patches, ho, wo = im2col(part, a["kernel"], a["strides"], a["pads"], a["dilations"], a["in_zero_point"])
+            stats.im2col_seconds += time.perf_counter() - lowering
             channels = slice(g * per_group_out, (g + 1) * per_group_out)
             w = weight[channels].reshape(per_group_out, -1).T
             requant = Requantization(layer.arrays["bias"][channels], layer.arrays["multiplier"][channels],
