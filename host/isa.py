@@ -5,7 +5,7 @@ Every instruction is 256 bits (32 bytes), little-endian. See docs/isa.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Union
 
@@ -113,20 +113,46 @@ _TOKEN_NAMES: dict[Opcode, dict[str, str]] = {
 }
 
 
+_FLAGS = frozenset({"preload", "accumulate", "act_signed", "load_params", "raw", *(
+    name for names in _TOKEN_NAMES.values() for name in names.values())})
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One field of one opcode, resolved once so that encoding and decoding are plain bit arithmetic."""
+
+    name: str
+    lsb: int
+    mask: int
+    minimum: int
+    maximum: int
+    signed: bool
+    kind: type
+
+
+def _layout(opcode: Opcode) -> tuple[_Slot, ...]:
+    pairs = [(name, COMMON_FIELDS[bit]) for bit, name in _TOKEN_NAMES[opcode].items()]
+    pairs += list(OPCODE_FIELDS[opcode].items())
+    return tuple(_Slot(name, f.lsb, (1 << f.width) - 1, f.minimum, f.maximum, f.signed,
+                       bool if name in _FLAGS else Buffer if name == "buffer" else int) for name, f in pairs)
+
+
+_LAYOUTS = {opcode: _layout(opcode) for opcode in Opcode}
+_USED_BITS = {opcode: 0xF | sum(slot.mask << slot.lsb for slot in layout) for opcode, layout in _LAYOUTS.items()}
+
+
 class _Encodable:
     opcode: ClassVar[Opcode]
 
     def encode(self) -> bytes:
-        word = COMMON_FIELDS["opcode"].put(int(self.opcode))
-        for bit, name in _TOKEN_NAMES[self.opcode].items():
-            word |= COMMON_FIELDS[bit].put(int(getattr(self, name)))
-        for name, field in OPCODE_FIELDS[self.opcode].items():
-            value = int(getattr(self, name))
-            if not field.minimum <= value <= field.maximum:
+        word = int(self.opcode)
+        for slot in _LAYOUTS[self.opcode]:
+            value = int(getattr(self, slot.name))
+            if not slot.minimum <= value <= slot.maximum:
                 raise ProgramError(
-                    f"{self.opcode.name} field {name}={value} does not fit "
-                    f"{field.width} bits ({field.minimum}..{field.maximum})")
-            word |= field.put(value)
+                    f"{self.opcode.name} field {slot.name}={value} does not fit "
+                    f"{slot.mask.bit_length()} bits ({slot.minimum}..{slot.maximum})")
+            word |= (value & slot.mask) << slot.lsb
         return word.to_bytes(INSTRUCTION_BYTES, "little")
 
 
@@ -215,33 +241,23 @@ def decode(raw: bytes, index: int = 0) -> Instruction:
     if len(raw) != INSTRUCTION_BYTES:
         raise ProgramError(f"instruction {index}: expected {INSTRUCTION_BYTES} bytes, got {len(raw)}")
     word = int.from_bytes(raw, "little")
-    code = COMMON_FIELDS["opcode"].get(word)
+    code = word & 0xF
     try:
         opcode = Opcode(code)
     except ValueError:
         raise ProgramError(f"instruction {index}: unknown opcode {code}") from None
-    used = COMMON_FIELDS["opcode"].put(0xF)
-    kwargs: dict[str, object] = {}
-    for bit, name in _TOKEN_NAMES[opcode].items():
-        kwargs[name] = bool(COMMON_FIELDS[bit].get(word))
-        used |= COMMON_FIELDS[bit].put(1)
-    for name, field in OPCODE_FIELDS[opcode].items():
-        kwargs[name] = field.get(word)
-        used |= field.put(-1)
-    if word & ~used:
-        stray = word & ~used
+    stray = word & ~_USED_BITS[opcode]
+    if stray:
         raise ProgramError(
             f"instruction {index} ({opcode.name}): reserved bits set (bit {stray.bit_length() - 1} "
             f"is the highest); this is not a valid {opcode.name}")
-    cls = _CLASSES[opcode]
-    names = {f.name for f in fields(cls)}
-    for name in list(kwargs):
-        if name in ("preload", "accumulate", "act_signed", "load_params", "raw"):
-            kwargs[name] = bool(kwargs[name])
-        if name == "buffer":
-            kwargs[name] = Buffer(kwargs[name])
-    assert set(kwargs) <= names
-    return cls(**kwargs)
+    kwargs = {}
+    for slot in _LAYOUTS[opcode]:
+        value = (word >> slot.lsb) & slot.mask
+        if slot.signed and value > slot.maximum:
+            value -= slot.mask + 1
+        kwargs[slot.name] = slot.kind(value)
+    return _CLASSES[opcode](**kwargs)
 
 
 def encode_program(instructions: list[Instruction]) -> bytes:
