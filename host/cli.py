@@ -11,6 +11,9 @@ from .config import HardwareConfig
 
 __all__ = ["main"]
 
+#: Where a model's accelerator layers run: the ISA interpreter, the RTL, or their definition in numpy.
+BACKENDS = ("reference", "verilator", "numpy")
+
 
 def _load_config(path: str | None) -> HardwareConfig:
     if path is None:
@@ -268,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--images", required=True, help="folder of images")
     evaluate.add_argument("--labels", required=True, help="CSV with columns filename,class_index")
     evaluate.add_argument("--onnx", help="the source model, to compare with onnxruntime running it")
-    evaluate.add_argument("--backend", choices=("reference", "verilator", "numpy"), default="numpy")
+    evaluate.add_argument("--backend", choices=BACKENDS, default="numpy")
     evaluate.add_argument("--limit", type=int, help="only the first N images")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=_cmd_eval)
@@ -276,14 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     profile = commands.add_parser("profile", help="per-layer cycles, MAC utilization and time for one image")
     profile.add_argument("package")
     profile.add_argument("--image", help="an image (default: the cat photo)")
-    profile.add_argument("--backend", choices=("reference", "verilator", "numpy"), default="verilator")
+    profile.add_argument("--backend", choices=BACKENDS, default="verilator")
     profile.add_argument("--plot", help="write a bar chart of cycles and host time per layer (.png or .svg)")
     profile.set_defaults(handler=_cmd_profile)
 
     run = commands.add_parser("run", help="classify images with a compiled package")
     run.add_argument("package")
     run.add_argument("images", nargs="+")
-    run.add_argument("--backend", choices=("reference", "verilator", "numpy"), default="reference")
+    run.add_argument("--backend", choices=BACKENDS, default="reference")
     run.add_argument("--top", type=int, default=5)
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=_cmd_run)
