@@ -96,7 +96,7 @@ def import_onnx(source: str | Path | onnx.ModelProto, *, name: str | None = None
     nodes = [Node(n.op_type, n.name or f"{n.op_type}_{i}", list(n.input), list(n.output), _attributes(n))
              for i, n in enumerate(model.graph.node)]
     for node in nodes:
-        if node.op not in SUPPORTED_OPS and not _foldable(node, constants):
+        if node.op not in SUPPORTED_OPS and not _foldable(node):
             raise ImportError_(f"{label}: unsupported operator {node.op} (node '{node.name}')")
     shapes = {inputs[0].name: tuple(shape)}
     for value in list(model.graph.value_info) + list(model.graph.output):
@@ -152,7 +152,7 @@ def _fix_input_shape(model: onnx.ModelProto, name: str, shape: list[int]) -> Non
                 dim.dim_value = size
 
 
-def _foldable(node: Node, constants: dict) -> bool:
+def _foldable(node: Node) -> bool:
     """Shape arithmetic (Shape, Gather, Unsqueeze, ...) that constant folding will remove."""
     return node.op in {"Shape", "Gather", "Unsqueeze", "Squeeze", "Cast", "Constant", "ConstantOfShape",
                        "Slice", "Mul", "Div", "Sub", "Concat"}
