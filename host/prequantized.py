@@ -75,8 +75,8 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
                 elif tensor_q.get(name) != params(scale, zero):
                     raise ImportError_(f"{graph.name}: QLinearAdd '{node.name}' reads '{name}' with other parameters "
                                        f"than it was written with")
-            layers.append(Layer("add", node.name, [ins[0], ins[3]], node.outputs[0], "host", {"activation": "none"},
-                                constants, out_q))
+            layers.append(Layer("add", node.name, [ins[0], ins[3]], node.outputs[0], "host",
+                                {"activation": "none", "clamp": (0, 255)}, constants, out_q))
             tensor_q[node.outputs[0]] = out_q
             report.append({"layer": node.name, "op": "QLinearAdd", "placement": "host", "scale": out_q.scale,
                            "zero_point": out_q.zero_point, "macs": 0})

@@ -18,7 +18,7 @@ import onnx
 from .gemm import quantize_multiplier
 from .graph import Graph, ImportError_, Node
 
-__all__ = ["QuantParams", "Layer", "QuantizedModel", "calibrate", "quantize_graph"]
+__all__ = ["QuantParams", "Layer", "QuantizedModel", "activation_clamp", "calibrate", "quantize_graph"]
 
 
 @dataclass(frozen=True)
@@ -154,16 +154,19 @@ def _weights_int8(weight: np.ndarray, bias: np.ndarray | None = None,
     return q.reshape(weight.shape), scale
 
 
+def activation_clamp(out_q: QuantParams, activation: str) -> tuple[int, int]:
+    """The uint8 range a fused activation ("none", "relu" or "relu6") leaves in ``out_q``'s units."""
+    low = out_q.zero_point if activation in ("relu", "relu6") else 0
+    high = min(255, out_q.zero_point + int(round(6.0 / out_q.scale))) if activation == "relu6" else 255
+    return low, high
+
+
 def _output_requant(in_q: QuantParams, w_scale: np.ndarray, bias: np.ndarray | None, out_q: QuantParams,
                     activation: str) -> dict:
     acc_scale = in_q.scale * w_scale
     pairs = [quantize_multiplier(float(s)) for s in acc_scale / out_q.scale]
     bias_q = np.zeros(w_scale.size, np.int64) if bias is None else np.round(bias / acc_scale).astype(np.int64)
-    low, high = 0, 255
-    if activation in ("relu", "relu6"):
-        low = out_q.zero_point
-    if activation == "relu6":
-        high = min(255, out_q.zero_point + int(round(6.0 / out_q.scale)))
+    low, high = activation_clamp(out_q, activation)
     return {"bias": np.clip(bias_q, -2 ** 31, 2 ** 31 - 1).astype(np.int32),
             "multiplier": np.array([p[0] for p in pairs], np.int64),
             "shift": np.array([p[1] for p in pairs], np.int64),
@@ -234,9 +237,8 @@ def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
             channels = shapes[source][1]
             scale = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (channels,))
             shift_term = np.broadcast_to(np.asarray(shift_term, np.float64).reshape(-1), (channels,))
-            clamp = _output_requant(in_q, np.ones(1), None, out_q, activation)["clamp"]
             layers.append(Layer("affine", node.name, [source], output, "host",
-                                {"clamp": clamp, "ratio": (scale * in_q.scale / out_q.scale).tolist(),
+                                {"clamp": activation_clamp(out_q, activation), "ratio": (scale * in_q.scale / out_q.scale).tolist(),
                                  "offset": np.round(shift_term / out_q.scale).astype(np.int64).tolist()},
                                 {}, out_q))
             tensor_q[output] = out_q
@@ -248,7 +250,8 @@ def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
             if output != node.outputs[0]:
                 consumed.add(id(graph.consumers(node.outputs[0])[0]))
             out_q = out_params(output, activation)
-            layer = Layer("add", node.name, list(node.inputs), output, "host", {"activation": activation}, {}, out_q)
+            layer = Layer("add", node.name, list(node.inputs), output, "host",
+                          {"activation": activation, "clamp": activation_clamp(out_q, activation)}, {}, out_q)
             layers.append(layer)
             tensor_q[output] = out_q
             shapes[output] = shapes.get(node.outputs[0], shapes.get(output))

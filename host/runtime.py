@@ -179,8 +179,7 @@ class ModelRunner:
         total = np.full(np.broadcast_shapes(*(v.shape for v in values)), np.float32(fixed - offset), np.float32)
         for ratio, value in reversed(list(zip(ratios, values))):  # fma(b, ratio_b, fixed), then fma(a, ratio_a, .)
             total = (value.astype(np.float64) * np.float64(ratio) + total.astype(np.float64)).astype(np.float32)
-        low = out_q.zero_point if layer.attrs["activation"] in ("relu", "relu6") else 0
-        high = min(255, out_q.zero_point + int(round(6 / out_q.scale))) if layer.attrs["activation"] == "relu6" else 255
+        low, high = layer.attrs["clamp"]
         return np.clip(np.rint(total), low, high).astype(np.uint8)
 
     def _affine(self, layer: Layer, tensors, stats):
