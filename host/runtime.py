@@ -1,4 +1,9 @@
-"""Runs a quantized model: accelerator layers as GEMM programs on an executor, the rest on the host."""
+"""Runs a quantized model: accelerator layers as GEMM programs on an executor, the rest on the host.
+
+Tensors carry a leading batch axis throughout (``[N, C, H, W]``, ``[N, features]``): an accelerator
+layer runs as ONE matrix product whose rows are all the images' rows, so its weights are loaded once
+per batch rather than once per image.
+"""
 
 from __future__ import annotations
 
@@ -18,31 +23,41 @@ __all__ = ["LayerStats", "ModelRunner", "im2col"]
 
 @dataclass
 class LayerStats:
+    """One layer's cost in a run, for the whole batch of ``images``."""
+
     name: str
     kind: str
     placement: str
-    macs: int
+    macs: int  # for the whole batch
+    images: int = 1  # the batch size
     cycles: int = 0
     seconds: float = 0.0
     im2col_seconds: float = 0.0  # the host's share of lowering a convolution to a GEMM
     counters: dict = field(default_factory=dict)
 
 
+def _output_size(padded: int, kernel: int, stride: int, dilation: int) -> int:
+    return (padded - dilation * (kernel - 1) - 1) // stride + 1
+
+
 def im2col(x: np.ndarray, kernel, strides, pads, dilations, pad_value: int) -> tuple[np.ndarray, int, int]:
-    """``x`` [C, H, W] -> patches [Ho * Wo, C * kh * kw] (channel-major, like Conv weights)."""
-    c, h, w = x.shape
+    """``x`` [C, H, W] -> patches [Ho * Wo, C * kh * kw] (channel-major, like Conv weights);
+    a batch [N, C, H, W] -> [N * Ho * Wo, C * kh * kw], image after image."""
+    batch = x if x.ndim == 4 else x[None]
+    n, c, h, w = batch.shape
     kh, kw = kernel
     sh, sw = strides
     dh, dw = dilations
     top, left, bottom, right = pads[0], pads[1], pads[2], pads[3]
-    padded = np.full((c, h + top + bottom, w + left + right), pad_value, dtype=x.dtype)
-    padded[:, top:top + h, left:left + w] = x
-    ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    padded = batch
+    if any(pads):
+        padded = np.full((n, c, h + top + bottom, w + left + right), pad_value, dtype=x.dtype)
+        padded[:, :, top:top + h, left:left + w] = batch
+    ho, wo = _output_size(h + top + bottom, kh, sh, dh), _output_size(w + left + right, kw, sw, dw)
     s = padded.strides
     windows = np.lib.stride_tricks.as_strided(
-        padded, (c, kh, kw, ho, wo), (s[0], s[1] * dh, s[2] * dw, s[1] * sh, s[2] * sw), writeable=False)
-    return windows.transpose(3, 4, 0, 1, 2).reshape(ho * wo, c * kh * kw), ho, wo
+        padded, (n, ho, wo, c, kh, kw), (s[0], s[2] * sh, s[3] * sw, s[1], s[2] * dh, s[3] * dw), writeable=False)
+    return windows.reshape(n * ho * wo, c * kh * kw), ho, wo
 
 
 def _rescale(x: np.ndarray, ratio: float) -> np.ndarray:
@@ -78,7 +93,7 @@ class ModelRunner:
         self.executor = executor
         self.stats: list[LayerStats] = []
         self.last_output: np.ndarray | None = None
-        self.tensors: dict[str, np.ndarray] = {}  # every tensor of the last run
+        self.tensors: dict[str, np.ndarray] = {}  # every tensor of the last batch, batch axis first
 
     def gemm(self, a: np.ndarray, w: np.ndarray, zero_point: int, requant: Requantization | None,
              stats: LayerStats) -> np.ndarray:
@@ -94,15 +109,30 @@ class ModelRunner:
         return program.result()
 
     def run(self, image_q: np.ndarray) -> np.ndarray:
-        """``image_q``: uint8 [1, C, H, W] in the model's input quantization; returns float logits."""
-        tensors = {self.model.input: image_q[0]}
+        """``image_q``: uint8 [1, C, H, W] in the model's input quantization; returns float logits [1, classes]."""
+        return self.run_batch(image_q)
+
+    def run_batch(self, images_q: np.ndarray) -> np.ndarray:
+        """``images_q``: uint8 [N, C, H, W] in the model's input quantization; returns float logits [N, classes].
+
+        Each accelerator layer is one GEMM over the whole batch. Afterwards :attr:`stats` has one
+        :class:`LayerStats` per layer for the whole batch (cycles, MACs and seconds summed over the images)
+        and :attr:`tensors` every tensor of this batch.
+        """
+        images_q = np.asarray(images_q)
+        expected = tuple(self.model.input_shape[1:])
+        if images_q.ndim != 4 or images_q.shape[1:] != expected or not len(images_q) or images_q.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images [N >= 1, {', '.join(map(str, expected))}], "
+                             f"got {images_q.dtype} {list(images_q.shape)}")
+        n = len(images_q)
+        tensors = {self.model.input: images_q}
         self.stats = []
         # RTL runs take seconds: show which layer is running when a person is watching.
         show = self.backend == "verilator" and sys.stderr.isatty()
         for index, layer in enumerate(self.model.layers):
             if show:
                 print(f"\r  RTL: layer {index + 1}/{len(self.model.layers)} {layer.name:<32}", end="", file=sys.stderr)
-            stats = LayerStats(layer.name, layer.kind, layer.placement, layer.macs)
+            stats = LayerStats(layer.name, layer.kind, layer.placement, layer.macs * n, images=n)
             started = time.perf_counter()
             tensors[layer.output] = getattr(self, f"_{layer.kind}")(layer, tensors, stats)
             stats.seconds = time.perf_counter() - started
@@ -126,11 +156,11 @@ class ModelRunner:
         c_out = weight.shape[0]
         low, high = a["clamp"]
         outputs = []
-        per_group_in, per_group_out = x.shape[0] // group, c_out // group
+        per_group_in, per_group_out = x.shape[1] // group, c_out // group
         if group > 1 and per_group_in == per_group_out == 1:
             return self._depthwise(layer, x)
         for g in range(group):
-            part = x[g * per_group_in:(g + 1) * per_group_in]
+            part = x[:, g * per_group_in:(g + 1) * per_group_in]
             lowering = time.perf_counter()
             patches, ho, wo = im2col(part, a["kernel"], a["strides"], a["pads"], a["dilations"], a["in_zero_point"])
             stats.im2col_seconds += time.perf_counter() - lowering
@@ -146,24 +176,35 @@ class ModelRunner:
                 out = golden_gemm(patches, w, a["in_zero_point"], None if float_rounding else requant)
             if float_rounding:
                 out = _float32_requantize(out, layer, channels)
-            outputs.append(out.T.reshape(per_group_out, ho, wo))
-        return np.ascontiguousarray(np.concatenate(outputs).astype(np.uint8))
+            outputs.append(out.reshape(len(x), ho, wo, per_group_out))
+        out = outputs[0] if group == 1 else np.concatenate(outputs, axis=3)
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.uint8)
 
     def _depthwise(self, layer: Layer, x: np.ndarray) -> np.ndarray:
-        """One filter per channel, on the host: the same integer arithmetic as a GEMM, all channels at once."""
+        """One filter per channel, on the host: the GEMM's integer sums, accumulated tap by tap (exact in int32)."""
+        if len(x) > 1:  # image by image: the temporaries stay in the caches
+            return np.concatenate([self._depthwise(layer, image[None]) for image in x])
         a = layer.attrs
-        c = x.shape[0]
-        patches, ho, wo = im2col(x, a["kernel"], a["strides"], a["pads"], a["dilations"], a["in_zero_point"])
-        centred = patches.reshape(ho * wo, c, -1).astype(np.float64) - a["in_zero_point"]
-        weight = layer.arrays["weight"].reshape(c, -1).astype(np.float64)
-        acc = np.einsum("pck,ck->pc", centred, weight).astype(np.int64).astype(np.int32)  # exact: small sums
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["strides"], a["dilations"]
+        top, left, bottom, right = a["pads"]
+        ho, wo = _output_size(h + top + bottom, kh, sh, dh), _output_size(w + left + right, kw, sw, dw)
+        centred = np.zeros((n, c, h + top + bottom, w + left + right), np.int32)  # padding: the zero point
+        centred[:, :, top:top + h, left:left + w] = x.astype(np.int32) - a["in_zero_point"]
+        weight = layer.arrays["weight"].reshape(c, kh, kw).astype(np.int32)
+        acc = np.zeros((n, c, ho, wo), np.int32)
+        for i in range(kh):
+            for j in range(kw):
+                tap = centred[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+                acc += tap * weight[:, i, j, None, None]
+        acc = acc.transpose(0, 2, 3, 1)  # channels last, as the requantization reads them
         low, high = a["clamp"]
         if a.get("rounding") == "float32":
             out = _float32_requantize(acc, layer, slice(None))
         else:
             out = requantize(acc, layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
                              layer.out_q.zero_point, low, high)
-        return np.ascontiguousarray(out.T.reshape(c, ho, wo))
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
     def _add(self, layer: Layer, tensors, stats):
         """Sum of requantized inputs, with onnxruntime's QLinearAdd arithmetic (float32 fused multiply-adds,
@@ -189,20 +230,21 @@ class ModelRunner:
         centred = x.astype(np.int64) - in_q.zero_point
         out = np.empty(x.shape, np.int64)
         for channel, (ratio, offset) in enumerate(zip(layer.attrs["ratio"], layer.attrs["offset"])):
-            scaled = _rescale(centred[channel], abs(ratio)) if ratio else np.zeros_like(centred[channel])
-            out[channel] = (scaled if ratio >= 0 else -scaled) + offset
+            scaled = _rescale(centred[:, channel], abs(ratio)) if ratio else np.zeros_like(centred[:, channel])
+            out[:, channel] = (scaled if ratio >= 0 else -scaled) + offset
         low, high = layer.attrs["clamp"]
         return np.clip(out + out_q.zero_point, low, high).astype(np.uint8)
 
     def _fc_quantized(self, layer: Layer, tensors, stats):
-        x = tensors[layer.inputs[0]].reshape(1, -1)
+        x = tensors[layer.inputs[0]]
+        x = x.reshape(len(x), -1)
         low, high = layer.attrs["clamp"]
         requant = Requantization(layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
                                  out_zero_point=layer.out_q.zero_point, clamp_min=low, clamp_max=high)
         if layer.attrs.get("rounding") == "float32":
             acc = self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], None, stats)
-            return _float32_requantize(acc, layer, slice(None)).reshape(-1)
-        return self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], requant, stats).reshape(-1)
+            return _float32_requantize(acc, layer, slice(None))
+        return self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], requant, stats)
 
     def _clamp(self, layer: Layer, tensors, stats):
         low, high = layer.attrs["clamp"]
@@ -212,17 +254,18 @@ class ModelRunner:
         """Channel means, as onnxruntime's QLinearGlobalAveragePool computes them: float32, half to even."""
         x = tensors[layer.inputs[0]]
         in_q, out_q = self._q(layer.inputs[0]), layer.out_q
-        sums = (x.astype(np.int64) - in_q.zero_point).reshape(x.shape[0], -1).sum(axis=1)
-        scale = np.float32(in_q.scale / (out_q.scale * x.shape[1] * x.shape[2]))
+        n, c, h, w = x.shape
+        sums = (x.astype(np.int64) - in_q.zero_point).reshape(n, c, -1).sum(axis=2)
+        scale = np.float32(in_q.scale / (out_q.scale * h * w))
         scaled = np.rint(sums.astype(np.float32) * scale) + out_q.zero_point
-        return np.clip(scaled, 0, 255).astype(np.uint8).reshape(x.shape[0], 1, 1)
+        return np.clip(scaled, 0, 255).astype(np.uint8).reshape(n, c, 1, 1)
 
     def _maxpool(self, layer: Layer, tensors, stats):
         x = tensors[layer.inputs[0]]
         a = layer.attrs
         patches, ho, wo = im2col(x, a["kernel"], a["strides"], a["pads"], [1, 1], 0)  # 0 is uint8's minimum
         kk = a["kernel"][0] * a["kernel"][1]
-        return patches.reshape(ho, wo, x.shape[0], kk).max(axis=3).transpose(2, 0, 1).copy()
+        return np.ascontiguousarray(patches.reshape(len(x), ho, wo, x.shape[1], kk).max(axis=4).transpose(0, 3, 1, 2))
 
     def _avgpool(self, layer: Layer, tensors, stats):
         x = tensors[layer.inputs[0]]
@@ -231,12 +274,12 @@ class ModelRunner:
         centred = x.astype(np.int64) - in_q.zero_point
         patches, ho, wo = im2col(centred, a["kernel"], a["strides"], a["pads"], [1, 1], 0)
         kk = a["kernel"][0] * a["kernel"][1]
-        sums = patches.reshape(ho, wo, x.shape[0], kk).sum(axis=3).transpose(2, 0, 1)
+        sums = patches.reshape(len(x), ho, wo, x.shape[1], kk).sum(axis=4).transpose(0, 3, 1, 2)
         if a["count_include_pad"] or not any(a["pads"]):
             counts = np.full(sums.shape, kk)
         else:
-            ones, _, _ = im2col(np.ones((1, *x.shape[1:]), np.int64), a["kernel"], a["strides"], a["pads"], [1, 1], 0)
-            counts = np.broadcast_to(ones.sum(axis=1).reshape(1, ho, wo), sums.shape)
+            ones, _, _ = im2col(np.ones((1, *x.shape[2:]), np.int64), a["kernel"], a["strides"], a["pads"], [1, 1], 0)
+            counts = np.broadcast_to(ones.sum(axis=1).reshape(1, 1, ho, wo), sums.shape)
         out = np.empty(sums.shape, np.int64)
         for count in np.unique(counts):
             mask = counts == count
@@ -244,7 +287,8 @@ class ModelRunner:
         return np.clip(out + out_q.zero_point, 0, 255).astype(np.uint8)
 
     def _reshape(self, layer: Layer, tensors, stats):
-        return tensors[layer.inputs[0]].reshape(layer.attrs["shape"][1:])
+        x = tensors[layer.inputs[0]]
+        return x.reshape(len(x), *layer.attrs["shape"][1:])
 
     def _concat(self, layer: Layer, tensors, stats):
         out_q = layer.out_q
@@ -253,17 +297,19 @@ class ModelRunner:
             q = self._q(name)
             parts.append(np.clip(_rescale(tensors[name].astype(np.int64) - q.zero_point, q.scale / out_q.scale)
                                  + out_q.zero_point, 0, 255).astype(np.uint8))
-        return np.concatenate(parts, axis=layer.attrs["axis"] - 1)
+        return np.concatenate(parts, axis=layer.attrs["axis"])
 
     def _fc(self, layer: Layer, tensors, stats):
-        x = tensors[layer.inputs[0]].reshape(1, -1)
+        x = tensors[layer.inputs[0]]
+        x = x.reshape(len(x), -1)
         in_q = self._q(layer.inputs[0])
         acc = self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], None, stats)
         acc = acc.astype(np.int64) + layer.arrays["bias"]
         return (acc * (in_q.scale * layer.arrays["w_scale"])).astype(np.float32)
 
     def _dequantize(self, layer: Layer, tensors, stats):
-        return layer.out_q.dequantize(tensors[layer.inputs[0]]).reshape(1, -1)
+        x = tensors[layer.inputs[0]]
+        return layer.out_q.dequantize(x).reshape(len(x), -1)
 
     def _softmax(self, layer: Layer, tensors, stats):
         x = tensors[layer.inputs[0]].astype(np.float64)

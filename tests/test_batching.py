@@ -1,0 +1,140 @@
+"""Batches: N images through the model at once give exactly the logits of N separate runs, for fewer cycles."""
+
+import numpy as np
+import pytest
+
+from conftest import TINY
+from mvu.classify import Classifier
+from mvu.compiler import compile_model
+from mvu.models.onnx_builder import GraphBuilder
+from mvu.preprocess import PreprocessRecipe, preprocess_batch
+from mvu.recipes import demo_photos
+from mvu.gemm import Requantization, golden_gemm
+from mvu.quantize import Layer, QuantParams
+from mvu.runtime import ModelRunner, im2col
+from test_prequantized import qlinear_network
+
+N = 3
+
+
+def conv_network(seed=0):
+    """Conv+BN+ReLU, MaxPool, Conv+ReLU6, depthwise Conv, residual Add, grouped Conv, AveragePool, Concat,
+    strided 5x5 depthwise Conv, 1x1 Conv, GAP and a two-layer classifier head (FC with a fused ReLU, then logits)."""
+    rng = np.random.default_rng(seed)
+    g = GraphBuilder("batch", (1, 3, 16, 16))
+    x = g.conv("input", rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8), padding=1)
+    x = g.batch_norm(x, rng.uniform(0.5, 1.5, 8), rng.normal(0, 0.1, 8), rng.normal(0, 0.1, 8), rng.uniform(0.5, 1.5, 8))
+    x = g.max_pool(g.relu(x), 3, 2, 1)
+    y = g.relu6(g.conv(x, rng.normal(0, 0.2, (8, 8, 3, 3)), rng.normal(0, 0.1, 8), padding=1))
+    x = g.add(x, g.conv(y, rng.normal(0, 0.3, (8, 1, 3, 3)), rng.normal(0, 0.1, 8), padding=1, group=8))
+    grouped = g.relu(g.conv(x, rng.normal(0, 0.3, (8, 4, 3, 3)), rng.normal(0, 0.1, 8), padding=1, group=2))
+    x = g.concat([grouped, g.average_pool(x, 3, 1, 1)])
+    x = g.relu(g.conv(x, rng.normal(0, 0.2, (16, 1, 5, 5)), rng.normal(0, 0.1, 16), stride=2, padding=2, group=16))
+    x = g.relu(g.conv(x, rng.normal(0, 0.3, (16, 16, 1, 1)), rng.normal(0, 0.1, 16)))
+    x = g.relu(g.gemm(g.flatten(g.global_average_pool(x)), rng.normal(0, 0.3, (48, 16)), rng.normal(0, 0.1, 48)))
+    return g.build(g.gemm(x, rng.normal(0, 0.2, (10, 48)), rng.normal(0, 0.1, 10)), classes=10)
+
+
+def compile_small(model, size: int):
+    preprocessing = {"resize": size, "crop": size, "mean": [127.0] * 3, "std": [64.0] * 3}
+    return compile_model(model, config=TINY, preprocessing=preprocessing, labels=[f"class {i}" for i in range(10)],
+                         name="small", progress=False)
+
+
+@pytest.fixture(scope="module", params=["conv", "qlinear"])
+def package(request):
+    if request.param == "conv":
+        return compile_small(conv_network(seed=4), 16)
+    return compile_small(qlinear_network(seed=2), 8)  # pre-quantized: onnxruntime's float32 requantization
+
+
+def batch_of_photos(package) -> np.ndarray:
+    recipe = PreprocessRecipe.from_dict(package.preprocessing)
+    return package.model.input_q.quantize(preprocess_batch(demo_photos()[:N], recipe))
+
+
+def assert_batch_matches_single_runs(runner: ModelRunner, images_q: np.ndarray) -> np.ndarray:
+    singles = [runner.run(image[None]) for image in images_q]
+    single_stats = runner.stats
+    batched = runner.run_batch(images_q)
+    assert batched.shape == (len(images_q), 10)
+    assert not np.array_equal(batched[0], batched[1])  # different images: the comparison means something
+    for single, row in zip(singles, batched):
+        assert single.shape == (1, 10)
+        assert np.array_equal(single[0], row)
+    assert [s.name for s in runner.stats] == [s.name for s in single_stats]
+    assert all(s.images == len(images_q) for s in runner.stats)
+    assert runner.tensors[runner.model.output].shape[0] == len(images_q)
+    return batched
+
+
+@pytest.mark.parametrize("backend", ["numpy", "reference"])
+def test_batch_gives_the_logits_of_separate_runs(package, backend):
+    runner = ModelRunner(package.model, TINY, backend)
+    batched = assert_batch_matches_single_runs(runner, batch_of_photos(package))
+    if backend == "reference":
+        numpy = ModelRunner(package.model, TINY, "numpy").run_batch(batch_of_photos(package))
+        assert np.array_equal(batched, numpy)
+
+
+def test_batch_on_the_rtl_matches_and_costs_fewer_cycles_per_image(package, verilator_executors):
+    runner = ModelRunner(package.model, TINY, "verilator", verilator_executors(TINY))
+    images_q = batch_of_photos(package)
+    single_cycles = {}
+    for image in images_q:
+        runner.run(image[None])
+        for s in runner.stats:
+            single_cycles[s.name] = single_cycles.get(s.name, 0) + s.cycles
+    assert_batch_matches_single_runs(runner, images_q)
+    batched = {s.name: s for s in runner.stats}
+    fc = [name for name, s in batched.items() if s.kind in ("fc", "fc_quantized")]
+    assert fc and all(batched[name].cycles > 0 for name in fc)
+    for name in fc:  # the weights are loaded once for all the images
+        assert 2 * batched[name].cycles < single_cycles[name], (name, batched[name].cycles, single_cycles[name])
+    assert sum(s.cycles for s in batched.values()) < sum(single_cycles.values())
+
+
+def test_classify_batch_agrees_with_classify(package):
+    classifier = Classifier(package, "reference")
+    photos = demo_photos()[:N]
+    singles = [classifier.classify(photo, top=3) for photo in photos]
+    batch = classifier.classify_batch(photos, top=3, names=[None, "second", None])
+    assert [p.top for p in batch] == [p.top for p in singles]
+    assert [p.source for p in batch] == [str(photos[0]), "second", str(photos[2])]
+    assert all(p.batch_size == N for p in batch) and singles[0].batch_size == 1
+    assert set(batch[0].seconds) == set(singles[0].seconds) == {"preprocess", "accelerator", "host", "total"}
+    assert batch[0].to_dict()["batch_size"] == N
+    assert classifier.classify_batch([]) == []
+
+    images = preprocess_batch(photos, classifier.recipe)
+    logits, stats = classifier.logits(images)
+    assert logits.shape == (N, 10) and stats.images == N and len(stats.layers) == len(package.model.layers)
+    assert [int(np.argmax(row)) for row in logits] == [p.top[0]["class"] for p in singles]
+
+
+def test_run_batch_refuses_wrong_shapes(package):
+    runner = ModelRunner(package.model, TINY, "numpy")
+    images_q = batch_of_photos(package)
+    for bad in (images_q[0], images_q[:0], images_q[:, :2], images_q.astype(np.float32)):
+        with pytest.raises(ValueError, match="expected uint8 images"):
+            runner.run_batch(bad)
+
+
+def test_depthwise_matches_one_gemm_per_channel():
+    rng = np.random.default_rng(7)
+    n, c = 2, 5
+    x = rng.integers(0, 256, (n, c, 11, 9), dtype=np.uint8)
+    attrs = {"kernel": [3, 5], "strides": [2, 1], "pads": [1, 2, 0, 1], "dilations": [2, 1], "group": c,
+             "in_zero_point": 37, "clamp": (0, 255)}
+    arrays = {"weight": rng.integers(-127, 128, (c, 1, 3, 5), dtype=np.int8), "bias": rng.integers(-999, 999, c),
+              "multiplier": rng.integers(1 << 29, 1 << 30, c), "shift": rng.integers(36, 40, c)}
+    layer = Layer("conv", "dw", ["x"], "y", "host", attrs, arrays, QuantParams(0.1, 9))
+    got = ModelRunner.__new__(ModelRunner)._depthwise(layer, x)
+    for channel in range(c):
+        patches, ho, wo = im2col(x[:, channel:channel + 1], attrs["kernel"], attrs["strides"], attrs["pads"],
+                                 attrs["dilations"], attrs["in_zero_point"])
+        requant = Requantization(*(arrays[k][channel:channel + 1] for k in ("bias", "multiplier", "shift")),
+                                 out_zero_point=9, clamp_min=0, clamp_max=255)
+        expected = golden_gemm(patches, arrays["weight"][channel].reshape(-1, 1), attrs["in_zero_point"], requant)
+        assert np.array_equal(got[:, channel], expected.reshape(n, ho, wo))
+    assert len(np.unique(got)) > 20  # not saturated
