@@ -8,10 +8,12 @@ reset, packing of flattened array ports, and a model of a memory read port.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import random
 from collections import deque
+from pathlib import Path
 from unittest import mock
 
 from cocotb.clock import Clock
@@ -23,7 +25,8 @@ __all__ = ["run_bench", "start", "pack", "unpack", "ReadMemory"]
 def run_bench(name: str) -> None:
     """Build ``mvu.sim.benches.<name>`` (its ``component()``) with Verilator and run its cocotb tests.
 
-    The Verilog and the Verilator build live in ``cache_dir()/cocotb/<name>``.
+    The Verilog and the Verilator build live in ``cache_dir()/cocotb/<name>-<installation>``: the
+    generated Makefiles name cocotb's files by absolute path, so each Python environment gets its own.
     Raises ``AssertionError`` unless at least one test ran and none failed.
     """
     from amaranth.back import verilog
@@ -33,7 +36,10 @@ def run_bench(name: str) -> None:
 
     module = f"mvu.sim.benches.{name}"
     toplevel = name.removeprefix("bench_")
-    build_dir = cache_dir() / "cocotb" / name
+    import cocotb
+
+    installation = hashlib.sha256(str(Path(cocotb.__file__).resolve()).encode()).hexdigest()[:8]
+    build_dir = cache_dir() / "cocotb" / f"{name}-{installation}"
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{toplevel}.v"
     with mock.patch.dict(os.environ, tool_environment()):
