@@ -28,8 +28,14 @@ def _architecture(name: str):
     return build
 
 
+def _toy():
+    from mvu.models.toy_classifier import PREPROCESSING, build_toy_classifier
+
+    return build_toy_classifier(), PREPROCESSING
+
+
 #: Recipe name -> a function returning (ONNX model, preprocessing dict).
-RECIPES = {"efficientnet-lite0": _efficientnet_lite0,
+RECIPES = {"efficientnet-lite0": _efficientnet_lite0, "toy": _toy,
            **{name: _architecture(name) for name in ("resnet18", "resnet50", "resnet152", "vgg16", "densenet121")}}
 
 
