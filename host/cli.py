@@ -290,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top", type=int, default=5)
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=_cmd_run)
+
+    from .serving.commands import add_serving_commands
+
+    add_serving_commands(commands, bench_kinds)
     return parser
 
 

@@ -1,0 +1,276 @@
+"""The models a server holds, by name and version, and how one of them answers an inference request."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..package import ModelPackage, load_package
+from .batching import BatchScheduler
+from .errors import ServingError
+from .metrics import ServingMetrics
+from .tensors import InferenceRequest, InferenceResult, OutputTensor
+
+__all__ = ["ModelSpec", "ServingLimits", "ServedModel", "ModelRepository", "IMAGES_INPUT", "TENSOR_INPUT", "SCORES_OUTPUT"]
+
+IMAGES_INPUT = "images"  # BYTES [N]: encoded JPEG/PNG; the server decodes and preprocesses
+TENSOR_INPUT = "input"  # FP32 [N, 3, H, W]: already preprocessed
+SCORES_OUTPUT = "scores"  # FP32 [N, classes]: softmax probabilities
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``[NAME[@VERSION]=]PATH`` from the command line."""
+
+    path: Path
+    name: str | None = None
+    version: str = "1"
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        label, sep, path = text.rpartition("=")
+        if not sep:
+            return cls(Path(text))
+        name, _, version = label.partition("@")
+        for what, value in (("name", name), ("version", version or "1")):
+            if not _NAME.match(value):
+                raise ValueError(f"{text}: bad model {what} {value!r} (letters, digits, '_', '.', '-')")
+        return cls(Path(path), name, version or "1")
+
+
+@dataclass
+class ServingLimits:
+    max_batch_size: int = 8
+    max_queue_delay: float = 0.0
+    max_queue_size: int = 64
+    timeout: float = 60.0
+
+
+class ServedModel:
+    """One version of one model: its signature, its batch scheduler, and request validation."""
+
+    def __init__(self, name: str, version: str, package: ModelPackage, backend: str, limits: ServingLimits,
+                 metrics: ServingMetrics, preprocess_pool: ThreadPoolExecutor):
+        from ..preprocess import PreprocessRecipe
+
+        self.name, self.version, self.package, self.backend = name, version, package, backend
+        self.recipe = PreprocessRecipe.from_dict(package.preprocessing)
+        self.classes = len(package.labels)
+        self.limits, self.metrics, self._pool = limits, metrics, preprocess_pool
+        self.scheduler = BatchScheduler(f"{name}@{version}", self._load_executor,
+                                        max_batch_size=limits.max_batch_size, max_queue_delay=limits.max_queue_delay,
+                                        max_queue_size=limits.max_queue_size,
+                                        on_batch=lambda images, cycles: metrics.observe_batch(name, version, images,
+                                                                                              cycles))
+
+    # Signature ----------------------------------------------------------------
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [-1, *self.recipe.shape[1:]]
+
+    def metadata(self) -> dict:
+        """Open Inference Protocol model metadata."""
+        return {"name": self.name, "versions": [self.version], "platform": f"mvu_{self.backend}",
+                "inputs": [{"name": IMAGES_INPUT, "datatype": "BYTES", "shape": [-1]},
+                           {"name": TENSOR_INPUT, "datatype": "FP32", "shape": self.input_shape}],
+                "outputs": [{"name": SCORES_OUTPUT, "datatype": "FP32", "shape": [-1, self.classes]}]}
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler.ready.is_set()
+
+    # Execution ----------------------------------------------------------------
+
+    def _load_executor(self):
+        """On the worker thread: build the executor (a Verilator model may take minutes the first time)."""
+        from ..classify import Classifier
+
+        classifier = Classifier(self.package, self.backend)
+        runner, input_q = classifier.runner, self.package.model.input_q
+
+        def run(images: np.ndarray) -> tuple[np.ndarray, int]:
+            logits = runner.run_batch(input_q.quantize(images))
+            return logits, sum(s.cycles for s in runner.stats)
+
+        return run
+
+    async def infer(self, request: InferenceRequest) -> InferenceResult:
+        """Validate, preprocess, queue, run; 4xx errors name the input and the cause."""
+        started = time.perf_counter()
+        images, preprocess_seconds = await self._images(request)
+        outputs_wanted = self._requested_outputs(request)
+        timeout = request.timeout if request.timeout is not None else self.limits.timeout
+        batch = await self.scheduler.submit(images, timeout)
+        scores = _softmax(batch.outputs)
+        outputs = []
+        for wanted in outputs_wanted:
+            if wanted.classification:
+                outputs.append(OutputTensor(wanted.name, "BYTES", self._classification(scores, wanted.classification)))
+            else:
+                outputs.append(OutputTensor(wanted.name, "FP32", scores))
+        timings = {"queue": batch.queue_seconds * 1e3, "preprocess": preprocess_seconds * 1e3,
+                   "executor": batch.executor_seconds * 1e3, "total": (time.perf_counter() - started) * 1e3}
+        self.metrics.observe_inference(self.name, self.version, timings)
+        return InferenceResult(self.name, self.version, outputs, request.id, timings,
+                               cycles=batch.cycles, batch_size=batch.batch_size)
+
+    async def score_image(self, image: bytes, top: int, timeout: float | None = None) -> dict:
+        """Raw image bytes -> the top classes with names and scores."""
+        from .tensors import InputTensor
+
+        if not 1 <= top <= self.classes:
+            raise ServingError(400, f"top must be between 1 and {self.classes}, not {top}")
+        data = np.empty(1, dtype=object)
+        data[0] = image
+        result = await self.infer(InferenceRequest(self.name, self.version,
+                                                   [InputTensor(IMAGES_INPUT, "BYTES", (1,), data)],
+                                                   timeout=timeout))
+        scores = result.outputs[0].data[0]
+        order = np.argsort(-scores, kind="stable")[:top]
+        labels = self.package.labels
+        return {"model_name": self.name, "model_version": self.version,
+                "top": [{"class": int(i), "label": labels[i], "score": float(scores[i])} for i in order],
+                "cycles": result.cycles // result.batch_size,
+                "modelled_ms": result.cycles / result.batch_size / (self.package.config.clock_mhz * 1e3),
+                "timings_ms": result.timings_ms}
+
+    # Validation ---------------------------------------------------------------
+
+    async def _images(self, request: InferenceRequest) -> tuple[np.ndarray, float]:
+        if len(request.inputs) != 1:
+            names = [t.name for t in request.inputs]
+            raise ServingError(400, f"model {self.name!r} takes exactly one input, '{IMAGES_INPUT}' (BYTES) or "
+                                    f"'{TENSOR_INPUT}' (FP32), got {len(names)}: {names}")
+        tensor = request.inputs[0]
+        if tensor.name == IMAGES_INPUT:
+            _expect(tensor, "BYTES", "[N] encoded images")
+            if tensor.data.ndim != 1 or tensor.data.size == 0:
+                raise ServingError(400, f"input {IMAGES_INPUT!r}: shape must be [N] with N >= 1, "
+                                        f"got {list(tensor.shape)}")
+            started = time.perf_counter()
+            images = await asyncio.get_running_loop().run_in_executor(self._pool, self._decode_all, tensor.data)
+            return images, time.perf_counter() - started
+        if tensor.name == TENSOR_INPUT:
+            _expect(tensor, "FP32", str(self.input_shape).replace("-1", "N"))
+            if tensor.data.ndim != 4 or tensor.data.shape[0] == 0 or list(tensor.shape[1:]) != self.input_shape[1:]:
+                raise ServingError(400, f"input {TENSOR_INPUT!r}: shape must be "
+                                        f"{str(self.input_shape).replace('-1', 'N')} with N >= 1, got "
+                                        f"{list(tensor.shape)}")
+            if not np.isfinite(tensor.data).all():
+                raise ServingError(400, f"input {TENSOR_INPUT!r}: contains NaN or infinity")
+            return tensor.data.astype(np.float32, copy=False), 0.0
+        raise ServingError(400, f"model {self.name!r} has no input {tensor.name!r}; its inputs are "
+                                f"'{IMAGES_INPUT}' (BYTES) and '{TENSOR_INPUT}' (FP32)")
+
+    def _decode_all(self, encoded: np.ndarray) -> np.ndarray:
+        from ..preprocess import ImageDecodeError, preprocess
+
+        images = np.empty((len(encoded), *self.recipe.shape[1:]), np.float32)
+        for index, data in enumerate(encoded):
+            try:
+                images[index] = preprocess(bytes(data), self.recipe, name=f"images[{index}]")[0]
+            except ImageDecodeError as error:
+                raise ServingError(400, f"input {IMAGES_INPUT!r}: {error}") from None
+        return images
+
+    def _requested_outputs(self, request: InferenceRequest):
+        from .tensors import RequestedOutput
+
+        for wanted in request.outputs:
+            if wanted.name != SCORES_OUTPUT:
+                raise ServingError(400, f"model {self.name!r} has no output {wanted.name!r}; "
+                                        f"its output is {SCORES_OUTPUT!r}")
+            if not 0 <= wanted.classification <= self.classes:
+                raise ServingError(400, f"output {wanted.name!r}: classification must be between 0 and "
+                                        f"{self.classes}, not {wanted.classification}")
+        return request.outputs or [RequestedOutput(SCORES_OUTPUT)]
+
+    def _classification(self, scores: np.ndarray, k: int) -> np.ndarray:
+        """Triton's classification extension: "score:index:label" strings, best first."""
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        labels = self.package.labels
+        out = np.empty(order.shape, dtype=object)
+        for row, indices in enumerate(order):
+            out[row] = [f"{scores[row, i]:f}:{i}:{labels[i]}".encode() for i in indices]
+        return out
+
+
+def _expect(tensor, datatype: str, shape: str) -> None:
+    if tensor.datatype != datatype:
+        raise ServingError(400, f"input {tensor.name!r}: datatype must be {datatype} {shape}, not {tensor.datatype}")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _version_key(version: str):
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+class ModelRepository:
+    """Models by name and version; a request without a version gets the newest."""
+
+    def __init__(self, metrics: ServingMetrics | None = None):
+        self.metrics = metrics or ServingMetrics()
+        self._models: dict[str, dict[str, ServedModel]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mvu-preprocess")
+
+    def load(self, spec: ModelSpec, backend: str, limits: ServingLimits) -> ServedModel:
+        """Load a package (its executor builds in the background); errors name the file."""
+        package = load_package(spec.path)
+        name = spec.name or package.name
+        if not _NAME.match(name):
+            raise ValueError(f"{spec.path}: model name {name!r} is not usable in a URL; give one as NAME=PATH")
+        versions = self._models.setdefault(name, {})
+        if spec.version in versions:
+            raise ValueError(f"{spec.path}: model {name!r} version {spec.version} is already served")
+        model = ServedModel(name, spec.version, package, backend, limits, self.metrics, self._pool)
+        versions[spec.version] = model
+        self.metrics.queued.labels(name, spec.version).set_function(lambda: model.scheduler.queued_images)
+        return model
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        versions = self._models.get(name)
+        if not versions:
+            raise ServingError(404, f"unknown model {name!r}; served: {', '.join(sorted(self._models)) or 'none'}")
+        if version is None or version == "":
+            return versions[max(versions, key=_version_key)]
+        if version not in versions:
+            raise ServingError(404, f"model {name!r} has no version {version!r}; versions: "
+                                    f"{', '.join(sorted(versions, key=_version_key))}")
+        return versions[version]
+
+    def only(self) -> ServedModel:
+        """The model of a server that serves exactly one (for URLs that name none)."""
+        if len(self._models) != 1:
+            raise ServingError(404, f"this server has {len(self._models)} models; name one: "
+                                    f"{', '.join(sorted(self._models))}")
+        return self.get(next(iter(self._models)))
+
+    def versions(self, name: str) -> list[ServedModel]:
+        self.get(name)
+        return [self._models[name][v] for v in sorted(self._models[name], key=_version_key)]
+
+    def __iter__(self):
+        for name in sorted(self._models):
+            yield from self.versions(name)
+
+    @property
+    def ready(self) -> bool:
+        return all(model.ready for model in self)
+
+    def close(self) -> None:
+        for model in self:
+            model.scheduler.close()
+        self._pool.shutdown(wait=False)

@@ -1,0 +1,125 @@
+"""TensorFlow Serving's REST API: ``:predict`` with row (``instances``) or columnar (``inputs``) JSON."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import numpy as np
+
+from .errors import ServingError
+from .oip_http import _json_object
+from .repository import IMAGES_INPUT, TENSOR_INPUT, ServedModel
+from .tensors import InferenceRequest, InputTensor
+
+__all__ = ["parse_predict", "model_status", "model_metadata", "SIGNATURE", "TF_SCORES_OUTPUT"]
+
+SIGNATURE = "serving_default"
+#: The class scores' name in TensorFlow Serving's answers and metadata, as the hosted FPGA service named it.
+TF_SCORES_OUTPUT = "output_alias"
+
+
+def _image(value, where: str) -> bytes:
+    if not (isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str)):
+        raise ServingError(400, f"{where}: image bytes must be given as {{\"b64\": \"<base64>\"}}")
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ServingError(400, f"{where}: 'b64' is not valid base64") from None
+
+
+def _is_image(value) -> bool:
+    return isinstance(value, dict) and "b64" in value
+
+
+def _named(value: dict, where: str):
+    """A ``{input_name: value}`` instance or columnar object: which input, and its value."""
+    if len(value) != 1 or next(iter(value)) not in (IMAGES_INPUT, TENSOR_INPUT):
+        raise ServingError(400, f"{where}: expected exactly one of the inputs '{IMAGES_INPUT}' or "
+                                f"'{TENSOR_INPUT}', got {sorted(value)}")
+    return next(iter(value.items()))
+
+
+def _images_tensor(values: list, where: str) -> InputTensor:
+    data = np.empty(len(values), dtype=object)
+    data[:] = [_image(v, f"{where}[{i}]") for i, v in enumerate(values)]
+    return InputTensor(IMAGES_INPUT, "BYTES", data.shape, data)
+
+
+def _float_tensor(values, where: str) -> InputTensor:
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ServingError(400, f"{where}: not a rectangular array of numbers ({error})") from None
+    return InputTensor(TENSOR_INPUT, "FP32", array.shape, array)
+
+
+def _rows(instances: list) -> InputTensor:
+    if not instances:
+        raise ServingError(400, "'instances' is empty")
+    kinds, values = set(), []
+    for index, instance in enumerate(instances):
+        where = f"instances[{index}]"
+        if isinstance(instance, dict) and not _is_image(instance):
+            name, instance = _named(instance, where)
+            kinds.add(name)
+        else:
+            kinds.add(IMAGES_INPUT if _is_image(instance) else TENSOR_INPUT)
+        values.append(instance)
+    if len(kinds) != 1:
+        raise ServingError(400, "'instances' mixes images and tensors; send one kind per request")
+    if kinds == {IMAGES_INPUT}:
+        return _images_tensor(values, "instances")
+    return _float_tensor(values, "instances")
+
+
+def _columns(inputs) -> InputTensor:
+    name = None
+    if isinstance(inputs, dict) and not _is_image(inputs):
+        name, inputs = _named(inputs, "'inputs'")
+    if _is_image(inputs):
+        inputs = [inputs]
+    if name == IMAGES_INPUT or (isinstance(inputs, list) and inputs and _is_image(inputs[0])):
+        if not isinstance(inputs, list) or not inputs:
+            raise ServingError(400, f"'inputs': '{IMAGES_INPUT}' must be a non-empty list of {{\"b64\": ...}}")
+        return _images_tensor(inputs, "inputs")
+    return _float_tensor(inputs, "inputs")
+
+
+def parse_predict(body: bytes, model: str, version: str | None) -> tuple[InferenceRequest, bool]:
+    """Returns the request and whether the answer is in row format (``predictions``)."""
+    request = _json_object(body, "the predict request")
+    signature = request.get("signature_name", SIGNATURE)
+    if signature not in (SIGNATURE, ""):
+        raise ServingError(400, f"unknown signature_name {signature!r}; the only one is {SIGNATURE!r}")
+    unknown = set(request) - {"signature_name", "instances", "inputs"}
+    if unknown:
+        raise ServingError(400, f"unknown fields {sorted(unknown)}; expected 'instances' or 'inputs'")
+    if ("instances" in request) == ("inputs" in request):
+        raise ServingError(400, "send exactly one of 'instances' (row format) or 'inputs' (columnar format)")
+    if "instances" in request:
+        if not isinstance(request["instances"], list):
+            raise ServingError(400, "'instances' must be a list")
+        return InferenceRequest(model, version, [_rows(request["instances"])]), True
+    return InferenceRequest(model, version, [_columns(request["inputs"])]), False
+
+
+def model_status(models: list[ServedModel]) -> dict:
+    return {"model_version_status": [
+        {"version": m.version, "state": "AVAILABLE" if m.ready else ("END" if m.scheduler.failed else "LOADING"),
+         "status": {"error_code": "OK" if not m.scheduler.failed else "UNAVAILABLE",
+                    "error_message": m.scheduler.failed or ""}} for m in models]}
+
+
+def _tensor_info(name: str, dtype: str, shape: list[int]) -> dict:
+    return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in shape],
+                                             "unknown_rank": False}, "name": name}
+
+
+def model_metadata(model: ServedModel) -> dict:
+    signature = {"inputs": {IMAGES_INPUT: _tensor_info(IMAGES_INPUT, "DT_STRING", [-1]),
+                            TENSOR_INPUT: _tensor_info(TENSOR_INPUT, "DT_FLOAT", model.input_shape)},
+                 "outputs": {TF_SCORES_OUTPUT: _tensor_info(TF_SCORES_OUTPUT, "DT_FLOAT", [-1, model.classes])},
+                 "method_name": "tensorflow/serving/predict"}
+    return {"model_spec": {"name": model.name, "signature_name": "", "version": model.version},
+            "metadata": {"signature_def": {"signature_def": {SIGNATURE: signature}}}}
