@@ -5,6 +5,7 @@ import base64
 import json
 import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http]
 
 @pytest.fixture(scope="module")
 def server(start_server, toy_package_path):
-    return start_server(toy_package_path, f"toy@2={toy_package_path}", "--max-request-bytes", "200000",
+    return start_server(toy_package_path, f"toy@2={toy_package_path}", "--max-request-bytes", "4000000",
                         "--grpc-port", "-1")
 
 
@@ -216,8 +217,11 @@ def _malformed(server, cat_jpeg):
         ("POST", url + "/score/toy?top=1001", cat_jpeg, {}, 400),
         ("POST", url + "/score/nope", cat_jpeg, {}, 404),
         # Too large: by Content-Length, and streamed without one.
-        ("POST", infer, b"0" * 300_000, {}, 413),
-        ("POST", url + "/score/toy", (b"0" * 1000 for _ in range(300)), {}, 413),
+        ("POST", infer, b"0" * 4_000_001, {}, 413),
+        ("POST", url + "/score/toy", (b"0" * 10_000 for _ in range(401)), {}, 413),
+        ("POST", infer, (lambda h: (h + bytes(65 * 3 * 32 * 32 * 4), len(h)))(json.dumps(
+            {"inputs": [{"name": "input", "shape": [65, 3, 32, 32], "datatype": "FP32",
+                         "parameters": {"binary_data_size": 65 * 3 * 32 * 32 * 4}}]}).encode()), None, 413),
     ]
     return cases
 
@@ -284,3 +288,62 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+def test_python_client_and_score_command_against_the_server(server, cat_jpeg, expected_scores, tmp_path):
+    from mvu.cli import main
+    from mvu.serving.client import ScoringClient, ScoringError
+
+    with ScoringClient(server.url, retries=1) as client:
+        assert client.is_live() and client.is_ready("toy")
+        answer = client.score_image(cat_jpeg, top=3, model="toy", version="1")
+        assert [t["class"] for t in answer["top"]] == np.argsort(-expected_scores[0], kind="stable")[:3].tolist()
+        assert set(client.last_timing) >= {"queue", "preprocess", "executor", "total"}
+        np.testing.assert_array_equal(client.infer_images([cat_jpeg, cat_jpeg], "toy")[1], expected_scores[0])
+        with pytest.raises(ScoringError) as error:
+            client.predict(np.zeros((1, 3, 8, 8), np.float32), "toy")
+        assert error.value.status == 400 and "shape must be" in str(error.value)
+        assert client.last_attempts == 1  # a 400 is never retried
+    (tmp_path / "cat.jpg").write_bytes(cat_jpeg)
+    assert main(["score", server.url, str(tmp_path / "cat.jpg"), "--model", "toy", "--json"]) == 0
+
+
+def test_health_answers_while_a_long_batch_runs(server, http):
+    """The executor has its own thread: a big request does not hold up health checks or metadata."""
+    images = np.zeros((64, 3, 32, 32), np.float32)  # the queue's limit
+    request = {"inputs": [{"name": "input", "shape": list(images.shape), "datatype": "FP32",
+                           "parameters": {"binary_data_size": images.nbytes}}],
+               "outputs": [{"name": "scores", "parameters": {"binary_data": True}}]}
+    header = json.dumps(request).encode()
+    finished = []
+
+    def big():
+        response = http.request("POST", server.url + "/v2/models/toy/infer", body=header + images.tobytes(),
+                                headers={"Inference-Header-Content-Length": str(len(header))})
+        finished.append(response.status)
+
+    worker = threading.Thread(target=big)
+    worker.start()
+    latencies = []
+    while worker.is_alive() and len(latencies) < 50:
+        started = time.perf_counter()
+        assert http.request("GET", server.url + "/v2/health/ready").status == 200
+        latencies.append(time.perf_counter() - started)
+    worker.join()
+    assert finished == [200]
+    assert len(latencies) >= 5, "the batch finished too fast to tell"
+    assert sorted(latencies)[len(latencies) // 2] < 0.05
+
+
+def test_the_rtl_executor_serves_the_same_scores(start_server, toy_package_path, cat_jpeg, expected_scores):
+    """Bit-exact executors give identical scores through the server."""
+    rtl = start_server(toy_package_path, "--backend", "verilator", "--grpc-port", "-1", timeout=600)
+    client = httpclient.InferenceServerClient(_host(rtl))
+    deadline = time.monotonic() + 600
+    while not client.is_model_ready("toy"):  # the Verilator model builds (or loads) in the background
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert client.get_model_metadata("toy")["platform"] == "mvu_verilator"
+    images = httpclient.InferInput("images", [1], "BYTES")
+    images.set_data_from_numpy(np.array([cat_jpeg], dtype=object))
+    np.testing.assert_array_equal(client.infer("toy", [images]).as_numpy("scores")[0], expected_scores[0])

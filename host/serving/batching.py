@@ -83,6 +83,9 @@ class BatchScheduler:
         if not self.ready.is_set():
             raise ServingError(503, f"model {self.name!r} is still loading")
         count = len(images)
+        if count > self.max_queue_size:
+            raise ServingError(413, f"{count} images in one request; model {self.name!r} queues at most "
+                                    f"{self.max_queue_size}")
         with self._lock:
             if self._queued_images + count > self.max_queue_size:
                 raise ServingError(503, f"model {self.name!r} is overloaded: {self._queued_images} images queued "
