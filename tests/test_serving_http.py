@@ -250,11 +250,14 @@ def test_fifty_malformed_requests_get_precise_errors_and_the_server_goes_on(serv
     assert "Traceback" not in server.stderr
 
 
-def test_request_timeout_is_a_504(server, http, cat_jpeg):
-    request = {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.0] * 3072}],
-               "parameters": {"timeout": 1}}  # one microsecond
-    response = http.request("POST", server.url + "/v2/models/toy/infer", json=request)
-    assert response.status == 504 and "did not answer within" in response.json()["error"]
+def test_request_timeout_is_a_504(server, http):
+    images = np.zeros((64, 3, 32, 32), np.float32)  # ~0.2 s of work on the reference executor
+    header = json.dumps({"inputs": [{"name": "input", "shape": list(images.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": images.nbytes}}],
+                         "parameters": {"timeout": 1000}}).encode()  # microseconds, as Triton has it
+    response = http.request("POST", server.url + "/v2/models/toy/infer", body=header + images.tobytes(),
+                            headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status == 504 and "did not answer within 0.001 s" in response.json()["error"]
 
 
 def test_concurrent_clients_are_batched_and_counted(start_server, toy_package_path, http, cat_jpeg):
