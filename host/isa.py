@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Union
 
+import numpy as np
+
 from .config import INSTRUCTION_BYTES
 
 __all__ = [
     "Opcode", "Field", "COMMON_FIELDS", "OPCODE_FIELDS", "Load", "Compute", "Store", "Sync", "Finish",
-    "Instruction", "Buffer", "decode", "encode_program", "decode_program", "ProgramError",
+    "Instruction", "Buffer", "decode", "encode_program", "decode_program", "decode_columns", "ProgramError",
 ]
 
 
@@ -269,3 +271,39 @@ def decode_program(raw: bytes) -> list[Instruction]:
         raise ProgramError(f"a program is a whole number of {INSTRUCTION_BYTES}-byte instructions; got {len(raw)} bytes")
     return [decode(raw[i:i + INSTRUCTION_BYTES], i // INSTRUCTION_BYTES)
             for i in range(0, len(raw), INSTRUCTION_BYTES)]
+
+
+_LANE_BITS = 64
+assert all(slot.lsb // _LANE_BITS == (slot.lsb + slot.mask.bit_length() - 1) // _LANE_BITS
+           for layout in _LAYOUTS.values() for slot in layout), "a field crosses a 64-bit lane"
+#: Per opcode value (unknown ones included, all bits reserved), the bits an instruction may set, as 64-bit lanes.
+_USED_LANES = np.zeros((16, INSTRUCTION_BYTES * 8 // _LANE_BITS), dtype=np.uint64)
+for _opcode, _bits in _USED_BITS.items():
+    _USED_LANES[_opcode] = [(_bits >> (_LANE_BITS * lane)) & ((1 << _LANE_BITS) - 1) for lane in range(_USED_LANES.shape[1])]
+
+
+def decode_columns(words: np.ndarray) -> dict[str, np.ndarray]:
+    """Decode many instructions at once: ``words`` is uint8 ``[n, 32]``.
+
+    Returns ``"opcode"`` and one int64 array per field name (zero where an
+    instruction's opcode lacks the field). Malformed words raise as :func:`decode` does.
+    """
+    lanes = np.ascontiguousarray(words).view("<u8")
+    opcode = (lanes[:, 0] & 0xF).astype(np.int64)
+    malformed = (lanes & ~_USED_LANES[opcode]).any(axis=1) | ~np.isin(opcode, list(Opcode))
+    if malformed.any():
+        index = int(np.argmax(malformed))
+        decode(words[index].tobytes(), index)
+    columns = {"opcode": opcode} | {slot.name: np.zeros(opcode.size, dtype=np.int64)
+                                    for layout in _LAYOUTS.values() for slot in layout}
+    for op, layout in _LAYOUTS.items():
+        chosen = opcode == op
+        if not layout or not chosen.any():
+            continue
+        for slot in layout:
+            lane = lanes[chosen, slot.lsb // _LANE_BITS]
+            value = ((lane >> np.uint64(slot.lsb % _LANE_BITS)) & np.uint64(slot.mask)).astype(np.int64)
+            if slot.signed:
+                value -= (value > slot.maximum) * (slot.mask + 1)
+            columns[slot.name][chosen] = value
+    return columns

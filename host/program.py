@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import INSTRUCTION_BYTES, HardwareConfig
-from .isa import Buffer, Compute, Finish, Instruction, Load, ProgramError, Store, decode_program, encode_program
+from .isa import (Buffer, Compute, Finish, Instruction, Load, Opcode, ProgramError, Store, decode_columns, decode_program,
+                  encode_program)
 
 __all__ = ["MemoryImage", "Program", "check_program", "requantization_block"]
 
@@ -96,12 +97,12 @@ _TOKEN_FLAGS = {
 
 
 def check_program(config: HardwareConfig, memory: MemoryImage | np.ndarray, address: int,
-                  length: int) -> list[Instruction]:
+                  length: int) -> dict[str, np.ndarray]:
     """Decode and check a program against the configuration and the memory it will run in.
 
     Raises :class:`ProgramError` naming the instruction and the problem for
     anything the hardware would misread, run out of range, or deadlock on.
-    Returns the decoded instructions.
+    Returns the decoded program as columns (see :func:`~mvu.isa.decode_columns`).
     """
     data = memory.data if isinstance(memory, MemoryImage) else memory
     size = data.size
@@ -112,7 +113,74 @@ def check_program(config: HardwareConfig, memory: MemoryImage | np.ndarray, addr
     end = address + length * INSTRUCTION_BYTES
     if end > size:
         raise ProgramError(f"program of {length} instructions at {address:#x} runs past the end of memory ({size} bytes)")
-    instructions = decode_program(data[address:end].tobytes())
+    columns = decode_columns(data[address:end].reshape(length, INSTRUCTION_BYTES))
+    if not _passes_checks(config, data, columns):
+        _explain(config, data, decode_program(data[address:end].tobytes()))
+        raise AssertionError("the vectorized program checks reject what the sequential ones accept")
+    return columns
+
+
+def _outside_buffer(start: np.ndarray, count: np.ndarray, depth) -> np.ndarray:
+    return (count < 1) | (start + count > depth)
+
+
+def _outside_memory(start, count, stride, nbytes, beat: int, size: int) -> np.ndarray:
+    return (start % beat != 0) | (stride % beat != 0) | (start + (count - 1) * stride + nbytes > size)
+
+
+def _passes_checks(config: HardwareConfig, data: np.ndarray, c: dict[str, np.ndarray]) -> bool:
+    """All of :func:`_explain`'s checks at once, over the whole program: whether it passes them."""
+    op, count, beat, size = c["opcode"], c["count"], config.mem_bytes, data.size
+    finishes = np.flatnonzero(op == Opcode.FINISH)
+    if finishes.size == 0 or finishes[0] != op.size - 1:
+        return False
+    is_load, is_compute, is_store = op == Opcode.LOAD, op == Opcode.COMPUTE, op == Opcode.STORE
+    act = c["buffer"] == Buffer.ACT
+    bad_load = (_outside_buffer(c["sram_addr"], count, np.where(act, config.act_depth, config.wgt_depth))
+                | _outside_memory(c["dram_addr"], count, c["dram_stride"],
+                                  np.where(act, config.act_entry_bytes, config.wgt_entry_bytes), beat, size))
+    zero_point = c["act_zero_point"]
+    bad_compute = (_outside_buffer(c["act_addr"], count, config.act_depth)
+                   | _outside_buffer(c["acc_addr"], count, config.acc_depth)
+                   | (c["preload"].astype(bool) & _outside_buffer(c["wgt_addr"], config.rows, config.wgt_depth))
+                   | np.where(c["act_signed"].astype(bool), (zero_point < -128) | (zero_point > 127),
+                              (zero_point < 0) | (zero_point > 255)))
+    raw, load_params = c["raw"].astype(bool), c["load_params"].astype(bool) & is_store
+    bad_store = (_outside_buffer(c["acc_addr"], count, config.acc_depth)
+                 | _outside_memory(c["dram_addr"], count, c["dram_stride"],
+                                   np.where(raw, config.acc_entry_bytes, config.cols), beat, size)
+                 | (load_params & _outside_memory(c["param_addr"], 1, 0, config.param_block_bytes, beat, size))
+                 | (~load_params & ~raw & (np.cumsum(load_params) == 0))
+                 | (c["clamp_min"] > c["clamp_max"])
+                 | (~raw & ((c["clamp_min"] < -128) | (c["clamp_max"] > 255))))
+    if (is_load & bad_load | is_compute & bad_compute | is_store & bad_store).any():
+        return False
+    blocks = data[c["param_addr"][load_params, None] + np.arange(config.param_block_bytes)]
+    blocks = blocks.view(np.int32).reshape(-1, 3, config.cols)
+    if (blocks[:, 1] < 0).any() or ((blocks[:, 2] < 0) | (blocks[:, 2] > 63)).any():
+        return False
+    return _tokens_balance(c)
+
+
+def _tokens_balance(c: dict[str, np.ndarray]) -> bool:
+    """No instruction waits for a token that was never signalled, and none overfills a queue."""
+    change = {token: [np.zeros(c["opcode"].size, dtype=np.int64)] * 2 for token in _TOKENS}
+    for kind, flags in _TOKEN_FLAGS.items():
+        for flag, action, token in flags:
+            used = (c["opcode"] == kind.opcode) & (c[flag] != 0)
+            pops, pushes = change[token]
+            change[token] = [pops + used, pushes] if action == "pop" else [pops, pushes + used]
+    for pops, pushes in change.values():
+        level = np.cumsum(pushes - pops)
+        if (level - pushes < 0).any() or (level > _TOKEN_LIMIT).any():
+            return False
+    return True
+
+
+def _explain(config: HardwareConfig, data: np.ndarray, instructions: list[Instruction]) -> None:
+    """Raise :class:`ProgramError` for the first instruction that fails a check, in program order."""
+    size = data.size
+    length = len(instructions)
     beat = config.mem_bytes
     tokens = dict.fromkeys(_TOKENS, 0)
 
@@ -189,4 +257,3 @@ def check_program(config: HardwareConfig, memory: MemoryImage | np.ndarray, addr
                 (pop if action == "pop" else push)(index, token)
     if not finished:
         raise ProgramError(f"the program's {length} instructions end without FINISH")
-    return instructions

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
 from .config import HardwareConfig
-from .isa import Buffer, Compute, Finish, Load, Store
+from .intmatmul import as_unsigned, centred_matmul
+from .isa import Buffer, Opcode
 from .program import Program, check_program
 
 __all__ = ["ReferenceExecutor", "requantize", "RunResult"]
@@ -29,8 +31,11 @@ def _wrap_int32(values: np.ndarray) -> np.ndarray:
 
 
 def requantize(acc: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
-               out_zero_point: int, clamp_min: int, clamp_max: int) -> np.ndarray:
-    """The post-processing unit's arithmetic (docs/isa.md), rows x channels -> bytes."""
+               out_zero_point, clamp_min, clamp_max) -> np.ndarray:
+    """The post-processing unit's arithmetic (docs/isa.md), rows x channels -> bytes.
+
+    Parameters broadcast against ``acc``: per channel, or per row and channel.
+    """
     x = _wrap_int32(acc.astype(np.int64) + bias.astype(np.int64)).astype(np.int64)
     product = x * multiplier.astype(np.int64)
     shift = shift.astype(np.int64)
@@ -38,6 +43,153 @@ def requantize(acc: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift:
     scaled = np.right_shift(product + rounding, shift)
     clamped = np.clip(scaled + out_zero_point, clamp_min, clamp_max)
     return (clamped & 0xFF).astype(np.uint8)
+
+
+_FIELDS = {
+    Opcode.LOAD: ("buffer", "sram_addr", "count", "dram_addr", "dram_stride"),
+    Opcode.COMPUTE: ("act_addr", "count", "acc_addr", "wgt_addr", "preload", "accumulate", "act_signed",
+                     "act_zero_point"),
+    Opcode.STORE: ("acc_addr", "count", "dram_addr", "dram_stride", "param_addr", "load_params", "raw",
+                   "out_zero_point", "clamp_min", "clamp_max"),
+}
+#: Distinct accumulator ranges left pending before all of them are computed (bounds the bookkeeping).
+_MAX_PENDING = 64
+
+
+def _runs(columns: dict[str, np.ndarray]):
+    """``(opcode, [field tuples])`` for each run of consecutive instructions with one opcode."""
+    opcode = columns["opcode"]
+    rows = {op: iter(zip(*(columns[name][opcode == op].tolist() for name in names)))
+            for op, names in _FIELDS.items()}
+    starts = np.flatnonzero(np.diff(opcode, prepend=-1)).tolist()
+    for start, end in zip(starts, starts[1:] + [opcode.size]):
+        op = int(opcode[start])
+        yield op, list(islice(rows[op], end - start)) if op in rows else []
+
+
+def _strided_rows(memory: np.ndarray, address: int, count: int, stride: int, width: int):
+    """``count`` rows of ``width`` bytes, ``stride`` apart: a view when the rows are disjoint, else an index."""
+    if stride >= width and address + count * stride <= memory.size:
+        return slice(address, address + count * stride), (count, stride), slice(0, width)
+    return address + stride * np.arange(count)[:, None] + np.arange(width), None, None
+
+
+def _read_rows(memory, address, count, stride, width) -> np.ndarray:
+    where, shape, columns = _strided_rows(memory, address, count, stride, width)
+    return memory[where] if shape is None else memory[where].reshape(shape)[:, columns]
+
+
+def _write_rows(memory, address, stride, values: np.ndarray) -> None:
+    where, shape, columns = _strided_rows(memory, address, values.shape[0], stride, values.shape[1])
+    if shape is None:
+        memory[where] = values
+    else:
+        memory[where].reshape(shape)[:, columns] = values
+
+
+@dataclass
+class _Pending:
+    """Products still to be added to an accumulator range: ``sum((x - zero point) @ w)``, onto zero when
+    ``fresh``; ``xs`` holds (uint8 activations, zero point) pairs."""
+
+    fresh: bool
+    xs: list = field(default_factory=list)
+    ws: list = field(default_factory=list)
+
+
+class _Machine:
+    """The architectural state, with COMPUTE work deferred until a STORE reads its accumulators.
+
+    Accumulation wraps modulo 2**32, so summing an accumulator range's
+    products in any order, as one long matrix product, gives the same bits
+    as adding them one instruction at a time.
+    """
+
+    def __init__(self, config: HardwareConfig, memory: np.ndarray):
+        self.config, self.memory = config, memory
+        self.act = np.zeros((config.act_depth, config.rows), dtype=np.uint8)
+        self.wgt = np.zeros((config.wgt_depth, config.cols), dtype=np.uint8)
+        self.acc = np.zeros((config.acc_depth, config.cols), dtype=np.int32)
+        self.tile = np.zeros((config.rows, config.cols), dtype=np.int8)  # the active weight bank
+        self.params = np.zeros((3, config.cols), dtype=np.int32)
+        self.slices: dict[tuple, tuple] = {}  # activation slices read since the last ACT load
+        self.pending: dict[tuple[int, int], _Pending] = {}
+
+    def load(self, buffer: int, sram_addr: int, count: int, dram_addr: int, dram_stride: int) -> None:
+        target = self.act if buffer == Buffer.ACT else self.wgt
+        target[sram_addr:sram_addr + count] = _read_rows(self.memory, dram_addr, count, dram_stride, target.shape[1])
+        if buffer == Buffer.ACT:
+            self.slices.clear()
+
+    def compute(self, act_addr: int, count: int, acc_addr: int, wgt_addr: int, preload: int, accumulate: int,
+                act_signed: int, act_zero_point: int) -> None:
+        if preload:
+            self.tile = self.wgt[wgt_addr:wgt_addr + self.config.rows].view(np.int8).copy()
+        key = (acc_addr, count)
+        pending = self.pending.get(key)
+        if pending is None or not accumulate:
+            self.settle(acc_addr, count, keep=key)
+            pending = self.pending[key] = _Pending(fresh=not accumulate)
+        pending.xs.append(self._slice(act_addr, count, act_signed, act_zero_point))
+        pending.ws.append(self.tile)
+
+    def _slice(self, act_addr: int, count: int, signed: int, zero_point: int) -> tuple[np.ndarray, int]:
+        key = (act_addr, count, signed, zero_point)
+        if key not in self.slices:
+            entries = self.act[act_addr:act_addr + count]
+            self.slices[key] = as_unsigned(entries.view(np.int8) if signed else entries.copy(), zero_point)
+        return self.slices[key]
+
+    def settle(self, start: int, count: int, keep: tuple[int, int] | None = None) -> None:
+        """Add the pending products of every range overlapping ``start .. start + count - 1`` (but ``keep``),
+        together with the ranges that share their activations."""
+        groups: dict[tuple, list] = {}
+        for key, pending in self.pending.items():
+            if key != keep:
+                groups.setdefault(tuple(map(id, pending.xs)), []).append(key)
+        crowded = len(self.pending) > _MAX_PENDING
+        for group in groups.values():
+            if crowded or any(key[0] < start + count and start < key[0] + key[1] for key in group):
+                self._add_products(group)
+
+    def _add_products(self, keys: list[tuple[int, int]]) -> None:
+        """One matrix product for ranges that share their activations: their weights side by side."""
+        ranges = [self.pending.pop(key) for key in keys]
+        values, zero_points = zip(*ranges[0].xs)
+        if len(set(zero_points)) == 1:
+            zero_points = zero_points[0]
+        else:
+            zero_points = np.repeat(zero_points, self.config.rows)
+        w = np.concatenate([np.concatenate(r.ws) for r in ranges], axis=1)
+        products = centred_matmul(np.concatenate(values, axis=1), zero_points, w)
+        cols = self.config.cols
+        for i, ((start, count), pending) in enumerate(zip(keys, ranges)):
+            part = products[:, i * cols:(i + 1) * cols]
+            rows = slice(start, start + count)
+            self.acc[rows] = _wrap_int32(part if pending.fresh else self.acc[rows] + part)
+
+    def store(self, acc_addr: int, count: int, dram_addr: int, dram_stride: int, param_addr: int, load_params: int,
+              raw: int, out_zero_point: int, clamp_min: int, clamp_max: int) -> None:
+        cfg = self.config
+        if load_params:
+            block = self.memory[param_addr:param_addr + cfg.param_block_bytes]
+            self.params = block.view(np.int32).reshape(3, cfg.cols).copy()
+        self.settle(acc_addr, count)
+        rows = self.acc[acc_addr:acc_addr + count]
+        if raw:
+            out = rows.astype("<i4").view(np.uint8).reshape(count, -1)
+        else:
+            out = requantize(rows, self.params[0], self.params[1], self.params[2] & 63,
+                             out_zero_point, clamp_min, clamp_max)
+        _write_rows(self.memory, dram_addr, dram_stride, out)
+
+
+def _counters(config: HardwareConfig, columns: dict[str, np.ndarray]) -> dict[str, int]:
+    opcode = columns["opcode"]
+    computes = opcode == Opcode.COMPUTE
+    return {"load": int((opcode == Opcode.LOAD).sum()), "compute": int(computes.sum()),
+            "store": int((opcode == Opcode.STORE).sum()),
+            "macs": int(columns["count"][computes].sum()) * config.rows * config.cols}
 
 
 class ReferenceExecutor:
@@ -53,56 +205,14 @@ class ReferenceExecutor:
         self.config = config
 
     def run(self, program: Program) -> RunResult:
-        cfg = self.config
         start = time.perf_counter()
-        instructions = check_program(cfg, program.memory, program.address, program.length)
-        memory = program.memory.data
-        act = np.zeros((cfg.act_depth, cfg.rows), dtype=np.uint8)
-        wgt = np.zeros((cfg.wgt_depth, cfg.cols), dtype=np.uint8)
-        acc = np.zeros((cfg.acc_depth, cfg.cols), dtype=np.int32)
-        banks = [np.zeros((cfg.rows, cfg.cols), dtype=np.float32) for _ in range(2)]
-        bank = 0
-        params = np.zeros((3, cfg.cols), dtype=np.int32)
-        counts = {"load": 0, "compute": 0, "store": 0, "macs": 0}
-
-        for ins in instructions:
-            if isinstance(ins, Load):
-                target, width = (act, cfg.rows) if ins.buffer == Buffer.ACT else (wgt, cfg.cols)
-                rows = ins.dram_addr + ins.dram_stride * np.arange(ins.count)[:, None] + np.arange(width)
-                target[ins.sram_addr:ins.sram_addr + ins.count] = memory[rows]
-                counts["load"] += 1
-            elif isinstance(ins, Compute):
-                if ins.preload:
-                    bank ^= 1
-                    tile = wgt[ins.wgt_addr:ins.wgt_addr + cfg.rows].view(np.int8)
-                    banks[bank] = tile.astype(np.float32)
-                entries = act[ins.act_addr:ins.act_addr + ins.count]
-                values = entries.view(np.int8) if ins.act_signed else entries
-                # |products| < 2**15 and rows <= 512: every partial sum is exact in float32.
-                centred = values.astype(np.float32) - np.float32(ins.act_zero_point)
-                result = (centred @ banks[bank]).astype(np.int64)
-                target = slice(ins.acc_addr, ins.acc_addr + ins.count)
-                if ins.accumulate:
-                    acc[target] = _wrap_int32(acc[target].astype(np.int64) + result)
-                else:
-                    acc[target] = _wrap_int32(result)
-                counts["compute"] += 1
-                counts["macs"] += ins.count * cfg.rows * cfg.cols
-            elif isinstance(ins, Store):
-                if ins.load_params:
-                    raw = memory[ins.param_addr:ins.param_addr + cfg.param_block_bytes]
-                    params = raw.view(np.int32).reshape(3, cfg.cols).copy()
-                rows = acc[ins.acc_addr:ins.acc_addr + ins.count]
-                if ins.raw:
-                    out = rows.astype("<i4").view(np.uint8).reshape(ins.count, -1)
-                else:
-                    out = requantize(rows, params[0], params[1], params[2] & 63,
-                                     ins.out_zero_point, ins.clamp_min, ins.clamp_max)
-                width = out.shape[1]
-                index = ins.dram_addr + ins.dram_stride * np.arange(ins.count)[:, None] + np.arange(width)
-                memory[index] = out
-                counts["store"] += 1
-            elif isinstance(ins, Finish):
-                break
+        columns = check_program(self.config, program.memory, program.address, program.length)
+        machine = _Machine(self.config, program.memory.data)
+        handlers = {Opcode.LOAD: machine.load, Opcode.COMPUTE: machine.compute, Opcode.STORE: machine.store}
+        for opcode, rows in _runs(columns):
+            handler = handlers.get(opcode)
+            if handler is not None:
+                for row in rows:
+                    handler(*row)
         return RunResult(backend=self.name, wall_seconds=time.perf_counter() - start,
-                         instructions=len(instructions), counters=counts)
+                         instructions=program.length, counters=_counters(self.config, columns))

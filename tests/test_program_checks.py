@@ -52,7 +52,7 @@ def test_requantization_parameters_are_checked_in_memory():
         check_program(TINY, program.memory, program.address, program.length)
     ok = placed([Store(acc_addr=0, count=1, dram_addr=0, dram_stride=4, param_addr=1024, load_params=True),
                  Finish()], params=good_params())
-    assert len(check_program(TINY, ok.memory, ok.address, ok.length)) == 2
+    assert len(check_program(TINY, ok.memory, ok.address, ok.length)["opcode"]) == 2
 
 
 def test_program_placement_errors():

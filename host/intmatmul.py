@@ -1,0 +1,68 @@
+"""Exact integer matrix products for the executors: uint8 activations minus zero points, times int8 weights.
+
+The engine is onnxruntime's MatMulInteger (int32 accumulators: exact modulo
+2**32, which is all the accelerator keeps). Some CPU kernels saturate 16-bit
+intermediate sums; the engine is therefore checked once against float64 on
+operands that would saturate, and float64 BLAS (exact for these sums below
+2**53) replaces it if it disagrees.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+
+__all__ = ["centred_matmul", "as_unsigned"]
+
+
+def _float64_matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return (a.astype(np.float64) @ w.astype(np.float64)).astype(np.int64)
+
+
+def _onnxruntime_session():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, None]),
+              helper.make_tensor_value_info("w", TensorProto.INT8, [None, None])]
+    output = helper.make_tensor_value_info("y", TensorProto.INT32, [None, None])
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "matmul", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@cache
+def _engine():
+    """``(a, w) -> a @ w`` (int, congruent modulo 2**32): onnxruntime when it is exact on this machine."""
+    session = _onnxruntime_session()
+
+    def run(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return session.run(None, {"a": a, "w": w})[0]
+
+    rng = np.random.default_rng(0)
+    a = np.concatenate([np.full((8, 256), 255, np.uint8), rng.integers(0, 256, (8, 256), dtype=np.uint8)])
+    w = np.concatenate([np.full((256, 8), -128, np.int8), np.full((256, 8), 127, np.int8),
+                        rng.integers(-128, 128, (256, 8), dtype=np.int8)], axis=1)
+    return run if np.array_equal(run(a, w), _float64_matmul(a, w)) else _float64_matmul
+
+
+def centred_matmul(a: np.ndarray, zero_points, w: np.ndarray) -> np.ndarray:
+    """``(a - zero_points) @ w`` modulo 2**32, as int64; ``zero_points`` is a scalar or one per column of ``a``.
+
+    ``a`` is uint8 [M, K], ``w`` int8 [K, N]; wrap the result with ``astype(np.int32)``.
+    """
+    a, w = np.ascontiguousarray(a, dtype=np.uint8), np.ascontiguousarray(w, dtype=np.int8)
+    product = _engine()(a, w).astype(np.int64)
+    zero_points = np.asarray(zero_points, dtype=np.int64)
+    if zero_points.ndim:
+        return product - _float64_matmul(zero_points, w)
+    return product - zero_points * w.sum(axis=0, dtype=np.int64) if zero_points else product
+
+
+def as_unsigned(a: np.ndarray, zero_point: int) -> tuple[np.ndarray, int]:
+    """``a - zero_point`` in the uint8 form :func:`centred_matmul` takes: int8 values and their zero point
+    move up by 128."""
+    if a.dtype == np.int8:
+        return a.view(np.uint8) ^ np.uint8(0x80), zero_point + 128
+    return a, zero_point
