@@ -1,0 +1,107 @@
+"""The reference executor against the ISA's semantics spelled out one instruction at a time, on random programs
+with overlapping ranges, reused weight banks, mixed zero points and odd strides."""
+
+import random
+
+import numpy as np
+import pytest
+
+from conftest import NARROW, TINY
+from mvu.isa import Buffer, Compute, Finish, Load, Store
+from mvu.program import MemoryImage, Program, requantization_block
+from mvu.reference import ReferenceExecutor, requantize
+
+
+def naive_run(config, memory: np.ndarray, instructions) -> None:
+    """Each instruction in order, each accumulator row wrapped to int32 after every addition."""
+    act = np.zeros((config.act_depth, config.rows), np.uint8)
+    wgt = np.zeros((config.wgt_depth, config.cols), np.uint8)
+    acc = np.zeros((config.acc_depth, config.cols), np.int64)
+    bank = np.zeros((config.rows, config.cols), np.int64)
+    params = np.zeros((3, config.cols), np.int64)
+    for ins in instructions:
+        if isinstance(ins, Load):
+            target = act if ins.buffer == Buffer.ACT else wgt
+            for i in range(ins.count):
+                start = ins.dram_addr + i * ins.dram_stride
+                target[ins.sram_addr + i] = memory[start:start + target.shape[1]]
+        elif isinstance(ins, Compute):
+            if ins.preload:
+                bank = wgt[ins.wgt_addr:ins.wgt_addr + config.rows].view(np.int8).astype(np.int64)
+            for i in range(ins.count):
+                row = act[ins.act_addr + i]
+                x = (row.view(np.int8) if ins.act_signed else row).astype(np.int64) - ins.act_zero_point
+                total = x @ bank + (acc[ins.acc_addr + i] if ins.accumulate else 0)
+                acc[ins.acc_addr + i] = (total + 2 ** 31) % 2 ** 32 - 2 ** 31
+        elif isinstance(ins, Store):
+            if ins.load_params:
+                params = memory[ins.param_addr:ins.param_addr + config.param_block_bytes].view(np.int32)
+                params = params.reshape(3, config.cols).astype(np.int64)
+            for i in range(ins.count):
+                row = acc[ins.acc_addr + i:ins.acc_addr + i + 1]
+                if ins.raw:
+                    out = row.astype("<i4").view(np.uint8).reshape(-1)
+                else:
+                    out = requantize(row, params[0], params[1], params[2] & 63, ins.out_zero_point,
+                                     ins.clamp_min, ins.clamp_max).reshape(-1)
+                start = ins.dram_addr + i * ins.dram_stride
+                memory[start:start + out.size] = out
+
+
+def random_program(config, rng: random.Random, length: int) -> Program:
+    memory = MemoryImage()
+    memory.allocate(8192)
+    data = np.random.default_rng(rng.randrange(1 << 30))
+    memory.data[:] = data.integers(0, 256, memory.data.size)
+    blocks = 4
+    for b in range(blocks):
+        memory.data[4096 + b * config.param_block_bytes:][:config.param_block_bytes] = requantization_block(
+            config, data.integers(-2 ** 20, 2 ** 20, config.cols), data.integers(0, 2 ** 31, config.cols),
+            data.integers(0, 64, config.cols))
+    beat = config.mem_bytes
+    instructions, params = [], False
+    for _ in range(length):
+        kind = rng.choice("LLCCCCCCS")
+        if kind == "L":
+            buffer = rng.choice([Buffer.ACT, Buffer.WGT])
+            depth = config.act_depth if buffer == Buffer.ACT else config.wgt_depth
+            count = rng.randint(1, 20)
+            instructions.append(Load(buffer, rng.randrange(depth - count + 1), count, beat * rng.randrange(750),
+                                     beat * rng.choice([0, 1, 2, 3, 4, 8, 9])))
+        elif kind == "C":
+            count = rng.randint(1, 12)
+            signed = rng.random() < 0.3
+            acc = min(rng.choice([0, 4, 8, rng.randrange(config.acc_depth)]), config.acc_depth - count)
+            instructions.append(Compute(
+                act_addr=rng.randrange(config.act_depth - count + 1), count=count, acc_addr=acc,
+                wgt_addr=rng.randrange(config.wgt_depth - config.rows + 1), preload=rng.random() < 0.6,
+                accumulate=rng.random() < 0.6, act_signed=signed,
+                act_zero_point=rng.randrange(-128, 128) if signed else rng.randrange(256)))
+        else:
+            count = rng.randint(1, 10)
+            load_params = not params or rng.random() < 0.3
+            params |= load_params
+            low, high = (rng.randrange(-128, 0), rng.randrange(128)) if rng.random() < 0.7 else (
+                rng.randrange(100), rng.randrange(100, 256))
+            instructions.append(Store(
+                acc_addr=rng.randrange(config.acc_depth - count + 1), count=count, dram_addr=beat * rng.randrange(750),
+                dram_stride=beat * rng.choice([0, 1, 4, 8, 16, 32]),
+                param_addr=4096 + config.param_block_bytes * rng.randrange(blocks), load_params=load_params,
+                raw=rng.random() < 0.3, out_zero_point=rng.randrange(-50, 50), clamp_min=low, clamp_max=high))
+    instructions.append(Finish())
+    return Program.place(memory, instructions)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_programs_follow_the_sequential_semantics(seed):
+    rng = random.Random(seed)
+    config = rng.choice([TINY, NARROW])
+    program = random_program(config, rng, rng.randint(1, 150))
+    expected = program.memory.data.copy()
+    naive_run(config, expected, program.instructions())
+    run = ReferenceExecutor(config).run(program)
+    np.testing.assert_array_equal(program.memory.data, expected)
+    instructions = program.instructions()
+    assert run.counters["compute"] == sum(isinstance(ins, Compute) for ins in instructions)
+    assert run.counters["macs"] == sum(ins.count for ins in instructions if isinstance(ins, Compute)) \
+        * config.rows * config.cols
