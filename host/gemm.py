@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .config import HardwareConfig
+from .intmatmul import as_unsigned, centred_matmul
 from .isa import Buffer, Compute, Finish, Instruction, Load, Store
 from .program import MemoryImage, Program, requantization_block
 from .reference import requantize
@@ -93,9 +94,7 @@ class Requantization:
 def golden_gemm(a: np.ndarray, w: np.ndarray, act_zero_point: int = 0,
                 requant: Requantization | None = None) -> np.ndarray:
     """The plain definition, with no tiling: int32 accumulators, or requantized bytes viewed as the output type."""
-    # |products| < 2**15, so sums of fewer than 2**38 of them are exact in float64 (and BLAS is fast).
-    acc = (a.astype(np.float64) - act_zero_point) @ w.astype(np.float64)
-    acc = acc.astype(np.int64).astype(np.int32)
+    acc = centred_matmul(*as_unsigned(np.asarray(a), act_zero_point), w).astype(np.int32)
     if requant is None:
         return acc
     out = requantize(acc, requant.bias, requant.multiplier, requant.shift,
@@ -231,9 +230,7 @@ class GemmProgram:
         out_row = 4 * C if raw else C
 
         memory = MemoryImage()
-        a_pad = np.full((m, k_tiles * R), self.act_zero_point, dtype=a.dtype)
-        a_pad[:, :k] = a
-        a_base = memory.place(a_pad.reshape(m, k_tiles, R).transpose(1, 0, 2))
+        a_base = self._a_base = memory.place(self._tiled_activations(a))
         w_pad = np.zeros((k_tiles * R, n_tiles * C), dtype=np.int8)
         w_pad[:k, :n] = w
         w_base = memory.place(w_pad.reshape(k_tiles, R, n_tiles, C).transpose(2, 0, 1, 3))
@@ -244,7 +241,8 @@ class GemmProgram:
                 cols = slice(nt * C, min(n, (nt + 1) * C))
                 memory.data[p_base + nt * cfg.param_block_bytes:][:cfg.param_block_bytes] = requantization_block(
                     cfg, rq.bias[cols], rq.multiplier[cols], rq.shift[cols])
-        self.out_base = memory.allocate(n_tiles * m * out_row)
+        self._out_bytes = n_tiles * m * out_row
+        self.out_base = memory.allocate(self._out_bytes)
 
         t = self.tiling
         act_half, acc_half, wgt_half = cfg.act_depth // 2, cfg.acc_depth // 2, cfg.wgt_depth // 2
@@ -308,6 +306,24 @@ class GemmProgram:
         program = Program.place(memory, instructions, macs=self.macs)
         memory.trim()
         return program
+
+    def _tiled_activations(self, a: np.ndarray) -> np.ndarray:
+        """``a`` padded with the zero point to whole ``rows``-wide tiles, as ``[K/rows][M][rows]``."""
+        R, k_tiles = self.config.rows, -(-self.k // self.config.rows)
+        padded = np.full((self.m, k_tiles * R), self.act_zero_point, dtype=a.dtype)
+        padded[:, :self.k] = a
+        return padded.reshape(self.m, k_tiles, R).transpose(1, 0, 2)
+
+    def load_activations(self, a: np.ndarray) -> None:
+        """New activations of the same shape and type, so that the program can run again; clears the outputs."""
+        a = np.asarray(a)
+        if a.shape != (self.m, self.k) or a.dtype != (np.int8 if self.act_signed else np.uint8):
+            raise GemmError(f"expected {'int8' if self.act_signed else 'uint8'} activations of shape "
+                            f"{(self.m, self.k)}, got {a.dtype} {a.shape}")
+        tiled = self._tiled_activations(a).view(np.uint8).reshape(-1)
+        data = self.program.memory.data
+        data[self._a_base:self._a_base + tiled.size] = tiled
+        data[self.out_base:self.out_base + self._out_bytes] = 0
 
     def result(self) -> np.ndarray:
         """The ``M x N`` output the program wrote: int32 when raw, else int8/uint8."""

@@ -36,13 +36,16 @@ def requantize(acc: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift:
 
     Parameters broadcast against ``acc``: per channel, or per row and channel.
     """
-    x = _wrap_int32(acc.astype(np.int64) + bias.astype(np.int64)).astype(np.int64)
-    product = x * multiplier.astype(np.int64)
-    shift = shift.astype(np.int64)
-    rounding = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
-    scaled = np.right_shift(product + rounding, shift)
-    clamped = np.clip(scaled + out_zero_point, clamp_min, clamp_max)
-    return (clamped & 0xFF).astype(np.uint8)
+    # int32 additions wrap modulo 2**32; the rest happens in place on one int64 array.
+    x = (np.asarray(acc).astype(np.int32) + np.asarray(bias).astype(np.int32)).astype(np.int64)
+    x *= np.asarray(multiplier, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    x += np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
+    x >>= shift
+    x += out_zero_point
+    np.clip(x, clamp_min, clamp_max, out=x)
+    x &= 0xFF
+    return x.astype(np.uint8)
 
 
 _FIELDS = {

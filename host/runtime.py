@@ -94,14 +94,21 @@ class ModelRunner:
         self.stats: list[LayerStats] = []
         self.last_output: np.ndarray | None = None
         self.tensors: dict[str, np.ndarray] = {}  # every tensor of the last batch, batch axis first
+        self._programs: dict[tuple, GemmProgram] = {}  # per product of the model: weights do not change
 
     def gemm(self, a: np.ndarray, w: np.ndarray, zero_point: int, requant: Requantization | None,
-             stats: LayerStats) -> np.ndarray:
+             stats: LayerStats, key: tuple) -> np.ndarray:
+        """``key`` names the product within the model: its program is built once and rerun on new activations
+        (rebuilt when the number of rows, i.e. the batch, changes)."""
         if self.backend == "numpy":
             return golden_gemm(a, w, zero_point, requant)
-        bandwidth = getattr(getattr(self.executor, "memory_model", None), "bytes_per_cycle", None)
-        program = GemmProgram(self.config, a, w, act_zero_point=zero_point, requant=requant,
-                              memory_bytes_per_cycle=bandwidth)
+        program = self._programs.get(key)
+        if program is None or program.m != a.shape[0]:
+            bandwidth = getattr(getattr(self.executor, "memory_model", None), "bytes_per_cycle", None)
+            program = self._programs[key] = GemmProgram(self.config, a, w, act_zero_point=zero_point,
+                                                        requant=requant, memory_bytes_per_cycle=bandwidth)
+        else:
+            program.load_activations(a)
         run = self.executor.run(program.program)
         stats.cycles += run.counters.get("cycles", 0)
         for key, value in run.counters.items():
@@ -171,7 +178,8 @@ class ModelRunner:
                                      clamp_min=low, clamp_max=high)
             float_rounding = a.get("rounding") == "float32"
             if layer.placement == "accelerator":
-                out = self.gemm(patches, w, a["in_zero_point"], None if float_rounding else requant, stats)
+                out = self.gemm(patches, w, a["in_zero_point"], None if float_rounding else requant, stats,
+                                (layer.name, g))
             else:
                 out = golden_gemm(patches, w, a["in_zero_point"], None if float_rounding else requant)
             if float_rounding:
@@ -242,9 +250,9 @@ class ModelRunner:
         requant = Requantization(layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
                                  out_zero_point=layer.out_q.zero_point, clamp_min=low, clamp_max=high)
         if layer.attrs.get("rounding") == "float32":
-            acc = self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], None, stats)
+            acc = self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], None, stats, (layer.name,))
             return _float32_requantize(acc, layer, slice(None))
-        return self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], requant, stats)
+        return self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], requant, stats, (layer.name,))
 
     def _clamp(self, layer: Layer, tensors, stats):
         low, high = layer.attrs["clamp"]
@@ -303,7 +311,7 @@ class ModelRunner:
         x = tensors[layer.inputs[0]]
         x = x.reshape(len(x), -1)
         in_q = self._q(layer.inputs[0])
-        acc = self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], None, stats)
+        acc = self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], None, stats, (layer.name,))
         acc = acc.astype(np.int64) + layer.arrays["bias"]
         return (acc * (in_q.scale * layer.arrays["w_scale"])).astype(np.float32)
 
