@@ -186,6 +186,43 @@ class _Machine:
                              out_zero_point, clamp_min, clamp_max)
         _write_rows(self.memory, dram_addr, dram_stride, out)
 
+    def stores(self, rows: list[tuple]) -> None:
+        """A run of STOREs: their requantization as one computation, unless one of them loads a parameter
+        block that an earlier one of the run writes (then one at a time)."""
+        if len(rows) == 1 or self._writes_parameters(rows):
+            for row in rows:
+                self.store(*row)
+            return
+        cfg, blocks, quantized = self.config, [], []
+        for acc_addr, count, _, _, param_addr, load_params, raw, out_zero_point, clamp_min, clamp_max in rows:
+            self.settle(acc_addr, count)
+            if load_params:
+                block = self.memory[param_addr:param_addr + cfg.param_block_bytes]
+                self.params = block.view(np.int32).reshape(3, cfg.cols).copy()
+            if not raw:
+                blocks.append(self.params)
+                quantized.append((acc_addr, count, out_zero_point, clamp_min, clamp_max))
+        if quantized:
+            counts = [count for _, count, *_ in quantized]
+            per_row = np.repeat(np.arange(len(quantized)), counts)
+            params = np.stack(blocks)[per_row]
+            limits = np.array([q[2:] for q in quantized])[per_row]
+            acc = np.concatenate([self.acc[start:start + count] for start, count, *_ in quantized])
+            outs = iter(np.split(requantize(acc, params[:, 0], params[:, 1], params[:, 2] & 63, limits[:, :1],
+                                            limits[:, 1:2], limits[:, 2:]), np.cumsum(counts)[:-1]))
+        for acc_addr, count, dram_addr, dram_stride, _, _, raw, *_ in rows:
+            out = self.acc[acc_addr:acc_addr + count].astype("<i4").view(np.uint8).reshape(count, -1) if raw \
+                else next(outs)
+            _write_rows(self.memory, dram_addr, dram_stride, out)
+
+    def _writes_parameters(self, rows: list[tuple]) -> bool:
+        """Whether a STORE of ``rows`` loads a parameter block that an earlier one writes to."""
+        cfg = self.config
+        acc_addr, count, dram_addr, dram_stride, param_addr, load_params, raw, *_ = map(np.array, zip(*rows))
+        written_end = dram_addr + (count - 1) * dram_stride + np.where(raw != 0, cfg.acc_entry_bytes, cfg.cols)
+        overlap = (param_addr[:, None] < written_end) & (dram_addr < param_addr[:, None] + cfg.param_block_bytes)
+        return bool((np.tril(overlap, -1) & (load_params[:, None] != 0)).any())
+
 
 def _counters(config: HardwareConfig, columns: dict[str, np.ndarray]) -> dict[str, int]:
     opcode = columns["opcode"]
@@ -211,10 +248,12 @@ class ReferenceExecutor:
         start = time.perf_counter()
         columns = check_program(self.config, program.memory, program.address, program.length)
         machine = _Machine(self.config, program.memory.data)
-        handlers = {Opcode.LOAD: machine.load, Opcode.COMPUTE: machine.compute, Opcode.STORE: machine.store}
+        handlers = {Opcode.LOAD: machine.load, Opcode.COMPUTE: machine.compute}
         for opcode, rows in _runs(columns):
-            handler = handlers.get(opcode)
-            if handler is not None:
+            if opcode == Opcode.STORE:
+                machine.stores(rows)
+            elif opcode in handlers:
+                handler = handlers[opcode]
                 for row in rows:
                     handler(*row)
         return RunResult(backend=self.name, wall_seconds=time.perf_counter() - start,

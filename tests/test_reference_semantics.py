@@ -105,3 +105,23 @@ def test_random_programs_follow_the_sequential_semantics(seed):
     assert run.counters["compute"] == sum(isinstance(ins, Compute) for ins in instructions)
     assert run.counters["macs"] == sum(ins.count for ins in instructions if isinstance(ins, Compute)) \
         * config.rows * config.cols
+
+
+def test_a_store_may_write_the_parameters_of_the_next():
+    config = TINY
+    memory = MemoryImage()
+    memory.allocate(4096)
+    memory.data[:1024] = np.random.default_rng(5).integers(0, 256, 1024)
+    memory.data[2048:2048 + config.param_block_bytes] = requantization_block(config, [1] * 4, [1 << 30] * 4, [3] * 4)
+    block = 2048 + config.param_block_bytes
+    instructions = [Load(Buffer.ACT, 0, 8, 0, 4), Load(Buffer.WGT, 0, 4, 64, 4),
+                    Compute(act_addr=0, count=8, acc_addr=0),
+                    Store(acc_addr=0, count=3, dram_addr=block, dram_stride=16, raw=True),
+                    Store(acc_addr=0, count=8, dram_addr=1024, dram_stride=4, param_addr=block, load_params=True),
+                    Store(acc_addr=0, count=8, dram_addr=1056, dram_stride=4, param_addr=2048, load_params=True),
+                    Finish()]
+    program = Program.place(memory, instructions)
+    expected = program.memory.data.copy()
+    naive_run(config, expected, instructions)
+    ReferenceExecutor(config).run(program)
+    np.testing.assert_array_equal(program.memory.data, expected)
