@@ -13,7 +13,7 @@ from functools import cache
 
 import numpy as np
 
-__all__ = ["centred_matmul", "as_unsigned"]
+__all__ = ["centred_matmul", "as_unsigned", "engine_name"]
 
 
 def _float64_matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -45,6 +45,11 @@ def _engine():
     w = np.concatenate([np.full((256, 8), -128, np.int8), np.full((256, 8), 127, np.int8),
                         rng.integers(-128, 128, (256, 8), dtype=np.int8)], axis=1)
     return run if np.array_equal(run(a, w), _float64_matmul(a, w)) else _float64_matmul
+
+
+def engine_name() -> str:
+    """Which engine computes the products on this machine ("onnxruntime" or "float64"); sets it up if needed."""
+    return "float64" if _engine() is _float64_matmul else "onnxruntime"
 
 
 def centred_matmul(a: np.ndarray, zero_points, w: np.ndarray) -> np.ndarray:
