@@ -69,6 +69,8 @@ def _cmd_bench_network(args) -> int:
     print(f"{args.model} on {report['image']}: bit_exact={report['bit_exact']} across {args.backends}")
     for backend, entry in report["backends"].items():
         line = f"  {backend:<10} {entry['wall_seconds']:7.2f} s wall, top-1 {entry['top1']['label']}"
+        if "warm_seconds" in entry:
+            line += f", next image {1e3 * entry['warm_seconds']:.0f} ms"
         if "cycles" in entry:
             line += (f"; {entry['cycles']:,} cycles = {entry['modelled_ms']:.1f} ms modelled, "
                      f"MAC utilization {entry['mac_utilization']:.1%}, {entry['sim_macs_per_second']:.3g} MAC/s simulated")
