@@ -76,7 +76,12 @@ def _cmd_bench_network(args) -> int:
                      f"MAC utilization {entry['mac_utilization']:.1%}, {entry['sim_macs_per_second']:.3g} MAC/s simulated")
         print(line)
     if "onnxruntime_int8" in report:
-        print(f"  onnxruntime int8 (QDQ) {1e3 * report['onnxruntime_int8']['p50_seconds']:.1f} ms p50 at batch 1")
+        ort_int8 = report["onnxruntime_int8"]
+        print("  the network quantized by onnxruntime (int8, QOperator), the same model on both, batch 1:")
+        print(f"    onnxruntime {1e3 * ort_int8['onnxruntime_p50_seconds']:8.1f} ms p50")
+        for backend, entry in ort_int8["mvu"].items():
+            print(f"    mvu {backend:<10} {1e3 * entry['p50_seconds']:6.1f} ms p50 = {entry['times_onnxruntime']:.1f}x, "
+                  f"logits bit-exact with onnxruntime: {entry['bit_exact_with_onnxruntime']}")
     return 0 if report["bit_exact"] else 1
 
 
@@ -242,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("--image", help="an image file (default: the cat photo)")
     network.add_argument("--backends", default="reference,verilator", help="comma-separated backends")
     network.add_argument("--onnxruntime", action="store_true",
-                         help="also time the network quantized by onnxruntime (int8, QDQ) for comparison")
+                         help="also quantize the network with onnxruntime and time that int8 model on "
+                              "onnxruntime and on mvu's backends")
     network.add_argument("--json", action="store_true")
     network.add_argument("--output", help="also write the JSON report to this file")
     network.set_defaults(handler=_cmd_bench_network)

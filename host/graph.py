@@ -17,11 +17,12 @@ MIN_OPSET, MAX_OPSET = 9, 21
 SUPPORTED_OPS = frozenset({
     "Conv", "Relu", "Clip", "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul",
     "Flatten", "Reshape", "Concat", "Softmax", "BatchNormalization", "Identity", "Dropout", "Mul",
-    *("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearGlobalAveragePool"),
+    *("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearGlobalAveragePool",
+      "QGemm"),
 })
-#: Operators of models that arrive already quantized (com.microsoft contributes the last two).
+#: Operators of models that arrive already quantized (com.microsoft contributes the last three).
 PREQUANTIZED_OPS = frozenset({"QuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",
-                              "QLinearGlobalAveragePool"})
+                              "QLinearGlobalAveragePool", "QGemm"})
 
 
 class ImportError_(ValueError):

@@ -103,6 +103,32 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
             tensor_q[node.outputs[0]] = out_q
             report.append({"layer": node.name, "op": "QLinearMatMul", "placement": "accelerator",
                            "scale": out_q.scale, "zero_point": out_q.zero_point, "macs": int(weight.size)})
+        elif node.op == "QGemm":  # com.microsoft: A x B^T + C, requantized like QLinearConv
+            in_q, out_q = params(ins[1], ins[2]), params(ins[7], ins[8]) if len(ins) > 8 else None
+            weight, w_zero = c[ins[3]], c[ins[5]]
+            if out_q is None or node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0:
+                raise ImportError_(f"{graph.name}: QGemm '{node.name}' must have a quantized output, no transA "
+                                   f"and alpha 1")
+            if weight.dtype != np.int8 or np.any(w_zero != 0):
+                raise ImportError_(f"{graph.name}: QGemm '{node.name}' needs symmetric int8 weights")
+            weight = weight.T if node.attrs.get("transB", 0) else weight  # [K, N]
+            w_scale = np.broadcast_to(np.asarray(c[ins[4]], np.float64).reshape(-1), (weight.shape[1],))
+            bias = c[ins[6]].astype(np.int64) if ins[6] else np.zeros(weight.shape[1], np.int64)
+            layers.append(Layer("fc_quantized", node.name, [ins[0]], node.outputs[0], "accelerator",
+                                {"in_zero_point": in_q.zero_point, "clamp": (0, 255), "rounding": "float32"},
+                                {"weight": np.ascontiguousarray(weight), "bias": bias,
+                                 **_requant(in_q.scale, w_scale, out_q.scale)}, out_q, int(weight.size)))
+            tensor_q[node.outputs[0]] = out_q
+            report.append({"layer": node.name, "op": "QGemm", "placement": "accelerator",
+                           "scale": out_q.scale, "zero_point": out_q.zero_point, "macs": int(weight.size)})
+        elif node.op == "MaxPool":  # on uint8 codes: the maximum keeps the input's scale and zero point
+            a = node.attrs
+            if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1, 1])):
+                raise ImportError_(f"{graph.name}: MaxPool '{node.name}' with ceil_mode or dilations is not supported")
+            layers.append(Layer("maxpool", node.name, [ins[0]], node.outputs[0], "host",
+                                {"kernel": list(a["kernel_shape"]), "strides": list(a.get("strides", [1, 1])),
+                                 "pads": list(a.get("pads", [0] * 4))}, {}, tensor_q[ins[0]]))
+            tensor_q[node.outputs[0]] = tensor_q[ins[0]]
         elif node.op == "DequantizeLinear":
             if node.outputs[0] != graph.output:
                 raise ImportError_(f"{graph.name}: DequantizeLinear '{node.name}' inside the network is not supported")

@@ -91,3 +91,40 @@ def test_mobilenetv2_int8_agrees_with_onnxruntime(tmp_path):
     package = compile_source(str(source), config=HardwareConfig(), progress=False)
     report = evaluate(package, SHARED / "images", SHARED / "images" / "labels.csv", onnx_model=source, progress=False)
     assert report["agreement_top1"] >= 0.99, report  # measured: 200 of 200
+
+
+def test_a_model_quantized_by_onnxruntime_runs_bit_exact(tmp_path):
+    """onnxruntime's own quantizer (QOperator: QLinearConv, MaxPool on uint8, QLinearAdd, QGemm) -> mvu."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from mvu.models.onnx_builder import GraphBuilder
+
+    rng = np.random.default_rng(3)
+    g = GraphBuilder("ort-int8", (1, 3, 16, 16))
+    x = g.relu(g.conv("input", rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8), padding=1))
+    x = g.max_pool(x, 3, 2, 1)
+    y = g.relu(g.conv(x, rng.normal(0, 0.2, (8, 8, 3, 3)), rng.normal(0, 0.1, 8), padding=1))
+    x = g.flatten(g.global_average_pool(g.add(x, y)))
+    onnx.save(g.build(g.gemm(x, rng.normal(0, 0.3, (10, 8)), rng.normal(0, 0.1, 10)), classes=10),
+              tmp_path / "fp32.onnx")
+    images = rng.normal(0, 1, (8, 1, 3, 16, 16)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter({"input": image} for image in images)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(tmp_path / "fp32.onnx"), str(tmp_path / "int8.onnx"), Reader(),
+                    quant_format=QuantFormat.QOperator, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    ops = {node.op_type for node in onnx.load(tmp_path / "int8.onnx").graph.node}
+    assert {"QLinearConv", "MaxPool", "QLinearAdd", "QGemm"} <= ops
+    model = from_qlinear_graph(import_onnx(str(tmp_path / "int8.onnx")))
+    session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    for backend in ("numpy", "reference"):
+        runner = ModelRunner(model, TINY, backend)
+        for image in rng.normal(0, 1, (3, 1, 3, 16, 16)).astype(np.float32):
+            expected = session.run(None, {"input": image})[0]
+            np.testing.assert_array_equal(runner.run(model.input_q.quantize(image)), expected)
