@@ -3,13 +3,16 @@
 The executor (a slow RTL simulation, say) runs on its own thread, so the event
 loop that answers health checks and parses requests never waits for it.
 Batching is greedy: whatever is queued when the executor becomes free runs
-together, up to ``max_batch_size`` images; ``max_queue_delay`` > 0 also waits
-that long for a batch to fill.
+together, up to ``max_batch_size`` images. A batch also waits (up to
+:data:`ARRIVAL_WAIT`) for requests that have arrived but whose images are still
+being decoded, so clients that send together are served together without a
+lone client ever waiting; ``max_queue_delay`` > 0 waits that long in any case.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -25,6 +28,9 @@ from .errors import ServingError
 __all__ = ["BatchResult", "BatchScheduler"]
 
 log = logging.getLogger("mvu.serving")
+
+#: The longest a batch waits for requests still in preprocessing.
+ARRIVAL_WAIT = 0.05
 
 #: ``run(images) -> (outputs with one row per image, cycles)``
 BatchFunction = Callable[[np.ndarray], tuple[np.ndarray, int]]
@@ -48,6 +54,19 @@ class _Entry:
     future: Future = field(default_factory=Future)
 
 
+class _Arrival:
+    """A request on its way to the queue; closing it (once) tells the scheduler it is there or gone."""
+
+    def __init__(self, scheduler: "BatchScheduler"):
+        self._scheduler, self._open = scheduler, True
+        scheduler._arriving += 1
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._scheduler._arriving -= 1
+
+
 class BatchScheduler:
     """Runs ``setup()``'s batch function on a worker thread; ``await submit(images)`` from the event loop."""
 
@@ -67,6 +86,7 @@ class BatchScheduler:
         self._queued_images = 0
         self._lock = threading.Lock()
         self._carry: _Entry | None = None
+        self._arriving = 0  # requests being decoded; written by the event loop only
         self.ready = threading.Event()
         self.failed: str | None = None  # why setup failed
         self._thread = threading.Thread(target=self._work, name=f"mvu-executor-{name}", daemon=True)
@@ -76,7 +96,17 @@ class BatchScheduler:
     def queued_images(self) -> int:
         return self._queued_images
 
-    async def submit(self, images: np.ndarray, timeout: float) -> BatchResult:
+    @contextlib.contextmanager
+    def arriving(self):
+        """Wrap a request from arrival to :meth:`submit` (given the yielded token): batches forming
+        meanwhile wait for it."""
+        token = _Arrival(self)
+        try:
+            yield token
+        finally:
+            token.close()
+
+    async def submit(self, images: np.ndarray, timeout: float, arrival: "_Arrival | None" = None) -> BatchResult:
         """Queue ``images`` (one row each) and wait for their outputs; 503 when full, 504 after ``timeout``."""
         if self.failed:
             raise ServingError(503, f"model {self.name!r} failed to load: {self.failed}")
@@ -93,6 +123,8 @@ class BatchScheduler:
             self._queued_images += count
         entry = _Entry(images, time.perf_counter())
         self._queue.put(entry)
+        if arrival is not None:
+            arrival.close()
         try:
             return await asyncio.wait_for(asyncio.wrap_future(entry.future), timeout)
         except asyncio.TimeoutError:
@@ -125,11 +157,18 @@ class BatchScheduler:
         if first is None:
             return None
         batch, size = [first], len(first.images)
-        deadline = time.perf_counter() + self.max_queue_delay
+        started = time.perf_counter()
+        deadline, arrivals_deadline = started + self.max_queue_delay, started + ARRIVAL_WAIT
         while size < self.max_batch_size:
+            now = time.perf_counter()
+            wait = deadline - now
+            if self._arriving:  # look again every millisecond while someone is still decoding
+                wait = max(wait, min(arrivals_deadline - now, 0.001))
             try:
-                entry = self._take(max(0.0, deadline - time.perf_counter()))
+                entry = self._take(max(0.0, wait))
             except queue.Empty:
+                if self._arriving and time.perf_counter() < arrivals_deadline:
+                    continue
                 break
             if entry is None:
                 self._queue.put(None)  # stop after this batch

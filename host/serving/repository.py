@@ -106,10 +106,11 @@ class ServedModel:
     async def infer(self, request: InferenceRequest) -> InferenceResult:
         """Validate, preprocess, queue, run; 4xx errors name the input and the cause."""
         started = time.perf_counter()
-        images, preprocess_seconds = await self._images(request)
-        outputs_wanted = self._requested_outputs(request)
-        timeout = request.timeout if request.timeout is not None else self.limits.timeout
-        batch = await self.scheduler.submit(images, timeout)
+        with self.scheduler.arriving() as arrival:
+            images, preprocess_seconds = await self._images(request)
+            outputs_wanted = self._requested_outputs(request)
+            timeout = request.timeout if request.timeout is not None else self.limits.timeout
+            batch = await self.scheduler.submit(images, timeout, arrival)
         scores = _softmax(batch.outputs)
         outputs = []
         for wanted in outputs_wanted:
