@@ -92,10 +92,10 @@ def calibrate(model: onnx.ModelProto, graph: Graph, images: np.ndarray, *, progr
                 low, high = float(value.min()), float(value.max())
                 old = ranges.get(name, [low, high])
                 ranges[name] = [min(old[0], low), max(old[1], high)]
-        if progress:
+        if progress and sys.stderr.isatty():  # a counter for people; logs get the one line below
             print(f"\rcalibrating {index + 1}/{len(images)}", end="", file=sys.stderr)
     if progress:
-        print(file=sys.stderr)
+        print(f"\rcalibrated on {len(images)} images", file=sys.stderr)
     return ranges
 
 
