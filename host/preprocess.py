@@ -243,13 +243,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _check_dimensions(img: Image.Image) -> None:
+def _check_dimensions(img: Image.Image, max_pixels: int = MAX_PIXELS) -> None:
     width, height = img.size
     if width < 1 or height < 1:
         raise _Unreadable(f"image has no pixels ({width}x{height})")
-    if width * height > MAX_PIXELS:
+    if width * height > max_pixels:
         raise _Unreadable(f"image too large ({width}x{height} = {width * height:,} pixels, "
-                         f"limit {MAX_PIXELS:,})")
+                         f"limit {max_pixels:,})")
 
 
 def _supported_formats() -> list[str]:
@@ -257,12 +257,12 @@ def _supported_formats() -> list[str]:
     return [fmt for fmt in SUPPORTED_FORMATS if fmt in Image.OPEN]
 
 
-def decode_image(source: ImageSource, name: str | None = None) -> Image.Image:
+def decode_image(source: ImageSource, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode a file (path) or encoded bytes into an RGB image, EXIF orientation applied.
 
     ``name`` is used in error messages instead of the path (or ``<bytes>``).
     Raises :class:`ImageDecodeError` for anything that is not a readable image
-    within :data:`MAX_PIXELS`, and :class:`TypeError` for a source of another type.
+    within ``max_pixels``, and :class:`TypeError` for a source of another type.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         label = name if name is not None else "<bytes>"
@@ -289,7 +289,7 @@ def decode_image(source: ImageSource, name: str | None = None) -> Image.Image:
 
     try:
         with Image.open(opener, formats=_supported_formats()) as img:
-            _check_dimensions(img)          # from the header, before any pixel is decoded
+            _check_dimensions(img, max_pixels)  # from the header, before any pixel is decoded
             img.load()                      # decode now, so truncation shows up here
             # exif_transpose returns a new image (a copy when nothing turns), so
             # the result no longer depends on the file.
@@ -332,14 +332,15 @@ def _resize_and_crop(img: Image.Image, resize: int, crop: int) -> np.ndarray:
     return np.asarray(img.resize((crop, crop), Image.Resampling.BILINEAR, box=box))
 
 
-def _as_rgb_image(image_or_source: Image.Image | ImageSource, name: str | None) -> Image.Image:
+def _as_rgb_image(image_or_source: Image.Image | ImageSource, name: str | None,
+                  max_pixels: int = MAX_PIXELS) -> Image.Image:
     if isinstance(image_or_source, Image.Image):
         try:
-            _check_dimensions(image_or_source)
+            _check_dimensions(image_or_source, max_pixels)
             return _to_rgb(image_or_source)
         except _Unreadable as exc:
             raise ImageDecodeError(name if name is not None else "<image>", str(exc)) from exc
-    return decode_image(image_or_source, name)
+    return decode_image(image_or_source, name, max_pixels)
 
 
 def _check_recipe(recipe: Any) -> None:
@@ -348,8 +349,8 @@ def _check_recipe(recipe: Any) -> None:
 
 
 def _preprocess_into(out: np.ndarray, image_or_source: Image.Image | ImageSource,
-                     recipe: PreprocessRecipe, name: str | None = None) -> None:
-    img = _as_rgb_image(image_or_source, name)
+                     recipe: PreprocessRecipe, name: str | None = None, max_pixels: int = MAX_PIXELS) -> None:
+    img = _as_rgb_image(image_or_source, name, max_pixels)
     pixels = _resize_and_crop(img, recipe.resize, recipe.crop).astype(np.float32)
     mean = np.asarray(recipe.mean, dtype=np.float32)
     std = np.asarray(recipe.std, dtype=np.float32)
@@ -357,14 +358,15 @@ def _preprocess_into(out: np.ndarray, image_or_source: Image.Image | ImageSource
 
 
 def preprocess(image_or_source: Image.Image | ImageSource, recipe: PreprocessRecipe, *,
-               name: str | None = None) -> np.ndarray:
+               name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """One image (an open PIL image, a path or encoded bytes) as a float32 ``[1, 3, crop, crop]`` tensor.
 
-    ``name`` stands for the source in error messages (as in :func:`decode_image`).
+    ``name`` stands for the source in error messages (as in :func:`decode_image`); larger images
+    than ``max_pixels`` are refused from their header (a server sets it lower than the default).
     """
     _check_recipe(recipe)
     out = np.empty(recipe.shape, dtype=np.float32)
-    _preprocess_into(out[0], image_or_source, recipe, name)
+    _preprocess_into(out[0], image_or_source, recipe, name, max_pixels)
     return out
 
 

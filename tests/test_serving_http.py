@@ -350,3 +350,16 @@ def test_the_rtl_executor_serves_the_same_scores(start_server, toy_package_path,
     images = httpclient.InferInput("images", [1], "BYTES")
     images.set_data_from_numpy(np.array([cat_jpeg], dtype=object))
     np.testing.assert_array_equal(client.infer("toy", [images]).as_numpy("scores")[0], expected_scores[0])
+
+
+def test_an_image_bomb_is_refused_from_its_header(start_server, toy_package_path, http):
+    import io
+
+    from PIL import Image
+
+    server = start_server(toy_package_path, "--grpc-port", "-1", "--max-image-pixels", "1000000")
+    bomb = io.BytesIO()
+    Image.new("P", (2000, 2000)).save(bomb, "PNG")  # a few kB that would decode to 4 Mpixel
+    response = http.request("POST", server.url + "/score/toy", body=bomb.getvalue())
+    assert response.status == 400 and "image too large (2000x2000" in response.json()["error"]
+    assert "limit 1,000,000" in response.json()["error"]

@@ -38,6 +38,8 @@ access_log = logging.getLogger("mvu.access")
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+#: The default limit on a request message, in bytes.
+MAX_MESSAGE_BYTES = 64 << 20
 
 # Open Inference Protocol tensors ---------------------------------------------------------------------------
 
@@ -127,11 +129,11 @@ def _tf_dtype_name(number: int) -> str:
     return value.name if value else f"DataType {number}"
 
 
-def tensor_from_proto(name: str, proto: Message) -> InputTensor:
+def tensor_from_proto(name: str, proto: Message, max_bytes: int = MAX_MESSAGE_BYTES) -> InputTensor:
     """A ``TensorProto`` as an :class:`InputTensor`: ``tensor_content`` or the typed values of its dtype.
 
-    A single typed value fills the whole shape (as TensorFlow does); a shape of unknown rank takes all
-    the values as one dimension.
+    A single typed value fills the whole shape (as TensorFlow does) if the tensor stays within
+    ``max_bytes``, the request limit; a shape of unknown rank takes all the values as one dimension.
     """
     dtype = _tf_dtype_name(proto.dtype)
     if dtype not in _TF_DATATYPES:
@@ -156,11 +158,17 @@ def tensor_from_proto(name: str, proto: Message) -> InputTensor:
     if not values and others:
         raise ServingError(400, f"input {name!r}: {dtype} values belong in {field} or tensor_content, "
                                 f"not {others[0]}")
-    shape = (len(values),) if shape is None else shape
+    shape = (len(values),) if shape is None else check_shape(name, shape)
     count = math.prod(shape)
     if not values and count:
         raise ServingError(400, f"input {name!r}: no values for shape {list(shape)}; set {field} or tensor_content")
-    values = list(values) * count if len(values) == 1 and count > 1 else list(values)
+    values = list(values)
+    if len(values) == 1 and count > 1:
+        size = count * numpy_datatype(datatype).itemsize
+        if size > max_bytes:
+            raise ServingError(413, f"input {name!r}: one {field} value filling shape {list(shape)} makes {size} "
+                                    f"bytes, more than the request limit of {max_bytes}")
+        values *= count
     if datatype == "FP16":
         values = _half_values(name, values)
     return InputTensor.from_values(name, datatype, shape, values)
@@ -237,7 +245,7 @@ class GrpcSettings:
     tls_key: Path | None = None
     keys: ApiKeys | None = None  # checks the `authorization` metadata; None: no API keys
     open_health: bool = False  # ServerLive and ServerReady need no key
-    max_message_bytes: int = 64 << 20  # larger requests get RESOURCE_EXHAUSTED
+    max_message_bytes: int = MAX_MESSAGE_BYTES  # larger requests get RESOURCE_EXHAUSTED; bounds a filled shape too
     timeout: float = 60.0  # seconds per request; a shorter client deadline wins
 
 
@@ -301,7 +309,7 @@ class GrpcServices:
                 failure = ServingError(500, f"{method.name} failed on the server; see its log")
             status = failure.status if failure else 200  # HTTP-style, as the HTTP front end counts
             self.metrics.requests.labels("grpc", endpoint, str(status)).inc()
-            if failure and model:
+            if failure and model in self.repository:  # never a label per name a client makes up
                 self.metrics.failures.labels(model, str(status)).inc()
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(json.dumps({
@@ -382,7 +390,8 @@ class GrpcServices:
         if unknown:
             raise ServingError(400, f"model {model.name!r} has no output {unknown[0]!r}; "
                                     f"its output is {TF_SCORES_OUTPUT!r}")
-        inputs = [tensor_from_proto(name, tensor) for name, tensor in sorted(request.inputs.items())]
+        inputs = [tensor_from_proto(name, tensor, self.settings.max_message_bytes)
+                  for name, tensor in sorted(request.inputs.items())]
         result = await model.infer(InferenceRequest(model.name, model.version, inputs,  # the one output: scores
                                                     timeout=self._timeout(context)))
         response = message_class("tensorflow.serving.PredictResponse")(model_spec=self._tf_spec(model))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -63,11 +63,14 @@ class HttpFrontEnd:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ServingError(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ServingError(413, f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ServingError(413, f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:  # nobody reads the answer; counted as a bad request, not logged as a failure
+            raise ServingError(400, f"the client disconnected after {size} bytes of the body") from None
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding in ("gzip", "deflate"):
@@ -93,12 +96,12 @@ class HttpFrontEnd:
         except ServingError as error:
             headers = {"WWW-Authenticate": 'Bearer realm="mvu"'} if error.status == 401 else None
             response = _json({"error": error.message}, error.status, headers)
-            if model:
+            if model in self.repository:  # never a label per name a client makes up
                 self.metrics.failures.labels(model, str(error.status)).inc()
         except Exception:  # noqa: BLE001 - never a traceback to the client
             log.exception("%s %s failed", request.method, request.url.path)
             response = _json({"error": "internal server error"}, 500)
-            if model:
+            if model in self.repository:
                 self.metrics.failures.labels(model, "500").inc()
         elapsed = time.perf_counter() - started
         self.metrics.requests.labels(protocol, endpoint, str(response.status_code)).inc()
@@ -189,10 +192,7 @@ class HttpFrontEnd:
     async def score(self, request: Request) -> Response:
         name = request.path_params.get("name")
         model = self._model(request) if name else self.repository.only()
-        top = request.query_params.get("top", "5")
-        if not top.isdigit():
-            raise ServingError(400, f"top must be a positive integer, not {top!r}")
-        answer = await model.score_image(await self._read_body(request), int(top))
+        answer = await model.score_image(await self._read_body(request), _top(request.query_params.get("top", "5")))
         timing = ", ".join(f"{k};dur={v:.3f}" for k, v in answer["timings_ms"].items())
         return _json(answer, headers={"Server-Timing": timing})
 
@@ -223,6 +223,13 @@ class HttpFrontEnd:
                        self._route(prefix + "/metadata", "tf_metadata", "v1", self.tf_metadata),
                        self._route(prefix + ":predict", "tf_predict", "v1", self.tf_predict, ("POST",))]
         return routes
+
+
+def _top(text: str) -> int:
+    """The ``top`` query parameter: ASCII digits only (``str.isdigit`` also takes '²', which ``int`` refuses)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise ServingError(400, f"top must be a positive integer, not {text[:20]!r}")
+    return int(text)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from .errors import ServingError
 from .tensors import InferenceRequest, InferenceResult, InputTensor, RequestedOutput
@@ -21,6 +22,11 @@ def _json_object(text: bytes | memoryview, what: str) -> dict:
     except json.JSONDecodeError as error:
         raise ServingError(400, f"{what} is not valid JSON: {error.msg} at line {error.lineno} "
                                 f"column {error.colno}") from None
+    except ValueError:  # Python's limit on the digits of an integer
+        raise ServingError(400, f"{what} has an integer of more than {sys.get_int_max_str_digits()} digits") \
+            from None
+    except RecursionError:
+        raise ServingError(400, f"{what} is nested too deeply") from None
     if not isinstance(value, dict):
         raise ServingError(400, f"{what} must be a JSON object, not {type(value).__name__}")
     return value
@@ -110,12 +116,12 @@ def parse_infer_request(body: bytes, header_length: str | None, model: str,
 
 
 def _timeout(parameters: dict) -> float | None:
-    """Triton's request parameter ``timeout``, in microseconds."""
+    """Triton's request parameter ``timeout``, in microseconds (a uint64); it can only shorten the server's."""
     value = parameters.get("timeout")
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ServingError(400, "request: parameter 'timeout' must be a positive integer (microseconds)")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 1 << 64:
+        raise ServingError(400, "request: parameter 'timeout' must be a positive 64-bit integer (microseconds)")
     return value / 1e6
 
 

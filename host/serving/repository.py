@@ -52,6 +52,7 @@ class ServingLimits:
     max_queue_delay: float = 0.0
     max_queue_size: int = 64
     timeout: float = 60.0
+    max_image_pixels: int = 40_000_000  # refused from the image's header, before it is decoded
 
 
 class ServedModel:
@@ -98,7 +99,9 @@ class ServedModel:
         runner, input_q = classifier.runner, self.package.model.input_q
 
         def run(images: np.ndarray) -> tuple[np.ndarray, int]:
-            logits = runner.run_batch(input_q.quantize(images))
+            with np.errstate(over="ignore"):  # a huge finite input saturates at the quantized range, silently
+                quantized = input_q.quantize(images)
+            logits = runner.run_batch(quantized)
             return logits, sum(s.cycles for s in runner.stats)
 
         return run
@@ -109,7 +112,7 @@ class ServedModel:
         with self.scheduler.arriving() as arrival:
             images, preprocess_seconds = await self._images(request)
             outputs_wanted = self._requested_outputs(request)
-            timeout = request.timeout if request.timeout is not None else self.limits.timeout
+            timeout = min(request.timeout or self.limits.timeout, self.limits.timeout)
             batch = await self.scheduler.submit(images, timeout, arrival)
         scores = _softmax(batch.outputs)
         outputs = []
@@ -178,7 +181,8 @@ class ServedModel:
         images = np.empty((len(encoded), *self.recipe.shape[1:]), np.float32)
         for index, data in enumerate(encoded):
             try:
-                images[index] = preprocess(bytes(data), self.recipe, name=f"images[{index}]")[0]
+                images[index] = preprocess(bytes(data), self.recipe, name=f"images[{index}]",
+                                           max_pixels=self.limits.max_image_pixels)[0]
             except ImageDecodeError as error:
                 raise ServingError(400, f"input {IMAGES_INPUT!r}: {error}") from None
         return images
@@ -258,6 +262,9 @@ class ModelRepository:
             raise ServingError(404, f"this server has {len(self._models)} models; name one: "
                                     f"{', '.join(sorted(self._models))}")
         return self.get(next(iter(self._models)))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._models
 
     def versions(self, name: str) -> list[ServedModel]:
         self.get(name)

@@ -157,13 +157,14 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
 
 def main_serve(args: argparse.Namespace) -> int:
     _configure_logging(args.access_log)
-    for name in ("max_batch_size", "max_queue_size", "max_request_bytes"):
+    for name in ("max_batch_size", "max_queue_size", "max_request_bytes", "max_image_pixels"):
         if getattr(args, name) < 1:
             raise SystemExit(f"mvu serve: --{name.replace('_', '-')} must be at least 1")
     if args.timeout <= 0 or args.max_queue_delay_ms < 0:
         raise SystemExit("mvu serve: --timeout must be positive and --max-queue-delay-ms not negative")
     options = options_from_args(args)
-    limits = ServingLimits(args.max_batch_size, args.max_queue_delay_ms / 1e3, args.max_queue_size, args.timeout)
+    limits = ServingLimits(args.max_batch_size, args.max_queue_delay_ms / 1e3, args.max_queue_size, args.timeout,
+                           args.max_image_pixels)
     repository = ModelRepository()
     try:
         for text in args.models:

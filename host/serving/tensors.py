@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -9,8 +10,8 @@ import numpy as np
 
 from .errors import ServingError
 
-__all__ = ["DATATYPES", "InputTensor", "RequestedOutput", "InferenceRequest", "OutputTensor", "InferenceResult",
-           "check_shape", "decode_bytes_elements", "encode_bytes_elements", "numpy_datatype"]
+__all__ = ["DATATYPES", "MAX_ELEMENTS", "InputTensor", "RequestedOutput", "InferenceRequest", "OutputTensor",
+           "InferenceResult", "check_shape", "decode_bytes_elements", "encode_bytes_elements", "numpy_datatype"]
 
 #: Open Inference Protocol datatype -> numpy dtype (BYTES elements are Python bytes in an object array).
 DATATYPES: dict[str, np.dtype] = {
@@ -20,6 +21,10 @@ DATATYPES: dict[str, np.dtype] = {
     "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
 }
+
+#: The most elements a tensor may have: more than any request can carry, few enough that numpy can shape it
+#: (the product of the non-zero dimensions, so that a zero-size tensor cannot name absurd ones either).
+MAX_ELEMENTS = 1 << 32
 
 
 def numpy_datatype(datatype: str) -> np.dtype:
@@ -36,6 +41,9 @@ def check_shape(name: str, shape) -> tuple[int, ...]:
         raise ServingError(400, f"input {name!r}: shape must be a list of integers, got {shape!r}")
     if any(d < 0 for d in shape):
         raise ServingError(400, f"input {name!r}: negative dimension in shape {list(shape)}")
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise ServingError(400, f"input {name!r}: shape {list(shape)} is too large (its non-zero dimensions "
+                                f"multiply to more than {MAX_ELEMENTS})")
     return tuple(shape)
 
 
@@ -80,17 +88,14 @@ class InputTensor:
         """From a flat or nested sequence (JSON ``data``), checking the element count against the shape."""
         shape = check_shape(name, shape)
         dtype = numpy_datatype(datatype)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         if datatype == "BYTES":
-            flat = list(_flatten(values))
-            if not all(isinstance(v, (bytes, str)) for v in flat):
-                raise ServingError(400, f"input {name!r}: BYTES data must be strings")
-            array = np.empty(len(flat), dtype=object)
-            array[:] = [v.encode() if isinstance(v, str) else v for v in flat]
+            array = _bytes_array(name, values)
         else:
             try:
-                array = np.asarray(values, dtype=dtype).reshape(-1)
-            except (TypeError, ValueError, OverflowError) as error:
+                with np.errstate(over="raise", invalid="raise"):  # 1e39 as FP32: a 400, not inf and a warning
+                    array = np.asarray(values, dtype=dtype).reshape(-1)
+            except (TypeError, ValueError, ArithmeticError) as error:
                 raise ServingError(400, f"input {name!r}: data is not {datatype}: {error}") from None
         if array.size != count:
             raise ServingError(400, f"input {name!r}: {array.size} elements for shape {list(shape)} "
@@ -102,10 +107,11 @@ class InputTensor:
         """From raw little-endian bytes (binary extension, gRPC raw contents), checking the size."""
         shape = check_shape(name, shape)
         dtype = numpy_datatype(datatype)
-        count = int(np.prod(shape, dtype=np.int64))
-        if datatype == "BYTES":
-            array = np.empty(count, dtype=object)
-            array[:] = decode_bytes_elements(name, buffer, count)
+        count = math.prod(shape)
+        if datatype == "BYTES":  # decoded first: the buffer, not the claimed shape, bounds the allocation
+            elements = decode_bytes_elements(name, buffer, count)
+            array = np.empty(len(elements), dtype=object)
+            array[:] = elements
             return cls(name, datatype, shape, array.reshape(shape))
         expected = count * dtype.itemsize
         if len(buffer) != expected:
@@ -114,12 +120,30 @@ class InputTensor:
         return cls(name, datatype, shape, np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).reshape(shape))
 
 
+def _bytes_array(name: str, values) -> np.ndarray:
+    """JSON BYTES data (strings, flat or nested) as a flat object array of UTF-8 bytes."""
+    flat = list(_flatten(values))
+    if not all(isinstance(v, (bytes, str)) for v in flat):
+        raise ServingError(400, f"input {name!r}: BYTES data must be strings")
+    array = np.empty(len(flat), dtype=object)
+    try:
+        array[:] = [v.encode() if isinstance(v, str) else v for v in flat]
+    except UnicodeEncodeError:
+        raise ServingError(400, f"input {name!r}: BYTES data must be valid Unicode (no lone surrogates)") from None
+    return array
+
+
 def _flatten(values):
-    if isinstance(values, (list, tuple)):
-        for value in values:
-            yield from _flatten(value)
-    else:
-        yield values
+    """Leaves of nested lists in order, without recursion (nesting depth is the client's choice)."""
+    stack = [iter([values])]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, (list, tuple)):
+                stack.append(iter(value))
+                break
+            yield value
+        else:
+            stack.pop()
 
 
 @dataclass

@@ -48,8 +48,9 @@ def _images_tensor(values: list, where: str) -> InputTensor:
 
 def _float_tensor(values, where: str) -> InputTensor:
     try:
-        array = np.asarray(values, dtype=np.float32)
-    except (TypeError, ValueError, OverflowError) as error:
+        with np.errstate(over="raise", invalid="raise"):  # 1e39: a 400, not inf and a warning
+            array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError, ArithmeticError) as error:
         raise ServingError(400, f"{where}: not a rectangular array of numbers ({error})") from None
     return InputTensor(TENSOR_INPUT, "FP32", array.shape, array)
 
