@@ -19,8 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from mvu.serving.client import (ScoringClient, ScoringError, decode_infer_response, deserialize_bytes,
-                                encode_infer_request, parse_server_timing, serialize_bytes)
+from mvu.serving.client import (ScoringClient, ScoringError, decode_infer_response, encode_infer_request,
+                                parse_server_timing)
+from mvu.serving.tensors import encode_bytes_elements as serialize_bytes
+from mvu.serving.tensors import split_bytes_elements as deserialize_bytes
 
 TIMING = "queue;dur=0.5, preprocess;dur=2.25, executor;dur=10, total;dur=13.5"
 CLASSES = 4

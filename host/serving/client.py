@@ -12,7 +12,7 @@ message. The ``Server-Timing`` header of the last response (per thread) is in
 :attr:`ScoringClient.last_timing`, in milliseconds.
 
 The tensor helpers (:func:`encode_infer_request`, :func:`decode_infer_response`,
-:func:`serialize_bytes`, :func:`parse_server_timing`) are public for the load
+:func:`parse_server_timing`) are public for the load
 generator and for tests.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import random
-import struct
 import threading
 import time
 import urllib.parse
@@ -31,28 +30,24 @@ from typing import Any
 import numpy as np
 import urllib3
 
+from .oip_http import HEADER_LENGTH
+from .tensors import DATATYPES, encode_bytes_elements, split_bytes_elements
+
 __all__ = [
     "RETRY_STATUSES",
     "ScoringClient",
     "ScoringError",
     "decode_infer_response",
-    "deserialize_bytes",
     "encode_infer_request",
     "parse_server_timing",
-    "serialize_bytes",
 ]
 
 #: Statuses worth another try: the server (or a proxy) is busy, restarting or timed out.
 RETRY_STATUSES = frozenset({502, 503, 504})
 
-#: The header of the binary tensor data extension: the length of the JSON part of the body.
-HEADER_LENGTH = "Inference-Header-Content-Length"
-
-_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
-}
+#: Open Inference Protocol datatypes as little-endian numpy dtypes (the wire's byte order).
+_DTYPES: dict[str, np.dtype] = {name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items()
+                                if name != "BYTES"}
 _MAX_RETRY_AFTER = 10.0
 
 
@@ -86,36 +81,15 @@ def parse_server_timing(header: str | None) -> dict[str, float]:
     return timings
 
 
-def serialize_bytes(items: Sequence[bytes]) -> bytes:
-    """A BYTES tensor's raw form: each element as a 4-byte little-endian length, then its bytes."""
-    return b"".join(struct.pack("<I", len(item)) + bytes(item) for item in items)
-
-
-def deserialize_bytes(data: bytes | memoryview) -> list[bytes]:
-    """The elements of a raw BYTES tensor (the inverse of :func:`serialize_bytes`)."""
-    data = memoryview(data)
-    items, offset = [], 0
-    while offset < len(data):
-        if offset + 4 > len(data):
-            raise ValueError("truncated BYTES tensor: a length prefix is cut short")
-        (length,) = struct.unpack_from("<I", data, offset)
-        offset += 4
-        if offset + length > len(data):
-            raise ValueError("truncated BYTES tensor: an element is cut short")
-        items.append(bytes(data[offset:offset + length]))
-        offset += length
-    return items
-
-
 def _raw_tensor(name: str, value: Any) -> tuple[dict, bytes]:
     """The JSON description and the raw bytes of one input tensor."""
     if isinstance(value, (list, tuple)) and all(isinstance(v, (bytes, bytearray, memoryview)) for v in value):
-        raw, shape, datatype = serialize_bytes(value), [len(value)], "BYTES"
+        raw, shape, datatype = encode_bytes_elements(value), [len(value)], "BYTES"
     else:
         array = np.asarray(value)
         if array.dtype.kind in "SOU":
             items = [v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)]
-            raw, shape, datatype = serialize_bytes(items), list(array.shape), "BYTES"
+            raw, shape, datatype = encode_bytes_elements(items), list(array.shape), "BYTES"
         else:
             datatype = next((k for k, d in _DTYPES.items() if d == array.dtype.newbyteorder("<")), None)
             if datatype is None:
@@ -149,7 +123,7 @@ def _tensor_from_output(output: Mapping[str, Any], raw: memoryview | None) -> np
     datatype, shape = output.get("datatype"), [int(d) for d in output.get("shape", [])]
     if raw is not None:
         if datatype == "BYTES":
-            return np.array(deserialize_bytes(raw), dtype=object).reshape(shape)
+            return np.array(deencode_bytes_elements(raw), dtype=object).reshape(shape)
         if datatype not in _DTYPES:
             raise ValueError(f"output {output.get('name')!r}: unknown datatype {datatype!r}")
         return np.frombuffer(raw, _DTYPES[datatype]).reshape(shape).copy()

@@ -33,10 +33,12 @@ def _bench_serving(args: argparse.Namespace) -> int:
 
 def add_serving_commands(commands, bench_kinds) -> None:
     """Register ``serve``, ``score``, ``keys`` and ``bench serving`` on the top-level parsers."""
+    from ..cli import BACKENDS
+
     serve = commands.add_parser("serve", help="serve model packages over HTTP (KServe v2, TF Serving) and gRPC")
     serve.add_argument("models", nargs="+", metavar="[NAME[@VERSION]=]MODEL.mvu",
                        help="packages to serve; the name defaults to the package's, the version to 1")
-    serve.add_argument("--backend", choices=("reference", "verilator", "numpy"), default="reference")
+    serve.add_argument("--backend", choices=BACKENDS, default="reference")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free port)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: any free port, -1: no gRPC)")
@@ -81,7 +83,7 @@ def add_serving_commands(commands, bench_kinds) -> None:
     bench = bench_kinds.add_parser("serving", help="latency and throughput of `mvu serve` (and Triton) under load")
     bench.add_argument("package", help="the .mvu package to serve")
     bench.add_argument("--image", help="the JPEG to score (default: a demo photo)")
-    bench.add_argument("--backend", choices=("reference", "verilator", "numpy"), default="reference")
+    bench.add_argument("--backend", choices=BACKENDS, default="reference")
     bench.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
     bench.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     bench.add_argument("--triton", action="store_true", help="also serve the model with nvidia-pytriton")

@@ -26,6 +26,7 @@ from .errors import ServingError
 from .metrics import CONTENT_TYPE_LATEST
 from .oip_http import HEADER_LENGTH, encode_infer_response, parse_infer_request
 from .repository import ModelRepository
+from .tensors import server_timing
 from .tfserving_http import model_metadata, model_status, parse_predict
 
 __all__ = ["HttpSettings", "HttpFrontEnd", "create_http_app"]
@@ -160,7 +161,7 @@ class HttpFrontEnd:
         headers = {"Server-Timing": result.server_timing()}
         if header_length is None:
             return Response(content, 200, headers, media_type="application/json")
-        headers["Inference-Header-Content-Length"] = str(header_length)
+        headers[HEADER_LENGTH] = str(header_length)
         return Response(content, 200, headers, media_type="application/octet-stream")
 
     async def repository_index(self, request: Request) -> Response:
@@ -193,8 +194,7 @@ class HttpFrontEnd:
         name = request.path_params.get("name")
         model = self._model(request) if name else self.repository.only()
         answer = await model.score_image(await self._read_body(request), _top(request.query_params.get("top", "5")))
-        timing = ", ".join(f"{k};dur={v:.3f}" for k, v in answer["timings_ms"].items())
-        return _json(answer, headers={"Server-Timing": timing})
+        return _json(answer, headers={"Server-Timing": server_timing(answer["timings_ms"])})
 
     # Metrics --------------------------------------------------------------------
 

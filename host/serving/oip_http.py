@@ -8,13 +8,14 @@ import sys
 from .errors import ServingError
 from .tensors import InferenceRequest, InferenceResult, InputTensor, RequestedOutput
 
-__all__ = ["HEADER_LENGTH", "parse_infer_request", "encode_infer_response"]
+__all__ = ["HEADER_LENGTH", "json_object", "parse_infer_request", "encode_infer_response"]
 
 #: The binary extension's header: the length of the JSON part at the start of the body.
-HEADER_LENGTH = "inference-header-content-length"
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def _json_object(text: bytes | memoryview, what: str) -> dict:
+def json_object(text: bytes | memoryview, what: str) -> dict:
+    """Parse a request body that must be a JSON object; 400s say why (``what`` names the body)."""
     try:
         value = json.loads(bytes(text))
     except UnicodeDecodeError:
@@ -63,7 +64,7 @@ def parse_infer_request(body: bytes, header_length: str | None, model: str,
         header, binary = view[:length], view[length:]
     else:
         header, binary = view, view[:0]
-    request = _json_object(header, "the inference request")
+    request = json_object(header, "the inference request")
     parameters = _parameters(request, "request")
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):

@@ -15,7 +15,7 @@ from ..package import ModelPackage, load_package
 from .batching import BatchScheduler
 from .errors import ServingError
 from .metrics import ServingMetrics
-from .tensors import InferenceRequest, InferenceResult, OutputTensor
+from .tensors import InferenceRequest, InferenceResult, InputTensor, OutputTensor, RequestedOutput
 
 __all__ = ["ModelSpec", "ServingLimits", "ServedModel", "ModelRepository", "IMAGES_INPUT", "TENSOR_INPUT", "SCORES_OUTPUT"]
 
@@ -129,8 +129,6 @@ class ServedModel:
 
     async def score_image(self, image: bytes, top: int, timeout: float | None = None) -> dict:
         """Raw image bytes -> the top classes with names and scores."""
-        from .tensors import InputTensor
-
         if not 1 <= top <= self.classes:
             raise ServingError(400, f"top must be between 1 and {self.classes}, not {top}")
         data = np.empty(1, dtype=object)
@@ -188,8 +186,6 @@ class ServedModel:
         return images
 
     def _requested_outputs(self, request: InferenceRequest):
-        from .tensors import RequestedOutput
-
         for wanted in request.outputs:
             if wanted.name != SCORES_OUTPUT:
                 raise ServingError(400, f"model {self.name!r} has no output {wanted.name!r}; "

@@ -11,7 +11,8 @@ import numpy as np
 from .errors import ServingError
 
 __all__ = ["DATATYPES", "MAX_ELEMENTS", "InputTensor", "RequestedOutput", "InferenceRequest", "OutputTensor",
-           "InferenceResult", "check_shape", "decode_bytes_elements", "encode_bytes_elements", "numpy_datatype"]
+           "InferenceResult", "check_shape", "decode_bytes_elements", "encode_bytes_elements", "numpy_datatype",
+           "server_timing", "split_bytes_elements"]
 
 #: Open Inference Protocol datatype -> numpy dtype (BYTES elements are Python bytes in an object array).
 DATATYPES: dict[str, np.dtype] = {
@@ -47,26 +48,36 @@ def check_shape(name: str, shape) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def decode_bytes_elements(name: str, buffer: bytes | memoryview, count: int) -> list[bytes]:
-    """BYTES tensor data in the binary encoding: each element a 4-byte little-endian length, then its bytes."""
+def split_bytes_elements(buffer: bytes | memoryview) -> list[bytes]:
+    """BYTES tensor data in the binary encoding (each element a 4-byte little-endian length, then its
+    bytes) as its elements; ValueError when it is cut short. Server and client both read it so."""
     view, elements, offset = memoryview(buffer), [], 0
     while offset < len(view):
         if offset + 4 > len(view):
-            raise ServingError(400, f"input {name!r}: truncated BYTES element length at byte {offset}")
+            raise ValueError(f"truncated BYTES element length at byte {offset}")
         (length,) = struct.unpack_from("<I", view, offset)
         offset += 4
         if offset + length > len(view):
-            raise ServingError(400, f"input {name!r}: BYTES element of {length} bytes at byte {offset} runs past "
-                                    f"the end of the {len(view)}-byte buffer")
+            raise ValueError(f"truncated BYTES data: an element of {length} bytes at byte {offset} runs past "
+                             f"the end of the {len(view)}-byte buffer")
         elements.append(bytes(view[offset:offset + length]))
         offset += length
+    return elements
+
+
+def decode_bytes_elements(name: str, buffer: bytes | memoryview, count: int) -> list[bytes]:
+    """:func:`split_bytes_elements` for an input of ``count`` elements; 400s name the input."""
+    try:
+        elements = split_bytes_elements(buffer)
+    except ValueError as error:
+        raise ServingError(400, f"input {name!r}: {error}") from None
     if len(elements) != count:
         raise ServingError(400, f"input {name!r}: {len(elements)} BYTES elements for a shape of {count} elements")
     return elements
 
 
 def encode_bytes_elements(elements) -> bytes:
-    """The inverse of :func:`decode_bytes_elements`."""
+    """The inverse of :func:`split_bytes_elements` (str elements are encoded as UTF-8)."""
     parts = []
     for element in elements:
         data = element if isinstance(element, bytes) else str(element).encode()
@@ -200,4 +211,9 @@ class InferenceResult:
 
     def server_timing(self) -> str:
         """The W3C ``Server-Timing`` header value."""
-        return ", ".join(f"{name};dur={value:.3f}" for name, value in self.timings_ms.items())
+        return server_timing(self.timings_ms)
+
+
+def server_timing(timings_ms: dict[str, float]) -> str:
+    """``{"queue": 0.1}`` -> ``"queue;dur=0.100"``: the W3C ``Server-Timing`` header value."""
+    return ", ".join(f"{name};dur={value:.3f}" for name, value in timings_ms.items())

@@ -8,7 +8,7 @@ import binascii
 import numpy as np
 
 from .errors import ServingError
-from .oip_http import _json_object
+from .oip_http import json_object
 from .repository import IMAGES_INPUT, TENSOR_INPUT, ServedModel
 from .tensors import InferenceRequest, InputTensor
 
@@ -89,7 +89,7 @@ def _columns(inputs) -> InputTensor:
 
 def parse_predict(body: bytes, model: str, version: str | None) -> tuple[InferenceRequest, bool]:
     """Returns the request and whether the answer is in row format (``predictions``)."""
-    request = _json_object(body, "the predict request")
+    request = json_object(body, "the predict request")
     signature = request.get("signature_name", SIGNATURE)
     if signature not in (SIGNATURE, ""):
         raise ServingError(400, f"unknown signature_name {signature!r}; the only one is {SIGNATURE!r}")
