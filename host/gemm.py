@@ -161,9 +161,11 @@ def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle
 class GemmProgram:
     """A quantized matrix product laid out in memory with the program that computes it.
 
-    Operands are stored tiled: activations as ``[K/rows][M][rows]``, weights
-    as ``[N/cols][K/rows][rows][cols]``, outputs as ``[N/cols][M][cols]``.
-    After an executor has run :attr:`program`, :meth:`result` reads the
+    Operands are stored as plain row-major matrices, padded to whole tiles:
+    activations ``[M][Kp]`` (padded with the zero point), weights ``[Kp][Np]``,
+    outputs ``[M][Np]`` (int32 when raw). LOAD and STORE strides walk their
+    rows, so the host writes activations and reads results without reshuffling
+    them. After an executor has run :attr:`program`, :meth:`result` reads the
     ``M x N`` output back. ``memory_bytes_per_cycle`` (default: one beat per
     cycle) tunes the tiling to the memory the program will run against.
     """
@@ -230,10 +232,11 @@ class GemmProgram:
         out_row = 4 * C if raw else C
 
         memory = MemoryImage()
-        a_base = self._a_base = memory.place(self._tiled_activations(a))
-        w_pad = np.zeros((k_tiles * R, n_tiles * C), dtype=np.int8)
+        k_pad, n_pad = k_tiles * R, n_tiles * C
+        a_base = self._a_base = memory.place(self._padded_activations(a))
+        w_pad = np.zeros((k_pad, n_pad), dtype=np.int8)
         w_pad[:k, :n] = w
-        w_base = memory.place(w_pad.reshape(k_tiles, R, n_tiles, C).transpose(2, 0, 1, 3))
+        w_base = memory.place(w_pad)
         p_base = memory.allocate(n_tiles * cfg.param_block_bytes)
         if not raw:
             rq = self.requant
@@ -241,7 +244,8 @@ class GemmProgram:
                 cols = slice(nt * C, min(n, (nt + 1) * C))
                 memory.data[p_base + nt * cfg.param_block_bytes:][:cfg.param_block_bytes] = requantization_block(
                     cfg, rq.bias[cols], rq.multiplier[cols], rq.shift[cols])
-        self._out_bytes = n_tiles * m * out_row
+        out_pitch = n_tiles * out_row  # bytes per output row
+        self._out_bytes = m * out_pitch
         self.out_base = memory.allocate(self._out_bytes)
 
         t = self.tiling
@@ -254,10 +258,10 @@ class GemmProgram:
             b, kt0, tiles_k = chunks[c]
             m0, rows, nt0, tiles_n = blocks[b]
             act_base, wgt_base = (c % 2) * act_half, (c % 2) * wgt_half
-            out = [Load(Buffer.ACT, act_base + j * rows, rows, a_base + ((kt0 + j) * m + m0) * R, R)
+            out = [Load(Buffer.ACT, act_base + j * rows, rows, a_base + m0 * k_pad + (kt0 + j) * R, k_pad)
                    for j in range(tiles_k)]
             out += [Load(Buffer.WGT, wgt_base + i * tiles_k * R, tiles_k * R,
-                         w_base + ((nt0 + i) * k_tiles + kt0) * R * C, C) for i in range(tiles_n)]
+                         w_base + kt0 * R * n_pad + (nt0 + i) * C, n_pad) for i in range(tiles_n)]
             out[0] = replace(out[0], wait_compute=c >= 2)
             out[-1] = replace(out[-1], signal_compute=True)
             return out
@@ -284,7 +288,7 @@ class GemmProgram:
             for i in range(tiles_n):
                 nt = nt0 + i
                 common = dict(acc_addr=acc_base + i * rows, count=rows,
-                              dram_addr=self.out_base + (nt * m + m0) * out_row, dram_stride=out_row)
+                              dram_addr=self.out_base + m0 * out_pitch + nt * out_row, dram_stride=out_pitch)
                 if raw:
                     out.append(Store(**common, raw=True))
                 else:
@@ -307,12 +311,14 @@ class GemmProgram:
         memory.trim()
         return program
 
-    def _tiled_activations(self, a: np.ndarray) -> np.ndarray:
-        """``a`` padded with the zero point to whole ``rows``-wide tiles, as ``[K/rows][M][rows]``."""
-        R, k_tiles = self.config.rows, -(-self.k // self.config.rows)
-        padded = np.full((self.m, k_tiles * R), self.act_zero_point, dtype=a.dtype)
+    def _padded_activations(self, a: np.ndarray) -> np.ndarray:
+        """``a`` padded with the zero point to whole ``rows``-wide tiles: ``[M][Kp]``."""
+        k_pad = -(-self.k // self.config.rows) * self.config.rows
+        if k_pad == self.k:
+            return a
+        padded = np.full((self.m, k_pad), self.act_zero_point, dtype=a.dtype)
         padded[:, :self.k] = a
-        return padded.reshape(self.m, k_tiles, R).transpose(1, 0, 2)
+        return padded
 
     def load_activations(self, a: np.ndarray) -> None:
         """New activations of the same shape and type, so that the program can run again; clears the outputs."""
@@ -320,17 +326,14 @@ class GemmProgram:
         if a.shape != (self.m, self.k) or a.dtype != (np.int8 if self.act_signed else np.uint8):
             raise GemmError(f"expected {'int8' if self.act_signed else 'uint8'} activations of shape "
                             f"{(self.m, self.k)}, got {a.dtype} {a.shape}")
-        tiled = self._tiled_activations(a).view(np.uint8).reshape(-1)
-        data = self.program.memory.data
-        data[self._a_base:self._a_base + tiled.size] = tiled
-        data[self.out_base:self.out_base + self._out_bytes] = 0
+        k_pad = -(-self.k // self.config.rows) * self.config.rows
+        target = self.program.memory.data[self._a_base:self._a_base + self.m * k_pad].reshape(self.m, k_pad)
+        target.view(a.dtype)[:, :self.k] = a  # the padding columns keep the zero point
+        self.program.memory.data[self.out_base:self.out_base + self._out_bytes] = 0
 
     def result(self) -> np.ndarray:
         """The ``M x N`` output the program wrote: int32 when raw, else int8/uint8."""
-        C, m, n = self.config.cols, self.m, self.n
-        memory = self.program.memory.data
-        if self.requant is None:
-            tiles = memory[self.out_base:self.out_base + self.n_tiles * m * 4 * C].view("<i4")
-        else:
-            tiles = memory[self.out_base:self.out_base + self.n_tiles * m * C].view(self.requant.output_dtype)
-        return tiles.reshape(self.n_tiles, m, C).transpose(1, 0, 2).reshape(m, -1)[:, :n].copy()
+        m, n = self.m, self.n
+        dtype = np.dtype("<i4") if self.requant is None else self.requant.output_dtype
+        outputs = self.program.memory.data[self.out_base:self.out_base + self._out_bytes].view(dtype)
+        return outputs.reshape(m, -1)[:, :n].copy()

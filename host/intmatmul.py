@@ -29,7 +29,10 @@ def _onnxruntime_session():
     output = helper.make_tensor_value_info("y", TensorProto.INT32, [None, None])
     graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "matmul", inputs, [output])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    # Idle worker threads would spin after each product and slow the numpy work between products.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 @cache
