@@ -16,7 +16,7 @@ from .config import HardwareConfig
 from .intmatmul import as_unsigned, centred_matmul
 from .isa import Buffer, Compute, Finish, Instruction, Load, Store
 from .program import MemoryImage, Program, requantization_block
-from .reference import requantize
+from .postprocess import requantize
 
 __all__ = ["Requantization", "quantize_multiplier", "golden_gemm", "GemmTiling", "plan_gemm", "GemmProgram",
            "GemmError"]
@@ -94,7 +94,7 @@ class Requantization:
 def golden_gemm(a: np.ndarray, w: np.ndarray, act_zero_point: int = 0,
                 requant: Requantization | None = None) -> np.ndarray:
     """The plain definition, with no tiling: int32 accumulators, or requantized bytes viewed as the output type."""
-    acc = centred_matmul(*as_unsigned(np.asarray(a), act_zero_point), w).astype(np.int32)
+    acc = centred_matmul(*as_unsigned(np.asarray(a), act_zero_point), w)
     if requant is None:
         return acc
     out = requantize(acc, requant.bias, requant.multiplier, requant.shift,

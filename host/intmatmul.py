@@ -56,16 +56,22 @@ def engine_name() -> str:
 
 
 def centred_matmul(a: np.ndarray, zero_points, w: np.ndarray) -> np.ndarray:
-    """``(a - zero_points) @ w`` modulo 2**32, as int64; ``zero_points`` is a scalar or one per column of ``a``.
+    """``(a - zero_points) @ w`` wrapped to int32, as the accumulators keep it (modulo 2**32);
+    ``zero_points`` is a scalar or one per column of ``a``.
 
-    ``a`` is uint8 [M, K], ``w`` int8 [K, N]; wrap the result with ``astype(np.int32)``.
+    ``a`` is uint8 [M, K], ``w`` int8 [K, N].
     """
     a, w = np.ascontiguousarray(a, dtype=np.uint8), np.ascontiguousarray(w, dtype=np.int8)
-    product = _engine()(a, w).astype(np.int64)
+    product = _engine()(a, w).astype(np.int32, copy=False)
     zero_points = np.asarray(zero_points, dtype=np.int64)
     if zero_points.ndim:
-        return product - _float64_matmul(zero_points, w)
-    return product - zero_points * w.sum(axis=0, dtype=np.int64) if zero_points else product
+        correction = _float64_matmul(zero_points, w)
+    elif zero_points:
+        correction = zero_points * w.sum(axis=0, dtype=np.int64)
+    else:
+        return product
+    product -= correction.astype(np.int32)  # int32 arithmetic wraps, like the accumulators
+    return product
 
 
 def as_unsigned(a: np.ndarray, zero_point: int) -> tuple[np.ndarray, int]:

@@ -16,7 +16,7 @@ import numpy as np
 from .config import HardwareConfig
 from .gemm import GemmProgram, Requantization, golden_gemm, quantize_multiplier
 from .quantize import Layer, QuantizedModel
-from .reference import requantize
+from .postprocess import requantize
 
 __all__ = ["LayerStats", "ModelRunner", "im2col"]
 

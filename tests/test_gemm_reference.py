@@ -9,7 +9,8 @@ import pytest
 from conftest import NARROW, TINY
 from mvu.config import HardwareConfig
 from mvu.gemm import GemmError, GemmProgram, GemmTiling, Requantization, golden_gemm, plan_gemm, quantize_multiplier
-from mvu.reference import ReferenceExecutor, requantize
+from mvu.postprocess import requantize
+from mvu.reference import ReferenceExecutor
 
 
 def naive_requantize(acc, bias, multiplier, shift, zero_point, low, high):

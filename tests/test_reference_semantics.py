@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import NARROW, TINY
-from mvu.isa import Buffer, Compute, Finish, Load, Store
+from mvu.isa import Buffer, Compute, Finish, Load, ProgramError, Store
 from mvu.program import MemoryImage, Program, requantization_block
-from mvu.reference import ReferenceExecutor, requantize
+from mvu.postprocess import requantize
+from mvu.reference import ReferenceExecutor
 
 
 def naive_run(config, memory: np.ndarray, instructions) -> None:
@@ -125,3 +126,106 @@ def test_a_store_may_write_the_parameters_of_the_next():
     naive_run(config, expected, instructions)
     ReferenceExecutor(config).run(program)
     np.testing.assert_array_equal(program.memory.data, expected)
+
+
+# Execution plans -----------------------------------------------------------------------------------------------
+
+def _plan(program):
+    return program.notes[ReferenceExecutor._NOTE].plan
+
+
+def planned_program(config, rng: random.Random, length: int) -> Program:
+    """A random program of the kind a plan expresses: loads of whole aligned chunks from an input region,
+    products on aligned accumulator ranges, stores to fresh output rows; otherwise as mixed as the
+    random programs above (zero points, signedness, accumulation, reused weight banks, odd strides)."""
+    memory = MemoryImage()
+    memory.allocate(4096)
+    data = np.random.default_rng(rng.randrange(1 << 30))
+    memory.data[:] = data.integers(0, 256, memory.data.size)
+    params = memory.allocate(4 * config.param_block_bytes)
+    for b in range(4):
+        memory.data[params + b * config.param_block_bytes:][:config.param_block_bytes] = requantization_block(
+            config, data.integers(-2 ** 20, 2 ** 20, config.cols), data.integers(0, 2 ** 31, config.cols),
+            data.integers(0, 64, config.cols))
+    beat, R, chunk, span = config.mem_bytes, config.rows, 8, 8
+    act_chunks, wgt_tiles = config.act_depth // chunk, config.wgt_depth // R
+    instructions = [Load(Buffer.ACT, c * chunk, chunk, beat * rng.randrange(400), beat * rng.choice([0, 1, 2, 8, 9]))
+                    for c in range(act_chunks)]
+    instructions += [Load(Buffer.WGT, t * R, R, beat * rng.randrange(400), beat * rng.choice([1, 4, 16]))
+                     for t in range(wgt_tiles)]
+    instructions.append(Compute(act_addr=0, count=1, acc_addr=0, wgt_addr=0, preload=True))
+    computed, loaded_params = {0: 1}, False
+    for _ in range(length):
+        kind = rng.choice("LCCCCS")
+        if kind == "L":
+            if rng.random() < 0.5:
+                c = rng.randrange(act_chunks)
+                instructions.append(Load(Buffer.ACT, c * chunk, chunk, beat * rng.randrange(400),
+                                         beat * rng.choice([0, 1, 2, 8, 9])))
+            else:
+                t = rng.randrange(wgt_tiles)
+                instructions.append(Load(Buffer.WGT, t * R, R, beat * rng.randrange(400), beat * rng.choice([1, 4])))
+        elif kind == "C":
+            start = rng.randrange(config.acc_depth // span) * span
+            count = computed.get(start) or rng.randint(1, span)
+            within = rng.randint(0, chunk - count)
+            signed = rng.random() < 0.3
+            accumulate = start in computed and rng.random() < 0.7
+            computed[start] = count
+            instructions.append(Compute(
+                act_addr=rng.randrange(act_chunks) * chunk + within, count=count, acc_addr=start,
+                wgt_addr=rng.randrange(wgt_tiles) * R, preload=rng.random() < 0.6, accumulate=accumulate,
+                act_signed=signed, act_zero_point=rng.randrange(-128, 128) if signed else rng.randrange(256)))
+        elif computed:
+            start = rng.choice(sorted(computed))
+            raw = rng.random() < 0.3
+            stride = beat * rng.choice([1, 4, 16]) + (4 * config.cols if raw else config.cols)
+            target = memory.allocate(computed[start] * stride)
+            load_params = not loaded_params or rng.random() < 0.5
+            loaded_params = True
+            instructions.append(Store(
+                acc_addr=start, count=computed[start], dram_addr=target, dram_stride=stride,
+                param_addr=params + config.param_block_bytes * rng.randrange(4), load_params=load_params,
+                raw=raw, out_zero_point=rng.randrange(-50, 50), clamp_min=-128, clamp_max=127))
+    instructions.append(Finish())
+    return Program.place(memory, instructions)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_plans_follow_the_sequential_semantics(seed):
+    rng = random.Random(1000 + seed)
+    config = rng.choice([TINY, NARROW])
+    program = planned_program(config, rng, rng.randint(5, 120))
+    expected = program.memory.data.copy()
+    naive_run(config, expected, program.instructions())
+    ReferenceExecutor(config).run(program)
+    assert _plan(program) is not None
+    np.testing.assert_array_equal(program.memory.data, expected)
+
+
+def test_a_program_that_overwrites_what_it_reads_is_interpreted():
+    config = TINY
+    memory = MemoryImage()
+    memory.allocate(1024)
+    memory.data[:] = np.random.default_rng(3).integers(0, 256, 1024)
+    instructions = [Load(Buffer.ACT, 0, 4, 0, 4), Load(Buffer.WGT, 0, 4, 256, 4),
+                    Compute(act_addr=0, count=4, acc_addr=0, preload=True),
+                    Store(acc_addr=0, count=4, dram_addr=0, dram_stride=16, raw=True),  # over the next load's rows
+                    Load(Buffer.ACT, 0, 4, 0, 16), Compute(act_addr=0, count=4, acc_addr=4),
+                    Store(acc_addr=4, count=4, dram_addr=512, dram_stride=16, raw=True), Finish()]
+    program = Program.place(memory, instructions)
+    expected = program.memory.data.copy()
+    naive_run(config, expected, instructions)
+    ReferenceExecutor(config).run(program)
+    assert _plan(program) is None
+    np.testing.assert_array_equal(program.memory.data, expected)
+
+
+def test_a_changed_program_is_checked_again():
+    program = planned_program(TINY, random.Random(7), 40)
+    executor = ReferenceExecutor(TINY)
+    executor.run(program)
+    end = program.address + program.length * 32
+    program.memory.data[end - 32:end] = 0  # the FINISH becomes an illegal opcode
+    with pytest.raises(ProgramError, match="opcode"):
+        executor.run(program)

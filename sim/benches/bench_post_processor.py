@@ -9,7 +9,7 @@ import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from mvu.hdl.post_processor import PostProcessor
-from mvu.reference import requantize
+from mvu.postprocess import requantize
 from mvu.sim.benches.runner import pack, start, unpack
 
 LANES = 4
