@@ -41,23 +41,34 @@ def _output_size(padded: int, kernel: int, stride: int, dilation: int) -> int:
 
 
 def im2col(x: np.ndarray, kernel, strides, pads, dilations, pad_value: int) -> tuple[np.ndarray, int, int]:
-    """``x`` [C, H, W] -> patches [Ho * Wo, C * kh * kw] (channel-major, like Conv weights);
-    a batch [N, C, H, W] -> [N * Ho * Wo, C * kh * kw], image after image."""
+    """``x`` [C, H, W] -> patches [Ho * Wo, kh * kw * C]; a batch [N, C, H, W] -> [N * Ho * Wo, kh * kw * C],
+    image after image.
+
+    A patch lists its taps row by row with each tap's channels together, like
+    ``weight.transpose(0, 2, 3, 1)``: from a channels-last input (the layout
+    convolutions leave behind) each copied run is ``kw * C`` bytes long, and
+    a 1x1 convolution with stride 1 needs no copy at all.
+    """
     batch = x if x.ndim == 4 else x[None]
     n, c, h, w = batch.shape
     kh, kw = kernel
     sh, sw = strides
     dh, dw = dilations
     top, left, bottom, right = pads[0], pads[1], pads[2], pads[3]
-    padded = batch
+    padded = batch.transpose(0, 2, 3, 1)
     if any(pads):
-        padded = np.full((n, c, h + top + bottom, w + left + right), pad_value, dtype=x.dtype)
-        padded[:, :, top:top + h, left:left + w] = batch
+        padded = np.full((n, h + top + bottom, w + left + right, c), pad_value, dtype=x.dtype)
+        padded[:, top:top + h, left:left + w] = batch.transpose(0, 2, 3, 1)
     ho, wo = _output_size(h + top + bottom, kh, sh, dh), _output_size(w + left + right, kw, sw, dw)
     s = padded.strides
     windows = np.lib.stride_tricks.as_strided(
-        padded, (n, ho, wo, c, kh, kw), (s[0], s[2] * sh, s[3] * sw, s[1], s[2] * dh, s[3] * dw), writeable=False)
-    return windows.reshape(n * ho * wo, c * kh * kw), ho, wo
+        padded, (n, ho, wo, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]), writeable=False)
+    return windows.reshape(n * ho * wo, kh * kw * c), ho, wo
+
+
+def _channels_first(out: np.ndarray, n: int, ho: int, wo: int) -> np.ndarray:
+    """Rows of [N * Ho * Wo, C] as an [N, C, Ho, Wo] tensor: a view, still channels-last in memory."""
+    return out.reshape(n, ho, wo, -1).transpose(0, 3, 1, 2)
 
 
 def _rescale(x: np.ndarray, ratio: float) -> np.ndarray:
@@ -69,11 +80,14 @@ def _rescale(x: np.ndarray, ratio: float) -> np.ndarray:
 
 def _float32_requantize(acc: np.ndarray, layer: Layer, channels: slice) -> np.ndarray:
     """onnxruntime's requantization, for models imported with their own scales: the int32 sum with its
-    bias becomes a float32, is multiplied by the float32 scale and rounded half to even."""
+    bias becomes a float32, is multiplied by the float32 scale and rounded half to even. Overwrites ``acc``."""
     low, high = layer.attrs["clamp"]
-    total = (acc.astype(np.int64) + layer.arrays["bias"][channels]).astype(np.int32).astype(np.float32)
-    scaled = np.rint(total * layer.arrays["scale"][channels]) + layer.out_q.zero_point
-    return np.clip(scaled, low, high).astype(np.uint8)
+    np.add(acc, layer.arrays["bias"][channels], out=acc, casting="unsafe")  # int32 arithmetic wraps
+    scaled = acc.astype(np.float32)
+    scaled *= layer.arrays["scale"][channels]
+    np.rint(scaled, out=scaled)
+    scaled += np.float32(layer.out_q.zero_point)
+    return np.clip(scaled, low, high, out=scaled).astype(np.uint8)
 
 
 class ModelRunner:
@@ -172,7 +186,7 @@ class ModelRunner:
             patches, ho, wo = im2col(part, a["kernel"], a["strides"], a["pads"], a["dilations"], a["in_zero_point"])
             stats.im2col_seconds += time.perf_counter() - lowering
             channels = slice(g * per_group_out, (g + 1) * per_group_out)
-            w = weight[channels].reshape(per_group_out, -1).T
+            w = weight[channels].transpose(0, 2, 3, 1).reshape(per_group_out, -1).T
             requant = Requantization(layer.arrays["bias"][channels], layer.arrays["multiplier"][channels],
                                      layer.arrays["shift"][channels], out_zero_point=layer.out_q.zero_point,
                                      clamp_min=low, clamp_max=high)
@@ -184,9 +198,8 @@ class ModelRunner:
                 out = golden_gemm(patches, w, a["in_zero_point"], None if float_rounding else requant)
             if float_rounding:
                 out = _float32_requantize(out, layer, channels)
-            outputs.append(out.reshape(len(x), ho, wo, per_group_out))
-        out = outputs[0] if group == 1 else np.concatenate(outputs, axis=3)
-        return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.uint8)
+            outputs.append(out.view(np.uint8))
+        return _channels_first(outputs[0] if group == 1 else np.concatenate(outputs, axis=1), len(x), ho, wo)
 
     def _depthwise(self, layer: Layer, x: np.ndarray) -> np.ndarray:
         """One filter per channel, on the host: the GEMM's integer sums, accumulated tap by tap (exact in int32)."""
@@ -212,7 +225,7 @@ class ModelRunner:
         else:
             out = requantize(acc, layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
                              layer.out_q.zero_point, low, high)
-        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        return out.transpose(0, 3, 1, 2)  # a view, channels-last in memory like the convolutions' outputs
 
     def _add(self, layer: Layer, tensors, stats):
         """Sum of requantized inputs, with onnxruntime's QLinearAdd arithmetic (float32 fused multiply-adds,
@@ -225,11 +238,18 @@ class ModelRunner:
         offset = np.float32(0)
         for ratio, q in zip(ratios, params):
             offset = np.float32(offset + np.float32(ratio * np.float32(q.zero_point)))
-        total = np.full(np.broadcast_shapes(*(v.shape for v in values)), np.float32(fixed - offset), np.float32)
+        shape = np.broadcast_shapes(*(v.shape for v in values))
+        like = next((v for v in values if v.shape == shape), None)  # work in its memory layout
+        total = np.full(shape, fixed - offset, np.float32) if like is None else \
+            np.full_like(like, fixed - offset, dtype=np.float32)
+        wide = np.empty_like(total, dtype=np.float64)
         for ratio, value in reversed(list(zip(ratios, values))):  # fma(b, ratio_b, fixed), then fma(a, ratio_a, .)
-            total = (value.astype(np.float64) * np.float64(ratio) + total.astype(np.float64)).astype(np.float32)
+            np.multiply(value, np.float64(ratio), out=wide)  # exact in float64, then rounded once to float32
+            wide += total
+            total[...] = wide
         low, high = layer.attrs["clamp"]
-        return np.clip(np.rint(total), low, high).astype(np.uint8)
+        np.rint(total, out=total)
+        return np.clip(total, low, high, out=total).astype(np.uint8)
 
     def _affine(self, layer: Layer, tensors, stats):
         """``x * scale + shift`` per channel (unfolded BatchNorm, constant Mul/Add), in fixed point."""
@@ -273,7 +293,7 @@ class ModelRunner:
         a = layer.attrs
         patches, ho, wo = im2col(x, a["kernel"], a["strides"], a["pads"], [1, 1], 0)  # 0 is uint8's minimum
         kk = a["kernel"][0] * a["kernel"][1]
-        return np.ascontiguousarray(patches.reshape(len(x), ho, wo, x.shape[1], kk).max(axis=4).transpose(0, 3, 1, 2))
+        return _channels_first(patches.reshape(-1, kk, x.shape[1]).max(axis=1), len(x), ho, wo)
 
     def _avgpool(self, layer: Layer, tensors, stats):
         x = tensors[layer.inputs[0]]
@@ -282,7 +302,7 @@ class ModelRunner:
         centred = x.astype(np.int64) - in_q.zero_point
         patches, ho, wo = im2col(centred, a["kernel"], a["strides"], a["pads"], [1, 1], 0)
         kk = a["kernel"][0] * a["kernel"][1]
-        sums = patches.reshape(len(x), ho, wo, x.shape[1], kk).sum(axis=4).transpose(0, 3, 1, 2)
+        sums = _channels_first(patches.reshape(-1, kk, x.shape[1]).sum(axis=1), len(x), ho, wo)
         if a["count_include_pad"] or not any(a["pads"]):
             counts = np.full(sums.shape, kk)
         else:

@@ -59,7 +59,7 @@ def test_im2col_matches_a_direct_convolution():
     x = rng.integers(0, 256, (3, 9, 7)).astype(np.int64)
     w = rng.integers(-5, 5, (4, 3, 3, 2)).astype(np.int64)
     patches, ho, wo = im2col(x, (3, 2), (2, 1), (1, 0, 2, 1), (1, 2), 0)
-    got = (patches @ w.reshape(4, -1).T).T.reshape(4, ho, wo)
+    got = (patches @ w.transpose(0, 2, 3, 1).reshape(4, -1).T).T.reshape(4, ho, wo)
     padded = np.pad(x, ((0, 0), (1, 2), (0, 1)))
     for o in range(4):
         for i in range(ho):
