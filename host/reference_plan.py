@@ -140,14 +140,31 @@ class _Unplannable(Exception):
     """The program does something a plan does not express; the interpreter runs it."""
 
 
-def _arithmetic(entries: list[int], width: int) -> tuple[int, int]:
-    """``(first, step)`` of loaded entries' addresses in arithmetic progression."""
-    first = entries[0]
-    step = entries[1] - first if len(entries) > 1 else width
-    if first < 0 or step < 0 or entries != list(range(first, first + step * len(entries), step) if step else
-                                                 [first] * len(entries)):
-        raise _Unplannable("entries are not loaded, or come from rows that are not evenly spaced")
-    return first, step
+class _Entries:
+    """Which LOAD filled each entry of an on-chip buffer, and so the address each entry came from."""
+
+    def __init__(self, depth: int, width: int):
+        self.width = width
+        self.load = [-1] * depth  # index into ``self.loads``; -1: never loaded
+        self.loads: list[tuple[int, int, int]] = []  # (first entry, DRAM address, stride)
+
+    def fill(self, entry: int, count: int, dram_addr: int, stride: int) -> None:
+        self.load[entry:entry + count] = [len(self.loads)] * count
+        self.loads.append((entry, dram_addr, stride))
+
+    def rows(self, entry: int, count: int) -> _Rows:
+        """Where entries ``entry .. entry + count - 1`` came from, as evenly spaced rows."""
+        load = self.load[entry]
+        if load >= 0 and self.load[entry:entry + count].count(load) == count:  # one LOAD filled them all
+            first, dram_addr, stride = self.loads[load]
+            return _Rows(dram_addr + (entry - first) * stride, count, self.width, stride if count > 1 else self.width)
+        addresses = [-1 if load < 0 else self.loads[load][1] + (e - self.loads[load][0]) * self.loads[load][2]
+                     for e, load in enumerate(self.load[entry:entry + count], entry)]
+        first = addresses[0]
+        step = addresses[1] - first if count > 1 else self.width
+        if first < 0 or step < 0 or addresses != [first + step * i for i in range(count)]:
+            raise _Unplannable("entries are not loaded, or come from rows that are not evenly spaced")
+        return _Rows(first, count, self.width, step)
 
 
 def _intervals(starts: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +199,7 @@ _ZERO, _UNKNOWN = -1, -2  # accumulator rows never written, and rows the trace l
 def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list[_Store], list, list]:
     """The program's stores with their sums, and the memory rows it reads and writes."""
     R, C = config.rows, config.cols
-    act_src, wgt_src = [-1] * config.act_depth, [-1] * config.wgt_depth  # where each entry was loaded from
+    act, wgt = _Entries(config.act_depth, R), _Entries(config.wgt_depth, C)
     owner = [_ZERO] * config.acc_depth  # first row of the live range holding each row
     live: dict[int, tuple[int, list[_Term]]] = {}
     tile: _Rows | None = None
@@ -195,17 +212,15 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
     for (op, buffer, sram_addr, count, dram_addr, dram_stride, act_addr, acc_addr, wgt_addr, preload, accumulate,
          signed, zero_point, param_addr, load_params, raw, out_zero_point, clamp_min, clamp_max) in rows:
         if op == Opcode.LOAD:
-            target, width = (act_src, R) if buffer == 0 else (wgt_src, C)
-            target[sram_addr:sram_addr + count] = [dram_addr + dram_stride * i for i in range(count)]
-            reads.append((dram_addr, count, width, dram_stride))
+            entries = act if buffer == 0 else wgt
+            entries.fill(sram_addr, count, dram_addr, dram_stride)
+            reads.append((dram_addr, count, entries.width, dram_stride))
         elif op == Opcode.COMPUTE:
             if preload:
-                first, step = _arithmetic(wgt_src[wgt_addr:wgt_addr + R], C)
-                tile = _Rows(first, R, C, step)
+                tile = wgt.rows(wgt_addr, R)
             if tile is None:
                 raise _Unplannable("a product uses the weight bank before any preload")
-            first, step = _arithmetic(act_src[act_addr:act_addr + count], R)
-            term = _Term(_Rows(first, count, R, step), tile, bool(signed), zero_point)
+            term = _Term(act.rows(act_addr, count), tile, bool(signed), zero_point)
             whole = live.get(acc_addr, (0,))[0] == count
             if accumulate and whole:
                 live[acc_addr][1].append(term)

@@ -158,10 +158,13 @@ def planned_program(config, rng: random.Random, length: int) -> Program:
     for _ in range(length):
         kind = rng.choice("LCCCCS")
         if kind == "L":
-            if rng.random() < 0.5:
-                c = rng.randrange(act_chunks)
-                instructions.append(Load(Buffer.ACT, c * chunk, chunk, beat * rng.randrange(400),
-                                         beat * rng.choice([0, 1, 2, 8, 9])))
+            if rng.random() < 0.5:  # a chunk in one LOAD, or in two that continue each other
+                c, address, stride = rng.randrange(act_chunks), beat * rng.randrange(400), beat * rng.choice([1, 2, 9])
+                half = rng.choice([chunk, rng.randint(1, chunk - 1)])
+                instructions.append(Load(Buffer.ACT, c * chunk, half, address, stride))
+                if half < chunk:
+                    instructions.append(Load(Buffer.ACT, c * chunk + half, chunk - half, address + half * stride,
+                                             stride))
             else:
                 t = rng.randrange(wgt_tiles)
                 instructions.append(Load(Buffer.WGT, t * R, R, beat * rng.randrange(400), beat * rng.choice([1, 4])))
