@@ -181,4 +181,27 @@ def onnxruntime_int8_comparison(recipe: str, package, image, *, backends=("refer
         p50 = float(np.median(warm))
         report["mvu"][backend] = {"p50_seconds": p50, "bit_exact_with_onnxruntime": bool(np.array_equal(
             logits, expected)), "times_onnxruntime": p50 / report["onnxruntime_p50_seconds"]}
+        if backend == "reference":
+            floor = integer_product_seconds(classifier.runner.product_shapes(), repeats=mvu_repeats)
+            report["integer_products_p50_seconds"] = floor
+            report["integer_products_times_onnxruntime"] = floor / report["onnxruntime_p50_seconds"]
     return report
+
+
+def integer_product_seconds(shapes: list[tuple[int, int, int]], *, repeats: int = 3, seed: int = 0) -> float:
+    """p50 time of the exact int32 matrix products alone (the executors' engine) for ``(M, K, N)`` products:
+    the floor under any executor that computes them exactly."""
+    import time
+
+    from .intmatmul import centred_matmul
+
+    rng = np.random.default_rng(seed)
+    operands = [(rng.integers(0, 256, (m, k), dtype=np.uint8), rng.integers(-128, 128, (k, n), dtype=np.int8))
+                for m, k, n in shapes]
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        for a, w in operands:
+            centred_matmul(a, 0, w)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[1:]))

@@ -129,6 +129,10 @@ class ModelRunner:
             stats.counters[key] = stats.counters.get(key, 0) + value
         return program.result()
 
+    def product_shapes(self) -> list[tuple[int, int, int]]:
+        """``(M, K, N)`` of each accelerator product built so far (one per layer and group)."""
+        return [(program.m, program.k, program.n) for program in self._programs.values()]
+
     def run(self, image_q: np.ndarray) -> np.ndarray:
         """``image_q``: uint8 [1, C, H, W] in the model's input quantization; returns float logits [1, classes]."""
         return self.run_batch(image_q)

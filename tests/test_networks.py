@@ -44,3 +44,12 @@ def test_resnet50_on_the_rtl_is_bit_exact_and_keeps_the_array_busy(verilator_exe
     rtl = report["backends"]["verilator"]
     assert rtl["mac_utilization"] >= 0.75, rtl
     assert rtl["cycles"] > report["accelerator_macs"] / CONFIG.macs_per_cycle
+
+
+def test_the_onnxruntime_comparison_runs_one_int8_model_on_both():
+    from mvu.benchmarks import bench_network
+
+    report = bench_network("toy", CONFIG, backends=("reference",), compare_onnxruntime=True)["onnxruntime_int8"]
+    assert report["mvu"]["reference"]["bit_exact_with_onnxruntime"], report
+    assert report["onnxruntime_p50_seconds"] > 0 and report["integer_products_p50_seconds"] > 0
+    assert report["mvu"]["reference"]["times_onnxruntime"] > report["integer_products_times_onnxruntime"] > 0
