@@ -206,30 +206,31 @@ class ModelRunner:
         return _channels_first(outputs[0] if group == 1 else np.concatenate(outputs, axis=1), len(x), ho, wo)
 
     def _depthwise(self, layer: Layer, x: np.ndarray) -> np.ndarray:
-        """One filter per channel, on the host: the GEMM's integer sums, accumulated tap by tap (exact in int32)."""
-        if len(x) > 1:  # image by image: the temporaries stay in the caches
-            return np.concatenate([self._depthwise(layer, image[None]) for image in x])
+        """One filter per channel, on the host: the GEMM's integer sums, accumulated tap by tap (exact in int32),
+        channels last so that each tap is one vector of weights across contiguous channels."""
         a = layer.attrs
         n, c, h, w = x.shape
         (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["strides"], a["dilations"]
         top, left, bottom, right = a["pads"]
         ho, wo = _output_size(h + top + bottom, kh, sh, dh), _output_size(w + left + right, kw, sw, dw)
-        centred = np.zeros((n, c, h + top + bottom, w + left + right), np.int32)  # padding: the zero point
-        centred[:, :, top:top + h, left:left + w] = x.astype(np.int32) - a["in_zero_point"]
-        weight = layer.arrays["weight"].reshape(c, kh, kw).astype(np.int32)
-        acc = np.zeros((n, c, ho, wo), np.int32)
-        for i in range(kh):
-            for j in range(kw):
-                tap = centred[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
-                acc += tap * weight[:, i, j, None, None]
-        acc = acc.transpose(0, 2, 3, 1)  # channels last, as the requantization reads them
+        weight = layer.arrays["weight"].reshape(c, kh, kw).transpose(1, 2, 0).astype(np.int32)
         low, high = a["clamp"]
-        if a.get("rounding") == "float32":
-            out = _float32_requantize(acc, layer, slice(None))
-        else:
-            out = requantize(acc, layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
-                             layer.out_q.zero_point, low, high)
-        return out.transpose(0, 3, 1, 2)  # a view, channels-last in memory like the convolutions' outputs
+        outputs = []
+        for image in x.transpose(0, 2, 3, 1):  # image by image: the temporaries stay in the caches
+            centred = np.zeros((h + top + bottom, w + left + right, c), np.int32)  # padding: the zero point
+            np.subtract(image, a["in_zero_point"], out=centred[top:top + h, left:left + w], dtype=np.int32)
+            acc = np.zeros((ho, wo, c), np.int32)
+            product = np.empty_like(acc)
+            for i in range(kh):
+                for j in range(kw):
+                    tap = centred[i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+                    acc += np.multiply(tap, weight[i, j], out=product)
+            if a.get("rounding") == "float32":
+                outputs.append(_float32_requantize(acc, layer, slice(None)))
+            else:
+                outputs.append(requantize(acc, layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
+                                          layer.out_q.zero_point, low, high))
+        return np.stack(outputs).transpose(0, 3, 1, 2)  # a view, channels-last in memory like the convolutions'
 
     def _add(self, layer: Layer, tensors, stats):
         """Sum of requantized inputs, with onnxruntime's QLinearAdd arithmetic (float32 fused multiply-adds,
