@@ -119,7 +119,7 @@ def bench_network(recipe: str, config: HardwareConfig, *, image=None, backends=(
 
 
 def onnxruntime_int8_comparison(recipe: str, package, image, *, backends=("reference", "numpy"),
-                                repeats: int = 20, mvu_repeats: int = 3) -> dict:
+                                repeats: int = 20, mvu_repeats: int = 10) -> dict:
     """The same int8 model on onnxruntime and on mvu, timed at batch 1 in one run.
 
     onnxruntime quantizes the recipe (static, QOperator, per-channel int8 weights, uint8
