@@ -35,7 +35,7 @@ bench: $(STAMP)
 $(TRITON)/.installed: pyproject.toml
 	@test -x $(TRITON)/bin/python || $(PYTHON) -m venv $(TRITON)
 	$(TRITON)/bin/pip install --quiet --upgrade pip
-	$(TRITON)/bin/pip install --quiet nvidia-pytriton 'numpy<2' pillow onnx onnxruntime
+	$(TRITON)/bin/pip install --quiet nvidia-pytriton 'numpy<2' numba pillow onnx onnxruntime
 	$(TRITON)/bin/pip install --quiet --no-deps -e .
 	@touch $@
 

@@ -16,7 +16,7 @@ from .config import HardwareConfig
 from .intmatmul import as_unsigned, centred_matmul
 from .isa import Buffer, Compute, Finish, Instruction, Load, Store
 from .program import MemoryImage, Program, requantization_block
-from .postprocess import requantize
+from .postprocess import requantize_rows
 
 __all__ = ["Requantization", "quantize_multiplier", "golden_gemm", "GemmTiling", "plan_gemm", "GemmProgram",
            "GemmError"]
@@ -97,7 +97,7 @@ def golden_gemm(a: np.ndarray, w: np.ndarray, act_zero_point: int = 0,
     acc = centred_matmul(*as_unsigned(np.asarray(a), act_zero_point), w)
     if requant is None:
         return acc
-    out = requantize(acc, requant.bias, requant.multiplier, requant.shift,
+    out = requantize_rows(acc, requant.bias, requant.multiplier, requant.shift,
                      requant.out_zero_point, requant.clamp_min, requant.clamp_max)
     return out.view(requant.output_dtype)
 

@@ -25,7 +25,7 @@ import numpy as np
 from .config import HardwareConfig
 from .intmatmul import as_unsigned, centred_matmul
 from .isa import Opcode
-from .postprocess import requantize
+from .postprocess import requantize_rows
 
 __all__ = ["ExecutionPlan", "build_plan"]
 
@@ -131,7 +131,8 @@ class ExecutionPlan:
                          for address in key]
             params[key] = np.concatenate(per_block, axis=1)[:, :acc.shape[1]]
         bias, multiplier, shift = params[key]
-        return requantize(acc, bias, multiplier, shift & 63, store.out_zero_point, store.clamp_min, store.clamp_max)
+        return requantize_rows(acc, bias, multiplier, shift & 63, store.out_zero_point, store.clamp_min,
+                               store.clamp_max)
 
 
 # Tracing ------------------------------------------------------------------

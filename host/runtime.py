@@ -16,7 +16,8 @@ import numpy as np
 from .config import HardwareConfig
 from .gemm import GemmProgram, Requantization, golden_gemm, quantize_multiplier
 from .quantize import Layer, QuantizedModel
-from .postprocess import requantize
+from .kernels import depthwise_sums, float32_requantize_rows, qlinear_add
+from .postprocess import requantize_rows
 
 __all__ = ["LayerStats", "ModelRunner", "im2col"]
 
@@ -80,14 +81,12 @@ def _rescale(x: np.ndarray, ratio: float) -> np.ndarray:
 
 def _float32_requantize(acc: np.ndarray, layer: Layer, channels: slice) -> np.ndarray:
     """onnxruntime's requantization, for models imported with their own scales: the int32 sum with its
-    bias becomes a float32, is multiplied by the float32 scale and rounded half to even. Overwrites ``acc``."""
+    bias becomes a float32, is multiplied by the float32 scale and rounded half to even."""
     low, high = layer.attrs["clamp"]
-    np.add(acc, layer.arrays["bias"][channels], out=acc, casting="unsafe")  # int32 arithmetic wraps
-    scaled = acc.astype(np.float32)
-    scaled *= layer.arrays["scale"][channels]
-    np.rint(scaled, out=scaled)
-    scaled += np.float32(layer.out_q.zero_point)
-    return np.clip(scaled, low, high, out=scaled).astype(np.uint8)
+    rows = np.ascontiguousarray(acc, dtype=np.int32).reshape(-1, acc.shape[-1])
+    out = float32_requantize_rows(rows, layer.arrays["bias"][channels], layer.arrays["scale"][channels],
+                                  layer.out_q.zero_point, low, high)
+    return out.reshape(acc.shape)
 
 
 class ModelRunner:
@@ -206,30 +205,23 @@ class ModelRunner:
         return _channels_first(outputs[0] if group == 1 else np.concatenate(outputs, axis=1), len(x), ho, wo)
 
     def _depthwise(self, layer: Layer, x: np.ndarray) -> np.ndarray:
-        """One filter per channel, on the host: the GEMM's integer sums, accumulated tap by tap (exact in int32),
-        channels last so that each tap is one vector of weights across contiguous channels."""
+        """One filter per channel, on the host: the GEMM's integer sums (exact in int32), channels last."""
         a = layer.attrs
         n, c, h, w = x.shape
         (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["strides"], a["dilations"]
         top, left, bottom, right = a["pads"]
         ho, wo = _output_size(h + top + bottom, kh, sh, dh), _output_size(w + left + right, kw, sw, dw)
-        weight = layer.arrays["weight"].reshape(c, kh, kw).transpose(1, 2, 0).astype(np.int32)
+        weight = layer.arrays["weight"].reshape(c, kh, kw).transpose(1, 2, 0)
         low, high = a["clamp"]
         outputs = []
-        for image in x.transpose(0, 2, 3, 1):  # image by image: the temporaries stay in the caches
-            centred = np.zeros((h + top + bottom, w + left + right, c), np.int32)  # padding: the zero point
-            np.subtract(image, a["in_zero_point"], out=centred[top:top + h, left:left + w], dtype=np.int32)
-            acc = np.zeros((ho, wo, c), np.int32)
-            product = np.empty_like(acc)
-            for i in range(kh):
-                for j in range(kw):
-                    tap = centred[i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
-                    acc += np.multiply(tap, weight[i, j], out=product)
+        for image in x.transpose(0, 2, 3, 1):
+            acc = depthwise_sums(np.ascontiguousarray(image), weight, a["in_zero_point"], (sh, sw), (dh, dw),
+                                 (top, left), (ho, wo))
             if a.get("rounding") == "float32":
                 outputs.append(_float32_requantize(acc, layer, slice(None)))
             else:
-                outputs.append(requantize(acc, layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
-                                          layer.out_q.zero_point, low, high))
+                outputs.append(requantize_rows(acc, layer.arrays["bias"], layer.arrays["multiplier"],
+                                               layer.arrays["shift"], layer.out_q.zero_point, low, high))
         return np.stack(outputs).transpose(0, 3, 1, 2)  # a view, channels-last in memory like the convolutions'
 
     def _add(self, layer: Layer, tensors, stats):
@@ -243,6 +235,11 @@ class ModelRunner:
         offset = np.float32(0)
         for ratio, q in zip(ratios, params):
             offset = np.float32(offset + np.float32(ratio * np.float32(q.zero_point)))
+        low, high = layer.attrs["clamp"]
+        if len(values) == 2:
+            fused = qlinear_add(*values, *ratios, fixed - offset, low, high)
+            if fused is not None:
+                return fused
         shape = np.broadcast_shapes(*(v.shape for v in values))
         like = next((v for v in values if v.shape == shape), None)  # work in its memory layout
         total = np.full(shape, fixed - offset, np.float32) if like is None else \
@@ -252,7 +249,6 @@ class ModelRunner:
             np.multiply(value, np.float64(ratio), out=wide)  # exact in float64, then rounded once to float32
             wide += total
             total[...] = wide
-        low, high = layer.attrs["clamp"]
         np.rint(total, out=total)
         return np.clip(total, low, high, out=total).astype(np.uint8)
 
