@@ -331,9 +331,11 @@ class GemmProgram:
         target.view(a.dtype)[:, :self.k] = a  # the padding columns keep the zero point
         self.program.memory.data[self.out_base:self.out_base + self._out_bytes] = 0
 
-    def result(self) -> np.ndarray:
-        """The ``M x N`` output the program wrote: int32 when raw, else int8/uint8."""
+    def result(self, *, copy: bool = True) -> np.ndarray:
+        """The ``M x N`` output the program wrote: int32 when raw, else int8/uint8. With ``copy=False``, a view
+        of the program's memory, valid until the program runs again."""
         m, n = self.m, self.n
         dtype = np.dtype("<i4") if self.requant is None else self.requant.output_dtype
         outputs = self.program.memory.data[self.out_base:self.out_base + self._out_bytes].view(dtype)
-        return outputs.reshape(m, -1)[:, :n].copy()
+        view = outputs.reshape(m, -1)[:, :n]
+        return view.copy() if copy else view

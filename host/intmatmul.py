@@ -16,8 +16,8 @@ import numpy as np
 __all__ = ["centred_matmul", "as_unsigned", "engine_name"]
 
 
-def _float64_matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return (a.astype(np.float64) @ w.astype(np.float64)).astype(np.int64)
+def _float64_matmul(a: np.ndarray, zero_point: int, w: np.ndarray) -> np.ndarray:
+    return ((a.astype(np.float64) - zero_point) @ w.astype(np.float64)).astype(np.int64)
 
 
 def _onnxruntime_session():
@@ -25,9 +25,11 @@ def _onnxruntime_session():
     from onnx import TensorProto, helper
 
     inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, None]),
-              helper.make_tensor_value_info("w", TensorProto.INT8, [None, None])]
+              helper.make_tensor_value_info("w", TensorProto.INT8, [None, None]),
+              helper.make_tensor_value_info("zero_point", TensorProto.UINT8, [])]
     output = helper.make_tensor_value_info("y", TensorProto.INT32, [None, None])
-    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "matmul", inputs, [output])
+    node = helper.make_node("MatMulInteger", ["a", "w", "zero_point"], ["y"])
+    graph = helper.make_graph([node], "matmul", inputs, [output])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     options = ort.SessionOptions()
     # Idle worker threads would spin after each product and slow the numpy work between products.
@@ -37,17 +39,21 @@ def _onnxruntime_session():
 
 @cache
 def _engine():
-    """``(a, w) -> a @ w`` (int, congruent modulo 2**32): onnxruntime when it is exact on this machine."""
+    """``(a, zero point, w) -> (a - zero point) @ w`` (int, congruent modulo 2**32): onnxruntime when it is
+    exact on this machine."""
     session = _onnxruntime_session()
+    zero_points = [np.array(z, np.uint8) for z in range(256)]
 
-    def run(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-        return session.run(None, {"a": a, "w": w})[0]
+    def run(a: np.ndarray, zero_point: int, w: np.ndarray) -> np.ndarray:
+        return session.run(None, {"a": a, "w": w, "zero_point": zero_points[zero_point]})[0]
 
     rng = np.random.default_rng(0)
-    a = np.concatenate([np.full((8, 256), 255, np.uint8), rng.integers(0, 256, (8, 256), dtype=np.uint8)])
+    a = np.concatenate([np.full((8, 256), 255, np.uint8), np.zeros((8, 256), np.uint8),
+                        rng.integers(0, 256, (8, 256), dtype=np.uint8)])
     w = np.concatenate([np.full((256, 8), -128, np.int8), np.full((256, 8), 127, np.int8),
                         rng.integers(-128, 128, (256, 8), dtype=np.int8)], axis=1)
-    return run if np.array_equal(run(a, w), _float64_matmul(a, w)) else _float64_matmul
+    exact = all(np.array_equal(run(a, z, w), _float64_matmul(a, z, w)) for z in (0, 128, 255))
+    return run if exact else _float64_matmul
 
 
 def engine_name() -> str:
@@ -62,15 +68,12 @@ def centred_matmul(a: np.ndarray, zero_points, w: np.ndarray) -> np.ndarray:
     ``a`` is uint8 [M, K], ``w`` int8 [K, N].
     """
     a, w = np.ascontiguousarray(a, dtype=np.uint8), np.ascontiguousarray(w, dtype=np.int8)
-    product = _engine()(a, w).astype(np.int32, copy=False)
     zero_points = np.asarray(zero_points, dtype=np.int64)
-    if zero_points.ndim:
-        correction = _float64_matmul(zero_points, w)
-    elif zero_points:
-        correction = zero_points * w.sum(axis=0, dtype=np.int64)
-    else:
-        return product
-    product -= correction.astype(np.int32)  # int32 arithmetic wraps, like the accumulators
+    if not zero_points.ndim and 0 <= zero_points <= 255:  # the engine subtracts it
+        return _engine()(a, int(zero_points), w).astype(np.int32, copy=False)
+    product = _engine()(a, 0, w).astype(np.int32, copy=False)
+    per_column = np.broadcast_to(zero_points, a.shape[1:])[None]
+    product -= _float64_matmul(per_column, 0, w)[0].astype(np.int32)  # int32 arithmetic wraps
     return product
 
 

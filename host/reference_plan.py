@@ -39,12 +39,12 @@ class _Rows:
     width: int
     step: int
 
-    def read(self, memory: np.ndarray) -> np.ndarray:
-        return np.lib.stride_tricks.as_strided(memory[self.start:], (self.count, self.width), (self.step, 1),
-                                               writeable=False)
+    def view(self, memory: np.ndarray) -> np.ndarray:
+        """The rows as a [count, width] view of ``memory`` (bytes); the plan's checks keep it in bounds."""
+        return np.ndarray((self.count, self.width), np.uint8, memory, self.start, (self.step, 1))
 
     def write(self, memory: np.ndarray, values: np.ndarray) -> None:
-        np.lib.stride_tricks.as_strided(memory[self.start:], (self.count, self.width), (self.step, 1))[:] = values
+        self.view(memory)[:] = values
 
 
 @dataclass(frozen=True)
@@ -107,14 +107,14 @@ class ExecutionPlan:
     def _multiply(memory: np.ndarray, product: _Product) -> np.ndarray:
         parts, zero_points = [], []
         for rows, signed, zero_point in product.act:
-            values = rows.read(memory)
+            values = rows.view(memory)
             values, zero_point = as_unsigned(values.view(np.int8) if signed else values, zero_point)
             parts.append(values)
             zero_points.append(np.full(rows.width, zero_point))
         a = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         zero_point = zero_points[0][0] if len({int(z[0]) for z in zero_points}) == 1 \
             else np.concatenate(zero_points)
-        w = [np.concatenate([p.read(memory) for p in row], axis=1) if len(row) > 1 else row[0].read(memory)
+        w = [np.concatenate([p.view(memory) for p in row], axis=1) if len(row) > 1 else row[0].view(memory)
              for row in product.wgt]
         w = w[0] if len(w) == 1 else np.concatenate(w)
         return centred_matmul(a, zero_point, w.view(np.int8))

@@ -108,11 +108,13 @@ class ModelRunner:
         self.last_output: np.ndarray | None = None
         self.tensors: dict[str, np.ndarray] = {}  # every tensor of the last batch, batch axis first
         self._programs: dict[tuple, GemmProgram] = {}  # per product of the model: weights do not change
+        self._operands: dict[tuple, tuple] = {}  # per convolution group: weight matrix, requantization
 
     def gemm(self, a: np.ndarray, w: np.ndarray, zero_point: int, requant: Requantization | None,
              stats: LayerStats, key: tuple) -> np.ndarray:
         """``key`` names the product within the model: its program is built once and rerun on new activations
-        (rebuilt when the number of rows, i.e. the batch, changes)."""
+        (rebuilt when the number of rows, i.e. the batch, changes). Raw int32 sums (``requant`` None) come back
+        as a view of the program's memory, valid until the product runs again."""
         if self.backend == "numpy":
             return golden_gemm(a, w, zero_point, requant)
         program = self._programs.get(key)
@@ -126,7 +128,7 @@ class ModelRunner:
         stats.cycles += run.counters.get("cycles", 0)
         for key, value in run.counters.items():
             stats.counters[key] = stats.counters.get(key, 0) + value
-        return program.result()
+        return program.result(copy=requant is not None)  # raw sums are consumed at once; outputs are kept
 
     def product_shapes(self) -> list[tuple[int, int, int]]:
         """``(M, K, N)`` of each accelerator product built so far (one per layer and group)."""
@@ -178,7 +180,6 @@ class ModelRunner:
         weight = layer.arrays["weight"]
         group = a["group"]
         c_out = weight.shape[0]
-        low, high = a["clamp"]
         outputs = []
         per_group_in, per_group_out = x.shape[1] // group, c_out // group
         if group > 1 and per_group_in == per_group_out == 1:
@@ -189,20 +190,30 @@ class ModelRunner:
             patches, ho, wo = im2col(part, a["kernel"], a["strides"], a["pads"], a["dilations"], a["in_zero_point"])
             stats.im2col_seconds += time.perf_counter() - lowering
             channels = slice(g * per_group_out, (g + 1) * per_group_out)
-            w = weight[channels].transpose(0, 2, 3, 1).reshape(per_group_out, -1).T
-            requant = Requantization(layer.arrays["bias"][channels], layer.arrays["multiplier"][channels],
-                                     layer.arrays["shift"][channels], out_zero_point=layer.out_q.zero_point,
-                                     clamp_min=low, clamp_max=high)
-            float_rounding = a.get("rounding") == "float32"
+            w, requant = self._group_operands(layer, g, channels)
+            float_rounding = requant is None
             if layer.placement == "accelerator":
-                out = self.gemm(patches, w, a["in_zero_point"], None if float_rounding else requant, stats,
-                                (layer.name, g))
+                out = self.gemm(patches, w, a["in_zero_point"], requant, stats, (layer.name, g))
             else:
-                out = golden_gemm(patches, w, a["in_zero_point"], None if float_rounding else requant)
+                out = golden_gemm(patches, w, a["in_zero_point"], requant)
             if float_rounding:
                 out = _float32_requantize(out, layer, channels)
             outputs.append(out.view(np.uint8))
         return _channels_first(outputs[0] if group == 1 else np.concatenate(outputs, axis=1), len(x), ho, wo)
+
+    def _group_operands(self, layer: Layer, group: int, channels: slice) -> tuple[np.ndarray, Requantization | None]:
+        """A convolution group's weight matrix (rows ordered like im2col's patches) and its post-processor
+        parameters (``None`` when the host requantizes in float32), made once per model."""
+        key = (layer.name, group)
+        if key not in self._operands:
+            low, high = layer.attrs["clamp"]
+            weight = layer.arrays["weight"][channels]
+            w = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(len(weight), -1).T)
+            requant = None if layer.attrs.get("rounding") == "float32" else Requantization(
+                layer.arrays["bias"][channels], layer.arrays["multiplier"][channels], layer.arrays["shift"][channels],
+                out_zero_point=layer.out_q.zero_point, clamp_min=low, clamp_max=high)
+            self._operands[key] = (w, requant)
+        return self._operands[key]
 
     def _depthwise(self, layer: Layer, x: np.ndarray) -> np.ndarray:
         """One filter per channel, on the host: the GEMM's integer sums (exact in int32), channels last."""

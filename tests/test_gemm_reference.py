@@ -117,3 +117,18 @@ def test_gemm_input_errors():
     with pytest.raises(GemmError, match="external memory"):
         GemmProgram(TINY, np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (2 ** 22, 2 ** 11), (0, 0)),
                     np.zeros((2 ** 11, 1), np.int8))
+
+
+@pytest.mark.parametrize("zero_points", [0, 77, 255, 300, -5, "per column"])
+def test_centred_products_are_exact_modulo_2_to_the_32(zero_points):
+    from mvu.intmatmul import centred_matmul
+
+    rng = np.random.default_rng(11)
+    a = np.concatenate([np.full((3, 700), 255, np.uint8), rng.integers(0, 256, (5, 700), dtype=np.uint8)])
+    w = np.concatenate([np.full((700, 2), -128, np.int8), rng.integers(-128, 128, (700, 6), dtype=np.int8)], axis=1)
+    if zero_points == "per column":
+        zero_points = rng.integers(0, 256, 700)
+    expected = (a.astype(np.int64) - zero_points) @ w.astype(np.int64)
+    got = centred_matmul(a, zero_points, w)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, expected.astype(np.int32))
