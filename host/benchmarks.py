@@ -119,7 +119,7 @@ def bench_network(recipe: str, config: HardwareConfig, *, image=None, backends=(
 
 
 def onnxruntime_int8_comparison(recipe: str, package, image, *, backends=("reference", "numpy"),
-                                repeats: int = 20, mvu_repeats: int = 10) -> dict:
+                                repeats: int = 20) -> dict:
     """The same int8 model on onnxruntime and on mvu, timed at batch 1 in one run.
 
     onnxruntime quantizes the recipe (static, QOperator, per-channel int8 weights, uint8
@@ -162,46 +162,48 @@ def onnxruntime_int8_comparison(recipe: str, package, image, *, backends=("refer
     x = preprocess(image, recipe_preprocessing)
     name = session.get_inputs()[0].name
     expected = session.run(None, {name: x})[0]
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run(None, {name: x})
-        times.append(time.perf_counter() - started)
-    report = {"onnxruntime_p50_seconds": float(np.median(times)), "repeats": repeats, "mvu": {},
+    runs = {"onnxruntime": lambda: session.run(None, {name: x})}
+    report = {"repeats": repeats, "mvu": {},
               "model": "the recipe quantized by onnxruntime.quantization (QOperator, per-channel int8); "
-                       "onnxruntime and mvu run that same int8 model"}
+                       "onnxruntime and mvu run that same int8 model, their runs interleaved"}
     for backend in backends:
         classifier = Classifier(int8, backend)
         logits, _ = classifier.logits(x)  # the first image builds the layers' programs
-        warm = []
-        for _ in range(mvu_repeats):
-            started = time.perf_counter()
-            classifier.logits(x)
-            warm.append(time.perf_counter() - started)
-        p50 = float(np.median(warm))
-        report["mvu"][backend] = {"p50_seconds": p50, "bit_exact_with_onnxruntime": bool(np.array_equal(
-            logits, expected)), "times_onnxruntime": p50 / report["onnxruntime_p50_seconds"]}
+        report["mvu"][backend] = {"bit_exact_with_onnxruntime": bool(np.array_equal(logits, expected))}
+        runs[backend] = lambda classifier=classifier: classifier.logits(x)
         if backend == "reference":
-            floor = integer_product_seconds(classifier.runner.product_shapes(), repeats=mvu_repeats)
-            report["integer_products_p50_seconds"] = floor
-            report["integer_products_times_onnxruntime"] = floor / report["onnxruntime_p50_seconds"]
+            runs["integer products"] = integer_products(classifier.runner.product_shapes())
+    p50 = interleaved_p50_seconds(runs, repeats)
+    report["onnxruntime_p50_seconds"] = p50["onnxruntime"]
+    for backend in backends:
+        report["mvu"][backend].update(p50_seconds=p50[backend], times_onnxruntime=p50[backend] / p50["onnxruntime"])
+    if "integer products" in p50:
+        report["integer_products_p50_seconds"] = p50["integer products"]
+        report["integer_products_times_onnxruntime"] = p50["integer products"] / p50["onnxruntime"]
     return report
 
 
-def integer_product_seconds(shapes: list[tuple[int, int, int]], *, repeats: int = 3, seed: int = 0) -> float:
-    """p50 time of the exact int32 matrix products alone (the executors' engine) for ``(M, K, N)`` products:
-    the floor under any executor that computes them exactly."""
+def interleaved_p50_seconds(runs: dict, repeats: int) -> dict[str, float]:
+    """p50 wall time of each callable, calling them in turn ``repeats`` times (after one untimed round), so that
+    a busy moment on the machine slows them all alike."""
     import time
 
+    times = {name: [] for name in runs}
+    for round_ in range(repeats + 1):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            if round_:
+                times[name].append(time.perf_counter() - started)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def integer_products(shapes: list[tuple[int, int, int]], *, seed: int = 0):
+    """A callable computing exact int32 matrix products of the ``(M, K, N)`` shapes with the executors'
+    engine: the floor under any executor that computes them exactly."""
     from .intmatmul import centred_matmul
 
     rng = np.random.default_rng(seed)
     operands = [(rng.integers(0, 256, (m, k), dtype=np.uint8), rng.integers(-128, 128, (k, n), dtype=np.int8))
                 for m, k, n in shapes]
-    times = []
-    for _ in range(repeats + 1):
-        started = time.perf_counter()
-        for a, w in operands:
-            centred_matmul(a, 0, w)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times[1:]))
+    return lambda: [centred_matmul(a, 0, w) for a, w in operands]
