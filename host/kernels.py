@@ -108,6 +108,6 @@ def depthwise_sums(image: np.ndarray, weight: np.ndarray, zero_point: int, strid
     """int32 sums of a depthwise convolution of one channels-last uint8 ``image`` [H, W, C] with ``weight``
     [kh, kw, C], padding with the zero point: [Ho, Wo, C]."""
     out = np.empty((*out_shape, image.shape[2]), np.int32)
-    _depthwise(image, weight.astype(np.int32), np.int32(zero_point), np.array(strides, np.int64),
+    _depthwise(np.ascontiguousarray(image), np.ascontiguousarray(weight, dtype=np.int32), np.int32(zero_point), np.array(strides, np.int64),
                np.array(dilations, np.int64), np.array(pads[:2], np.int64), out)
     return out

@@ -226,7 +226,7 @@ class ModelRunner:
         low, high = a["clamp"]
         outputs = []
         for image in x.transpose(0, 2, 3, 1):
-            acc = depthwise_sums(np.ascontiguousarray(image), weight, a["in_zero_point"], (sh, sw), (dh, dw),
+            acc = depthwise_sums(image, weight, a["in_zero_point"], (sh, sw), (dh, dw),
                                  (top, left), (ho, wo))
             if a.get("rounding") == "float32":
                 outputs.append(_float32_requantize(acc, layer, slice(None)))
