@@ -127,7 +127,6 @@ def onnxruntime_int8_comparison(recipe: str, package, image, *, backends=("refer
     scales and runs it on ``backends``. The logits must agree bit for bit.
     """
     import tempfile
-    import time
     from pathlib import Path
 
     import onnx

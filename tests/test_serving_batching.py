@@ -1,7 +1,6 @@
 """The batch scheduler with a stand-in executor: batching, limits, timeouts, failures."""
 
 import asyncio
-import threading
 import time
 
 import numpy as np

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from mvu.serving.tensors import encode_bytes_elements
 from mvu.serving.client import (ScoringClient, ScoringError, decode_infer_response, encode_infer_request,
                                 parse_server_timing)
 from mvu.serving.tensors import encode_bytes_elements as serialize_bytes
@@ -202,6 +203,14 @@ def test_encode_and_decode_infer_messages():
     _, outputs = decode_infer_response(json.dumps({"outputs": [
         {"name": "scores", "datatype": "FP32", "shape": [1, 2], "data": [0.25, 0.75]}]}).encode())
     np.testing.assert_array_equal(outputs["scores"], np.array([[0.25, 0.75]], np.float32))
+    # binary BYTES and FP32 outputs side by side (a classification answer carries BYTES)
+    labels = encode_bytes_elements([b"0.9:281:tabby", b"0.1:282:tiger cat"])
+    head = json.dumps({"outputs": [
+        {"name": "labels", "datatype": "BYTES", "shape": [1, 2], "parameters": {"binary_data_size": len(labels)}},
+        {"name": "scores", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}).encode()
+    _, outputs = decode_infer_response(head + labels + np.array([0.5, 2], "<f4").tobytes(), len(head))
+    assert outputs["labels"].tolist() == [[b"0.9:281:tabby", b"0.1:282:tiger cat"]]
+    np.testing.assert_array_equal(outputs["scores"], [0.5, 2])
 
 
 # --------------------------------------------------------------------------- client against the stand-in

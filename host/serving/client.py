@@ -123,7 +123,7 @@ def _tensor_from_output(output: Mapping[str, Any], raw: memoryview | None) -> np
     datatype, shape = output.get("datatype"), [int(d) for d in output.get("shape", [])]
     if raw is not None:
         if datatype == "BYTES":
-            return np.array(deencode_bytes_elements(raw), dtype=object).reshape(shape)
+            return np.array(split_bytes_elements(raw), dtype=object).reshape(shape)
         if datatype not in _DTYPES:
             raise ValueError(f"output {output.get('name')!r}: unknown datatype {datatype!r}")
         return np.frombuffer(raw, _DTYPES[datatype]).reshape(shape).copy()
