@@ -8,14 +8,14 @@ raw int32 accumulators).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from .config import HardwareConfig
 from .intmatmul import as_unsigned, centred_matmul
-from .isa import Buffer, Compute, Finish, Instruction, Load, Store
-from .program import MemoryImage, Program, requantization_block
+from .isa import Buffer, Opcode
+from .program import InstructionColumns, MemoryImage, Program, requantization_block
 from .postprocess import requantize_rows
 
 __all__ = ["Requantization", "quantize_multiplier", "golden_gemm", "GemmTiling", "plan_gemm", "GemmProgram",
@@ -254,62 +254,53 @@ class GemmProgram:
                   for nt0, tiles_n in _blocks(n_tiles, t.n_block)]
         chunks = [(b, kt0, tiles_k) for b in range(len(blocks)) for kt0, tiles_k in _blocks(k_tiles, t.k_chunk)]
 
-        def loads(c: int) -> list[Instruction]:
+        program = InstructionColumns()
+
+        def loads(c: int) -> None:
             b, kt0, tiles_k = chunks[c]
             m0, rows, nt0, tiles_n = blocks[b]
             act_base, wgt_base = (c % 2) * act_half, (c % 2) * wgt_half
-            out = [Load(Buffer.ACT, act_base + j * rows, rows, a_base + m0 * k_pad + (kt0 + j) * R, k_pad)
-                   for j in range(tiles_k)]
-            out += [Load(Buffer.WGT, wgt_base + i * tiles_k * R, tiles_k * R,
-                         w_base + kt0 * R * n_pad + (nt0 + i) * C, n_pad) for i in range(tiles_n)]
-            out[0] = replace(out[0], wait_compute=c >= 2)
-            out[-1] = replace(out[-1], signal_compute=True)
-            return out
+            j, i = np.arange(tiles_k), np.arange(tiles_n)
+            program.add(Opcode.LOAD, tiles_k, buffer=Buffer.ACT, sram_addr=act_base + j * rows, count=rows,
+                        dram_addr=a_base + m0 * k_pad + (kt0 + j) * R, dram_stride=k_pad,
+                        first={"wait_compute": c >= 2})
+            program.add(Opcode.LOAD, tiles_n, buffer=Buffer.WGT, sram_addr=wgt_base + i * tiles_k * R,
+                        count=tiles_k * R, dram_addr=w_base + kt0 * R * n_pad + (nt0 + i) * C, dram_stride=n_pad,
+                        last={"signal_compute": True})
 
-        def computes(c: int) -> list[Instruction]:
+        def computes(c: int) -> None:
             b, kt0, tiles_k = chunks[c]
             m0, rows, nt0, tiles_n = blocks[b]
             act_base, wgt_base, acc_base = (c % 2) * act_half, (c % 2) * wgt_half, (b % 2) * acc_half
-            out = [Compute(act_addr=act_base + j * rows, count=rows, acc_addr=acc_base + i * rows,
-                           wgt_addr=wgt_base + (i * tiles_k + j) * R, preload=True,
-                           accumulate=kt0 + j > 0, act_signed=self.act_signed,
-                           act_zero_point=self.act_zero_point)
-                   for j in range(tiles_k) for i in range(tiles_n)]
-            first_of_block = kt0 == 0
-            last_of_block = kt0 + tiles_k == k_tiles
-            out[0] = replace(out[0], wait_load=True, wait_store=first_of_block and b >= 2)
-            out[-1] = replace(out[-1], signal_load=c + 2 < len(chunks), signal_store=last_of_block)
-            return out
+            j, i = np.repeat(np.arange(tiles_k), tiles_n), np.tile(np.arange(tiles_n), tiles_k)  # j outer, i inner
+            program.add(Opcode.COMPUTE, tiles_k * tiles_n, act_addr=act_base + j * rows, count=rows,
+                        acc_addr=acc_base + i * rows, wgt_addr=wgt_base + (i * tiles_k + j) * R, preload=True,
+                        accumulate=kt0 + j > 0, act_signed=self.act_signed, act_zero_point=self.act_zero_point,
+                        first={"wait_load": True, "wait_store": kt0 == 0 and b >= 2},
+                        last={"signal_load": c + 2 < len(chunks), "signal_store": kt0 + tiles_k == k_tiles})
 
-        def stores(b: int) -> list[Instruction]:
+        def stores(b: int) -> None:
             m0, rows, nt0, tiles_n = blocks[b]
-            acc_base = (b % 2) * acc_half
-            out = []
-            for i in range(tiles_n):
-                nt = nt0 + i
-                common = dict(acc_addr=acc_base + i * rows, count=rows,
-                              dram_addr=self.out_base + m0 * out_pitch + nt * out_row, dram_stride=out_pitch)
-                if raw:
-                    out.append(Store(**common, raw=True))
-                else:
-                    out.append(Store(**common, param_addr=p_base + nt * cfg.param_block_bytes, load_params=True,
-                                     out_zero_point=self.requant.out_zero_point,
-                                     clamp_min=self.requant.clamp_min, clamp_max=self.requant.clamp_max))
-            out[0] = replace(out[0], wait_compute=True)
-            out[-1] = replace(out[-1], signal_compute=b + 2 < len(blocks))
-            return out
+            nt = nt0 + np.arange(tiles_n)
+            quantized = {} if raw else dict(param_addr=p_base + nt * cfg.param_block_bytes, load_params=True,
+                                            out_zero_point=self.requant.out_zero_point)
+            low, high = (-128, 127) if raw else (self.requant.clamp_min, self.requant.clamp_max)
+            program.add(Opcode.STORE, tiles_n, acc_addr=(b % 2) * acc_half + (nt - nt0) * rows, count=rows,
+                        dram_addr=self.out_base + m0 * out_pitch + nt * out_row, dram_stride=out_pitch, raw=raw,
+                        clamp_min=low, clamp_max=high, **quantized,
+                        first={"wait_compute": True}, last={"signal_compute": b + 2 < len(blocks)})
 
-        instructions: list[Instruction] = loads(0)
+        loads(0)
         for c, (b, kt0, tiles_k) in enumerate(chunks):
             if c + 1 < len(chunks):
-                instructions += loads(c + 1)
-            instructions += computes(c)
+                loads(c + 1)
+            computes(c)
             if kt0 + tiles_k == k_tiles:
-                instructions += stores(b)
-        instructions.append(Finish())
-        program = Program.place(memory, instructions, macs=self.macs)
+                stores(b)
+        program.add(Opcode.FINISH, 1)
+        placed = Program.place_words(memory, program.encode(), macs=self.macs)
         memory.trim()
-        return program
+        return placed
 
     def _padded_activations(self, a: np.ndarray) -> np.ndarray:
         """``a`` padded with the zero point to whole ``rows``-wide tiles: ``[M][Kp]``."""

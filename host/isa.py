@@ -15,7 +15,8 @@ from .config import INSTRUCTION_BYTES
 
 __all__ = [
     "Opcode", "Field", "COMMON_FIELDS", "OPCODE_FIELDS", "Load", "Compute", "Store", "Sync", "Finish",
-    "Instruction", "Buffer", "decode", "encode_program", "decode_program", "decode_columns", "ProgramError",
+    "Instruction", "Buffer", "decode", "encode_program", "decode_program", "decode_columns", "encode_columns",
+    "ProgramError",
 ]
 
 
@@ -307,3 +308,35 @@ def decode_columns(words: np.ndarray) -> dict[str, np.ndarray]:
                 value -= (value > slot.maximum) * (slot.mask + 1)
             columns[slot.name][chosen] = value
     return columns
+
+
+def encode_columns(columns: dict[str, np.ndarray]) -> np.ndarray:
+    """Encode many instructions at once, the inverse of :func:`decode_columns`: ``"opcode"`` and the field
+    columns (a field an instruction's opcode lacks is ignored; a missing column is zero) -> uint8 ``[n, 32]``.
+
+    A value that does not fit its field raises :class:`ProgramError` naming the instruction.
+    """
+    opcode = np.asarray(columns["opcode"], dtype=np.int64)
+    unknown = ~np.isin(opcode, list(Opcode))
+    if unknown.any():
+        index = int(np.argmax(unknown))
+        raise ProgramError(f"instruction {index}: unknown opcode {opcode[index]}")
+    lanes = np.zeros((opcode.size, _USED_LANES.shape[1]), dtype="<u8")
+    lanes[:, 0] = opcode
+    for op, layout in _LAYOUTS.items():
+        chosen = np.flatnonzero(opcode == op)
+        if not layout or not chosen.size:
+            continue
+        for slot in layout:
+            if slot.name not in columns:
+                continue
+            values = np.asarray(columns[slot.name], dtype=np.int64)[chosen]
+            bad = (values < slot.minimum) | (values > slot.maximum)
+            if bad.any():
+                index = int(np.argmax(bad))
+                raise ProgramError(
+                    f"instruction {chosen[index]}: {op.name} field {slot.name}={values[index]} does not fit "
+                    f"{slot.mask.bit_length()} bits ({slot.minimum}..{slot.maximum})")
+            lanes[chosen, slot.lsb // _LANE_BITS] |= ((values & slot.mask).astype(np.uint64)
+                                                      << np.uint64(slot.lsb % _LANE_BITS))
+    return lanes.view(np.uint8).reshape(opcode.size, INSTRUCTION_BYTES)

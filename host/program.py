@@ -8,9 +8,9 @@ import numpy as np
 
 from .config import INSTRUCTION_BYTES, HardwareConfig
 from .isa import (Buffer, Compute, Finish, Instruction, Load, Opcode, ProgramError, Store, decode_columns, decode_program,
-                  encode_program)
+                  encode_columns, encode_program)
 
-__all__ = ["MemoryImage", "Program", "check_program", "requantization_block"]
+__all__ = ["MemoryImage", "Program", "InstructionColumns", "check_program", "requantization_block"]
 
 
 class MemoryImage:
@@ -69,9 +69,44 @@ class Program:
         address = memory.place(encode_program(instructions), alignment=INSTRUCTION_BYTES)
         return cls(memory=memory, address=address, length=len(instructions), macs=macs)
 
+    @classmethod
+    def place_words(cls, memory: MemoryImage, words: np.ndarray, *, macs: int = 0) -> "Program":
+        """A program of already encoded instructions (uint8 ``[n, 32]``, e.g. from :class:`InstructionColumns`)."""
+        address = memory.place(words, alignment=INSTRUCTION_BYTES)
+        return cls(memory=memory, address=address, length=len(words), macs=macs)
+
     def instructions(self) -> list[Instruction]:
         raw = self.memory.read(self.address, self.length * INSTRUCTION_BYTES).tobytes()
         return decode_program(raw)
+
+
+class InstructionColumns:
+    """A program written as runs of one opcode whose fields are given per run, each a scalar or one value per
+    instruction; ``first`` and ``last`` set fields (dependency flags) of a run's first and last instruction.
+    :meth:`encode` turns it all into instruction words at once (:func:`~mvu.isa.encode_columns`)."""
+
+    def __init__(self):
+        self._runs: list[tuple[Opcode, int, dict, dict, dict]] = []
+
+    def add(self, opcode: Opcode, length: int, /, *, first: dict | None = None, last: dict | None = None,
+            **fields) -> None:
+        self._runs.append((opcode, length, fields, first or {}, last or {}))
+
+    def encode(self) -> np.ndarray:
+        total = sum(length for _, length, *_ in self._runs)
+        names = {name for run in self._runs for part in run[2:] for name in part}
+        columns = {name: np.zeros(total, np.int64) for name in names | {"opcode"}}
+        start = 0
+        for opcode, length, fields, first, last in self._runs:
+            columns["opcode"][start:start + length] = opcode
+            for name, value in fields.items():
+                columns[name][start:start + length] = value
+            for name, value in first.items():
+                columns[name][start] = value
+            for name, value in last.items():
+                columns[name][start + length - 1] = value
+            start += length
+        return encode_columns(columns)
 
 
 def requantization_block(config: HardwareConfig, bias, multiplier, shift) -> np.ndarray:

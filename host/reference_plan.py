@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import groupby
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,8 +31,7 @@ from .postprocess import requantize_rows
 __all__ = ["ExecutionPlan", "build_plan"]
 
 
-@dataclass(frozen=True)
-class _Rows:
+class _Rows(NamedTuple):
     """``count`` rows of ``width`` bytes in memory, ``step`` bytes apart from ``start``."""
 
     start: int
@@ -47,8 +47,7 @@ class _Rows:
         self.view(memory)[:] = values
 
 
-@dataclass(frozen=True)
-class _Term:
+class _Term(NamedTuple):
     """One COMPUTE's product: activation rows (signed or not, with a zero point) times a weight tile."""
 
     act: _Rows
@@ -148,16 +147,21 @@ class _Entries:
         self.width = width
         self.load = [-1] * depth  # index into ``self.loads``; -1: never loaded
         self.loads: list[tuple[int, int, int]] = []  # (first entry, DRAM address, stride)
+        self.broken: set[int] = set()  # LOADs whose entries were since overwritten in part
 
     def fill(self, entry: int, count: int, dram_addr: int, stride: int) -> None:
-        self.load[entry:entry + count] = [len(self.loads)] * count
+        end = entry + count
+        # Only the LOADs at either end can keep entries outside the new range.
+        self.broken.update(load for load in (self.load[entry], self.load[end - 1]) if load >= 0)
+        self.load[entry:end] = [len(self.loads)] * count
         self.loads.append((entry, dram_addr, stride))
 
     def rows(self, entry: int, count: int) -> _Rows:
         """Where entries ``entry .. entry + count - 1`` came from, as evenly spaced rows."""
         load = self.load[entry]
-        if load >= 0 and self.load[entry:entry + count].count(load) == count:  # one LOAD filled them all
-            first, dram_addr, stride = self.loads[load]
+        if load >= 0 and self.load[entry + count - 1] == load and (
+                load not in self.broken or self.load[entry:entry + count].count(load) == count):
+            first, dram_addr, stride = self.loads[load]  # one LOAD filled them all
             return _Rows(dram_addr + (entry - first) * stride, count, self.width, stride if count > 1 else self.width)
         addresses = [-1 if load < 0 else self.loads[load][1] + (e - self.loads[load][0]) * self.loads[load][2]
                      for e, load in enumerate(self.load[entry:entry + count], entry)]

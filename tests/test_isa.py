@@ -3,8 +3,10 @@ import random
 import pytest
 
 from mvu.config import INSTRUCTION_BYTES
+import numpy as np
+
 from mvu.isa import (OPCODE_FIELDS, Buffer, Compute, Finish, Load, Opcode, ProgramError, Store, Sync, decode,
-                     decode_program, encode_program)
+                     decode_columns, decode_program, encode_columns, encode_program)
 
 
 def random_instruction(rng: random.Random):
@@ -29,6 +31,23 @@ def test_encode_decode_round_trip():
     raw = encode_program(program)
     assert len(raw) == 500 * INSTRUCTION_BYTES
     assert decode_program(raw) == program
+
+
+def test_columns_encode_as_instructions_do():
+    rng = random.Random(8)
+    program = [random_instruction(rng) for _ in range(500)]
+    raw = np.frombuffer(encode_program(program), np.uint8).reshape(-1, INSTRUCTION_BYTES)
+    np.testing.assert_array_equal(encode_columns(decode_columns(raw)), raw)
+    columns = decode_columns(raw)
+    compute = next(i for i, ins in enumerate(program) if isinstance(ins, Compute))
+    finish = next(i for i, ins in enumerate(program) if isinstance(ins, Finish))
+    columns["count"][finish] = 1 << 16  # FINISH has no count: ignored
+    np.testing.assert_array_equal(encode_columns(columns), raw)
+    columns["count"][compute] = 1 << 16
+    with pytest.raises(ProgramError, match=f"instruction {compute}: COMPUTE field count=65536 does not fit 16 bits"):
+        encode_columns(columns)
+    with pytest.raises(ProgramError, match="instruction 1: unknown opcode 9"):
+        encode_columns({"opcode": np.array([1, 9])})
 
 
 def test_fields_do_not_overlap():
