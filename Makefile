@@ -46,7 +46,7 @@ bench-serving: $(STAMP) $(TRITON)/.installed
 	$(BIN)/mvu compile efficientnet-lite0 -o build/lite0.mvu
 	MVU_TRITON_PYTHON=$(TRITON)/bin/python $(BIN)/mvu bench serving build/toy.mvu --triton --requests 300 \
 		--output build/bench-serving-toy.json
-	MVU_TRITON_PYTHON=$(TRITON)/bin/python $(BIN)/mvu bench serving build/lite0.mvu --triton --requests 48 \
+	MVU_TRITON_PYTHON=$(TRITON)/bin/python $(BIN)/mvu bench serving build/lite0.mvu --triton --requests 200 \
 		--output build/bench-serving-lite0.json
 
 synth: $(STAMP)

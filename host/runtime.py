@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,7 +98,8 @@ class ModelRunner:
     directly from their definition: identical results, for fast evaluation).
     """
 
-    def __init__(self, model: QuantizedModel, config: HardwareConfig, backend: str = "numpy", executor=None):
+    def __init__(self, model: QuantizedModel, config: HardwareConfig, backend: str = "numpy", executor=None, *,
+                 program_cache_bytes: int = 2 << 30):
         self.model, self.config, self.backend = model, config, backend
         if backend != "numpy" and executor is None:
             from .benchmarks import make_executor
@@ -107,32 +109,51 @@ class ModelRunner:
         self.stats: list[LayerStats] = []
         self.last_output: np.ndarray | None = None
         self.tensors: dict[str, np.ndarray] = {}  # every tensor of the last batch, batch axis first
-        self._programs: dict[tuple, GemmProgram] = {}  # per product of the model: weights do not change
+        # Per product of the model and number of rows (the batch size), least recently used first: a batch
+        # size seen before reuses its programs, within ``program_cache_bytes`` of memory images.
+        self._programs: OrderedDict[tuple, GemmProgram] = OrderedDict()
+        self._program_cache_bytes = program_cache_bytes
+        self._used: list[GemmProgram] = []  # by the last batch
         self._operands: dict[tuple, tuple] = {}  # per convolution group: weight matrix, requantization
 
     def gemm(self, a: np.ndarray, w: np.ndarray, zero_point: int, requant: Requantization | None,
              stats: LayerStats, key: tuple) -> np.ndarray:
-        """``key`` names the product within the model: its program is built once and rerun on new activations
-        (rebuilt when the number of rows, i.e. the batch, changes). Raw int32 sums (``requant`` None) come back
-        as a view of the program's memory, valid until the product runs again."""
+        """``key`` names the product within the model: its program is built once per number of rows (the batch
+        size) and rerun on new activations. Raw int32 sums (``requant`` None) come back as a view of the
+        program's memory, valid until the product runs again."""
         if self.backend == "numpy":
             return golden_gemm(a, w, zero_point, requant)
+        key = (*key, a.shape[0])
         program = self._programs.get(key)
-        if program is None or program.m != a.shape[0]:
+        if program is None:
             bandwidth = getattr(getattr(self.executor, "memory_model", None), "bytes_per_cycle", None)
             program = self._programs[key] = GemmProgram(self.config, a, w, act_zero_point=zero_point,
                                                         requant=requant, memory_bytes_per_cycle=bandwidth)
+            self._evict(keep=program)
         else:
+            self._programs.move_to_end(key)
             program.load_activations(a)
+        self._used.append(program)
         run = self.executor.run(program.program)
         stats.cycles += run.counters.get("cycles", 0)
         for key, value in run.counters.items():
             stats.counters[key] = stats.counters.get(key, 0) + value
         return program.result(copy=requant is not None)  # raw sums are consumed at once; outputs are kept
 
+    def _evict(self, keep: GemmProgram) -> None:
+        """Drop the least recently used programs while their memory images exceed the cache's size."""
+        total = sum(program.program.memory.size for program in self._programs.values())
+        for key in list(self._programs):
+            if total <= self._program_cache_bytes:
+                break
+            program = self._programs[key]
+            if program is not keep and program not in self._used:  # the running batch keeps its programs
+                total -= program.program.memory.size
+                del self._programs[key]
+
     def product_shapes(self) -> list[tuple[int, int, int]]:
-        """``(M, K, N)`` of each accelerator product built so far (one per layer and group)."""
-        return [(program.m, program.k, program.n) for program in self._programs.values()]
+        """``(M, K, N)`` of each accelerator product of the last batch (one per layer and group)."""
+        return [(program.m, program.k, program.n) for program in self._used]
 
     def run(self, image_q: np.ndarray) -> np.ndarray:
         """``image_q``: uint8 [1, C, H, W] in the model's input quantization; returns float logits [1, classes]."""
@@ -152,7 +173,7 @@ class ModelRunner:
                              f"got {images_q.dtype} {list(images_q.shape)}")
         n = len(images_q)
         tensors = {self.model.input: images_q}
-        self.stats = []
+        self.stats, self._used = [], []
         # RTL runs take seconds: show which layer is running when a person is watching.
         show = self.backend == "verilator" and sys.stderr.isatty()
         for index, layer in enumerate(self.model.layers):

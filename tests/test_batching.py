@@ -138,3 +138,18 @@ def test_depthwise_matches_one_gemm_per_channel():
         expected = golden_gemm(patches, arrays["weight"][channel].reshape(-1, 1), attrs["in_zero_point"], requant)
         assert np.array_equal(got[:, channel], expected.reshape(n, ho, wo))
     assert len(np.unique(got)) > 20  # not saturated
+
+
+def test_programs_are_kept_per_batch_size_within_the_cache(package):
+    images_q = batch_of_photos(package)
+    runner = ModelRunner(package.model, TINY, "reference")
+    one = runner.run_batch(images_q[:1])
+    first = [id(program) for program in runner._used]
+    three = runner.run_batch(images_q)
+    assert np.array_equal(runner.run_batch(images_q[:1]), one)
+    assert [id(program) for program in runner._used] == first  # batch size 1 again: its programs, not new ones
+    assert len(runner._programs) == 2 * len(first)
+    small = ModelRunner(package.model, TINY, "reference", program_cache_bytes=1)
+    small.run_batch(images_q[:1])
+    assert np.array_equal(small.run_batch(images_q), three)
+    assert {id(p) for p in small._programs.values()} == {id(p) for p in small._used}  # size 1 made room

@@ -58,7 +58,7 @@ def add_serving_commands(commands, bench_kinds) -> None:
     serve.add_argument("--max-image-pixels", type=int, default=40_000_000,
                        help="larger images get 400 before they are decoded (decompression bombs)")
     serve.add_argument("--access-log", choices=("json", "off"), default="json")
-    serve.add_argument("--ready-file", help="write the bound ports here as JSON once serving")
+    serve.add_argument("--ready-file", help="write the bound ports here as JSON once serving and the models loaded")
     serve.set_defaults(handler=_serve)
 
     score = commands.add_parser("score", help="classify images with a running `mvu serve`")

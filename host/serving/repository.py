@@ -55,6 +55,12 @@ class ServingLimits:
     max_image_pixels: int = 40_000_000  # refused from the image's header, before it is decoded
 
 
+def _sub_batches(images: int) -> list[int]:
+    """A batch as sub-batches of powers of two, largest first (7 -> 4, 2, 1): the runner keeps programs for a
+    few sizes instead of building new ones for every batch size the queue happens to form."""
+    return [1 << bit for bit in reversed(range(images.bit_length())) if images >> bit & 1]
+
+
 class ServedModel:
     """One version of one model: its signature, its batch scheduler, and request validation."""
 
@@ -97,12 +103,19 @@ class ServedModel:
 
         classifier = Classifier(self.package, self.backend)
         runner, input_q = classifier.runner, self.package.model.input_q
+        if self.backend != "verilator":  # build the programs of every sub-batch size now, not on a request
+            for size in (1 << bit for bit in range(self.limits.max_batch_size.bit_length())):
+                runner.run_batch(np.zeros((size, *runner.model.input_shape[1:]), np.uint8))
 
         def run(images: np.ndarray) -> tuple[np.ndarray, int]:
             with np.errstate(over="ignore"):  # a huge finite input saturates at the quantized range, silently
                 quantized = input_q.quantize(images)
-            logits = runner.run_batch(quantized)
-            return logits, sum(s.cycles for s in runner.stats)
+            logits, cycles, start = [], 0, 0
+            for size in _sub_batches(len(quantized)):
+                logits.append(runner.run_batch(quantized[start:start + size]))
+                cycles += sum(s.cycles for s in runner.stats)
+                start += size
+            return np.concatenate(logits), cycles
 
         return run
 

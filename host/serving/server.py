@@ -102,6 +102,10 @@ async def run_server(repository: ModelRepository, options: ServerOptions) -> Non
     while not http.started and not serving.done():
         await asyncio.sleep(0.01)
     scheme = "https" if options.tls_cert else "http"
+    # The ready file also waits for the models to load (or fail): a watcher may then send requests at once.
+    while http.started and options.ready_file and not serving.done() and not all(
+            model.ready or model.scheduler.failed for model in repository):
+        await asyncio.sleep(0.01)
     if http.started:
         log.info("HTTP on %s://%s:%d%s", scheme, options.host, http_port,
                  f", gRPC on {options.host}:{grpc_port}" if grpc_port else "")
