@@ -129,25 +129,26 @@ class ModelRunner:
             bandwidth = getattr(getattr(self.executor, "memory_model", None), "bytes_per_cycle", None)
             program = self._programs[key] = GemmProgram(self.config, a, w, act_zero_point=zero_point,
                                                         requant=requant, memory_bytes_per_cycle=bandwidth)
-            self._evict(keep=program)
+            self._used.append(program)
+            self._evict()
         else:
             self._programs.move_to_end(key)
             program.load_activations(a)
-        self._used.append(program)
+            self._used.append(program)
         run = self.executor.run(program.program)
         stats.cycles += run.counters.get("cycles", 0)
         for key, value in run.counters.items():
             stats.counters[key] = stats.counters.get(key, 0) + value
         return program.result(copy=requant is not None)  # raw sums are consumed at once; outputs are kept
 
-    def _evict(self, keep: GemmProgram) -> None:
+    def _evict(self) -> None:
         """Drop the least recently used programs while their memory images exceed the cache's size."""
         total = sum(program.program.memory.size for program in self._programs.values())
         for key in list(self._programs):
             if total <= self._program_cache_bytes:
                 break
             program = self._programs[key]
-            if program is not keep and program not in self._used:  # the running batch keeps its programs
+            if program not in self._used:  # the running batch keeps its programs
                 total -= program.program.memory.size
                 del self._programs[key]
 
