@@ -1,11 +1,44 @@
-"""Per-channel requantization: bias, fixed-point multiplier and shift, zero point, clamp."""
+"""Per-channel requantization: bias, then a fixed-point multiplier and shift or a float32 scale; zero point, clamp."""
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.data import ArrayLayout
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["PostProcessor"]
+
+_SIGNIFICAND = 24  # bits of a float32 significand, hidden bit included
+_SATURATE = 1 << 20  # scaled values beyond this clamp like it: zero point and clamp bounds are int16
+
+
+def _bit_length(m: Module, value: Value, name: str) -> Signal:
+    """Combinational: the number of bits ``value`` (unsigned) needs, 0 for zero."""
+    length = Signal(range(len(value) + 1), name=name)
+    for bit in range(len(value)):
+        with m.If(value[bit]):
+            m.d.comb += length.eq(bit + 1)
+    return length
+
+
+def _round_right(m: Module, value: Value, amount: Value, name: str) -> Signal:
+    """Combinational: ``value`` (unsigned) divided by ``2**amount``, rounded half to even;
+    ``amount`` at most ``len(value)``."""
+    quotient = Signal(len(value), name=f"{name}_quotient")
+    rest = Signal(len(value), name=f"{name}_rest")
+    half = Signal(len(value), name=f"{name}_half")
+    rounded = Signal(len(value) + 1, name=name)
+    one = Const(1, len(value) + 1)
+    m.d.comb += [
+        quotient.eq(value >> amount),
+        rest.eq(value & ((one << amount) - 1)),
+        half.eq((one << amount) >> 1),
+        rounded.eq(quotient + ((amount != 0) & ((rest > half) | ((rest == half) & quotient[0])))),
+    ]
+    return rounded
+
+
+def _saturated(value: Value) -> Value:
+    return Mux(value > _SATURATE, _SATURATE, Mux(value < -_SATURATE, -_SATURATE, value))
 
 
 class PostProcessor(wiring.Component):
@@ -14,16 +47,21 @@ class PostProcessor(wiring.Component):
     For each lane (all arithmetic exact, two's complement)::
 
         x = wrap_int32(acc + bias)
-        p = x * multiplier                      # multiplier in 0 .. 2**31 - 1
-        y = (p + (1 << shift >> 1)) >> shift    # round half up, shift in 0 .. 63
+        fixed point:   y = (x * multiplier + (1 << shift >> 1)) >> shift     # round half up
+        float32_scale: y = rint(float32(float32(x) * float32(multiplier mod 2**24 * 2**-shift)))
         q = clamp(y + out_zero_point, clamp_min, clamp_max)
         out = q mod 256
+
+    with ``multiplier`` in 0 .. 2**31 - 1 and ``shift`` in 0 .. 63. The float32
+    path is onnxruntime's requantization done in integers: ``float32(x)``
+    keeps 24 significant bits of ``x``, the product keeps 24 of the exact
+    product, and ``rint`` rounds that to an integer, each half to even.
 
     ``out_raw`` carries the unmodified accumulators of valid rows with the same latency.
     The parameters are not pipelined: hold them while rows are in flight.
     """
 
-    latency = 4
+    latency = 6
 
     def __init__(self, lanes: int):
         if lanes < 1:
@@ -35,6 +73,7 @@ class PostProcessor(wiring.Component):
             "bias": In(ArrayLayout(signed(32), lanes)),
             "multiplier": In(ArrayLayout(signed(32), lanes)),
             "shift": In(ArrayLayout(unsigned(6), lanes)),
+            "float32_scale": In(1),
             "out_zero_point": In(signed(16)),
             "clamp_min": In(signed(16)),
             "clamp_max": In(signed(16)),
@@ -51,28 +90,65 @@ class PostProcessor(wiring.Component):
         for stage in range(self.latency):
             m.d.sync += valid[stage + 1].eq(valid[stage])
         for lane in range(self.lanes):
+            stages = [[] for _ in range(self.latency)]  # the assignments each stage registers
             raw = [self.in_acc[lane]] + [Signal(signed(32), name=f"raw_{lane}_{stage + 1}", reset_less=True)
                                          for stage in range(self.latency)]
-            biased = Signal(signed(32), name=f"biased_{lane}", reset_less=True)
-            product = Signal(signed(64), name=f"product_{lane}", reset_less=True)
-            scaled = Signal(signed(64), name=f"scaled_{lane}", reset_less=True)
-            clamped = Signal(signed(16), name=f"clamped_{lane}", reset_less=True)
+            for stage in range(self.latency):
+                stages[stage].append(raw[stage + 1].eq(raw[stage]))
+            reg = lambda shape, name: Signal(shape, name=f"{name}_{lane}", reset_less=True)
+            biased = reg(signed(32), "biased")
+            stages[0].append(biased.eq(self.in_acc[lane] + self.bias[lane]))
             shift = self.shift[lane]
+
+            # Fixed point: multiply, shift rounding half up; the result waits two stages for the float path.
+            product = reg(signed(64), "product")
+            scaled = reg(signed(64), "scaled")
+            fixed = [reg(signed(22), "fixed_4"), reg(signed(22), "fixed_5")]
             # 1 << shift >> 1, written as a right shift so no 127-bit intermediate appears.
             rounding = Signal(unsigned(63), name=f"rounding_{lane}")
             m.d.comb += rounding.eq(Const(1 << 63, 64) >> (Const(64, 7) - shift)[:7])
-            shifted = Signal(signed(65), name=f"shifted_{lane}")
-            m.d.comb += shifted.eq(scaled + self.out_zero_point)
-            stages = (
-                biased.eq(self.in_acc[lane] + self.bias[lane]),
-                product.eq(biased * self.multiplier[lane]),
-                scaled.eq((product + rounding) >> shift),
-                clamped.eq(Mux(shifted < self.clamp_min, self.clamp_min,
-                               Mux(shifted > self.clamp_max, self.clamp_max, shifted))),
-            )
-            for stage, assignment in enumerate(stages):
+            stages[1].append(product.eq(biased * self.multiplier[lane]))
+            stages[2].append(scaled.eq((product + rounding) >> shift))
+            stages[3].append(fixed[0].eq(_saturated(scaled)))
+            stages[4].append(fixed[1].eq(fixed[0]))
+
+            # float32: x to a 24-bit significand F * 2**k; the product F * S to 24 significant bits
+            # T * 2**j; then T * 2**(j + k - shift) to an integer. Signs ride alongside.
+            magnitude = Signal(unsigned(32), name=f"magnitude_{lane}")
+            m.d.comb += magnitude.eq(Mux(biased < 0, -biased, biased))
+            k = _bit_length(m, magnitude[_SIGNIFICAND:], f"k_{lane}")
+            negative = [reg(1, f"negative_{stage}") for stage in (2, 3, 4)]
+            significand, exponent = reg(unsigned(_SIGNIFICAND + 1), "significand"), reg(range(9), "exponent")
+            stages[1] += [negative[0].eq(biased < 0), exponent.eq(k),
+                          significand.eq(_round_right(m, magnitude, k, f"to_float_{lane}"))]
+            exact = reg(unsigned(2 * _SIGNIFICAND + 1), "exact")
+            power = reg(signed(8), "power_3")  # k - shift
+            stages[2] += [negative[1].eq(negative[0]), exact.eq(significand * self.multiplier[lane][:_SIGNIFICAND]),
+                          power.eq(exponent - shift)]
+            j = _bit_length(m, exact[_SIGNIFICAND:], f"j_{lane}")
+            kept, kept_power = reg(unsigned(_SIGNIFICAND + 1), "kept"), reg(signed(8), "power_4")
+            stages[3] += [negative[2].eq(negative[1]), kept.eq(_round_right(m, exact, j, f"to_product_{lane}")),
+                          kept_power.eq(power + j)]
+            # kept * 2**kept_power, rounded; kept is at most 2**24, so shifting right by more than 25 gives 0 like 25.
+            right = Signal(range(_SIGNIFICAND + 2), name=f"right_{lane}")
+            m.d.comb += right.eq(Mux(kept_power < -(_SIGNIFICAND + 1), _SIGNIFICAND + 1, -kept_power))
+            whole = Signal(unsigned(_SIGNIFICAND + 2), name=f"whole_{lane}")
+            m.d.comb += whole.eq(_round_right(m, kept, right, f"to_integer_{lane}"))
+            magnitude_out = Mux(kept_power >= 0,
+                                Mux(kept == 0, 0, Mux(kept_power > 20, _SATURATE, kept << kept_power[:5])), whole)
+            floated = reg(signed(22), "floated")
+            limited = Signal(unsigned(_SIGNIFICAND + 22), name=f"limited_{lane}")
+            m.d.comb += limited.eq(magnitude_out)
+            stages[4].append(floated.eq(_saturated(Mux(negative[2], -limited.as_signed(), limited.as_signed()))))
+
+            clamped = reg(signed(16), "clamped")
+            shifted = Signal(signed(23), name=f"shifted_{lane}")
+            m.d.comb += shifted.eq(Mux(self.float32_scale, floated, fixed[1]) + self.out_zero_point)
+            stages[5].append(clamped.eq(Mux(shifted < self.clamp_min, self.clamp_min,
+                                            Mux(shifted > self.clamp_max, self.clamp_max, shifted))))
+            for stage, assignments in enumerate(stages):
                 with m.If(valid[stage]):
-                    m.d.sync += [assignment, raw[stage + 1].eq(raw[stage])]
+                    m.d.sync += assignments
             m.d.comb += [self.out_data[lane].eq(clamped[:8]), self.out_raw[lane].eq(raw[-1])]
         m.d.comb += self.out_valid.eq(valid[-1])
         return m

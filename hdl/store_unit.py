@@ -13,7 +13,9 @@ from .post_processor import PostProcessor
 
 __all__ = ["StoreUnit"]
 
-_ROW_FIFO_DEPTH = 8
+# Rows are read only while the FIFO has room for every row in flight (the accumulator read and the
+# post-processor's stages), so it holds those plus a few more to stream one row per cycle.
+_ROW_FIFO_DEPTH = PostProcessor.latency + 4
 
 
 class StoreUnit(wiring.Component):
@@ -22,8 +24,9 @@ class StoreUnit(wiring.Component):
     With ``load_params`` it first reads the per-channel block (bias,
     multiplier, shift: ``cols`` int32 each) from memory. It then reads one
     accumulator entry per cycle while its row FIFO has room, requantizes it
-    (or passes the int32 values through for ``raw``) and writes each row as
-    whole memory beats to ``dram_addr + i * dram_stride``.
+    (in fixed point or, with ``float32_scale``, float32 arithmetic; or passes
+    the int32 values through for ``raw``) and writes each row as whole
+    memory beats to ``dram_addr + i * dram_stride``.
     """
 
     def __init__(self, config: HardwareConfig):
@@ -56,6 +59,7 @@ class StoreUnit(wiring.Component):
         param_addr = Signal(32)
         load_params = Signal()
         raw = Signal()
+        float32_scale = Signal()
         waiting = Signal()
         notify = Signal()
         out_zero_point = Signal(signed(16))
@@ -77,6 +81,7 @@ class StoreUnit(wiring.Component):
                         param_addr.eq(field("param_addr")),
                         load_params.eq(field("load_params")),
                         raw.eq(field("raw")),
+                        float32_scale.eq(field("float32_scale")),
                         out_zero_point.eq(field("out_zero_point")),
                         clamp_min.eq(field("clamp_min")),
                         clamp_max.eq(field("clamp_max")),
@@ -132,6 +137,7 @@ class StoreUnit(wiring.Component):
             ]
         m.d.comb += [
             ppu.in_valid.eq(delayed(m, issue, 1, "read_valid", reset=True)),
+            ppu.float32_scale.eq(float32_scale),
             ppu.out_zero_point.eq(out_zero_point),
             ppu.clamp_min.eq(clamp_min),
             ppu.clamp_max.eq(clamp_max),

@@ -16,9 +16,9 @@ from .config import HardwareConfig
 from .intmatmul import as_unsigned, centred_matmul
 from .isa import Buffer, Opcode
 from .program import InstructionColumns, MemoryImage, Program, requantization_block
-from .postprocess import requantize_rows
+from .postprocess import SIGNIFICAND_BITS, requantize_rows
 
-__all__ = ["Requantization", "quantize_multiplier", "golden_gemm", "GemmTiling", "plan_gemm", "GemmProgram",
+__all__ = ["Requantization", "quantize_multiplier", "float32_significand", "golden_gemm", "GemmTiling", "plan_gemm", "GemmProgram",
            "GemmError"]
 
 _ADDRESS_SPACE = 1 << 32
@@ -45,9 +45,27 @@ def quantize_multiplier(scale: float) -> tuple[int, int]:
     return multiplier, shift
 
 
+def float32_significand(scale) -> tuple[int, int]:
+    """``(significand, shift)`` with ``significand * 2**-shift == float32(scale)`` exactly, ``significand <
+    2**24`` and ``0 <= shift <= 63``, for the post-processor's float32 mode; scales beyond that range give
+    the same results as the nearest end of it (any sum times a scale below 2**-40 rounds to 0; one of
+    2**24 or more saturates every non-zero sum)."""
+    scale = np.float32(scale)
+    if not (scale >= 0 and np.isfinite(scale)):
+        raise ValueError(f"a requantization scale must be non-negative and finite, not {scale}")
+    fraction, exponent = math.frexp(float(scale))  # scale = fraction * 2**exponent, 0.5 <= fraction < 1
+    shift = SIGNIFICAND_BITS - exponent
+    if scale == 0 or shift > 63:
+        return 0, 0
+    if shift < 0:
+        return (1 << SIGNIFICAND_BITS) - 1, 0
+    return int(fraction * (1 << SIGNIFICAND_BITS)), shift
+
+
 @dataclass(frozen=True)
 class Requantization:
-    """Per-output-channel requantization as the post-processor applies it (docs/isa.md)."""
+    """Per-output-channel requantization as the post-processor applies it (docs/isa.md): in fixed point,
+    or with ``float32_scale`` in float32 arithmetic (multipliers are then 24-bit significands)."""
 
     bias: np.ndarray
     multiplier: np.ndarray
@@ -55,6 +73,7 @@ class Requantization:
     out_zero_point: int = 0
     clamp_min: int = -128
     clamp_max: int = 127
+    float32_scale: bool = False
 
     def __post_init__(self):
         for name in ("bias", "multiplier", "shift"):
@@ -66,6 +85,8 @@ class Requantization:
             raise ValueError("bias values must fit int32")
         if ((self.multiplier < 0) | (self.multiplier >= 1 << 31)).any():
             raise ValueError("multipliers must lie in 0 .. 2**31 - 1")
+        if self.float32_scale and (self.multiplier >= 1 << SIGNIFICAND_BITS).any():
+            raise ValueError("float32 significands must lie in 0 .. 2**24 - 1")
         if ((self.shift < 0) | (self.shift > 63)).any():
             raise ValueError("shifts must lie in 0 .. 63")
         if not -128 <= self.clamp_min <= self.clamp_max <= 255:
@@ -90,6 +111,16 @@ class Requantization:
         return cls(bias=bias, multiplier=[p[0] for p in pairs], shift=[p[1] for p in pairs],
                    out_zero_point=out_zero_point, clamp_min=clamp_min, clamp_max=clamp_max)
 
+    @classmethod
+    def from_float32_scales(cls, scales, bias=None, *, out_zero_point: int = 0, clamp_min: int = -128,
+                            clamp_max: int = 127) -> "Requantization":
+        """onnxruntime's requantization: ``float32(sum + bias) * float32(scale)``, rounded half to even."""
+        scales = np.asarray(scales, dtype=np.float32).reshape(-1)
+        pairs = [float32_significand(s) for s in scales]
+        bias = np.zeros(scales.size, dtype=np.int64) if bias is None else bias
+        return cls(bias=bias, multiplier=[p[0] for p in pairs], shift=[p[1] for p in pairs],
+                   out_zero_point=out_zero_point, clamp_min=clamp_min, clamp_max=clamp_max, float32_scale=True)
+
 
 def golden_gemm(a: np.ndarray, w: np.ndarray, act_zero_point: int = 0,
                 requant: Requantization | None = None) -> np.ndarray:
@@ -97,8 +128,8 @@ def golden_gemm(a: np.ndarray, w: np.ndarray, act_zero_point: int = 0,
     acc = centred_matmul(*as_unsigned(np.asarray(a), act_zero_point), w)
     if requant is None:
         return acc
-    out = requantize_rows(acc, requant.bias, requant.multiplier, requant.shift,
-                     requant.out_zero_point, requant.clamp_min, requant.clamp_max)
+    out = requantize_rows(acc, requant.bias, requant.multiplier, requant.shift, requant.out_zero_point,
+                          requant.clamp_min, requant.clamp_max, float32_scale=requant.float32_scale)
     return out.view(requant.output_dtype)
 
 
@@ -283,7 +314,8 @@ class GemmProgram:
             m0, rows, nt0, tiles_n = blocks[b]
             nt = nt0 + np.arange(tiles_n)
             quantized = {} if raw else dict(param_addr=p_base + nt * cfg.param_block_bytes, load_params=True,
-                                            out_zero_point=self.requant.out_zero_point)
+                                            out_zero_point=self.requant.out_zero_point,
+                                            float32_scale=self.requant.float32_scale)
             low, high = (-128, 127) if raw else (self.requant.clamp_min, self.requant.clamp_max)
             program.add(Opcode.STORE, tiles_n, acc_addr=(b % 2) * acc_half + (nt - nt0) * rows, count=rows,
                         dram_addr=self.out_base + m0 * out_pitch + nt * out_row, dram_stride=out_pitch, raw=raw,

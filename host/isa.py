@@ -92,6 +92,7 @@ OPCODE_FIELDS: dict[Opcode, dict[str, Field]] = {
     Opcode.STORE: {
         "load_params": Field(8, 1),
         "raw": Field(9, 1),
+        "float32_scale": Field(10, 1),
         "acc_addr": Field(32, 16),
         "count": Field(48, 16),
         "dram_addr": Field(64, 32),
@@ -116,7 +117,7 @@ _TOKEN_NAMES: dict[Opcode, dict[str, str]] = {
 }
 
 
-_FLAGS = frozenset({"preload", "accumulate", "act_signed", "load_params", "raw", *(
+_FLAGS = frozenset({"preload", "accumulate", "act_signed", "load_params", "raw", "float32_scale", *(
     name for names in _TOKEN_NAMES.values() for name in names.values())})
 
 
@@ -202,7 +203,8 @@ class Store(_Encodable):
     """Write ``count`` accumulator entries to memory through the post-processing unit.
 
     ``raw`` writes the int32 accumulators unchanged (``4 * cols`` bytes per
-    entry); otherwise each entry becomes ``cols`` requantized bytes.
+    entry); otherwise each entry becomes ``cols`` requantized bytes, in
+    fixed point or, with ``float32_scale``, in float32 arithmetic.
     ``load_params`` first reads the per-channel block at ``param_addr``.
     """
 
@@ -214,6 +216,7 @@ class Store(_Encodable):
     param_addr: int = 0
     load_params: bool = False
     raw: bool = False
+    float32_scale: bool = False
     out_zero_point: int = 0
     clamp_min: int = -128
     clamp_max: int = 127

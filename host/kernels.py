@@ -47,13 +47,13 @@ def _float32_requantize(acc, bias, scale, zero_point, low, high, out):
         for j in range(cols):
             total = np.float32(np.int32(np.int64(acc[i, j]) + bias[j]))  # int32 addition wraps
             y = np.rint(total * scale[j]) + zero_point
-            out[i, j] = np.uint8(min(max(y, low), high))
+            out[i, j] = np.uint8(np.int64(min(max(y, low), high)) & 0xFF)  # int8 results in two's complement
 
 
 def float32_requantize_rows(acc: np.ndarray, bias: np.ndarray, scale: np.ndarray, zero_point: int,
                             low: int, high: int) -> np.ndarray:
     """onnxruntime's requantization of int32 ``acc`` [rows, channels]: ``float32(acc + bias) * scale``,
-    rounded half to even, plus the zero point, clamped; returns uint8."""
+    rounded half to even, plus the zero point, clamped; returns the low bytes."""
     out = np.empty(acc.shape, np.uint8)
     _float32_requantize(acc, bias.astype(np.int64), scale.astype(np.float32), np.float32(zero_point),
                         np.float32(low), np.float32(high), out)

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gemm import quantize_multiplier
 from .graph import Graph, ImportError_
 from .quantize import Layer, QuantizedModel, QuantParams
 
 __all__ = ["from_qlinear_graph"]
 
 
-def _requant(in_scale: float, w_scale: np.ndarray, out_scale: float) -> dict:
-    """Multipliers equal to the float32 scale onnxruntime computes (``x_scale * w_scale / y_scale``).
-
-    A float32 has a 24-bit mantissa, so the fixed-point multiplier represents it exactly and
-    results differ from onnxruntime's only where its float32 product rounds across a half.
-    """
-    ratios = (np.float32(in_scale) * w_scale.astype(np.float32)) / np.float32(out_scale)
-    pairs = [quantize_multiplier(float(s)) for s in ratios]
-    return {"multiplier": np.array([p[0] for p in pairs], np.int64), "shift": np.array([p[1] for p in pairs], np.int64),
-            "scale": ratios.astype(np.float32)}
+def _scale(in_scale: float, w_scale: np.ndarray, out_scale: float) -> dict:
+    """The float32 requantization scales onnxruntime computes (``x_scale * w_scale / y_scale``), which the
+    post-processor multiplies by in its float32 mode: results are onnxruntime's, bit for bit."""
+    return {"scale": ((np.float32(in_scale) * w_scale.astype(np.float32)) / np.float32(out_scale)).astype(np.float32)}
 
 
 def from_qlinear_graph(graph: Graph) -> QuantizedModel:
-    """Layers that compute what the model's QLinear operators specify, with the post-processor's rounding."""
+    """Layers that compute what the model's QLinear operators specify, with onnxruntime's arithmetic."""
     c = graph.constants
 
     def params(scale_name: str, zero_name: str) -> QuantParams:
@@ -60,7 +53,7 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
             macs = int(np.prod(shape[1:]) * np.prod(weight.shape[1:]))
             placement = "accelerator" if group == 1 else "host"
             layers.append(Layer("conv", node.name, [ins[0]], node.outputs[0], placement, attrs,
-                                {"weight": weight, "bias": bias, **_requant(in_q.scale, w_scale, out_q.scale)},
+                                {"weight": weight, "bias": bias, **_scale(in_q.scale, w_scale, out_q.scale)},
                                 out_q, macs))
             tensor_q[node.outputs[0]] = out_q
             report.append({"layer": node.name, "op": "QLinearConv", "placement": placement, "scale": out_q.scale,
@@ -99,7 +92,7 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
             layers.append(Layer("fc_quantized", node.name, [ins[0]], node.outputs[0], "accelerator",
                                 {"in_zero_point": in_q.zero_point, "clamp": (0, 255), "rounding": "float32"},
                                 {"weight": weight, "bias": np.zeros(weight.shape[1], np.int64),
-                                 **_requant(in_q.scale, w_scale, out_q.scale)}, out_q, int(weight.size)))
+                                 **_scale(in_q.scale, w_scale, out_q.scale)}, out_q, int(weight.size)))
             tensor_q[node.outputs[0]] = out_q
             report.append({"layer": node.name, "op": "QLinearMatMul", "placement": "accelerator",
                            "scale": out_q.scale, "zero_point": out_q.zero_point, "macs": int(weight.size)})
@@ -117,7 +110,7 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
             layers.append(Layer("fc_quantized", node.name, [ins[0]], node.outputs[0], "accelerator",
                                 {"in_zero_point": in_q.zero_point, "clamp": (0, 255), "rounding": "float32"},
                                 {"weight": np.ascontiguousarray(weight), "bias": bias,
-                                 **_requant(in_q.scale, w_scale, out_q.scale)}, out_q, int(weight.size)))
+                                 **_scale(in_q.scale, w_scale, out_q.scale)}, out_q, int(weight.size)))
             tensor_q[node.outputs[0]] = out_q
             report.append({"layer": node.name, "op": "QGemm", "placement": "accelerator",
                            "scale": out_q.scale, "zero_point": out_q.zero_point, "macs": int(weight.size)})

@@ -37,7 +37,7 @@ _FIELDS = {
     Opcode.COMPUTE: ("act_addr", "count", "acc_addr", "wgt_addr", "preload", "accumulate", "act_signed",
                      "act_zero_point"),
     Opcode.STORE: ("acc_addr", "count", "dram_addr", "dram_stride", "param_addr", "load_params", "raw",
-                   "out_zero_point", "clamp_min", "clamp_max"),
+                   "float32_scale", "out_zero_point", "clamp_min", "clamp_max"),
 }
 #: Distinct accumulator ranges left pending before all of them are computed (bounds the bookkeeping).
 _MAX_PENDING = 64
@@ -156,7 +156,7 @@ class _Machine:
             self.acc[rows] = _wrap_int32(part if pending.fresh else self.acc[rows] + part)
 
     def store(self, acc_addr: int, count: int, dram_addr: int, dram_stride: int, param_addr: int, load_params: int,
-              raw: int, out_zero_point: int, clamp_min: int, clamp_max: int) -> None:
+              raw: int, float32_scale: int, out_zero_point: int, clamp_min: int, clamp_max: int) -> None:
         cfg = self.config
         if load_params:
             block = self.memory[param_addr:param_addr + cfg.param_block_bytes]
@@ -167,18 +167,18 @@ class _Machine:
             out = rows.astype("<i4").view(np.uint8).reshape(count, -1)
         else:
             out = requantize(rows, self.params[0], self.params[1], self.params[2] & 63,
-                             out_zero_point, clamp_min, clamp_max)
+                             out_zero_point, clamp_min, clamp_max, float32_scale=bool(float32_scale))
         _write_rows(self.memory, dram_addr, dram_stride, out)
 
     def stores(self, rows: list[tuple]) -> None:
         """A run of STOREs: their requantization as one computation, unless one of them loads a parameter
-        block that an earlier one of the run writes (then one at a time)."""
-        if len(rows) == 1 or self._writes_parameters(rows):
+        block that an earlier one of the run writes, or they mix arithmetic (then one at a time)."""
+        if len(rows) == 1 or self._writes_parameters(rows) or len({row[7] for row in rows if not row[6]}) > 1:
             for row in rows:
                 self.store(*row)
             return
         cfg, blocks, quantized = self.config, [], []
-        for acc_addr, count, _, _, param_addr, load_params, raw, out_zero_point, clamp_min, clamp_max in rows:
+        for acc_addr, count, _, _, param_addr, load_params, raw, _, out_zero_point, clamp_min, clamp_max in rows:
             self.settle(acc_addr, count)
             if load_params:
                 block = self.memory[param_addr:param_addr + cfg.param_block_bytes]
@@ -192,8 +192,10 @@ class _Machine:
             params = np.stack(blocks)[per_row]
             limits = np.array([q[2:] for q in quantized])[per_row]
             acc = np.concatenate([self.acc[start:start + count] for start, count, *_ in quantized])
+            float32_scale = bool(next(row[7] for row in rows if not row[6]))
             outs = iter(np.split(requantize(acc, params[:, 0], params[:, 1], params[:, 2] & 63, limits[:, :1],
-                                            limits[:, 1:2], limits[:, 2:]), np.cumsum(counts)[:-1]))
+                                            limits[:, 1:2], limits[:, 2:], float32_scale=float32_scale),
+                                 np.cumsum(counts)[:-1]))
         for acc_addr, count, dram_addr, dram_stride, _, _, raw, *_ in rows:
             out = self.acc[acc_addr:acc_addr + count].astype("<i4").view(np.uint8).reshape(count, -1) if raw \
                 else next(outs)

@@ -63,6 +63,7 @@ class _Store:
     dram_addr: int
     dram_stride: int
     raw: bool
+    float32_scale: bool
     params: int | None  # address of the parameter block in force (None: never loaded, all zero)
     out_zero_point: int
     clamp_min: int
@@ -131,7 +132,7 @@ class ExecutionPlan:
             params[key] = np.concatenate(per_block, axis=1)[:, :acc.shape[1]]
         bias, multiplier, shift = params[key]
         return requantize_rows(acc, bias, multiplier, shift & 63, store.out_zero_point, store.clamp_min,
-                               store.clamp_max)
+                               store.clamp_max, float32_scale=store.float32_scale)
 
 
 # Tracing ------------------------------------------------------------------
@@ -212,10 +213,11 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
     reads, writes, stores = [], [], []
     names = ("buffer", "sram_addr", "count", "dram_addr", "dram_stride", "act_addr", "acc_addr", "wgt_addr",
              "preload", "accumulate", "act_signed", "act_zero_point", "param_addr", "load_params", "raw",
-             "out_zero_point", "clamp_min", "clamp_max")
+             "float32_scale", "out_zero_point", "clamp_min", "clamp_max")
     rows = zip(columns["opcode"].tolist(), *(columns[name].tolist() for name in names))
     for (op, buffer, sram_addr, count, dram_addr, dram_stride, act_addr, acc_addr, wgt_addr, preload, accumulate,
-         signed, zero_point, param_addr, load_params, raw, out_zero_point, clamp_min, clamp_max) in rows:
+         signed, zero_point, param_addr, load_params, raw, float32_scale, out_zero_point, clamp_min,
+         clamp_max) in rows:
         if op == Opcode.LOAD:
             entries = act if buffer == 0 else wgt
             entries.fill(sram_addr, count, dram_addr, dram_stride)
@@ -248,8 +250,8 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
                 terms = ()
             else:
                 raise _Unplannable("a store reads accumulator ranges in part")
-            stores.append(_Store(terms, count, dram_addr, dram_stride, bool(raw), params if not raw else None,
-                                 out_zero_point, clamp_min, clamp_max))
+            stores.append(_Store(terms, count, dram_addr, dram_stride, bool(raw), bool(float32_scale and not raw),
+                                 params if not raw else None, out_zero_point, clamp_min, clamp_max))
             writes.append((dram_addr, count, 4 * C if raw else C, dram_stride))
     return stores, reads, writes
 
@@ -333,8 +335,9 @@ def _single_write(config: HardwareConfig, product: _Product) -> tuple[_Rows, np.
     origin = first.dram_addr - blocks[0][0] * first.dram_stride - blocks[0][1] * element
     params: dict[int, int | None] = {}
     for row, column, store in blocks:
-        if (store.raw, store.out_zero_point, store.clamp_min, store.clamp_max, store.dram_stride) != \
-                (first.raw, first.out_zero_point, first.clamp_min, first.clamp_max, first.dram_stride):
+        if (store.raw, store.float32_scale, store.out_zero_point, store.clamp_min, store.clamp_max,
+                store.dram_stride) != (first.raw, first.float32_scale, first.out_zero_point, first.clamp_min,
+                                       first.clamp_max, first.dram_stride):
             return None
         if store.dram_addr != origin + row * store.dram_stride + column * element:
             return None

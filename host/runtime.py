@@ -17,7 +17,7 @@ import numpy as np
 from .config import HardwareConfig
 from .gemm import GemmProgram, Requantization, golden_gemm, quantize_multiplier
 from .quantize import Layer, QuantizedModel
-from .kernels import depthwise_sums, float32_requantize_rows, qlinear_add
+from .kernels import depthwise_sums, qlinear_add
 from .postprocess import requantize_rows
 
 __all__ = ["LayerStats", "ModelRunner", "im2col"]
@@ -80,14 +80,16 @@ def _rescale(x: np.ndarray, ratio: float) -> np.ndarray:
     return (product + ((1 << shift) >> 1)) >> shift
 
 
-def _float32_requantize(acc: np.ndarray, layer: Layer, channels: slice) -> np.ndarray:
-    """onnxruntime's requantization, for models imported with their own scales: the int32 sum with its
-    bias becomes a float32, is multiplied by the float32 scale and rounded half to even."""
+def _requantization(layer: Layer, channels: slice) -> Requantization:
+    """The post-processor's parameters for ``channels`` of a layer: fixed point, or the float32 scales of a
+    model imported with its own scales (onnxruntime's arithmetic)."""
     low, high = layer.attrs["clamp"]
-    rows = np.ascontiguousarray(acc, dtype=np.int32).reshape(-1, acc.shape[-1])
-    out = float32_requantize_rows(rows, layer.arrays["bias"][channels], layer.arrays["scale"][channels],
-                                  layer.out_q.zero_point, low, high)
-    return out.reshape(acc.shape)
+    limits = dict(out_zero_point=layer.out_q.zero_point, clamp_min=low, clamp_max=high)
+    if layer.attrs.get("rounding") == "float32":
+        return Requantization.from_float32_scales(layer.arrays["scale"][channels], layer.arrays["bias"][channels],
+                                                  **limits)
+    return Requantization(layer.arrays["bias"][channels], layer.arrays["multiplier"][channels],
+                          layer.arrays["shift"][channels], **limits)
 
 
 class ModelRunner:
@@ -115,6 +117,7 @@ class ModelRunner:
         self._program_cache_bytes = program_cache_bytes
         self._used: list[GemmProgram] = []  # by the last batch
         self._operands: dict[tuple, tuple] = {}  # per convolution group: weight matrix, requantization
+        self._requantizations: dict[str, Requantization] = {}  # per layer, for the layers without groups
 
     def gemm(self, a: np.ndarray, w: np.ndarray, zero_point: int, requant: Requantization | None,
              stats: LayerStats, key: tuple) -> np.ndarray:
@@ -213,29 +216,27 @@ class ModelRunner:
             stats.im2col_seconds += time.perf_counter() - lowering
             channels = slice(g * per_group_out, (g + 1) * per_group_out)
             w, requant = self._group_operands(layer, g, channels)
-            float_rounding = requant is None
             if layer.placement == "accelerator":
                 out = self.gemm(patches, w, a["in_zero_point"], requant, stats, (layer.name, g))
             else:
                 out = golden_gemm(patches, w, a["in_zero_point"], requant)
-            if float_rounding:
-                out = _float32_requantize(out, layer, channels)
             outputs.append(out.view(np.uint8))
         return _channels_first(outputs[0] if group == 1 else np.concatenate(outputs, axis=1), len(x), ho, wo)
 
-    def _group_operands(self, layer: Layer, group: int, channels: slice) -> tuple[np.ndarray, Requantization | None]:
+    def _group_operands(self, layer: Layer, group: int, channels: slice) -> tuple[np.ndarray, Requantization]:
         """A convolution group's weight matrix (rows ordered like im2col's patches) and its post-processor
-        parameters (``None`` when the host requantizes in float32), made once per model."""
+        parameters, made once per model."""
         key = (layer.name, group)
         if key not in self._operands:
-            low, high = layer.attrs["clamp"]
             weight = layer.arrays["weight"][channels]
             w = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(len(weight), -1).T)
-            requant = None if layer.attrs.get("rounding") == "float32" else Requantization(
-                layer.arrays["bias"][channels], layer.arrays["multiplier"][channels], layer.arrays["shift"][channels],
-                out_zero_point=layer.out_q.zero_point, clamp_min=low, clamp_max=high)
-            self._operands[key] = (w, requant)
+            self._operands[key] = (w, _requantization(layer, channels))
         return self._operands[key]
+
+    def _layer_requantization(self, layer: Layer) -> Requantization:
+        if layer.name not in self._requantizations:
+            self._requantizations[layer.name] = _requantization(layer, slice(None))
+        return self._requantizations[layer.name]
 
     def _depthwise(self, layer: Layer, x: np.ndarray) -> np.ndarray:
         """One filter per channel, on the host: the GEMM's integer sums (exact in int32), channels last."""
@@ -245,16 +246,13 @@ class ModelRunner:
         top, left, bottom, right = a["pads"]
         ho, wo = _output_size(h + top + bottom, kh, sh, dh), _output_size(w + left + right, kw, sw, dw)
         weight = layer.arrays["weight"].reshape(c, kh, kw).transpose(1, 2, 0)
-        low, high = a["clamp"]
+        rq = self._layer_requantization(layer)
         outputs = []
         for image in x.transpose(0, 2, 3, 1):
             acc = depthwise_sums(image, weight, a["in_zero_point"], (sh, sw), (dh, dw),
                                  (top, left), (ho, wo))
-            if a.get("rounding") == "float32":
-                outputs.append(_float32_requantize(acc, layer, slice(None)))
-            else:
-                outputs.append(requantize_rows(acc, layer.arrays["bias"], layer.arrays["multiplier"],
-                                               layer.arrays["shift"], layer.out_q.zero_point, low, high))
+            outputs.append(requantize_rows(acc, rq.bias, rq.multiplier, rq.shift, rq.out_zero_point, rq.clamp_min,
+                                           rq.clamp_max, float32_scale=rq.float32_scale))
         return np.stack(outputs).transpose(0, 3, 1, 2)  # a view, channels-last in memory like the convolutions'
 
     def _add(self, layer: Layer, tensors, stats):
@@ -300,12 +298,7 @@ class ModelRunner:
     def _fc_quantized(self, layer: Layer, tensors, stats):
         x = tensors[layer.inputs[0]]
         x = x.reshape(len(x), -1)
-        low, high = layer.attrs["clamp"]
-        requant = Requantization(layer.arrays["bias"], layer.arrays["multiplier"], layer.arrays["shift"],
-                                 out_zero_point=layer.out_q.zero_point, clamp_min=low, clamp_max=high)
-        if layer.attrs.get("rounding") == "float32":
-            acc = self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], None, stats, (layer.name,))
-            return _float32_requantize(acc, layer, slice(None))
+        requant = self._layer_requantization(layer)
         return self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], requant, stats, (layer.name,))
 
     def _clamp(self, layer: Layer, tensors, stats):

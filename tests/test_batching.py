@@ -120,21 +120,26 @@ def test_run_batch_refuses_wrong_shapes(package):
             runner.run_batch(bad)
 
 
-def test_depthwise_matches_one_gemm_per_channel():
+@pytest.mark.parametrize("rounding", ["fixed", "float32"])
+def test_depthwise_matches_one_gemm_per_channel(rounding):
     rng = np.random.default_rng(7)
     n, c = 2, 5
     x = rng.integers(0, 256, (n, c, 11, 9), dtype=np.uint8)
     attrs = {"kernel": [3, 5], "strides": [2, 1], "pads": [1, 2, 0, 1], "dilations": [2, 1], "group": c,
-             "in_zero_point": 37, "clamp": (0, 255)}
+             "in_zero_point": 37, "clamp": (0, 255), "rounding": rounding}
     arrays = {"weight": rng.integers(-127, 128, (c, 1, 3, 5), dtype=np.int8), "bias": rng.integers(-999, 999, c),
-              "multiplier": rng.integers(1 << 29, 1 << 30, c), "shift": rng.integers(36, 40, c)}
+              "multiplier": rng.integers(1 << 29, 1 << 30, c), "shift": rng.integers(36, 40, c),
+              "scale": rng.uniform(2e-3, 2e-2, c).astype(np.float32)}
     layer = Layer("conv", "dw", ["x"], "y", "host", attrs, arrays, QuantParams(0.1, 9))
-    got = ModelRunner.__new__(ModelRunner)._depthwise(layer, x)
+    got = ModelRunner(None, TINY, "numpy")._depthwise(layer, x)
     for channel in range(c):
         patches, ho, wo = im2col(x[:, channel:channel + 1], attrs["kernel"], attrs["strides"], attrs["pads"],
                                  attrs["dilations"], attrs["in_zero_point"])
+        limits = dict(out_zero_point=9, clamp_min=0, clamp_max=255)
         requant = Requantization(*(arrays[k][channel:channel + 1] for k in ("bias", "multiplier", "shift")),
-                                 out_zero_point=9, clamp_min=0, clamp_max=255)
+                                 **limits) if rounding == "fixed" else \
+            Requantization.from_float32_scales(arrays["scale"][channel:channel + 1], arrays["bias"][channel:channel + 1],
+                                               **limits)
         expected = golden_gemm(patches, arrays["weight"][channel].reshape(-1, 1), attrs["in_zero_point"], requant)
         assert np.array_equal(got[:, channel], expected.reshape(n, ho, wo))
     assert len(np.unique(got)) > 20  # not saturated

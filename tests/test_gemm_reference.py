@@ -8,7 +8,8 @@ import pytest
 
 from conftest import NARROW, TINY
 from mvu.config import HardwareConfig
-from mvu.gemm import GemmError, GemmProgram, GemmTiling, Requantization, golden_gemm, plan_gemm, quantize_multiplier
+from mvu.gemm import (GemmError, GemmProgram, GemmTiling, Requantization, float32_significand, golden_gemm, plan_gemm,
+                      quantize_multiplier)
 from mvu.postprocess import requantize
 from mvu.reference import ReferenceExecutor
 
@@ -40,6 +41,30 @@ def test_rounding_is_half_up():
     assert out.tolist() == [1, -1, 2, -1, 2, -2]
 
 
+def test_float32_scales_round_half_to_even():
+    acc = np.array([5, -5, 6, -6, 7, -7, 2, -2])  # divided by 4: 1.25 -1.25 1.5 -1.5 1.75 -1.75 0.5 -0.5
+    significand, shift = float32_significand(0.25)
+    out = requantize(acc, np.zeros(8), np.full(8, significand), np.full(8, shift), 0, -128, 127,
+                     float32_scale=True).view(np.int8)
+    assert out.tolist() == [1, -1, 2, -2, 2, -2, 0, 0]
+
+
+def test_float32_significands_give_onnxruntimes_arithmetic_for_any_scale():
+    """``float32(x) * scale``, rounded half to even, for scales inside the post-processor's range and beyond."""
+    rng = np.random.default_rng(8)
+    x = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, 3000), rng.integers(-2 ** 12, 2 ** 12, 3000),
+                        [0, 1, -1, 2 ** 31 - 1, -2 ** 31, 2 ** 24 + 1, -(2 ** 24 + 3)]])
+    scales = np.float32([0, 2 ** -149, 2 ** -60, 2 ** -41, 2 ** -40, 3e-5, 0.0123, 0.5, 1, 1.5, 2 ** 23, 2 ** 24,
+                         3e30, *rng.uniform(1e-4, 2.0, 20)])
+    for scale in scales:
+        significand, shift = float32_significand(scale)
+        assert 0 <= significand < 2 ** 24 and 0 <= shift <= 63
+        got = requantize(x, 0, significand, shift, 0, -(2 ** 15), 2 ** 15 - 1, float32_scale=True)
+        with np.errstate(over="ignore"):  # the largest scale overflows to infinity, which clamps like the rest
+            wanted = np.clip(np.rint(x.astype(np.float32) * scale).astype(np.float64), -(2 ** 15), 2 ** 15 - 1)
+        np.testing.assert_array_equal(got, wanted.astype(np.int64).astype(np.uint8), err_msg=f"scale {scale}")
+
+
 @pytest.mark.parametrize("scale", [1e-6, 0.0123, 0.5, 1.0, 3.7, 2 ** -40])
 def test_quantize_multiplier(scale):
     multiplier, shift = quantize_multiplier(scale)
@@ -59,13 +84,14 @@ def run_reference(config, a, w, zero_point, requant, tiling=None):
     return gemm.result()
 
 
-def random_case(rng, m, k, n, signed=False, raw=False):
+def random_case(rng, m, k, n, signed=False, output="fixed"):
+    """Operands and a requantization: ``output`` is "fixed" (point), "float32" (scales) or "raw"."""
     a = rng.integers(-128, 128, (m, k), dtype=np.int8) if signed else rng.integers(0, 256, (m, k), dtype=np.uint8)
     w = rng.integers(-128, 128, (k, n), dtype=np.int8)
     zero_point = int(rng.integers(-128, 128) if signed else rng.integers(0, 256))
-    requant = None if raw else Requantization.from_scales(
-        rng.uniform(1e-4, 1e-2, n), rng.integers(-5000, 5000, n), out_zero_point=int(rng.integers(0, 30)),
-        clamp_min=0, clamp_max=255)
+    make = {"fixed": Requantization.from_scales, "float32": Requantization.from_float32_scales}.get(output)
+    requant = None if make is None else make(rng.uniform(1e-4, 1e-2, n), rng.integers(-5000, 5000, n),
+                                             out_zero_point=int(rng.integers(0, 30)), clamp_min=0, clamp_max=255)
     return a, w, zero_point, requant
 
 
@@ -73,7 +99,7 @@ def random_case(rng, m, k, n, signed=False, raw=False):
 def test_reference_gemm_matches_definition(config):
     rng = np.random.default_rng(11)
     for m, k, n in [(1, 1, 1), (7, 5, 3), (33, 17, 9), (70, 40, 21)]:
-        for signed, raw in itertools.product((False, True), repeat=2):
+        for signed, raw in itertools.product((False, True), ("fixed", "float32", "raw")):
             a, w, zp, requant = random_case(rng, m, k, n, signed, raw)
             expected = golden_gemm(a, w, zp, requant)
             got = run_reference(config, a, w, zp, requant)

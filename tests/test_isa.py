@@ -20,7 +20,7 @@ def random_instruction(rng: random.Random):
                        *(rng.random() < .5 for _ in range(4)))
     if kind is Store:
         return Store(rng.randrange(1 << 16), rng.randrange(1 << 16), rng.randrange(1 << 32), rng.randrange(1 << 32),
-                     rng.randrange(1 << 32), rng.random() < .5, rng.random() < .5,
+                     rng.randrange(1 << 32), *(rng.random() < .5 for _ in range(3)),
                      *(rng.randrange(-32768, 32768) for _ in range(3)), rng.random() < .5, rng.random() < .5)
     return kind()
 

@@ -37,7 +37,7 @@ def test_post_processor_kernel_matches_the_numpy_definition(seed):
 
 def numpy_float32_requantize(acc, bias, scale, zero_point, low, high):
     total = (acc.astype(np.int64) + bias).astype(np.int32).astype(np.float32)
-    return np.clip(np.rint(total * scale) + np.float32(zero_point), low, high).astype(np.uint8)
+    return np.clip(np.rint(total * scale) + np.float32(zero_point), low, high).astype(np.int64).astype(np.uint8)
 
 
 @pytest.mark.parametrize("seed", range(6))

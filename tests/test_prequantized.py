@@ -123,7 +123,7 @@ def test_a_model_quantized_by_onnxruntime_runs_bit_exact(tmp_path):
     assert {"QLinearConv", "MaxPool", "QLinearAdd", "QGemm"} <= ops
     model = from_qlinear_graph(import_onnx(str(tmp_path / "int8.onnx")))
     session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
-    for backend in ("numpy", "reference"):
+    for backend in ("numpy", "reference", "verilator"):
         runner = ModelRunner(model, TINY, backend)
         for image in rng.normal(0, 1, (3, 1, 3, 16, 16)).astype(np.float32):
             expected = session.run(None, {"input": image})[0]

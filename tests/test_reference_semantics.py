@@ -44,7 +44,7 @@ def naive_run(config, memory: np.ndarray, instructions) -> None:
                     out = row.astype("<i4").view(np.uint8).reshape(-1)
                 else:
                     out = requantize(row, params[0], params[1], params[2] & 63, ins.out_zero_point,
-                                     ins.clamp_min, ins.clamp_max).reshape(-1)
+                                     ins.clamp_min, ins.clamp_max, float32_scale=ins.float32_scale).reshape(-1)
                 start = ins.dram_addr + i * ins.dram_stride
                 memory[start:start + out.size] = out
 
@@ -88,7 +88,8 @@ def random_program(config, rng: random.Random, length: int) -> Program:
                 acc_addr=rng.randrange(config.acc_depth - count + 1), count=count, dram_addr=beat * rng.randrange(750),
                 dram_stride=beat * rng.choice([0, 1, 4, 8, 16, 32]),
                 param_addr=4096 + config.param_block_bytes * rng.randrange(blocks), load_params=load_params,
-                raw=rng.random() < 0.3, out_zero_point=rng.randrange(-50, 50), clamp_min=low, clamp_max=high))
+                raw=rng.random() < 0.3, float32_scale=rng.random() < 0.3, out_zero_point=rng.randrange(-50, 50),
+                clamp_min=low, clamp_max=high))
     instructions.append(Finish())
     return Program.place(memory, instructions)
 
@@ -189,7 +190,8 @@ def planned_program(config, rng: random.Random, length: int) -> Program:
             instructions.append(Store(
                 acc_addr=start, count=computed[start], dram_addr=target, dram_stride=stride,
                 param_addr=params + config.param_block_bytes * rng.randrange(4), load_params=load_params,
-                raw=raw, out_zero_point=rng.randrange(-50, 50), clamp_min=-128, clamp_max=127))
+                raw=raw, float32_scale=rng.random() < 0.3, out_zero_point=rng.randrange(-50, 50), clamp_min=-128,
+                clamp_max=127))
     instructions.append(Finish())
     return Program.place(memory, instructions)
 

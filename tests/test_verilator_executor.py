@@ -14,12 +14,14 @@ from mvu.program import MemoryImage, Program
 from mvu.sim.verilator_executor import MemoryModel, SimulationError, SimulationTimeout
 
 
-def gemm_case(rng, m, k, n, signed, raw):
+def gemm_case(rng, m, k, n, signed, output="fixed"):
+    """Operands and a requantization: ``output`` is "fixed" (point), "float32" (scales) or "raw"."""
     a = rng.integers(-128, 128, (m, k), dtype=np.int8) if signed else rng.integers(0, 256, (m, k), dtype=np.uint8)
     w = rng.integers(-128, 128, (k, n), dtype=np.int8)
     zero_point = int(rng.integers(-128, 128) if signed else rng.integers(0, 256))
-    requant = None if raw else Requantization.from_scales(
-        rng.uniform(1e-4, 1e-2, n), rng.integers(-5000, 5000, n), out_zero_point=int(rng.integers(-10, 10)))
+    make = {"fixed": Requantization.from_scales, "float32": Requantization.from_float32_scales}.get(output)
+    requant = None if make is None else make(rng.uniform(1e-4, 1e-2, n), rng.integers(-5000, 5000, n),
+                                             out_zero_point=int(rng.integers(-10, 10)))
     return a, w, zero_point, requant
 
 
@@ -27,14 +29,14 @@ def gemm_case(rng, m, k, n, signed, raw):
 def test_random_awkward_gemms_are_bit_exact(config, verilator_executors):
     executor = verilator_executors(config)
     rng = np.random.default_rng(2024)
-    for trial in range(10):
+    for trial in range(12):
         m, k, n = (int(x) for x in rng.integers(1, 60, 3))
-        signed, raw = bool(trial % 2), trial % 3 == 0
-        a, w, zero_point, requant = gemm_case(rng, m, k, n, signed, raw)
+        signed, output = bool(trial % 2), ("raw", "fixed", "float32")[trial % 3]
+        a, w, zero_point, requant = gemm_case(rng, m, k, n, signed, output)
         gemm = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant)
         run = executor.run(gemm.program)
         np.testing.assert_array_equal(gemm.result(), golden_gemm(a, w, zero_point, requant),
-                                      err_msg=f"{m}x{k}x{n} signed={signed} raw={raw}")
+                                      err_msg=f"{m}x{k}x{n} signed={signed} {output}")
         assert run.counters["array_active"] * config.macs_per_cycle >= m * k * n
 
 
@@ -44,7 +46,7 @@ def test_random_awkward_gemms_are_bit_exact(config, verilator_executors):
 def test_results_do_not_depend_on_memory_timing(model, verilator_executors):
     executor = verilator_executors(TINY, model)
     rng = np.random.default_rng(8)
-    a, w, zero_point, requant = gemm_case(rng, 45, 23, 14, False, False)
+    a, w, zero_point, requant = gemm_case(rng, 45, 23, 14, False, "float32")
     gemm = GemmProgram(TINY, a, w, act_zero_point=zero_point, requant=requant)
     executor.run(gemm.program)
     np.testing.assert_array_equal(gemm.result(), golden_gemm(a, w, zero_point, requant))
@@ -54,7 +56,7 @@ def test_default_configuration_gemm(verilator_executors):
     config = HardwareConfig()
     executor = verilator_executors(config)
     rng = np.random.default_rng(99)
-    a, w, zero_point, requant = gemm_case(rng, 300, 700, 500, False, False)
+    a, w, zero_point, requant = gemm_case(rng, 300, 700, 500, False)
     gemm = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant)
     run = executor.run(gemm.program)
     np.testing.assert_array_equal(gemm.result(), golden_gemm(a, w, zero_point, requant))

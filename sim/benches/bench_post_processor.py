@@ -1,4 +1,4 @@
-"""cocotb bench of :class:`mvu.hdl.post_processor.PostProcessor` against :func:`mvu.reference.requantize`.
+"""cocotb bench of :class:`mvu.hdl.post_processor.PostProcessor` against :func:`mvu.postprocess.requantize`.
 
 Bursts of random int32 accumulators run through random per-lane parameters,
 which change only between bursts, once the previous burst has drained.
@@ -9,7 +9,7 @@ import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from mvu.hdl.post_processor import PostProcessor
-from mvu.postprocess import requantize
+from mvu.postprocess import float32_scales, requantize
 from mvu.sim.benches.runner import pack, start, unpack
 
 LANES = 4
@@ -22,15 +22,21 @@ def component() -> PostProcessor:
 
 
 def random_burst(rng: np.random.Generator):
-    """Accumulator rows and parameters of one burst, drawn from one of three styles.
+    """Accumulator rows and parameters of one burst, drawn from one of six styles.
 
-    ``wide``: any int32 accumulator and bias (sums wrap), any multiplier and
-    shift. ``scaled``: random magnitudes with shifts that bring the
+    Fixed point: ``wide``: any int32 accumulator and bias (sums wrap), any
+    multiplier and shift. ``scaled``: random magnitudes with shifts that bring the
     result near the byte range. ``tiny``: small values, where rounding ties
-    are common.
+    are common. float32 scales: ``float wide``: any sum, significand and
+    shift. ``float scaled``: scales like a quantized network's, results
+    near the byte range. ``float ties``: sums whose scaled value lies within
+    a float32 rounding of an integer and a half, so that both roundings and
+    their order decide the result.
     """
     rows = int(rng.integers(1, 17))
-    style = rng.choice(["wide", "scaled", "tiny"])
+    style = rng.choice(["wide", "scaled", "tiny", "float wide", "float scaled", "float ties"])
+    float32_scale = style.startswith("float")
+    bias = rng.integers(*INT32, LANES) >> rng.integers(0, 32, LANES)
     if style == "tiny":
         acc = rng.integers(-64, 65, (rows, LANES))
         bias = rng.integers(-64, 65, LANES)
@@ -41,18 +47,36 @@ def random_burst(rng: np.random.Generator):
         bias = rng.integers(*INT32, LANES)
         multiplier = rng.integers(0, 1 << 31, LANES)
         shift = rng.integers(0, 64, LANES)
-    else:
+    elif style == "scaled":
         acc = rng.integers(*INT32, (rows, LANES)) >> rng.integers(0, 32)
-        bias = rng.integers(*INT32, LANES) >> rng.integers(0, 32, LANES)
         multiplier = rng.integers(0, 1 << 31, LANES) >> rng.integers(0, 31, LANES)
         bits = [int(np.abs(acc[:, lane]).max()).bit_length() + int(multiplier[lane]).bit_length()
                 for lane in range(LANES)]
         shift = np.clip(np.array(bits) - rng.integers(0, 12, LANES), 0, 63)
+    elif style == "float wide":
+        acc = rng.integers(*INT32, (rows, LANES))
+        multiplier = rng.integers(0, 1 << 24, LANES) >> rng.integers(0, 25, LANES)
+        shift = rng.integers(0, 64, LANES)
+    elif style == "float scaled":
+        acc = rng.integers(*INT32, (rows, LANES)) >> rng.integers(0, 32)
+        multiplier = rng.integers(1 << 23, 1 << 24, LANES)
+        bits = [int(np.abs(acc[:, lane]).max() + 1).bit_length() + 24 for lane in range(LANES)]
+        shift = np.clip(np.array(bits) - rng.integers(0, 12, LANES), 0, 63)
+    else:
+        bias = np.zeros(LANES, np.int64)
+        multiplier = rng.integers(1 << 23, 1 << 24, LANES)
+        shift = rng.integers(30, 38, LANES)
+        scale = float32_scales(multiplier, shift).astype(np.float64)
+        halves = rng.integers(-(1 << 14), 1 << 14, (rows, LANES)) + 0.5
+        acc = np.clip(np.round(halves / scale) + rng.integers(-2, 3, (rows, LANES)), *INT32).astype(np.int64)
     low, high = sorted(int(v) for v in rng.integers(-(1 << 15), 1 << 15, 2))
-    if rng.random() < 0.5:
+    if style == "float ties":
+        low, high = -(1 << 15), (1 << 15) - 1
+    elif rng.random() < 0.5:
         low, high = [(-128, 127), (0, 255), (-128, 255), (0, 6)][rng.integers(4)]
-    zero_point = rng.integers(-(1 << 15), 1 << 15) if style == "wide" else rng.integers(-128, 256)
-    params = {"bias": bias, "multiplier": multiplier, "shift": shift,
+    zero_point = rng.integers(-128, 256) if style in ("scaled", "tiny", "float scaled") else \
+        rng.integers(-(1 << 15), 1 << 15)
+    params = {"bias": bias, "multiplier": multiplier, "shift": shift, "float32_scale": int(float32_scale),
               "out_zero_point": int(zero_point), "clamp_min": low, "clamp_max": high}
     return acc, params
 
@@ -72,10 +96,10 @@ async def check_bursts(dut, rng: np.random.Generator, bursts: int, shift: int | 
         if shift is not None:
             params["shift"] = np.full(LANES, shift)
         want = requantize(acc, params["bias"], params["multiplier"], params["shift"], params["out_zero_point"],
-                          params["clamp_min"], params["clamp_max"])
+                          params["clamp_min"], params["clamp_max"], float32_scale=bool(params["float32_scale"]))
         ports = {"bias": pack(params["bias"], 32), "multiplier": pack(params["multiplier"], 32),
                  "shift": pack(params["shift"], 6),
-                 **{name: params[name] for name in ("out_zero_point", "clamp_min", "clamp_max")}}
+                 **{name: params[name] for name in ("float32_scale", "out_zero_point", "clamp_min", "clamp_max")}}
         rows = [(acc[i], [int(v) for v in want[i]]) for i in range(len(acc))]
         while rows:
             if rng.random() < 0.8:
@@ -111,7 +135,7 @@ async def check_bursts(dut, rng: np.random.Generator, bursts: int, shift: int | 
 async def random_requantization(dut):
     """Random bursts match the reference exactly; out_raw is the input delayed."""
     await start(dut, in_valid=0)
-    assert await check_bursts(dut, np.random.default_rng(3), bursts=300) > 1500
+    assert await check_bursts(dut, np.random.default_rng(3), bursts=400) > 2000
 
 
 @cocotb.test()
