@@ -31,10 +31,10 @@ def _postprocess(acc, bias, multiplier, shift, zero_point, low, high, out):
 
 
 def postprocess_rows(acc: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
-                     zero_point: int, low: int, high: int) -> np.ndarray:
+                     zero_point: int, low: int, high: int, out: np.ndarray | None = None) -> np.ndarray:
     """The post-processor's arithmetic on int32 ``acc`` [rows, channels] with one parameter per channel
-    (:func:`mvu.postprocess.requantize`); returns the output bytes."""
-    out = np.empty(acc.shape, np.uint8)
+    (:func:`mvu.postprocess.requantize`); returns the output bytes, in ``out`` if given."""
+    out = np.empty(acc.shape, np.uint8) if out is None else out
     _postprocess(acc, bias.astype(np.int64), multiplier.astype(np.int64), shift.astype(np.int64),
                  np.int64(zero_point), np.int64(low), np.int64(high), out)
     return out
@@ -51,10 +51,10 @@ def _float32_requantize(acc, bias, scale, zero_point, low, high, out):
 
 
 def float32_requantize_rows(acc: np.ndarray, bias: np.ndarray, scale: np.ndarray, zero_point: int,
-                            low: int, high: int) -> np.ndarray:
+                            low: int, high: int, out: np.ndarray | None = None) -> np.ndarray:
     """onnxruntime's requantization of int32 ``acc`` [rows, channels]: ``float32(acc + bias) * scale``,
-    rounded half to even, plus the zero point, clamped; returns the low bytes."""
-    out = np.empty(acc.shape, np.uint8)
+    rounded half to even, plus the zero point, clamped; returns the low bytes, in ``out`` if given."""
+    out = np.empty(acc.shape, np.uint8) if out is None else out
     _float32_requantize(acc, bias.astype(np.int64), scale.astype(np.float32), np.float32(zero_point),
                         np.float32(low), np.float32(high), out)
     return out

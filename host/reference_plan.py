@@ -89,19 +89,17 @@ class ExecutionPlan:
         self.config, self.products = config, products
 
     def run(self, memory: np.ndarray) -> None:
-        params = {}
         for product in self.products:
             acc = self._multiply(memory, product)
             if product.output is not None:
                 where, columns = product.output
-                store = product.blocks[0][2]
-                where.write(memory, self._finish(memory, acc, store, columns, params))
+                self._store(memory, acc, product.blocks[0][2], columns, where)
                 continue
             for row, column, store in product.blocks:
-                cols = self.config.cols
-                block = acc[row:row + store.rows, column:column + cols]
-                out = self._finish(memory, block, store, np.array([store.params]), params)
-                _Rows(store.dram_addr, store.rows, out.shape[1], store.dram_stride).write(memory, out)
+                block = acc[row:row + store.rows, column:column + self.config.cols]
+                width = block.shape[1] * (4 if store.raw else 1)
+                self._store(memory, block, store, [store.params], _Rows(store.dram_addr, store.rows, width,
+                                                                        store.dram_stride))
 
     @staticmethod
     def _multiply(memory: np.ndarray, product: _Product) -> np.ndarray:
@@ -119,20 +117,26 @@ class ExecutionPlan:
         w = w[0] if len(w) == 1 else np.concatenate(w)
         return centred_matmul(a, zero_point, w.view(np.int8))
 
-    def _finish(self, memory, acc: np.ndarray, store: _Store, blocks: np.ndarray, params: dict) -> np.ndarray:
-        """The bytes a store writes: raw int32 or requantized with each column tile's parameter block."""
+    def _store(self, memory: np.ndarray, acc: np.ndarray, store: _Store, blocks, where: _Rows) -> None:
+        """Write what a store writes to ``where``: raw int32, or requantized with each column tile's
+        parameter block (``blocks``: their addresses, ``None`` for never loaded)."""
         if store.raw:
-            return np.ascontiguousarray(acc, dtype="<i4").view(np.uint8)
-        cols = self.config.cols
-        key = tuple(blocks.tolist())
-        if key not in params:
-            per_block = [np.zeros((3, cols), np.int32) if address is None else
-                         memory[address:address + self.config.param_block_bytes].view(np.int32).reshape(3, cols)
-                         for address in key]
-            params[key] = np.concatenate(per_block, axis=1)[:, :acc.shape[1]]
-        bias, multiplier, shift = params[key]
-        return requantize_rows(acc, bias, multiplier, shift & 63, store.out_zero_point, store.clamp_min,
-                               store.clamp_max, float32_scale=store.float32_scale)
+            where.write(memory, np.ascontiguousarray(acc, dtype="<i4").view(np.uint8))
+            return
+        bias, multiplier, shift = self._parameters(memory, list(blocks), acc.shape[1])
+        requantize_rows(acc, bias, multiplier, shift & 63, store.out_zero_point, store.clamp_min, store.clamp_max,
+                        float32_scale=store.float32_scale, out=where.view(memory))
+
+    def _parameters(self, memory: np.ndarray, blocks: list, channels: int) -> np.ndarray:
+        """Bias, multiplier and shift rows [3, channels] from consecutive column tiles' parameter blocks."""
+        cols, size = self.config.cols, self.config.param_block_bytes
+        first = blocks[0]
+        if first is not None and blocks == list(range(first, first + len(blocks) * size, size)):
+            tiles = memory[first:first + len(blocks) * size].view(np.int32).reshape(len(blocks), 3, cols)
+            return tiles.transpose(1, 0, 2).reshape(3, -1)[:, :channels]
+        per_block = [np.zeros((3, cols), np.int32) if address is None else
+                     memory[address:address + size].view(np.int32).reshape(3, cols) for address in blocks]
+        return np.concatenate(per_block, axis=1)[:, :channels]
 
 
 # Tracing ------------------------------------------------------------------
