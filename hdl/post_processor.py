@@ -12,29 +12,29 @@ _SATURATE = 1 << 20  # scaled values beyond this clamp like it: zero point and c
 
 
 def _bit_length(m: Module, value: Value, name: str) -> Signal:
-    """Combinational: the number of bits ``value`` (unsigned) needs, 0 for zero."""
+    """Combinational: the number of bits ``value`` (unsigned) needs, 0 for zero; a binary search, which
+    simulates faster than a priority chain."""
+    steps = [1 << i for i in reversed(range(max(1, (len(value) - 1).bit_length())))]
     length = Signal(range(len(value) + 1), name=name)
-    for bit in range(len(value)):
-        with m.If(value[bit]):
-            m.d.comb += length.eq(bit + 1)
+    rest, found = value, []
+    for step in steps:
+        upper = Signal(len(value), name=f"{name}_{step}")
+        m.d.comb += upper.eq(rest >> step)
+        found.append(Mux(upper != 0, step, 0))
+        rest = Mux(upper != 0, upper, rest)
+    m.d.comb += length.eq(sum(found) + (rest != 0))
     return length
 
 
-def _round_right(m: Module, value: Value, amount: Value, name: str) -> Signal:
-    """Combinational: ``value`` (unsigned) divided by ``2**amount``, rounded half to even;
-    ``amount`` at most ``len(value)``."""
-    quotient = Signal(len(value), name=f"{name}_quotient")
-    rest = Signal(len(value), name=f"{name}_rest")
-    half = Signal(len(value), name=f"{name}_half")
-    rounded = Signal(len(value) + 1, name=name)
-    one = Const(1, len(value) + 1)
-    m.d.comb += [
-        quotient.eq(value >> amount),
-        rest.eq(value & ((one << amount) - 1)),
-        half.eq((one << amount) >> 1),
-        rounded.eq(quotient + ((amount != 0) & ((rest > half) | ((rest == half) & quotient[0])))),
-    ]
-    return rounded
+def _round_right(value: Value, amount: Value) -> Value:
+    """``value`` (unsigned) divided by ``2**amount``, rounded half to even; ``amount`` at most
+    ``len(value)``. ``(value + 2**(amount-1) - 1 + odd quotient) >> amount``, with the constant made by
+    shifting right, so no intermediate grows wider than ``value`` plus one bit (wide values slow
+    Verilator down)."""
+    width = len(value)
+    below_half = Const((1 << width) - 1, width) >> (width + 1 - amount)[:(width + 1).bit_length()]  # 0 if amount is 0
+    odd = (value >> amount)[0] & (amount != 0)
+    return (value + below_half + odd) >> amount
 
 
 def _saturated(value: Value) -> Value:
@@ -108,7 +108,10 @@ class PostProcessor(wiring.Component):
             rounding = Signal(unsigned(63), name=f"rounding_{lane}")
             m.d.comb += rounding.eq(Const(1 << 63, 64) >> (Const(64, 7) - shift)[:7])
             stages[1].append(product.eq(biased * self.multiplier[lane]))
-            stages[2].append(scaled.eq((product + rounding) >> shift))
+            # |product| < 2**62 and rounding <= 2**62: the sum fits 64 bits (65 would slow Verilator down).
+            rounded = Signal(signed(64), name=f"rounded_{lane}")
+            m.d.comb += rounded.eq(product + rounding)
+            stages[2].append(scaled.eq(rounded >> shift))
             stages[3].append(fixed[0].eq(_saturated(scaled)))
             stages[4].append(fixed[1].eq(fixed[0]))
 
@@ -120,20 +123,19 @@ class PostProcessor(wiring.Component):
             negative = [reg(1, f"negative_{stage}") for stage in (2, 3, 4)]
             significand, exponent = reg(unsigned(_SIGNIFICAND + 1), "significand"), reg(range(9), "exponent")
             stages[1] += [negative[0].eq(biased < 0), exponent.eq(k),
-                          significand.eq(_round_right(m, magnitude, k, f"to_float_{lane}"))]
+                          significand.eq(_round_right(magnitude, k))]
             exact = reg(unsigned(2 * _SIGNIFICAND + 1), "exact")
             power = reg(signed(8), "power_3")  # k - shift
             stages[2] += [negative[1].eq(negative[0]), exact.eq(significand * self.multiplier[lane][:_SIGNIFICAND]),
                           power.eq(exponent - shift)]
             j = _bit_length(m, exact[_SIGNIFICAND:], f"j_{lane}")
             kept, kept_power = reg(unsigned(_SIGNIFICAND + 1), "kept"), reg(signed(8), "power_4")
-            stages[3] += [negative[2].eq(negative[1]), kept.eq(_round_right(m, exact, j, f"to_product_{lane}")),
+            stages[3] += [negative[2].eq(negative[1]), kept.eq(_round_right(exact, j)),
                           kept_power.eq(power + j)]
             # kept * 2**kept_power, rounded; kept is at most 2**24, so shifting right by more than 25 gives 0 like 25.
             right = Signal(range(_SIGNIFICAND + 2), name=f"right_{lane}")
             m.d.comb += right.eq(Mux(kept_power < -(_SIGNIFICAND + 1), _SIGNIFICAND + 1, -kept_power))
-            whole = Signal(unsigned(_SIGNIFICAND + 2), name=f"whole_{lane}")
-            m.d.comb += whole.eq(_round_right(m, kept, right, f"to_integer_{lane}"))
+            whole = _round_right(kept, right)
             magnitude_out = Mux(kept_power >= 0,
                                 Mux(kept == 0, 0, Mux(kept_power > 20, _SATURATE, kept << kept_power[:5])), whole)
             floated = reg(signed(22), "floated")
