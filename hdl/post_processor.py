@@ -8,7 +8,8 @@ from amaranth.lib.wiring import In, Out
 __all__ = ["PostProcessor"]
 
 _SIGNIFICAND = 24  # bits of a float32 significand, hidden bit included
-_SATURATE = 1 << 20  # scaled values beyond this clamp like it: zero point and clamp bounds are int16
+_SATURATE_BITS = 20
+_SATURATE = 1 << _SATURATE_BITS  # scaled values beyond this clamp like it: zero point and clamp bounds are int16
 
 
 def _bit_length(m: Module, value: Value, name: str) -> Signal:
@@ -137,9 +138,10 @@ class PostProcessor(wiring.Component):
             m.d.comb += right.eq(Mux(kept_power < -(_SIGNIFICAND + 1), _SIGNIFICAND + 1, -kept_power))
             whole = _round_right(kept, right)
             magnitude_out = Mux(kept_power >= 0,
-                                Mux(kept == 0, 0, Mux(kept_power > 20, _SATURATE, kept << kept_power[:5])), whole)
+                                Mux(kept == 0, 0, Mux(kept_power > _SATURATE_BITS, _SATURATE,
+                                                      kept << kept_power[:5])), whole)
             floated = reg(signed(22), "floated")
-            limited = Signal(unsigned(_SIGNIFICAND + 22), name=f"limited_{lane}")
+            limited = Signal(unsigned(_SIGNIFICAND + 1 + _SATURATE_BITS), name=f"limited_{lane}")
             m.d.comb += limited.eq(magnitude_out)
             stages[4].append(floated.eq(_saturated(Mux(negative[2], -limited.as_signed(), limited.as_signed()))))
 

@@ -13,6 +13,7 @@ import math
 import random
 import socket
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from mvu.serving.repository import ModelRepository, ModelSpec, ServingLimits
 from mvu.serving.tensors import MAX_ELEMENTS, InputTensor, check_shape
 
 LIMIT = 1_000_000  # --max-request-bytes
+BODY_TIMEOUT = 2.0  # --body-timeout, seconds
 SEED, HTTP_CASES, GRPC_CASES = 20240611, 300, 300
 INFER, PREDICT = "/v2/models/toy/infer", "/v1/models/toy:predict"
 GRPC_OK = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
@@ -39,7 +41,8 @@ PEAK_RSS_BYTES = 1 << 30
 
 @pytest.fixture(scope="module")
 def server(start_server, toy_package_path):
-    return start_server(toy_package_path, "--max-request-bytes", str(LIMIT), "--access-log", "off")
+    return start_server(toy_package_path, "--max-request-bytes", str(LIMIT), "--body-timeout", str(BODY_TIMEOUT),
+                        "--access-log", "off")
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +334,18 @@ def test_broken_framing_is_refused_and_early_disconnects_are_not_failures(server
     assert 'mvu_requests_total{endpoint="infer",protocol="v2",status="500"}' not in metrics
     assert http.request("GET", server.url + "/v2/health/ready").status == 200
     assert "Traceback" not in server.stderr and "ClientDisconnect" not in server.stderr
+
+
+def test_a_body_that_stalls_gets_408_and_the_server_keeps_serving(server, http):
+    """A client promises 100 bytes, sends 2 and waits: it gets a 408 once the body timeout passes."""
+    started = time.monotonic()
+    answer = _raw_exchange(server.http_port, b"POST /v2/models/toy/infer HTTP/1.1\r\nHost: x\r\n"
+                                             b"Content-Length: 100\r\n\r\n{}")
+    waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"did not arrive within 2 s (2 bytes came)" in answer
+    assert BODY_TIMEOUT <= waited < BODY_TIMEOUT + 5
+    assert http.request("GET", server.url + "/v2/health/ready").status == 200
 
 
 # Regressions --------------------------------------------------------------------------------------------------

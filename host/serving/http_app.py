@@ -8,6 +8,7 @@ counts the request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -43,6 +44,7 @@ class HttpSettings:
     open_health: bool = False
     open_metrics: bool = False
     max_request_bytes: int = 64 << 20
+    body_timeout: float = 30.0  # seconds for a whole request body to arrive
 
 
 def _json(value, status: int = 200, headers: dict | None = None) -> Response:
@@ -58,20 +60,25 @@ class HttpFrontEnd:
     # Plumbing -----------------------------------------------------------------
 
     async def _read_body(self, request: Request) -> bytes:
-        """The body, decompressed if sent with Content-Encoding; 413 past the configured limit."""
+        """The body, decompressed if sent with Content-Encoding; 413 past the configured limit, 408 when it
+        does not arrive in time (a client that stalls mid-body would otherwise hold its buffers forever)."""
         limit = self.settings.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ServingError(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
         chunks, size = [], 0
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ServingError(413, f"request body exceeds the limit of {limit} bytes")
-                chunks.append(chunk)
+            async with asyncio.timeout(self.settings.body_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ServingError(413, f"request body exceeds the limit of {limit} bytes")
+                    chunks.append(chunk)
         except ClientDisconnect:  # nobody reads the answer; counted as a bad request, not logged as a failure
             raise ServingError(400, f"the client disconnected after {size} bytes of the body") from None
+        except TimeoutError:
+            raise ServingError(408, f"the request body did not arrive within {self.settings.body_timeout:g} s "
+                                    f"({size} bytes came)") from None
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding in ("gzip", "deflate"):

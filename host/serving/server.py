@@ -39,6 +39,7 @@ class ServerOptions:
     max_request_bytes: int = 64 << 20
     timeout: float = 60.0
     ready_file: Path | None = None
+    body_timeout: float = 30.0
 
 
 def _is_loopback(host: str) -> bool:
@@ -77,7 +78,8 @@ class _UvicornServer(uvicorn.Server):
 
 async def run_server(repository: ModelRepository, options: ServerOptions) -> None:
     """Serve until SIGINT or SIGTERM."""
-    settings = HttpSettings(options.keys, options.open_health, options.open_metrics, options.max_request_bytes)
+    settings = HttpSettings(options.keys, options.open_health, options.open_metrics, options.max_request_bytes,
+                            options.body_timeout)
     tls = {"ssl_certfile": str(options.tls_cert), "ssl_keyfile": str(options.tls_key)} if options.tls_cert else {}
     # An idle TLS client that never answers close_notify would hold the shutdown for 30 s: give up after 2.
     config = uvicorn.Config(create_http_app(repository, settings), log_level="warning", access_log=False,
@@ -156,7 +158,8 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         log.warning("API keys are accepted over plain HTTP on %s: anyone on the network can read them", args.host)
     return ServerOptions(args.host, args.port, args.grpc_port, Path(args.tls_cert) if args.tls_cert else None,
                          Path(args.tls_key) if args.tls_key else None, keys, args.open_health, args.open_metrics,
-                         args.max_request_bytes, args.timeout, Path(args.ready_file) if args.ready_file else None)
+                         args.max_request_bytes, args.timeout, Path(args.ready_file) if args.ready_file else None,
+                         args.body_timeout)
 
 
 def main_serve(args: argparse.Namespace) -> int:
@@ -164,8 +167,9 @@ def main_serve(args: argparse.Namespace) -> int:
     for name in ("max_batch_size", "max_queue_size", "max_request_bytes", "max_image_pixels"):
         if getattr(args, name) < 1:
             raise SystemExit(f"mvu serve: --{name.replace('_', '-')} must be at least 1")
-    if args.timeout <= 0 or args.max_queue_delay_ms < 0:
-        raise SystemExit("mvu serve: --timeout must be positive and --max-queue-delay-ms not negative")
+    if args.timeout <= 0 or args.body_timeout <= 0 or args.max_queue_delay_ms < 0:
+        raise SystemExit("mvu serve: --timeout and --body-timeout must be positive and --max-queue-delay-ms "
+                         "not negative")
     options = options_from_args(args)
     limits = ServingLimits(args.max_batch_size, args.max_queue_delay_ms / 1e3, args.max_queue_size, args.timeout,
                            args.max_image_pixels)
