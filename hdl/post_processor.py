@@ -99,40 +99,40 @@ class PostProcessor(wiring.Component):
             reg = lambda shape, name: Signal(shape, name=f"{name}_{lane}", reset_less=True)
             biased = reg(signed(32), "biased")
             stages[0].append(biased.eq(self.in_acc[lane] + self.bias[lane]))
-            shift = self.shift[lane]
+            shift, float32 = self.shift[lane], self.float32_scale
 
-            # Fixed point: multiply, shift rounding half up; the result waits two stages for the float path.
-            product = reg(signed(64), "product")
-            scaled = reg(signed(64), "scaled")
-            fixed = [reg(signed(22), "fixed_4"), reg(signed(22), "fixed_5")]
-            # 1 << shift >> 1, written as a right shift so no 127-bit intermediate appears.
-            rounding = Signal(unsigned(63), name=f"rounding_{lane}")
-            m.d.comb += rounding.eq(Const(1 << 63, 64) >> (Const(64, 7) - shift)[:7])
-            stages[1].append(product.eq(biased * self.multiplier[lane]))
-            # |product| < 2**62 and rounding <= 2**62: the sum fits 64 bits (65 would slow Verilator down).
-            rounded = Signal(signed(64), name=f"rounded_{lane}")
-            m.d.comb += rounded.eq(product + rounding)
-            stages[2].append(scaled.eq(rounded >> shift))
-            stages[3].append(fixed[0].eq(_saturated(scaled)))
-            stages[4].append(fixed[1].eq(fixed[0]))
-
-            # float32: x to a 24-bit significand F * 2**k; the product F * S to 24 significant bits
-            # T * 2**j; then T * 2**(j + k - shift) to an integer. Signs ride alongside.
+            # Stage 2. float32: x as a 24-bit significand F * 2**k (sign aside); fixed point: x itself.
             magnitude = Signal(unsigned(32), name=f"magnitude_{lane}")
             m.d.comb += magnitude.eq(Mux(biased < 0, -biased, biased))
             k = _bit_length(m, magnitude[_SIGNIFICAND:], f"k_{lane}")
             negative = [reg(1, f"negative_{stage}") for stage in (2, 3, 4)]
-            significand, exponent = reg(unsigned(_SIGNIFICAND + 1), "significand"), reg(range(9), "exponent")
+            factor, exponent = reg(signed(32), "factor"), reg(range(9), "exponent")
             stages[1] += [negative[0].eq(biased < 0), exponent.eq(k),
-                          significand.eq(_round_right(magnitude, k))]
-            exact = reg(unsigned(2 * _SIGNIFICAND + 1), "exact")
+                          factor.eq(Mux(float32, _round_right(magnitude, k), biased))]
+
+            # Stage 3: one multiplier for both: x * multiplier, or F * S (S: the scale's 24-bit significand).
+            product = reg(signed(64), "product")
             power = reg(signed(8), "power_3")  # k - shift
-            stages[2] += [negative[1].eq(negative[0]), exact.eq(significand * self.multiplier[lane][:_SIGNIFICAND]),
-                          power.eq(exponent - shift)]
+            multiplier = Mux(float32, self.multiplier[lane][:_SIGNIFICAND], self.multiplier[lane])
+            stages[2] += [negative[1].eq(negative[0]), product.eq(factor * multiplier), power.eq(exponent - shift)]
+
+            # Stage 4. Fixed point: shift, rounding half up. float32: the product to 24 significant bits T * 2**j.
+            scaled = reg(signed(64), "scaled")
+            # 1 << shift >> 1, written as a right shift so no 127-bit intermediate appears.
+            rounding = Signal(unsigned(63), name=f"rounding_{lane}")
+            m.d.comb += rounding.eq(Const(1 << 63, 64) >> (Const(64, 7) - shift)[:7])
+            # |product| < 2**62 and rounding <= 2**62: the sum fits 64 bits (65 would slow Verilator down).
+            rounded = Signal(signed(64), name=f"rounded_{lane}")
+            m.d.comb += rounded.eq(product + rounding)
+            exact = product[:2 * _SIGNIFICAND + 1]  # F * S < 2**49
             j = _bit_length(m, exact[_SIGNIFICAND:], f"j_{lane}")
             kept, kept_power = reg(unsigned(_SIGNIFICAND + 1), "kept"), reg(signed(8), "power_4")
-            stages[3] += [negative[2].eq(negative[1]), kept.eq(_round_right(exact, j)),
-                          kept_power.eq(power + j)]
+            stages[3] += [scaled.eq(rounded >> shift), negative[2].eq(negative[1]),
+                          kept.eq(_round_right(exact, j)), kept_power.eq(power + j)]
+
+            # Stage 5. Fixed point: saturated. float32: T * 2**(j + k - shift), rounded to an integer.
+            fixed = reg(signed(22), "fixed")
+            stages[4].append(fixed.eq(_saturated(scaled)))
             # kept * 2**kept_power, rounded; kept is at most 2**24, so shifting right by more than 25 gives 0 like 25.
             right = Signal(range(_SIGNIFICAND + 2), name=f"right_{lane}")
             m.d.comb += right.eq(Mux(kept_power < -(_SIGNIFICAND + 1), _SIGNIFICAND + 1, -kept_power))
@@ -147,7 +147,7 @@ class PostProcessor(wiring.Component):
 
             clamped = reg(signed(16), "clamped")
             shifted = Signal(signed(23), name=f"shifted_{lane}")
-            m.d.comb += shifted.eq(Mux(self.float32_scale, floated, fixed[1]) + self.out_zero_point)
+            m.d.comb += shifted.eq(Mux(float32, floated, fixed) + self.out_zero_point)
             stages[5].append(clamped.eq(Mux(shifted < self.clamp_min, self.clamp_min,
                                             Mux(shifted > self.clamp_max, self.clamp_max, shifted))))
             for stage, assignments in enumerate(stages):
