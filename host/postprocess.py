@@ -59,7 +59,8 @@ def requantize_rows(acc: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, s
                                     clamp_min, clamp_max, out=result)
         else:
             postprocess_rows(rows, *params, out_zero_point, clamp_min, clamp_max, out=result)
-        result = result.reshape(acc.shape)
+        if result is not out:
+            result = result.reshape(acc.shape)
     if out is None or result is out:
         return result
     out[...] = result

@@ -39,6 +39,7 @@ _FIELDS = {
     Opcode.STORE: ("acc_addr", "count", "dram_addr", "dram_stride", "param_addr", "load_params", "raw",
                    "float32_scale", "out_zero_point", "clamp_min", "clamp_max"),
 }
+_RAW, _FLOAT32_SCALE = (_FIELDS[Opcode.STORE].index(name) for name in ("raw", "float32_scale"))
 #: Distinct accumulator ranges left pending before all of them are computed (bounds the bookkeeping).
 _MAX_PENDING = 64
 
@@ -173,7 +174,8 @@ class _Machine:
     def stores(self, rows: list[tuple]) -> None:
         """A run of STOREs: their requantization as one computation, unless one of them loads a parameter
         block that an earlier one of the run writes, or they mix arithmetic (then one at a time)."""
-        if len(rows) == 1 or self._writes_parameters(rows) or len({row[7] for row in rows if not row[6]}) > 1:
+        arithmetic = {row[_FLOAT32_SCALE] for row in rows if not row[_RAW]}  # of the requantizing STOREs
+        if len(rows) == 1 or self._writes_parameters(rows) or len(arithmetic) > 1:
             for row in rows:
                 self.store(*row)
             return
@@ -192,9 +194,8 @@ class _Machine:
             params = np.stack(blocks)[per_row]
             limits = np.array([q[2:] for q in quantized])[per_row]
             acc = np.concatenate([self.acc[start:start + count] for start, count, *_ in quantized])
-            float32_scale = bool(next(row[7] for row in rows if not row[6]))
             outs = iter(np.split(requantize(acc, params[:, 0], params[:, 1], params[:, 2] & 63, limits[:, :1],
-                                            limits[:, 1:2], limits[:, 2:], float32_scale=float32_scale),
+                                            limits[:, 1:2], limits[:, 2:], float32_scale=bool(arithmetic.pop())),
                                  np.cumsum(counts)[:-1]))
         for acc_addr, count, dram_addr, dram_stride, _, _, raw, *_ in rows:
             out = self.acc[acc_addr:acc_addr + count].astype("<i4").view(np.uint8).reshape(count, -1) if raw \
