@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["postprocess_rows", "float32_requantize_rows", "qlinear_add", "depthwise_sums"]
+__all__ = ["postprocess_rows", "float32_requantize_rows", "qlinear_add", "depthwise_sums", "same_bytes"]
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -111,3 +111,18 @@ def depthwise_sums(image: np.ndarray, weight: np.ndarray, zero_point: int, strid
     _depthwise(np.ascontiguousarray(image), np.ascontiguousarray(weight, dtype=np.int32), np.int32(zero_point), np.array(strides, np.int64),
                np.array(dilations, np.int64), np.array(pads[:2], np.int64), out)
     return out
+
+
+@njit(**_JIT)
+def _differing_bits(a, b):
+    bits = np.uint8(0)
+    for i in range(a.size):
+        bits |= a[i] ^ b[i]
+    return bits
+
+
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two uint8 arrays of one shape hold the same bytes (one pass, no temporary array)."""
+    if a.shape != b.shape:
+        return False
+    return not _differing_bits(np.ravel(a), np.ravel(b))

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .config import HardwareConfig
+from .fused_products import FusedProduct, fused_product
 from .intmatmul import as_unsigned, centred_matmul
 from .isa import Opcode
 from .postprocess import requantize_rows
@@ -83,13 +84,21 @@ class _Product:
 
 
 class ExecutionPlan:
-    """A traced program's effect as bulk steps; :meth:`run` applies it to a memory image."""
+    """A traced program's effect as bulk steps; :meth:`run` applies it to a memory image.
+
+    Products written out by one float32-scale store per column tile run as a
+    :class:`~mvu.fused_products.FusedProduct` each, packed on first use and
+    repacked when the memory's weights or parameters change.
+    """
 
     def __init__(self, config: HardwareConfig, products: list[_Product]):
         self.config, self.products = config, products
+        self._fused: dict[int, FusedProduct | None] = {i: None for i, p in enumerate(products) if _fusable(p)}
 
     def run(self, memory: np.ndarray) -> None:
-        for product in self.products:
+        for index, product in enumerate(self.products):
+            if index in self._fused and self._run_fused(memory, index, product):
+                continue
             acc = self._multiply(memory, product)
             if product.output is not None:
                 where, columns = product.output
@@ -100,6 +109,25 @@ class ExecutionPlan:
                 width = block.shape[1] * (4 if store.raw else 1)
                 self._store(memory, block, store, [store.params], _Rows(store.dram_addr, store.rows, width,
                                                                         store.dram_stride))
+
+    def _run_fused(self, memory: np.ndarray, index: int, product: _Product) -> bool:
+        """Run a fusable product as a :class:`FusedProduct`; ``False`` where onnxruntime cannot (never again
+        tried for this product: that depends only on the instructions and the machine)."""
+        where, blocks = product.output
+        store = product.blocks[0][2]
+        rows, signed, zero_point = product.act[0]
+        w = product.wgt[0][0].view(memory).view(np.int8)
+        parameters = self._parameters(memory, list(blocks), w.shape[1])
+        fused = self._fused[index]
+        if fused is None or not fused.matches(w, parameters):
+            fused = self._fused[index] = fused_product(
+                w, parameters, act_signed=signed, act_zero_point=zero_point,
+                out_zero_point=store.out_zero_point, clamp_min=store.clamp_min, clamp_max=store.clamp_max)
+            if fused is None:
+                del self._fused[index]
+                return False
+        fused.run(rows.view(memory), where.view(memory))
+        return True
 
     @staticmethod
     def _multiply(memory: np.ndarray, product: _Product) -> np.ndarray:
@@ -137,6 +165,15 @@ class ExecutionPlan:
         per_block = [np.zeros((3, cols), np.int32) if address is None else
                      memory[address:address + size].view(np.int32).reshape(3, cols) for address in blocks]
         return np.concatenate(per_block, axis=1)[:, :channels]
+
+
+def _fusable(product: _Product) -> bool:
+    """Whether a product has the shape of a :class:`FusedProduct`: one activation operand, one weight
+    matrix contiguous in memory, one float32-scale write of all its columns."""
+    if product.output is None or len(product.act) != 1 or len(product.wgt) != 1 or len(product.wgt[0]) != 1:
+        return False
+    weights, store = product.wgt[0][0], product.blocks[0][2]
+    return store.float32_scale and not store.raw and (weights.step == weights.width or weights.count == 1)
 
 
 # Tracing ------------------------------------------------------------------
