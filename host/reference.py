@@ -11,6 +11,7 @@ import numpy as np
 from .config import INSTRUCTION_BYTES, HardwareConfig
 from .intmatmul import as_unsigned, centred_matmul, engine_name
 from .isa import Buffer, Opcode
+from .kernels import same_bytes
 from .postprocess import requantize
 from .program import Program, check_program
 from .reference_plan import ExecutionPlan, build_plan
@@ -234,7 +235,7 @@ class _Prepared:
     def matches(self, config: HardwareConfig, program: Program) -> bool:
         data = program.memory.data
         return (config == self.config and data.size == self.memory_size
-                and np.array_equal(data[program.address:program.address + self.instructions.size], self.instructions))
+                and same_bytes(data[program.address:program.address + self.instructions.size], self.instructions))
 
 
 class ReferenceExecutor:

@@ -18,6 +18,7 @@ from .config import HardwareConfig
 from .gemm import GemmProgram, Requantization, golden_gemm, quantize_multiplier
 from .quantize import Layer, QuantizedModel
 from .kernels import depthwise_sums, qlinear_add
+from .onnxruntime_add import QLinearAdd, onnxruntime_add
 from .postprocess import requantize_rows
 
 __all__ = ["LayerStats", "ModelRunner", "im2col"]
@@ -118,6 +119,7 @@ class ModelRunner:
         self._used: list[GemmProgram] = []  # by the last batch
         self._operands: dict[tuple, tuple] = {}  # per convolution group: weight matrix, requantization
         self._requantizations: dict[str, Requantization] = {}  # per layer, for the layers without groups
+        self._adds: dict[str, QLinearAdd | None] = {}  # per Add layer with two inputs
 
     def gemm(self, a: np.ndarray, w: np.ndarray, zero_point: int, requant: Requantization | None,
              stats: LayerStats, key: tuple) -> np.ndarray:
@@ -268,7 +270,10 @@ class ModelRunner:
             offset = np.float32(offset + np.float32(ratio * np.float32(q.zero_point)))
         low, high = layer.attrs["clamp"]
         if len(values) == 2:
-            fused = qlinear_add(*values, *ratios, fixed - offset, low, high)
+            add = self._onnxruntime_add(layer)
+            fused = add(*values, low, high) if add is not None else None
+            if fused is None:
+                fused = qlinear_add(*values, *ratios, fixed - offset, low, high)
             if fused is not None:
                 return fused
         shape = np.broadcast_shapes(*(v.shape for v in values))
@@ -282,6 +287,13 @@ class ModelRunner:
             total[...] = wide
         np.rint(total, out=total)
         return np.clip(total, low, high, out=total).astype(np.uint8)
+
+    def _onnxruntime_add(self, layer: Layer) -> QLinearAdd | None:
+        """onnxruntime's kernel for a two-input Add layer (made once per layer), where it is exact here."""
+        if layer.name not in self._adds:
+            a, b = (self._q(name) for name in layer.inputs)
+            self._adds[layer.name] = onnxruntime_add(*((q.scale, q.zero_point) for q in (a, b, layer.out_q)))
+        return self._adds[layer.name]
 
     def _affine(self, layer: Layer, tensors, stats):
         """``x * scale + shift`` per channel (unfolded BatchNorm, constant Mul/Add), in fixed point."""

@@ -1,0 +1,92 @@
+"""Add layers of quantized tensors by onnxruntime's QLinearAdd kernel, where it computes exactly what
+:func:`mvu.kernels.qlinear_add` defines.
+
+Both follow onnxruntime's arithmetic (two float32 fused multiply-adds,
+rounding half to even); onnxruntime's kernel is vectorized and runs on all
+cores. Whether it agrees with the definition on this machine is checked once,
+on random operands of lengths that leave every vector tail; where it does
+not, :func:`onnxruntime_add` gives ``None`` and the caller uses the compiled
+kernel.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+
+from .kernels import qlinear_add
+
+__all__ = ["QLinearAdd", "onnxruntime_add"]
+
+
+class QLinearAdd:
+    """``a + b`` of uint8 tensors with the quantizations ``(scale, zero point)`` given, into ``out``'s."""
+
+    def __init__(self, a: tuple[float, int], b: tuple[float, int], out: tuple[float, int]):
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        constants = {}
+        for name, (scale, zero_point) in zip("abc", (a, b, out)):
+            if not 0 <= zero_point <= 255:
+                raise ValueError(f"zero point {zero_point} of {name} is outside 0..255")
+            constants[f"{name}_scale"], constants[f"{name}_zero_point"] = np.float32(scale), np.uint8(zero_point)
+        inputs = ["a", "a_scale", "a_zero_point", "b", "b_scale", "b_zero_point", "c_scale", "c_zero_point"]
+        flat = lambda name: helper.make_tensor_value_info(name, TensorProto.UINT8, [None])  # noqa: E731
+        graph = helper.make_graph(
+            [helper.make_node("QLinearAdd", inputs, ["c"], domain="com.microsoft")], "qlinear_add",
+            [flat("a"), flat("b")], [flat("c")],
+            initializer=[numpy_helper.from_array(np.asarray(value), name) for name, value in constants.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                        helper.make_opsetid("com.microsoft", 1)], ir_version=8)
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as in mvu.intmatmul
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, a: np.ndarray, b: np.ndarray, low: int = 0, high: int = 255) -> np.ndarray | None:
+        """The sum clamped to ``low .. high``, in ``a``'s memory layout; ``None`` unless ``a`` and ``b`` are
+        uint8 tensors of one shape and layout."""
+        if a.shape != b.shape or a.strides != b.strides or a.dtype != np.uint8 or b.dtype != np.uint8:
+            return None
+        out = np.empty_like(a)  # contiguous in a's axis order, so its flat view below is itself
+        flat = [np.ravel(x, order="K") for x in (a, b, out)]
+        binding = self.session.io_binding()
+        for name, values in zip("ab", flat):
+            values = np.ascontiguousarray(values)
+            binding.bind_input(name, "cpu", 0, np.uint8, values.shape, values.ctypes.data)
+        binding.bind_output("c", "cpu", 0, np.uint8, flat[2].shape, flat[2].ctypes.data)
+        self.session.run_with_iobinding(binding)
+        if (low, high) != (0, 255):
+            np.clip(out, low, high, out=out)
+        return out
+
+
+def _ratios(a: tuple[float, int], b: tuple[float, int], out: tuple[float, int]):
+    """:func:`mvu.kernels.qlinear_add`'s arguments for these quantizations (onnxruntime's own derivation)."""
+    ratio_a, ratio_b = (np.float32(scale) / np.float32(out[0]) for scale, _ in (a, b))
+    offset = np.float32(np.float32(ratio_a * np.float32(a[1])) + np.float32(ratio_b * np.float32(b[1])))
+    return ratio_a, ratio_b, np.float32(out[1]) - offset
+
+
+@cache
+def _agrees() -> bool:
+    rng = np.random.default_rng(2)
+    for length in (1, 15, 17, 63, 1000, 4099):
+        quantizations = [(float(rng.uniform(1e-3, 0.2)), int(rng.integers(0, 256))) for _ in range(3)]
+        try:
+            add = QLinearAdd(*quantizations)
+        except Exception:  # noqa: BLE001 - an onnxruntime without the contrib op: not usable here
+            return False
+        a, b = (rng.integers(0, 256, length, dtype=np.uint8) for _ in range(2))
+        if not np.array_equal(add(a, b), qlinear_add(a, b, *_ratios(*quantizations), 0, 255)):
+            return False
+    return True
+
+
+def onnxruntime_add(a: tuple[float, int], b: tuple[float, int], out: tuple[float, int]) -> QLinearAdd | None:
+    """A :class:`QLinearAdd` for these ``(scale, zero point)`` pairs, or ``None`` where onnxruntime's kernel
+    does not compute :func:`mvu.kernels.qlinear_add`'s results on this machine."""
+    if not all(0 <= zero_point <= 255 for _, zero_point in (a, b, out)) or not _agrees():
+        return None
+    return QLinearAdd(a, b, out)
