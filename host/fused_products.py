@@ -7,12 +7,12 @@ the STORE's scales as per-channel weight scales. onnxruntime packs a constant
 weight matrix once and requantizes inside its kernel, which saves a pass over
 the int32 sums and the packing on every run.
 
-The packed weights are a copy: :meth:`FusedProduct.matches` compares the
-memory's weights and parameter blocks with the ones packed before every run. Whether the
-kernels are exact on this machine (no saturated 16-bit intermediate sums,
-rounding half to even, clamping before conversion) is checked once per
-operand signedness against :func:`mvu.postprocess.requantize`;
-:func:`fused_product` gives ``None`` where they are not.
+The packed weights are a copy: :meth:`FusedProduct.matches` compares them
+and the parameters with the memory's before every run. Whether the kernels
+are exact on this machine (no saturated 16-bit intermediate sums, rounding
+half to even, clamping before conversion) is checked once per operand
+signedness against :func:`mvu.postprocess.requantize`; :func:`fused_product`
+gives ``None`` where they are not.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from functools import cache
 
 import numpy as np
 
+from .gemm import float32_significand
 from .kernels import same_bytes
+from .onnxruntime_sessions import operator_session
 from .postprocess import float32_scales, requantize
 
 __all__ = ["FusedProduct", "fused_product"]
@@ -31,8 +33,7 @@ _INPUT, _OUTPUT = "x", "y"
 
 def _session(w: np.ndarray, bias: np.ndarray, scale: np.ndarray, act_signed: bool, act_zero_point: int,
              out_signed: bool, out_zero_point: int):
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
 
     k, n = w.shape
     act_type, out_type = (np.int8 if signed else np.uint8 for signed in (act_signed, out_signed))
@@ -41,16 +42,9 @@ def _session(w: np.ndarray, bias: np.ndarray, scale: np.ndarray, act_signed: boo
                  "w_zero_point": np.zeros(n, np.int8), "y_scale": np.float32(1),
                  "y_zero_point": out_type(out_zero_point), "bias": bias.astype(np.int32)}
     element = {np.int8: TensorProto.INT8, np.uint8: TensorProto.UINT8}
-    node = helper.make_node("QLinearConv", [_INPUT, *constants], [_OUTPUT], domain="com.microsoft", channels_last=1)
-    graph = helper.make_graph(
-        [node], "fused_product", [helper.make_tensor_value_info(_INPUT, element[act_type], [1, None, 1, k])],
-        [helper.make_tensor_value_info(_OUTPUT, element[out_type], [1, None, 1, n])],
-        initializer=[numpy_helper.from_array(np.asarray(value), name) for name, value in constants.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
-                                                    helper.make_opsetid("com.microsoft", 1)], ir_version=8)
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as in mvu.intmatmul
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return operator_session("QLinearConv", [_INPUT, *constants], {_INPUT: (element[act_type], [1, None, 1, k])},
+                            {_OUTPUT: (element[out_type], [1, None, 1, n])}, constants, domain="com.microsoft",
+                            channels_last=1)
 
 
 class FusedProduct:
@@ -100,7 +94,7 @@ class FusedProduct:
             out[...] = y.view(np.uint8)
 
 
-def _extreme_case(rng: np.random.Generator, act_signed: bool, out_signed: bool):
+def _extreme_case(rng: np.random.Generator, act_signed: bool):
     """Operands that saturate 16-bit partial sums, sums that land on ties, and scales that overflow the
     output: what an inexact kernel would get wrong."""
     k, n = 300, 16
@@ -120,9 +114,7 @@ def _extreme_case(rng: np.random.Generator, act_signed: bool, out_signed: bool):
 @cache
 def _exact(act_signed: bool, out_signed: bool) -> bool:
     rng = np.random.default_rng(1)
-    x, zero_point, w, bias, scale = _extreme_case(rng, act_signed, out_signed)
-    from .gemm import float32_significand
-
+    x, zero_point, w, bias, scale = _extreme_case(rng, act_signed)
     multiplier, shift = np.array([float32_significand(s) for s in scale]).T
     parameters = np.stack([bias, multiplier, shift])
     limits = [(-128, 127), (-20, 90)] if out_signed else [(0, 255), (3, 200)]

@@ -13,6 +13,8 @@ from functools import cache
 
 import numpy as np
 
+from .onnxruntime_sessions import operator_session
+
 __all__ = ["centred_matmul", "as_unsigned", "engine_name"]
 
 
@@ -21,20 +23,11 @@ def _float64_matmul(a: np.ndarray, zero_point: int, w: np.ndarray) -> np.ndarray
 
 
 def _onnxruntime_session():
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
-    inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, None]),
-              helper.make_tensor_value_info("w", TensorProto.INT8, [None, None]),
-              helper.make_tensor_value_info("zero_point", TensorProto.UINT8, [])]
-    output = helper.make_tensor_value_info("y", TensorProto.INT32, [None, None])
-    node = helper.make_node("MatMulInteger", ["a", "w", "zero_point"], ["y"])
-    graph = helper.make_graph([node], "matmul", inputs, [output])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    options = ort.SessionOptions()
-    # Idle worker threads would spin after each product and slow the numpy work between products.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return operator_session("MatMulInteger", ["a", "w", "zero_point"],
+                            {"a": (TensorProto.UINT8, [None, None]), "w": (TensorProto.INT8, [None, None]),
+                             "zero_point": (TensorProto.UINT8, [])}, {"y": (TensorProto.INT32, [None, None])})
 
 
 @cache

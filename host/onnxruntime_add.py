@@ -16,6 +16,7 @@ from functools import cache
 import numpy as np
 
 from .kernels import qlinear_add
+from .onnxruntime_sessions import operator_session
 
 __all__ = ["QLinearAdd", "onnxruntime_add"]
 
@@ -24,25 +25,17 @@ class QLinearAdd:
     """``a + b`` of uint8 tensors with the quantizations ``(scale, zero point)`` given, into ``out``'s."""
 
     def __init__(self, a: tuple[float, int], b: tuple[float, int], out: tuple[float, int]):
-        import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import TensorProto
 
         constants = {}
         for name, (scale, zero_point) in zip("abc", (a, b, out)):
             if not 0 <= zero_point <= 255:
                 raise ValueError(f"zero point {zero_point} of {name} is outside 0..255")
             constants[f"{name}_scale"], constants[f"{name}_zero_point"] = np.float32(scale), np.uint8(zero_point)
-        inputs = ["a", "a_scale", "a_zero_point", "b", "b_scale", "b_zero_point", "c_scale", "c_zero_point"]
-        flat = lambda name: helper.make_tensor_value_info(name, TensorProto.UINT8, [None])  # noqa: E731
-        graph = helper.make_graph(
-            [helper.make_node("QLinearAdd", inputs, ["c"], domain="com.microsoft")], "qlinear_add",
-            [flat("a"), flat("b")], [flat("c")],
-            initializer=[numpy_helper.from_array(np.asarray(value), name) for name, value in constants.items()])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
-                                                        helper.make_opsetid("com.microsoft", 1)], ir_version=8)
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as in mvu.intmatmul
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        flat = (TensorProto.UINT8, [None])
+        self.session = operator_session(
+            "QLinearAdd", ["a", "a_scale", "a_zero_point", "b", "b_scale", "b_zero_point", "c_scale", "c_zero_point"],
+            {"a": flat, "b": flat}, {"c": flat}, constants, domain="com.microsoft")
 
     def __call__(self, a: np.ndarray, b: np.ndarray, low: int = 0, high: int = 255) -> np.ndarray | None:
         """The sum clamped to ``low .. high``, in ``a``'s memory layout; ``None`` unless ``a`` and ``b`` are
