@@ -18,7 +18,7 @@ import numpy as np
 from .kernels import qlinear_add
 from .onnxruntime_sessions import operator_session
 
-__all__ = ["QLinearAdd", "onnxruntime_add"]
+__all__ = ["QLinearAdd", "add_coefficients", "onnxruntime_add"]
 
 
 class QLinearAdd:
@@ -55,11 +55,15 @@ class QLinearAdd:
         return out
 
 
-def _ratios(a: tuple[float, int], b: tuple[float, int], out: tuple[float, int]):
-    """:func:`mvu.kernels.qlinear_add`'s arguments for these quantizations (onnxruntime's own derivation)."""
-    ratio_a, ratio_b = (np.float32(scale) / np.float32(out[0]) for scale, _ in (a, b))
-    offset = np.float32(np.float32(ratio_a * np.float32(a[1])) + np.float32(ratio_b * np.float32(b[1])))
-    return ratio_a, ratio_b, np.float32(out[1]) - offset
+def add_coefficients(inputs: list[tuple[float, int]], out: tuple[float, int]) -> tuple[list[np.float32], np.float32]:
+    """``(ratios, start)`` of a quantized sum of ``inputs`` ((scale, zero point) pairs) into ``out``'s
+    quantization, derived in float32 as onnxruntime derives them: the sum is ``start + sum(ratio * q)``,
+    the arguments :func:`mvu.kernels.qlinear_add` takes after its operands."""
+    ratios = [np.float32(scale) / np.float32(out[0]) for scale, _ in inputs]
+    offset = np.float32(0)
+    for ratio, (_, zero_point) in zip(ratios, inputs):
+        offset = np.float32(offset + np.float32(ratio * np.float32(zero_point)))
+    return ratios, np.float32(out[1]) - offset
 
 
 @cache
@@ -72,7 +76,8 @@ def _agrees() -> bool:
         except Exception:  # noqa: BLE001 - an onnxruntime without the contrib op: not usable here
             return False
         a, b = (rng.integers(0, 256, length, dtype=np.uint8) for _ in range(2))
-        if not np.array_equal(add(a, b), qlinear_add(a, b, *_ratios(*quantizations), 0, 255)):
+        ratios, start = add_coefficients(quantizations[:2], quantizations[2])
+        if not np.array_equal(add(a, b), qlinear_add(a, b, *ratios, start, 0, 255)):
             return False
     return True
 

@@ -18,7 +18,7 @@ from .config import HardwareConfig
 from .gemm import GemmProgram, Requantization, golden_gemm, quantize_multiplier
 from .quantize import Layer, QuantizedModel
 from .kernels import depthwise_sums, qlinear_add
-from .onnxruntime_add import QLinearAdd, onnxruntime_add
+from .onnxruntime_add import QLinearAdd, add_coefficients, onnxruntime_add
 from .postprocess import requantize_rows
 
 __all__ = ["LayerStats", "ModelRunner", "im2col"]
@@ -260,28 +260,23 @@ class ModelRunner:
     def _add(self, layer: Layer, tensors, stats):
         """Sum of requantized inputs, with onnxruntime's QLinearAdd arithmetic (float32 fused multiply-adds,
         rounding half to even), so that pre-quantized models follow their reference closely."""
-        out_q = layer.out_q
         values = [tensors[name] if name in tensors else layer.arrays[name] for name in layer.inputs]
-        params = [self._q(name) for name in layer.inputs]
-        ratios = [np.float32(q.scale) / np.float32(out_q.scale) for q in params]
-        fixed = np.float32(out_q.zero_point)
-        offset = np.float32(0)
-        for ratio, q in zip(ratios, params):
-            offset = np.float32(offset + np.float32(ratio * np.float32(q.zero_point)))
         low, high = layer.attrs["clamp"]
+        add = self._onnxruntime_add(layer) if len(values) == 2 else None
+        fused = add(*values, low, high) if add is not None else None
+        if fused is not None:
+            return fused
+        quantizations = [(q.scale, q.zero_point) for q in map(self._q, layer.inputs)]
+        ratios, start = add_coefficients(quantizations, (layer.out_q.scale, layer.out_q.zero_point))
         if len(values) == 2:
-            add = self._onnxruntime_add(layer)
-            fused = add(*values, low, high) if add is not None else None
-            if fused is None:
-                fused = qlinear_add(*values, *ratios, fixed - offset, low, high)
+            fused = qlinear_add(*values, *ratios, start, low, high)
             if fused is not None:
                 return fused
         shape = np.broadcast_shapes(*(v.shape for v in values))
         like = next((v for v in values if v.shape == shape), None)  # work in its memory layout
-        total = np.full(shape, fixed - offset, np.float32) if like is None else \
-            np.full_like(like, fixed - offset, dtype=np.float32)
+        total = np.full(shape, start, np.float32) if like is None else np.full_like(like, start, dtype=np.float32)
         wide = np.empty_like(total, dtype=np.float64)
-        for ratio, value in reversed(list(zip(ratios, values))):  # fma(b, ratio_b, fixed), then fma(a, ratio_a, .)
+        for ratio, value in reversed(list(zip(ratios, values))):  # fma(b, ratio_b, start), then fma(a, ratio_a, .)
             np.multiply(value, np.float64(ratio), out=wide)  # exact in float64, then rounded once to float32
             wide += total
             total[...] = wide

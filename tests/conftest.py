@@ -10,6 +10,15 @@ TINY = HardwareConfig(rows=4, cols=4, act_depth=64, wgt_depth=32, acc_depth=64, 
 NARROW = HardwareConfig(rows=8, cols=16, act_depth=128, wgt_depth=64, acc_depth=128, mem_bytes=4)
 
 
+def cpu_flags() -> set[str]:
+    """The processor's feature flags as Linux lists them (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return set(cpuinfo.read().split())
+    except OSError:
+        return set()
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> HardwareConfig:
     return TINY

@@ -4,7 +4,7 @@ arithmetic, and the reference executor's use of them."""
 import numpy as np
 import pytest
 
-from conftest import NARROW
+from conftest import NARROW, cpu_flags
 from mvu.fused_products import FusedProduct, fused_product
 from mvu.gemm import GemmProgram, Requantization, float32_significand, golden_gemm
 from mvu.postprocess import requantize
@@ -120,11 +120,7 @@ def test_the_reference_repacks_when_a_programs_weights_or_parameters_change():
 def test_the_fused_path_is_taken_on_processors_with_int8_dot_products():
     """onnxruntime's VNNI kernels accumulate int8 products in int32 without saturating: there the self-check
     must pass, so the tests above run rather than skip."""
-    try:
-        flags = set(open("/proc/cpuinfo").read().split())
-    except OSError:
-        flags = set()
-    if not flags & {"avx512_vnni", "avx_vnni"}:
+    if not cpu_flags() & {"avx512_vnni", "avx_vnni"}:
         pytest.skip("no VNNI instructions here; onnxruntime may saturate 16-bit sums and is then not used")
     x, zero_point, w, parameters = random_case(np.random.default_rng(15), False)
     for act_signed in (False, True):

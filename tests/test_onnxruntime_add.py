@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from conftest import cpu_flags
+
 from mvu.kernels import qlinear_add
-from mvu.onnxruntime_add import QLinearAdd, _ratios, onnxruntime_add
+from mvu.onnxruntime_add import QLinearAdd, add_coefficients, onnxruntime_add
 
 
 def add_or_skip(*quantizations):
@@ -25,7 +27,8 @@ def test_onnxruntime_adds_as_the_kernel_defines(seed):
     a, b = (np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) for x in (a, b))  # channels last
     low, high = [(0, 255), (7, 200)][seed % 2]
     got = add_or_skip(*quantizations)(a, b, low, high)
-    expected = qlinear_add(a, b, *_ratios(*quantizations), low, high)
+    ratios, start = add_coefficients(quantizations[:2], quantizations[2])
+    expected = qlinear_add(a, b, *ratios, start, low, high)
     np.testing.assert_array_equal(got, expected)
     assert got.strides == a.strides  # the result keeps its inputs' layout
 
@@ -42,10 +45,6 @@ def test_onnxruntime_add_declines_what_it_does_not_take():
 
 def test_onnxruntime_is_used_on_processors_with_fused_multiply_adds():
     """There onnxruntime's kernel computes the definition's fused multiply-adds, so the tests above run."""
-    try:
-        flags = set(open("/proc/cpuinfo").read().split())
-    except OSError:
-        flags = set()
-    if "fma" not in flags:
+    if "fma" not in cpu_flags():
         pytest.skip("no FMA instructions here; onnxruntime may round differently and is then not used")
     assert onnxruntime_add((0.1, 3), (0.2, 4), (0.3, 5)) is not None
