@@ -5,11 +5,10 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from mvu.config import INSTRUCTION_BYTES, HardwareConfig
-from mvu.csr_map import ErrorCode
-from mvu.isa import Opcode
-
-from .pipeline import instruction_field
+from mvu.hdl.contract.config import INSTRUCTION_BYTES, HardwareConfig
+from mvu.hdl.contract.csr_map import ErrorCode
+from mvu.hdl.contract.isa import Opcode
+from mvu.hdl.pipeline import instruction_field
 
 __all__ = ["CommandProcessor"]
 

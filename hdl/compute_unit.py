@@ -4,11 +4,10 @@ from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from mvu.config import HardwareConfig
-from mvu.isa import Opcode
-
-from .matvec import MatrixVectorUnit
-from .pipeline import delayed, instruction_field
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.isa import Opcode
+from mvu.hdl.matvec import MatrixVectorUnit
+from mvu.hdl.pipeline import delayed, instruction_field
 
 __all__ = ["ComputeUnit"]
 

@@ -6,13 +6,12 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from mvu.config import HardwareConfig
-from mvu.csr_map import COUNTERS, MAGIC, Csr, Status
-
-from .command_processor import CommandProcessor
-from .compute_unit import ComputeUnit
-from .load_unit import LoadUnit
-from .store_unit import StoreUnit
+from mvu.hdl.command_processor import CommandProcessor
+from mvu.hdl.compute_unit import ComputeUnit
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.csr_map import COUNTERS, MAGIC, Csr, Status
+from mvu.hdl.load_unit import LoadUnit
+from mvu.hdl.store_unit import StoreUnit
 
 __all__ = ["MvuCore", "ReadId"]
 

@@ -4,10 +4,9 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from mvu.config import HardwareConfig
-from mvu.isa import Buffer, Opcode
-
-from .pipeline import instruction_field
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.isa import Buffer, Opcode
+from mvu.hdl.pipeline import instruction_field
 
 __all__ = ["LoadUnit"]
 

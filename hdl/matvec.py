@@ -5,10 +5,9 @@ from amaranth.lib import wiring
 from amaranth.lib.data import ArrayLayout
 from amaranth.lib.wiring import In, Out
 
-from mvu.config import HardwareConfig
-
-from .pipeline import delayed, staggered
-from .systolic_array import SystolicArray
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.pipeline import delayed, staggered
+from mvu.hdl.systolic_array import SystolicArray
 
 __all__ = ["MatrixVectorUnit"]
 

@@ -2,7 +2,7 @@
 
 from amaranth import Cat, Module, Signal, Value
 
-from mvu.isa import COMMON_FIELDS, OPCODE_FIELDS, Opcode
+from mvu.hdl.contract.isa import COMMON_FIELDS, OPCODE_FIELDS, Opcode
 
 __all__ = ["delayed", "staggered", "instruction_field"]
 
@@ -21,7 +21,7 @@ def delayed(m: Module, value: Value, cycles: int, name: str, *, reset: bool = Fa
 
 
 def instruction_field(word: Value, name: str, opcode: Opcode | None = None) -> Value:
-    """Slice a field out of a 256-bit instruction word, using the table in :mod:`mvu.isa`."""
+    """Slice a field out of a 256-bit instruction word, using the table in :mod:`mvu.hdl.contract.isa`."""
     field = COMMON_FIELDS[name] if opcode is None else OPCODE_FIELDS[opcode][name]
     bits = word[field.lsb:field.lsb + field.width]
     return bits.as_signed() if field.signed else bits

@@ -5,11 +5,10 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from mvu.config import HardwareConfig
-from mvu.isa import Opcode
-
-from .pipeline import delayed, instruction_field
-from .post_processor import PostProcessor
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.isa import Opcode
+from mvu.hdl.pipeline import delayed, instruction_field
+from mvu.hdl.post_processor import PostProcessor
 
 __all__ = ["StoreUnit"]
 

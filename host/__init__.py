@@ -1,6 +1,4 @@
-"""mvu: an open neural-inference accelerator and its host software."""
+"""The host: executors, GEMM programs, the quantized model format, the runtime, the compiler, the scoring
+service and the tools (docs/architecture.md)."""
 
-from .config import HardwareConfig
-
-__all__ = ["HardwareConfig"]
 __version__ = "0.1.0"

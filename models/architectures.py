@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .onnx_builder import GraphBuilder
+from mvu.models.onnx_builder import GraphBuilder
 
 __all__ = [
     "ARCHITECTURES", "WeightsError", "build", "count_macs", "densenet121", "export_weights", "light_model_path",

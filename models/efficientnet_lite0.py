@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mvu.preprocess import EFFICIENTNET_LITE
-
-from .onnx_builder import GraphBuilder
-from .torch_pickle import load_state_dict
+from mvu.models.onnx_builder import GraphBuilder
+from mvu.models.torch_pickle import load_state_dict
 
 __all__ = ["STAGES", "PREPROCESSING", "build_efficientnet_lite0", "default_weights_path"]
 
@@ -57,7 +55,7 @@ STAGES = (
 
 #: The model's own preprocessing (EfficientNet-Lite convention, *not* torchvision's mean/std):
 #: shorter side to 256 (bilinear), centre crop 224, ``x = (pixel - 127) / 128``, RGB, NCHW.
-PREPROCESSING = EFFICIENTNET_LITE.to_dict()
+PREPROCESSING = {"resize": 256, "crop": 224, "mean": [127.0] * 3, "std": [128.0] * 3}
 
 
 def default_weights_path() -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .onnx_builder import GraphBuilder
+from mvu.models.onnx_builder import GraphBuilder
 
 __all__ = ["build_toy_classifier", "PREPROCESSING"]
 

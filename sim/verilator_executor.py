@@ -8,12 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mvu.config import HardwareConfig
-from mvu.csr_map import COUNTERS, MAGIC, Csr, ErrorCode, counter_address
-from mvu.program import Program, check_program
-from mvu.reference import RunResult
-
-from .verilator_model import build_model
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.csr_map import COUNTERS, MAGIC, Csr, ErrorCode, counter_address
+from mvu.hdl.contract.program import Program, RunResult, check_program
+from mvu.sim.verilator_model import build_model
 
 __all__ = ["MemoryModel", "VerilatorExecutor", "SimulationError", "SimulationTimeout"]
 
@@ -85,6 +83,10 @@ class VerilatorExecutor:
         handle, self._handle = getattr(self, "_handle", None), None
         if handle:
             self._lib.mvu_sim_destroy(handle)
+
+    @property
+    def memory_bytes_per_cycle(self) -> float:
+        return self.memory_model.bytes_per_cycle
 
     def default_cycle_limit(self, program: Program) -> int:
         """Generous: ten times a bandwidth-and-compute bound, plus latency per instruction."""

@@ -13,61 +13,35 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from mvu.config import HardwareConfig
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.toolchain import cache_dir
+from mvu.hdl.verilog import SIMULATION_PASSES, generate_verilog
+from mvu.sim.toolchain import tool_environment, verilator_root
 
-from .toolchain import cache_dir, tool_environment, verilator_root
-
-__all__ = ["build_model", "generate_verilog", "model_key"]
+__all__ = ["build_model", "model_key"]
 
 _HARNESS = Path(__file__).with_name("harness.cpp")
-_HDL_DIR = Path(__file__).resolve().parent.parent / "hdl"
 VERILATOR_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wno-fatal", "-Wno-lint",
                    "-Wno-style"]
 CXX_FLAGS = "-fPIC -O2"
 
 
-# Yosys passes between Amaranth and Verilator. They keep the design's behaviour but turn
-# "register = enable ? new : old" into registers with enables and trim unused arithmetic
-# width, which a cycle-based simulator evaluates far faster.
-_SIMULATION_PASSES = "proc; opt; wreduce; opt_clean"
-
-
-def generate_verilog(config: HardwareConfig, *, optimize: bool = True) -> str:
-    """Verilog of :class:`~mvu.hdl.core.MvuCore` named ``mvu_core``; ``optimize`` runs the passes above."""
-    from amaranth.back import rtlil, verilog
-
-    from mvu.hdl.core import MvuCore
-
-    if not optimize:
-        return verilog.convert(MvuCore(config), name="mvu_core", emit_src=False)
-    from amaranth._toolchain.yosys import find_yosys
-
-    text = rtlil.convert(MvuCore(config), name="mvu_core", emit_src=False)
-    script = f"read_rtlil <<rtlil\n{text}\nrtlil\n{_SIMULATION_PASSES}\nwrite_verilog -norename -noattr"
-    return find_yosys(lambda version: version >= (0, 40)).run(["-q", "-"], script, ignore_warnings=True)
-
-
 def _hdl_sources() -> bytes:
+    """Every source of the design and its contract (not the synthesis flow), with its path under hdl/."""
     import mvu.hdl
 
     hdl_dir = Path(mvu.hdl.__file__).parent
-    design = [path for path in sorted(hdl_dir.glob("*.py")) if path.name != "synthesis.py"]  # not part of the core
-    return b"".join(path.name.encode() + path.read_bytes() for path in design)
+    design = [path for path in sorted(hdl_dir.rglob("*.py")) if path.name != "synthesis.py"]
+    return b"".join(path.relative_to(hdl_dir).as_posix().encode() + path.read_bytes() for path in design)
 
 
 def model_key(config: HardwareConfig) -> str:
     """Hash of everything the model is built from: design sources, parameters, harness, tools."""
-    import mvu.config
-    import mvu.csr_map
-    import mvu.isa
-
     digest = hashlib.sha256()
     digest.update(json.dumps(config.to_dict(), sort_keys=True).encode())
     digest.update(_hdl_sources())
-    for module in (mvu.config, mvu.isa, mvu.csr_map):  # the HDL reads all three
-        digest.update(Path(module.__file__).read_bytes())
     digest.update(_HARNESS.read_bytes())
-    digest.update(" ".join(VERILATOR_FLAGS + [CXX_FLAGS, _SIMULATION_PASSES]).encode())
+    digest.update(" ".join(VERILATOR_FLAGS + [CXX_FLAGS, SIMULATION_PASSES]).encode())
     for package in ("amaranth", "verilator"):
         digest.update(f"{package}={metadata.version(package)}".encode())
     return digest.hexdigest()[:20]

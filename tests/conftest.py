@@ -2,7 +2,7 @@
 
 import pytest
 
-from mvu.config import HardwareConfig
+from mvu.hdl.contract.config import HardwareConfig
 
 #: Small enough to build in seconds, odd enough to catch tiling bugs.
 TINY = HardwareConfig(rows=4, cols=4, act_depth=64, wgt_depth=32, acc_depth=64, mem_bytes=4)
@@ -43,9 +43,9 @@ def verilator_executors():
 @pytest.fixture(scope="session")
 def toy_package_path(tmp_path_factory):
     """The toy recipe (32x32 input, 1000 ImageNet classes, seeded weights) compiled to a .mvu file."""
-    from mvu.config import HardwareConfig
-    from mvu.package import save_package
-    from mvu.recipes import compile_source
+    from mvu.hdl.contract.config import HardwareConfig
+    from mvu.host.compiler.recipes import compile_source
+    from mvu.host.model.package import save_package
 
     path = tmp_path_factory.mktemp("toy") / "toy.mvu"
     return save_package(compile_source("toy", config=HardwareConfig(), progress=False), path)
@@ -88,7 +88,7 @@ def start_server(tmp_path_factory):
     def start(*args: str, tls: bool = False, timeout: float = 60.0) -> ServerProcess:
         folder = tmp_path_factory.mktemp("server")
         ready = folder / "ready.json"
-        command = [sys.executable, "-m", "mvu.cli", "serve", *map(str, args), "--port", "0",
+        command = [sys.executable, "-m", "mvu.host.tools.cli", "serve", *map(str, args), "--port", "0",
                    "--ready-file", str(ready)]
         if "--grpc-port" not in args:
             command += ["--grpc-port", "0"]
@@ -156,7 +156,7 @@ def cat_jpeg() -> bytes:
 
     from PIL import Image
 
-    from mvu.recipes import demo_photos
+    from mvu.host.compiler.recipes import demo_photos
 
     out = io.BytesIO()
     Image.open(demo_photos()[0]).convert("RGB").save(out, "JPEG", quality=90)

@@ -7,8 +7,17 @@ import numpy as np
 import onnx
 import pytest
 
-from mvu.models.architectures import (ARCHITECTURES, WeightsError, build, count_macs, export_weights,
-                                      light_model_path, light_models, resnet, save_weights)
+from mvu.models.architectures import (
+    ARCHITECTURES,
+    WeightsError,
+    build,
+    count_macs,
+    export_weights,
+    light_model_path,
+    light_models,
+    resnet,
+    save_weights,
+)
 
 #: name -> (Conv nodes, BatchNormalization nodes, MACs as torchvision's model docs give them ("GFLOPS")).
 PUBLISHED = {

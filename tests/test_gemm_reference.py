@@ -5,13 +5,12 @@ import random
 
 import numpy as np
 import pytest
-
 from conftest import NARROW, TINY
-from mvu.config import HardwareConfig
-from mvu.gemm import (GemmError, GemmProgram, GemmTiling, Requantization, float32_significand, golden_gemm, plan_gemm,
-                      quantize_multiplier)
-from mvu.postprocess import requantize
-from mvu.reference import ReferenceExecutor
+
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.requantization import Requantization, float32_significand, quantize_multiplier, requantize
+from mvu.host.executors.reference import ReferenceExecutor
+from mvu.host.gemm import GemmError, GemmProgram, GemmTiling, golden_gemm, plan_gemm
 
 
 def naive_requantize(acc, bias, multiplier, shift, zero_point, low, high):
@@ -147,7 +146,7 @@ def test_gemm_input_errors():
 
 @pytest.mark.parametrize("zero_points", [0, 77, 255, 300, -5, "per column"])
 def test_centred_products_are_exact_modulo_2_to_the_32(zero_points):
-    from mvu.intmatmul import centred_matmul
+    from mvu.host.executors.intmatmul import centred_matmul
 
     rng = np.random.default_rng(11)
     a = np.concatenate([np.full((3, 700), 255, np.uint8), rng.integers(0, 256, (5, 700), dtype=np.uint8)])

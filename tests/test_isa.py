@@ -1,12 +1,25 @@
 import random
 
+import numpy as np
 import pytest
 
-from mvu.config import INSTRUCTION_BYTES
-import numpy as np
-
-from mvu.isa import (OPCODE_FIELDS, Buffer, Compute, Finish, Load, Opcode, ProgramError, Store, Sync, decode,
-                     decode_columns, decode_program, encode_columns, encode_program)
+from mvu.hdl.contract.config import INSTRUCTION_BYTES
+from mvu.hdl.contract.isa import (
+    OPCODE_FIELDS,
+    Buffer,
+    Compute,
+    Finish,
+    Load,
+    Opcode,
+    ProgramError,
+    Store,
+    Sync,
+    decode,
+    decode_columns,
+    decode_program,
+    encode_columns,
+    encode_program,
+)
 
 
 def random_instruction(rng: random.Random):

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from mvu.kernels import float32_requantize_rows, qlinear_add
-from mvu.postprocess import requantize, requantize_rows
-from mvu.quantize import Layer, QuantParams
-from mvu.runtime import ModelRunner
+from mvu.hdl.contract.requantization import requantize
+from mvu.host.executors.kernels import float32_requantize_rows, qlinear_add
+from mvu.host.executors.requantize import requantize_rows
+from mvu.host.model.quantized import Layer, QuantParams
+from mvu.host.runtime.runner import ModelRunner
 
 INT32 = np.iinfo(np.int32)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mvu import labels
-from mvu.labels import imagenet_labels, load_labels
+from mvu.host.compiler import labels
+from mvu.host.compiler.labels import imagenet_labels, load_labels
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

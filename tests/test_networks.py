@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from mvu.classify import Classifier
-from mvu.config import HardwareConfig
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.host.compiler.recipes import compile_source, demo_photos
+from mvu.host.runtime.classify import Classifier
 from mvu.models.architectures import light_model_path
-from mvu.recipes import compile_source, demo_photos
 
 CONFIG = HardwareConfig()
 
@@ -37,7 +37,7 @@ def test_network_compiles_and_runs_on_the_reference_executor(source):
 
 @pytest.mark.slow
 def test_resnet50_on_the_rtl_is_bit_exact_and_keeps_the_array_busy(verilator_executors):
-    from mvu.benchmarks import bench_network
+    from mvu.host.tools.benchmarks import bench_network
 
     report = bench_network("resnet50", CONFIG, executors={"verilator": verilator_executors(CONFIG)})
     assert report["bit_exact"], report
@@ -47,7 +47,7 @@ def test_resnet50_on_the_rtl_is_bit_exact_and_keeps_the_array_busy(verilator_exe
 
 
 def test_the_onnxruntime_comparison_runs_one_int8_model_on_both():
-    from mvu.benchmarks import bench_network
+    from mvu.host.tools.benchmarks import bench_network
 
     report = bench_network("toy", CONFIG, backends=("reference",), compare_onnxruntime=True)["onnxruntime_int8"]
     assert report["mvu"]["reference"]["bit_exact_with_onnxruntime"], report

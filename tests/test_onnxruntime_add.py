@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-
 from conftest import cpu_flags
 
-from mvu.kernels import qlinear_add
-from mvu.onnxruntime_add import QLinearAdd, add_coefficients, onnxruntime_add
+from mvu.host.executors.kernels import qlinear_add
+from mvu.host.executors.onnxruntime_add import QLinearAdd, add_coefficients, onnxruntime_add
 
 
 def add_or_skip(*quantizations):

@@ -13,9 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mvu import preprocess as pp
-from mvu.preprocess import (EFFICIENTNET_LITE, TORCHVISION, ImageDecodeError, PreprocessRecipe, decode_image,
-                            preprocess, preprocess_batch)
+from mvu.host.runtime import preprocess as pp
+from mvu.host.runtime.preprocess import (
+    EFFICIENTNET_LITE,
+    TORCHVISION,
+    ImageDecodeError,
+    PreprocessRecipe,
+    decode_image,
+    preprocess,
+    preprocess_batch,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

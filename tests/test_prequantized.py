@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import TINY
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import TINY
-from mvu.graph import import_onnx
-from mvu.prequantized import from_qlinear_graph
-from mvu.runtime import ModelRunner
+from mvu.host.compiler.graph import import_onnx
+from mvu.host.compiler.prequantized import from_qlinear_graph
+from mvu.host.runtime.runner import ModelRunner
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -83,9 +83,9 @@ def test_prequantized_network_matches_onnxruntime():
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "models" / "mobilenetv2-12-int8.onnx").is_file(), reason=f"shared data absent ({SHARED})")
 def test_mobilenetv2_int8_agrees_with_onnxruntime(tmp_path):
-    from mvu.config import HardwareConfig
-    from mvu.evaluation import evaluate
-    from mvu.recipes import compile_source
+    from mvu.hdl.contract.config import HardwareConfig
+    from mvu.host.compiler.recipes import compile_source
+    from mvu.host.tools.evaluation import evaluate
 
     source = SHARED / "models" / "mobilenetv2-12-int8.onnx"
     package = compile_source(str(source), config=HardwareConfig(), progress=False)

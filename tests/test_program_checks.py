@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-
 from conftest import TINY
-from mvu.isa import Buffer, Compute, Finish, Load, ProgramError, Store, Sync
-from mvu.program import MemoryImage, Program, check_program, requantization_block
-from mvu.reference import ReferenceExecutor
+
+from mvu.hdl.contract.isa import Buffer, Compute, Finish, Load, ProgramError, Store, Sync
+from mvu.hdl.contract.program import MemoryImage, Program, check_program
+from mvu.hdl.contract.requantization import requantization_block
+from mvu.host.executors.reference import ReferenceExecutor
 
 
 def placed(instructions, *, memory_bytes=4096, params=None):

@@ -5,12 +5,12 @@ import random
 
 import numpy as np
 import pytest
-
 from conftest import NARROW, TINY
-from mvu.isa import Buffer, Compute, Finish, Load, ProgramError, Store
-from mvu.program import MemoryImage, Program, requantization_block
-from mvu.postprocess import requantize
-from mvu.reference import ReferenceExecutor
+
+from mvu.hdl.contract.isa import Buffer, Compute, Finish, Load, ProgramError, Store
+from mvu.hdl.contract.program import MemoryImage, Program
+from mvu.hdl.contract.requantization import requantization_block, requantize
+from mvu.host.executors.reference import ReferenceExecutor
 
 
 def naive_run(config, memory: np.ndarray, instructions) -> None:

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from mvu.serving.batching import BatchScheduler
-from mvu.serving.errors import ServingError
+from mvu.host.serving.batching import BatchScheduler
+from mvu.host.serving.errors import ServingError
 
 
 def scheduler(run_seconds=0.05, fail=False, **limits):

@@ -1,4 +1,4 @@
-"""The scoring client (mvu.serving.client), `mvu score` and the load generator, against a stand-in server.
+"""The scoring client (mvu.host.tools.client), `mvu score` and the load generator, against a stand-in server.
 
 The stand-in is a stdlib HTTP server in a thread that speaks just enough of the
 contract of `mvu serve`: POST /score, the Open Inference Protocol v2 infer
@@ -19,11 +19,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from mvu.serving.tensors import encode_bytes_elements
-from mvu.serving.client import (ScoringClient, ScoringError, decode_infer_response, encode_infer_request,
-                                parse_server_timing)
-from mvu.serving.tensors import encode_bytes_elements as serialize_bytes
-from mvu.serving.tensors import split_bytes_elements as deserialize_bytes
+from mvu.host.serving.tensors import encode_bytes_elements
+from mvu.host.serving.tensors import encode_bytes_elements as serialize_bytes
+from mvu.host.serving.tensors import split_bytes_elements as deserialize_bytes
+from mvu.host.tools.client import (
+    ScoringClient,
+    ScoringError,
+    decode_infer_response,
+    encode_infer_request,
+    parse_server_timing,
+)
 
 TIMING = "queue;dur=0.5, preprocess;dur=2.25, executor;dur=10, total;dur=13.5"
 CLASSES = 4
@@ -335,7 +340,7 @@ def _score_args(server: StandIn, images: list[str], **options) -> argparse.Names
 
 
 def test_score_command_goes_on_after_a_failure(server, tmp_path, monkeypatch):
-    from mvu.serving.score_command import main_score
+    from mvu.host.tools.score import main_score
 
     good = tmp_path / "good.png"
     good.write_bytes(b"\x89PNG\r\n\x1a\n fake")
@@ -361,7 +366,7 @@ def test_score_command_goes_on_after_a_failure(server, tmp_path, monkeypatch):
 
 
 def test_load_generator_measures_latency_and_overhead(server):
-    from mvu.serving.load_test import run_load
+    from mvu.host.tools.load_generator import run_load
 
     image = b"\xff\xd8 a jpeg"
     result = run_load(server.url, "m", image, [1, 3], 9, warmup=1)
@@ -374,7 +379,7 @@ def test_load_generator_measures_latency_and_overhead(server):
     infers = [r for r in server.requests if r["path"] == "/v2/models/m/infer"]
     assert len(infers) == 1 + 9 + 9 and all(r["items"] == [image] for r in infers)
     assert infers[0]["body"][-len(image) - 4:] == struct.pack("<I", len(image)) + image  # the BYTES element
-    from mvu.serving.load_test import format_table
+    from mvu.host.tools.load_generator import format_table
 
     report = {"package": "p.mvu", "model": "m", "backend": "numpy", "image": {"source": "x", "bytes": len(image)},
               "requests_per_level": 9, "clients": [1, 3], "host": {"cpus": 2},
@@ -386,7 +391,7 @@ def test_load_generator_measures_latency_and_overhead(server):
 def test_triton_callable_returns_all_scores_and_its_time():
     from types import SimpleNamespace
 
-    from mvu.serving.triton_baseline import make_infer_callable
+    from mvu.host.tools.triton_baseline import make_infer_callable
 
     class FakeClassifier:
         def classify(self, data, *, top):

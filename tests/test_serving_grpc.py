@@ -12,12 +12,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mvu.serving.api_keys import create_key_file
-from mvu.serving.errors import ServingError
-from mvu.serving.grpc_services import (GrpcSettings, create_grpc_server, infer_request_from_proto,
-                                       tensor_from_proto, tensor_to_proto)
-from mvu.serving.protos import message_class, message_pool, service
-from mvu.serving.repository import ModelRepository, ModelSpec, ServingLimits
+from mvu.host.serving.api_keys import create_key_file
+from mvu.host.serving.errors import ServingError
+from mvu.host.serving.grpc_services import (
+    GrpcSettings,
+    create_grpc_server,
+    infer_request_from_proto,
+    tensor_from_proto,
+    tensor_to_proto,
+)
+from mvu.host.serving.protos import message_class, message_pool, service
+from mvu.host.serving.repository import ModelRepository, ModelSpec, ServingLimits
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2  # noqa: E402

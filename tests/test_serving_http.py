@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import urllib3
 
-from mvu.classify import Classifier
-from mvu.package import load_package
+from mvu.host.model.package import load_package
+from mvu.host.runtime.classify import Classifier
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
 
@@ -33,7 +33,7 @@ def expected_scores(toy_package_path, cat_jpeg):
     """The same image through the same package in this process, on the reference executor."""
     classifier = Classifier(load_package(toy_package_path), "reference")
     logits = classifier.runner.run_batch(classifier.package.model.input_q.quantize(
-        __import__("mvu.preprocess", fromlist=["preprocess"]).preprocess(cat_jpeg, classifier.recipe)))
+        __import__("mvu.host.runtime.preprocess", fromlist=["preprocess"]).preprocess(cat_jpeg, classifier.recipe)))
     e = np.exp(logits.astype(np.float64) - logits.max())
     return (e / e.sum()).astype(np.float32)
 
@@ -61,7 +61,7 @@ def test_tritonclient_reads_metadata_and_infers(server, cat_jpeg, expected_score
 
 
 def test_tritonclient_float_tensor_and_classification(server, toy_package_path, cat_jpeg, expected_scores):
-    from mvu.preprocess import PreprocessRecipe, preprocess
+    from mvu.host.runtime.preprocess import PreprocessRecipe, preprocess
 
     package = load_package(toy_package_path)
     tensor = preprocess(cat_jpeg, PreprocessRecipe.from_dict(package.preprocessing))
@@ -294,8 +294,8 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_python_client_and_score_command_against_the_server(server, cat_jpeg, expected_scores, tmp_path):
-    from mvu.cli import main
-    from mvu.serving.client import ScoringClient, ScoringError
+    from mvu.host.tools.cli import main
+    from mvu.host.tools.client import ScoringClient, ScoringError
 
     with ScoringClient(server.url, retries=1) as client:
         assert client.is_live() and client.is_ready("toy")

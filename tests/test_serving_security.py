@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import urllib3
 
-from mvu.serving.api_keys import create_key_file
+from mvu.host.serving.api_keys import create_key_file
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
 
@@ -75,7 +75,7 @@ def test_rotation_takes_effect_without_restart_and_keys_are_never_logged(secure_
     path, clear = keys
     old_primary = clear["primary"]
     assert _score(https, secure_server, cat_jpeg, old_primary).status == 200
-    out = subprocess.run([sys.executable, "-m", "mvu.cli", "keys", "regenerate", str(path), "primary"],
+    out = subprocess.run([sys.executable, "-m", "mvu.host.tools.cli", "keys", "regenerate", str(path), "primary"],
                          capture_output=True, text=True, check=True).stdout
     new_primary = out.split()[1]
     assert new_primary.startswith("mvu_") and new_primary != old_primary
@@ -93,14 +93,14 @@ def test_rotation_takes_effect_without_restart_and_keys_are_never_logged(secure_
 
 
 def test_keys_over_plain_http_off_loopback_need_a_flag(toy_package_path, keys):
-    command = [sys.executable, "-m", "mvu.cli", "serve", str(toy_package_path), "--host", "0.0.0.0",
+    command = [sys.executable, "-m", "mvu.host.tools.cli", "serve", str(toy_package_path), "--host", "0.0.0.0",
                "--keys", str(keys[0]), "--port", "0", "--grpc-port", "-1"]
     refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "clear text" in refused.stderr and "--allow-insecure-keys" in refused.stderr
 
 
 def test_key_file_errors_are_clear(tmp_path):
-    from mvu.serving.api_keys import ApiKeys, KeyFileError, regenerate_key
+    from mvu.host.serving.api_keys import ApiKeys, KeyFileError, regenerate_key
 
     with pytest.raises(KeyFileError, match="no such file|No such file"):
         ApiKeys(tmp_path / "missing.json")

@@ -2,13 +2,13 @@
 
 import pytest
 
-from mvu.config import HardwareConfig
+from mvu.hdl.contract.config import HardwareConfig
 
 pytestmark = pytest.mark.slow
 
 
 def test_large_gemm_is_bit_exact_and_keeps_the_array_busy(verilator_executors):
-    from mvu.benchmarks import bench_gemm
+    from mvu.host.tools.benchmarks import bench_gemm
 
     config = HardwareConfig()
     report = bench_gemm(config, 1024, 1024, 1024, executor=verilator_executors(config), seed=5)

@@ -4,13 +4,14 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import NARROW, TINY
-from mvu.config import HardwareConfig
-from mvu.csr_map import Csr
-from mvu.gemm import GemmProgram, Requantization, golden_gemm
-from mvu.isa import Buffer, Compute, Finish, Load, Sync
-from mvu.program import MemoryImage, Program
+
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.csr_map import Csr
+from mvu.hdl.contract.isa import Buffer, Compute, Finish, Load, Sync
+from mvu.hdl.contract.program import MemoryImage, Program
+from mvu.hdl.contract.requantization import Requantization
+from mvu.host.gemm import GemmProgram, golden_gemm
 from mvu.sim.verilator_executor import MemoryModel, SimulationError, SimulationTimeout
 
 
@@ -110,7 +111,7 @@ def test_csr_identity(verilator_executors):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bench_command_of_the_acceptance_criteria(seed, capsys):
     """`mvu bench gemm --m 300 --k 700 --n 500 --backend verilator --json` on the default configuration."""
-    from mvu.cli import main
+    from mvu.host.tools.cli import main
 
     assert main(["bench", "gemm", "--m", "300", "--k", "700", "--n", "500", "--backend", "verilator", "--json",
                  "--seed", str(seed)]) == 0
@@ -123,7 +124,7 @@ def test_bench_command_of_the_acceptance_criteria(seed, capsys):
 
 
 def test_bench_cli_rejects_a_bad_configuration_file(tmp_path):
-    from mvu.cli import main
+    from mvu.host.tools.cli import main
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**TINY.to_dict(), "rows": 6}))

@@ -19,11 +19,11 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import ServingError
+from mvu.host.serving.errors import ServingError
 
 __all__ = ["ApiKeys", "KeyFileError", "create_key_file", "regenerate_key", "main_keys"]
 
-log = logging.getLogger("mvu.serving")
+log = logging.getLogger("mvu.host.serving")
 FORMAT = "mvu-api-keys/1"
 SLOTS = ("primary", "secondary")
 

@@ -23,11 +23,11 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import ServingError
+from mvu.host.serving.errors import ServingError
 
 __all__ = ["BatchResult", "BatchScheduler"]
 
-log = logging.getLogger("mvu.serving")
+log = logging.getLogger("mvu.host.serving")
 
 #: The longest a batch waits for requests still in preprocessing.
 ARRIVAL_WAIT = 0.05

@@ -20,20 +20,27 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
-from .. import __version__
-from .api_keys import ApiKeys
-from .errors import ServingError
-from .protos import message_class, message_pool, service
-from .repository import SCORES_OUTPUT, ModelRepository
-from .tensors import (InferenceRequest, InferenceResult, InputTensor, RequestedOutput, check_shape,
-                      numpy_datatype)
-from .tfserving_http import SIGNATURE as TF_SIGNATURE, TF_SCORES_OUTPUT
+from mvu.host import __version__
+from mvu.host.serving.api_keys import ApiKeys
+from mvu.host.serving.errors import ServingError
+from mvu.host.serving.protos import message_class, message_pool, service
+from mvu.host.serving.repository import SCORES_OUTPUT, ModelRepository
+from mvu.host.serving.tensors import (
+    InferenceRequest,
+    InferenceResult,
+    InputTensor,
+    RequestedOutput,
+    check_shape,
+    numpy_datatype,
+)
+from mvu.host.serving.tfserving_http import SIGNATURE as TF_SIGNATURE
+from mvu.host.serving.tfserving_http import TF_SCORES_OUTPUT
 
 __all__ = ["GrpcSettings", "GrpcServices", "create_grpc_server", "infer_request_from_proto",
            "infer_response_to_proto", "tensor_from_proto", "tensor_to_proto", "TF_SCORES_OUTPUT",
            "INFERENCE_SERVICE", "PREDICTION_SERVICE"]
 
-log = logging.getLogger("mvu.serving")
+log = logging.getLogger("mvu.host.serving")
 access_log = logging.getLogger("mvu.access")
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"

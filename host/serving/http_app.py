@@ -21,19 +21,19 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import __version__
-from .api_keys import ApiKeys
-from .errors import ServingError
-from .metrics import CONTENT_TYPE_LATEST
-from .oip_http import HEADER_LENGTH, encode_infer_response, parse_infer_request
-from .repository import ModelRepository
-from .tensors import server_timing
-from .tfserving_http import model_metadata, model_status, parse_predict
+from mvu.host import __version__
+from mvu.host.serving.api_keys import ApiKeys
+from mvu.host.serving.errors import ServingError
+from mvu.host.serving.metrics import CONTENT_TYPE_LATEST
+from mvu.host.serving.oip_http import HEADER_LENGTH, encode_infer_response, parse_infer_request
+from mvu.host.serving.repository import ModelRepository
+from mvu.host.serving.tensors import server_timing
+from mvu.host.serving.tfserving_http import model_metadata, model_status, parse_predict
 
 __all__ = ["HttpSettings", "HttpFrontEnd", "create_http_app"]
 
 access_log = logging.getLogger("mvu.access")
-log = logging.getLogger("mvu.serving")
+log = logging.getLogger("mvu.host.serving")
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository(read-only)"]
 

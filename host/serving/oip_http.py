@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from .errors import ServingError
-from .tensors import InferenceRequest, InferenceResult, InputTensor, RequestedOutput
+from mvu.host.serving.errors import ServingError
+from mvu.host.serving.tensors import InferenceRequest, InferenceResult, InputTensor, RequestedOutput
 
 __all__ = ["HEADER_LENGTH", "json_object", "parse_infer_request", "encode_infer_response"]
 

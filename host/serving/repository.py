@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..package import ModelPackage, load_package
-from .batching import BatchScheduler
-from .errors import ServingError
-from .metrics import ServingMetrics
-from .tensors import InferenceRequest, InferenceResult, InputTensor, OutputTensor, RequestedOutput
+from mvu.host.model.package import ModelPackage, load_package
+from mvu.host.serving.batching import BatchScheduler
+from mvu.host.serving.errors import ServingError
+from mvu.host.serving.metrics import ServingMetrics
+from mvu.host.serving.tensors import InferenceRequest, InferenceResult, InputTensor, OutputTensor, RequestedOutput
 
 __all__ = ["ModelSpec", "ServingLimits", "ServedModel", "ModelRepository", "IMAGES_INPUT", "TENSOR_INPUT", "SCORES_OUTPUT"]
 
@@ -66,7 +66,7 @@ class ServedModel:
 
     def __init__(self, name: str, version: str, package: ModelPackage, backend: str, limits: ServingLimits,
                  metrics: ServingMetrics, preprocess_pool: ThreadPoolExecutor):
-        from ..preprocess import PreprocessRecipe
+        from mvu.host.runtime.preprocess import PreprocessRecipe
 
         self.name, self.version, self.package, self.backend = name, version, package, backend
         self.recipe = PreprocessRecipe.from_dict(package.preprocessing)
@@ -99,7 +99,7 @@ class ServedModel:
 
     def _load_executor(self):
         """On the worker thread: build the executor (a Verilator model may take minutes the first time)."""
-        from ..classify import Classifier
+        from mvu.host.runtime.classify import Classifier
 
         classifier = Classifier(self.package, self.backend)
         runner, input_q = classifier.runner, self.package.model.input_q
@@ -187,7 +187,7 @@ class ServedModel:
                                 f"'{IMAGES_INPUT}' (BYTES) and '{TENSOR_INPUT}' (FP32)")
 
     def _decode_all(self, encoded: np.ndarray) -> np.ndarray:
-        from ..preprocess import ImageDecodeError, preprocess
+        from mvu.host.runtime.preprocess import ImageDecodeError, preprocess
 
         images = np.empty((len(encoded), *self.recipe.shape[1:]), np.float32)
         for index, data in enumerate(encoded):

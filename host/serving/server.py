@@ -17,13 +17,13 @@ from pathlib import Path
 
 import uvicorn
 
-from .api_keys import ApiKeys, KeyFileError
-from .http_app import HttpSettings, create_http_app
-from .repository import ModelRepository, ModelSpec, ServingLimits
+from mvu.host.serving.api_keys import ApiKeys, KeyFileError
+from mvu.host.serving.http_app import HttpSettings, create_http_app
+from mvu.host.serving.repository import ModelRepository, ModelSpec, ServingLimits
 
 __all__ = ["ServerOptions", "main_serve", "run_server"]
 
-log = logging.getLogger("mvu.serving")
+log = logging.getLogger("mvu.host.serving")
 
 
 @dataclass
@@ -90,7 +90,7 @@ async def run_server(repository: ModelRepository, options: ServerOptions) -> Non
     http_port = sock.getsockname()[1]
     grpc_server, grpc_port = None, None
     if options.grpc_port >= 0:
-        from .grpc_services import GrpcSettings, create_grpc_server
+        from mvu.host.serving.grpc_services import GrpcSettings, create_grpc_server
 
         grpc_server, grpc_port = create_grpc_server(repository, GrpcSettings(
             host=options.host, port=options.grpc_port, tls_cert=options.tls_cert, tls_key=options.tls_key,
@@ -126,7 +126,7 @@ async def run_server(repository: ModelRepository, options: ServerOptions) -> Non
 def _configure_logging(access: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("mvu serve: %(levelname)s %(message)s"))
-    serving = logging.getLogger("mvu.serving")
+    serving = logging.getLogger("mvu.host.serving")
     serving.addHandler(handler)
     serving.setLevel(logging.INFO)
     access_log = logging.getLogger("mvu.access")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ServingError
+from mvu.host.serving.errors import ServingError
 
 __all__ = ["DATATYPES", "MAX_ELEMENTS", "InputTensor", "RequestedOutput", "InferenceRequest", "OutputTensor",
            "InferenceResult", "check_shape", "decode_bytes_elements", "encode_bytes_elements", "numpy_datatype",

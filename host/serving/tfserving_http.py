@@ -7,10 +7,10 @@ import binascii
 
 import numpy as np
 
-from .errors import ServingError
-from .oip_http import json_object
-from .repository import IMAGES_INPUT, TENSOR_INPUT, ServedModel
-from .tensors import InferenceRequest, InputTensor
+from mvu.host.serving.errors import ServingError
+from mvu.host.serving.oip_http import json_object
+from mvu.host.serving.repository import IMAGES_INPUT, TENSOR_INPUT, ServedModel
+from mvu.host.serving.tensors import InferenceRequest, InputTensor
 
 __all__ = ["parse_predict", "model_status", "model_metadata", "SIGNATURE", "TF_SCORES_OUTPUT"]
 

@@ -13,10 +13,10 @@ from dataclasses import fields
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from mvu.config import INSTRUCTION_BYTES, HardwareConfig
-from mvu.csr_map import ErrorCode
 from mvu.hdl.command_processor import CommandProcessor
-from mvu.isa import OPCODE_FIELDS, Compute, Finish, Load, Opcode, Store, Sync
+from mvu.hdl.contract.config import INSTRUCTION_BYTES, HardwareConfig
+from mvu.hdl.contract.csr_map import ErrorCode
+from mvu.hdl.contract.isa import OPCODE_FIELDS, Compute, Finish, Load, Opcode, Store, Sync
 from mvu.sim.benches.runner import ReadMemory, start
 
 CONFIG = HardwareConfig(rows=4, cols=4, act_depth=64, wgt_depth=32, acc_depth=64, mem_bytes=4)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from mvu.config import HardwareConfig
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.isa import Buffer, Load
 from mvu.hdl.load_unit import LoadUnit
-from mvu.isa import Buffer, Load
 from mvu.sim.benches.runner import ReadMemory, start
 
 CONFIG = HardwareConfig(rows=8, cols=16, act_depth=64, wgt_depth=32, acc_depth=64, mem_bytes=4)

@@ -11,7 +11,7 @@ import cocotb
 import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from mvu.config import HardwareConfig
+from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.matvec import MatrixVectorUnit
 from mvu.sim.benches.runner import pack, start, unpack
 

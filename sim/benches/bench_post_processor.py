@@ -1,4 +1,4 @@
-"""cocotb bench of :class:`mvu.hdl.post_processor.PostProcessor` against :func:`mvu.postprocess.requantize`.
+"""cocotb bench of :class:`mvu.hdl.post_processor.PostProcessor` against :func:`mvu.hdl.contract.requantization.requantize`.
 
 Bursts of random int32 accumulators run through random per-lane parameters,
 which change only between bursts, once the previous burst has drained.
@@ -8,8 +8,8 @@ import cocotb
 import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from mvu.hdl.contract.requantization import float32_scales, requantize
 from mvu.hdl.post_processor import PostProcessor
-from mvu.postprocess import float32_scales, requantize
 from mvu.sim.benches.runner import pack, start, unpack
 
 LANES = 4

@@ -32,7 +32,8 @@ def run_bench(name: str) -> None:
     from amaranth.back import verilog
     from cocotb_tools.runner import get_results, get_runner
 
-    from mvu.sim.toolchain import cache_dir, tool_environment
+    from mvu.hdl.toolchain import cache_dir
+    from mvu.sim.toolchain import tool_environment
 
     module = f"mvu.sim.benches.{name}"
     toplevel = name.removeprefix("bench_")

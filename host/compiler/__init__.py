@@ -1,0 +1,1 @@
+"""The compiler: ONNX import, quantization, pre-quantized models, recipes, and the package it writes."""

@@ -1,0 +1,97 @@
+"""From an ONNX classifier to a model package: import, calibrate, quantize, package."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.host.compiler.graph import PREQUANTIZED_OPS, ImportError_, import_onnx
+from mvu.host.compiler.prequantized import from_qlinear_graph
+from mvu.host.compiler.quantize import calibrate, quantize_graph
+from mvu.host.model.package import ModelPackage
+
+__all__ = ["IMAGE_SUFFIXES", "calibration_images", "compile_model", "builtin_calibration_sources"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def builtin_calibration_sources() -> list[Path]:
+    """The real photos that scikit-image ships (a cat, coffee, a rocket, motorcycles, ...)."""
+    import skimage
+
+    folder = Path(skimage.__file__).parent / "data"
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg") and p.stat().st_size > 20_000)
+
+
+def calibration_images(sources: list[Path], recipe, *, limit: int = 64) -> np.ndarray:
+    """Preprocessed float images; with few sources, mirrored copies double the set."""
+    from mvu.host.runtime.preprocess import ImageDecodeError, preprocess
+
+    images = []
+    for source in sources[:limit]:
+        try:
+            images.append(preprocess(source, recipe)[0])
+        except ImageDecodeError as error:
+            print(f"mvu: skipping calibration image: {error}", file=sys.stderr)
+    if not images:
+        raise ValueError("no usable calibration images")
+    if len(images) < 16:
+        images += [image[:, :, ::-1] for image in images]
+    return np.stack(images).astype(np.float32)
+
+
+def _add_sqnr(quantized, config: HardwareConfig, model: onnx.ModelProto, image: np.ndarray) -> None:
+    """Each report row gains ``sqnr_db``: its output against fp32 onnxruntime on one calibration image."""
+    import onnxruntime as ort
+
+    from mvu.host.runtime.runner import ModelRunner
+
+    runner = ModelRunner(quantized, config, "numpy")
+    runner.run(quantized.input_q.quantize(image[None]))
+    wanted = [layer.output for layer in quantized.layers]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted if name not in present)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    reference = dict(zip(names, session.run(None, {session.get_inputs()[0].name: image[None]})))
+    by_name = {layer.name: layer for layer in quantized.layers}
+    for row in quantized.report:
+        layer = by_name.get(row["layer"])
+        if layer is None or layer.out_q is None or layer.output not in reference:
+            continue
+        expected = reference[layer.output].reshape(-1).astype(np.float64)
+        got = layer.out_q.dequantize(runner.tensors[layer.output]).reshape(-1).astype(np.float64)
+        noise = np.sum((expected - got) ** 2)
+        row["sqnr_db"] = float(10 * np.log10(np.sum(expected ** 2) / noise)) if noise > 0 else float("inf")
+
+
+def compile_model(source: str | Path | onnx.ModelProto, *, config: HardwareConfig, preprocessing: dict,
+                  labels: list[str], calibration: list[Path] | None = None, name: str | None = None,
+                  progress: bool = True) -> ModelPackage:
+    """Compile ``source`` for ``config``; ``calibration`` lists image files (default: the built-in set)."""
+    from mvu.host.runtime.preprocess import PreprocessRecipe
+
+    label = name or (Path(source).stem if not isinstance(source, onnx.ModelProto) else "model")
+    graph = import_onnx(source, name=str(source) if not isinstance(source, onnx.ModelProto) else label)
+    model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
+    recipe = PreprocessRecipe.from_dict(preprocessing)
+    if graph.input_shape[2:] != (recipe.crop, recipe.crop):
+        raise ImportError_(f"{label}: the model takes {graph.input_shape[2:]} images but the preprocessing "
+                           f"crops {recipe.crop}x{recipe.crop}")
+    if any(node.op in PREQUANTIZED_OPS for node in graph.nodes):
+        quantized = from_qlinear_graph(graph)  # its own scales: no calibration
+    else:
+        images = calibration_images(calibration or builtin_calibration_sources(), recipe)
+        quantized = quantize_graph(graph, calibrate(model, graph, images, progress=progress))
+        _add_sqnr(quantized, config, model, images[0])
+    classes = int(np.prod(graph.shapes.get(graph.output, (1, len(labels)))[1:]))
+    if labels and len(labels) != classes:
+        raise ImportError_(f"{label}: {len(labels)} labels for {classes} classes")
+    return ModelPackage(label, quantized, config, preprocessing=recipe.to_dict(), labels=labels,
+                        source_sha256=graph.source_sha256)

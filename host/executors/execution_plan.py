@@ -1,0 +1,416 @@
+"""Execution plans for the reference executor: a program traced once, then run as a few bulk matrix products.
+
+Tracing walks the instructions with addresses in place of data: each SRAM
+entry remembers the DRAM address it was loaded from, each accumulator range
+the (activation rows, weight tile) pairs summed into it, and each STORE the
+sums it writes out. Where the program never writes what it reads (its loads,
+parameter blocks and instructions), the bytes a load brings in are still in
+memory when the plan reads them, so the program's whole effect is a set of
+matrix products read straight from memory. Products that share their
+activations, or their weights over adjacent rows, merge into one; stores that
+tile a row-major output become one write.
+
+Programs the plan cannot express this way (a store that overwrites what is
+read, accumulator ranges used in part, entries read before they are loaded)
+get ``None`` from :func:`build_plan`, and the executor interprets them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import groupby
+from typing import NamedTuple
+
+import numpy as np
+
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.isa import Opcode
+from mvu.host.executors.fused_products import FusedProduct, fused_product
+from mvu.host.executors.intmatmul import as_unsigned, centred_matmul
+from mvu.host.executors.requantize import requantize_rows
+
+__all__ = ["ExecutionPlan", "build_plan"]
+
+
+class _Rows(NamedTuple):
+    """``count`` rows of ``width`` bytes in memory, ``step`` bytes apart from ``start``."""
+
+    start: int
+    count: int
+    width: int
+    step: int
+
+    def view(self, memory: np.ndarray) -> np.ndarray:
+        """The rows as a [count, width] view of ``memory`` (bytes); the plan's checks keep it in bounds."""
+        return np.ndarray((self.count, self.width), np.uint8, memory, self.start, (self.step, 1))
+
+    def write(self, memory: np.ndarray, values: np.ndarray) -> None:
+        self.view(memory)[:] = values
+
+
+class _Term(NamedTuple):
+    """One COMPUTE's product: activation rows (signed or not, with a zero point) times a weight tile."""
+
+    act: _Rows
+    wgt: _Rows
+    signed: bool
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class _Store:
+    terms: tuple[_Term, ...]
+    rows: int
+    dram_addr: int
+    dram_stride: int
+    raw: bool
+    float32_scale: bool
+    params: int | None  # address of the parameter block in force (None: never loaded, all zero)
+    out_zero_point: int
+    clamp_min: int
+    clamp_max: int
+
+
+@dataclass
+class _Product:
+    """``(act - zero point) @ wgt`` over whole operands; ``act`` and ``wgt`` are lists of parts side by side
+    (along K for ``act`` and down K for ``wgt``, paired), or single views; ``blocks`` say where each store's
+    rows and columns lie in the result."""
+
+    act: list[tuple[_Rows, bool, int]]  # (rows, signed, zero point) per K part
+    wgt: list[list[_Rows]]              # [K part][column part]
+    blocks: list[tuple[int, int, _Store]]  # (first row, first column, store)
+    output: tuple[_Rows, np.ndarray] | None = None  # one write for all blocks: where, and which blocks' params
+
+
+class ExecutionPlan:
+    """A traced program's effect as bulk steps; :meth:`run` applies it to a memory image.
+
+    Products written out by one float32-scale store per column tile run as a
+    :class:`~mvu.host.executors.fused_products.FusedProduct` each, packed on first use and
+    repacked when the memory's weights or parameters change.
+    """
+
+    def __init__(self, config: HardwareConfig, products: list[_Product]):
+        self.config, self.products = config, products
+        self._fused: dict[int, FusedProduct | None] = {i: None for i, p in enumerate(products) if _fusable(p)}
+
+    def run(self, memory: np.ndarray) -> None:
+        for index, product in enumerate(self.products):
+            if index in self._fused and self._run_fused(memory, index, product):
+                continue
+            acc = self._multiply(memory, product)
+            if product.output is not None:
+                where, columns = product.output
+                self._store(memory, acc, product.blocks[0][2], columns, where)
+                continue
+            for row, column, store in product.blocks:
+                block = acc[row:row + store.rows, column:column + self.config.cols]
+                width = block.shape[1] * (4 if store.raw else 1)
+                self._store(memory, block, store, [store.params], _Rows(store.dram_addr, store.rows, width,
+                                                                        store.dram_stride))
+
+    def _run_fused(self, memory: np.ndarray, index: int, product: _Product) -> bool:
+        """Run a fusable product as a :class:`FusedProduct`; ``False`` where onnxruntime cannot (never again
+        tried for this product: that depends only on the instructions and the machine)."""
+        where, blocks = product.output
+        store = product.blocks[0][2]
+        rows, signed, zero_point = product.act[0]
+        w = product.wgt[0][0].view(memory).view(np.int8)
+        parameters = self._parameters(memory, list(blocks), w.shape[1])
+        fused = self._fused[index]
+        if fused is None or not fused.matches(w, parameters):
+            fused = self._fused[index] = fused_product(
+                w, parameters, act_signed=signed, act_zero_point=zero_point,
+                out_zero_point=store.out_zero_point, clamp_min=store.clamp_min, clamp_max=store.clamp_max)
+            if fused is None:
+                del self._fused[index]
+                return False
+        fused.run(rows.view(memory), where.view(memory))
+        return True
+
+    @staticmethod
+    def _multiply(memory: np.ndarray, product: _Product) -> np.ndarray:
+        parts, zero_points = [], []
+        for rows, signed, zero_point in product.act:
+            values = rows.view(memory)
+            values, zero_point = as_unsigned(values.view(np.int8) if signed else values, zero_point)
+            parts.append(values)
+            zero_points.append(np.full(rows.width, zero_point))
+        a = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        zero_point = zero_points[0][0] if len({int(z[0]) for z in zero_points}) == 1 \
+            else np.concatenate(zero_points)
+        w = [np.concatenate([p.view(memory) for p in row], axis=1) if len(row) > 1 else row[0].view(memory)
+             for row in product.wgt]
+        w = w[0] if len(w) == 1 else np.concatenate(w)
+        return centred_matmul(a, zero_point, w.view(np.int8))
+
+    def _store(self, memory: np.ndarray, acc: np.ndarray, store: _Store, blocks, where: _Rows) -> None:
+        """Write what a store writes to ``where``: raw int32, or requantized with each column tile's
+        parameter block (``blocks``: their addresses, ``None`` for never loaded)."""
+        if store.raw:
+            where.write(memory, np.ascontiguousarray(acc, dtype="<i4").view(np.uint8))
+            return
+        bias, multiplier, shift = self._parameters(memory, list(blocks), acc.shape[1])
+        requantize_rows(acc, bias, multiplier, shift & 63, store.out_zero_point, store.clamp_min, store.clamp_max,
+                        float32_scale=store.float32_scale, out=where.view(memory))
+
+    def _parameters(self, memory: np.ndarray, blocks: list, channels: int) -> np.ndarray:
+        """Bias, multiplier and shift rows [3, channels] from consecutive column tiles' parameter blocks."""
+        cols, size = self.config.cols, self.config.param_block_bytes
+        first = blocks[0]
+        if first is not None and blocks == list(range(first, first + len(blocks) * size, size)):
+            tiles = memory[first:first + len(blocks) * size].view(np.int32).reshape(len(blocks), 3, cols)
+            return tiles.transpose(1, 0, 2).reshape(3, -1)[:, :channels]
+        per_block = [np.zeros((3, cols), np.int32) if address is None else
+                     memory[address:address + size].view(np.int32).reshape(3, cols) for address in blocks]
+        return np.concatenate(per_block, axis=1)[:, :channels]
+
+
+def _fusable(product: _Product) -> bool:
+    """Whether a product has the shape of a :class:`FusedProduct`: one activation operand, one weight
+    matrix contiguous in memory, one float32-scale write of all its columns."""
+    if product.output is None or len(product.act) != 1 or len(product.wgt) != 1 or len(product.wgt[0]) != 1:
+        return False
+    weights, store = product.wgt[0][0], product.blocks[0][2]
+    return store.float32_scale and not store.raw and (weights.step == weights.width or weights.count == 1)
+
+
+# Tracing ------------------------------------------------------------------
+
+class _Unplannable(Exception):
+    """The program does something a plan does not express; the interpreter runs it."""
+
+
+class _Entries:
+    """Which LOAD filled each entry of an on-chip buffer, and so the address each entry came from."""
+
+    def __init__(self, depth: int, width: int):
+        self.width = width
+        self.load = [-1] * depth  # index into ``self.loads``; -1: never loaded
+        self.loads: list[tuple[int, int, int]] = []  # (first entry, DRAM address, stride)
+        self.broken: set[int] = set()  # LOADs whose entries were since overwritten in part
+
+    def fill(self, entry: int, count: int, dram_addr: int, stride: int) -> None:
+        end = entry + count
+        # Only the LOADs at either end can keep entries outside the new range.
+        self.broken.update(load for load in (self.load[entry], self.load[end - 1]) if load >= 0)
+        self.load[entry:end] = [len(self.loads)] * count
+        self.loads.append((entry, dram_addr, stride))
+
+    def rows(self, entry: int, count: int) -> _Rows:
+        """Where entries ``entry .. entry + count - 1`` came from, as evenly spaced rows."""
+        load = self.load[entry]
+        if load >= 0 and self.load[entry + count - 1] == load and (
+                load not in self.broken or self.load[entry:entry + count].count(load) == count):
+            first, dram_addr, stride = self.loads[load]  # one LOAD filled them all
+            return _Rows(dram_addr + (entry - first) * stride, count, self.width, stride if count > 1 else self.width)
+        addresses = [-1 if load < 0 else self.loads[load][1] + (e - self.loads[load][0]) * self.loads[load][2]
+                     for e, load in enumerate(self.load[entry:entry + count], entry)]
+        first = addresses[0]
+        step = addresses[1] - first if count > 1 else self.width
+        if first < 0 or step < 0 or addresses != [first + step * i for i in range(count)]:
+            raise _Unplannable("entries are not loaded, or come from rows that are not evenly spaced")
+        return _Rows(first, count, self.width, step)
+
+
+def _intervals(starts: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(starts, kind="stable")
+    return starts[order], starts[order] + widths[order]
+
+
+def _overlaps(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Whether any interval of ``a`` meets any of ``b`` (``b`` sorted and disjoint)."""
+    starts, ends = a
+    b_starts, b_ends = b
+    if not b_starts.size or not starts.size:
+        return False
+    index = np.searchsorted(b_ends, starts, side="right")
+    inside = index < b_starts.size
+    return bool((b_starts[np.minimum(index, b_starts.size - 1)] < ends)[inside].any())
+
+
+def _expand(rows: list[tuple[int, int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Every row of ``(start, count, width, step)`` runs as ``(starts, widths)``."""
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    start, count, width, step = (np.array(c, dtype=np.int64) for c in zip(*rows))
+    run = np.repeat(np.arange(len(rows)), count)
+    within = np.arange(run.size) - np.repeat(np.cumsum(count) - count, count)
+    return start[run] + within * step[run], width[run]
+
+
+_ZERO, _UNKNOWN = -1, -2  # accumulator rows never written, and rows the trace lost track of
+
+
+def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list[_Store], list, list]:
+    """The program's stores with their sums, and the memory rows it reads and writes."""
+    R, C = config.rows, config.cols
+    act, wgt = _Entries(config.act_depth, R), _Entries(config.wgt_depth, C)
+    owner = [_ZERO] * config.acc_depth  # first row of the live range holding each row
+    live: dict[int, tuple[int, list[_Term]]] = {}
+    tile: _Rows | None = None
+    params: int | None = None
+    reads, writes, stores = [], [], []
+    names = ("buffer", "sram_addr", "count", "dram_addr", "dram_stride", "act_addr", "acc_addr", "wgt_addr",
+             "preload", "accumulate", "act_signed", "act_zero_point", "param_addr", "load_params", "raw",
+             "float32_scale", "out_zero_point", "clamp_min", "clamp_max")
+    rows = zip(columns["opcode"].tolist(), *(columns[name].tolist() for name in names))
+    for (op, buffer, sram_addr, count, dram_addr, dram_stride, act_addr, acc_addr, wgt_addr, preload, accumulate,
+         signed, zero_point, param_addr, load_params, raw, float32_scale, out_zero_point, clamp_min,
+         clamp_max) in rows:
+        if op == Opcode.LOAD:
+            entries = act if buffer == 0 else wgt
+            entries.fill(sram_addr, count, dram_addr, dram_stride)
+            reads.append((dram_addr, count, entries.width, dram_stride))
+        elif op == Opcode.COMPUTE:
+            if preload:
+                tile = wgt.rows(wgt_addr, R)
+            if tile is None:
+                raise _Unplannable("a product uses the weight bank before any preload")
+            term = _Term(act.rows(act_addr, count), tile, bool(signed), zero_point)
+            whole = live.get(acc_addr, (0,))[0] == count
+            if accumulate and whole:
+                live[acc_addr][1].append(term)
+            elif not accumulate or owner[acc_addr:acc_addr + count].count(_ZERO) == count:
+                for holder in set(owner[acc_addr:acc_addr + count]):
+                    if holder >= 0:  # a range overwritten in part keeps values the plan does not follow
+                        end = holder + live.pop(holder)[0]
+                        owner[holder:end] = [_UNKNOWN if o == holder else o for o in owner[holder:end]]
+                owner[acc_addr:acc_addr + count] = [acc_addr] * count
+                live[acc_addr] = (count, [term])
+            else:
+                raise _Unplannable("a product accumulates onto part of a range")
+        elif op == Opcode.STORE:
+            if load_params:
+                params = param_addr
+                reads.append((param_addr, 1, config.param_block_bytes, 0))
+            if live.get(acc_addr, (0,))[0] == count:
+                terms = tuple(live[acc_addr][1])
+            elif owner[acc_addr:acc_addr + count].count(_ZERO) == count:
+                terms = ()
+            else:
+                raise _Unplannable("a store reads accumulator ranges in part")
+            stores.append(_Store(terms, count, dram_addr, dram_stride, bool(raw), bool(float32_scale and not raw),
+                                 params if not raw else None, out_zero_point, clamp_min, clamp_max))
+            writes.append((dram_addr, count, 4 * C if raw else C, dram_stride))
+    return stores, reads, writes
+
+
+# Merging ------------------------------------------------------------------
+
+def _joined(parts: list[_Rows], along_rows: bool) -> _Rows | None:
+    """One view for views that continue each other: down the rows, or across the columns."""
+    first, total = parts[0], 0
+    for part in parts:
+        if along_rows:
+            continues = part.start == first.start + total * first.step and (part.width, part.step) == (
+                first.width, first.step)
+            total += part.count
+        else:
+            continues = part.start == first.start + total and (part.count, part.step) == (first.count, first.step)
+            total += part.width
+        if not continues:
+            return None
+    if along_rows:
+        return _Rows(first.start, total, first.width, first.step)
+    return _Rows(first.start, first.count, total, first.step)
+
+
+def _store_operands(store: _Store) -> tuple[tuple, list[_Rows]]:
+    """A store's activations as K parts ``(rows, signed, zero point)`` and its weights as K parts, with
+    adjacent parts joined; terms are summed in address order (the sum is the same in any order)."""
+    terms = sorted(store.terms, key=lambda t: (t.act.start, t.wgt.start))
+    act = [(t.act, t.signed, t.zero_point) for t in terms]
+    wgt = [t.wgt for t in terms]
+    if len({(signed, zero_point) for _, signed, zero_point in act}) == 1:
+        joined_act = _joined([rows for rows, _, _ in act], along_rows=False)
+        joined_wgt = _joined(wgt, along_rows=True)
+        if joined_act is not None and joined_wgt is not None:
+            return ((joined_act, act[0][1], act[0][2]),), [joined_wgt]
+    return tuple(act), wgt
+
+
+def _products(config: HardwareConfig, stores: list[_Store]) -> list[_Product]:
+    """Stores grouped into as few products as their operands allow."""
+    # Stores with the same activations: one product, their weights side by side.
+    by_act: dict[tuple, list[tuple[list[_Rows], _Store]]] = {}
+    for store in stores:
+        if not store.terms:
+            continue
+        act, wgt = _store_operands(store)
+        by_act.setdefault(act, []).append((wgt, store))
+    products = []
+    for act, members in by_act.items():
+        members.sort(key=lambda m: m[0][0].start)
+        k_parts = len(act)
+        columns = [[wgt[k] for wgt, _ in members] for k in range(k_parts)]
+        joined = [_joined(column, along_rows=False) for column in columns]
+        wgt = [[j] for j in joined] if all(j is not None for j in joined) else columns
+        blocks = [(0, i * config.cols, store) for i, (_, store) in enumerate(members)]
+        products.append(_Product(list(act), wgt, blocks))
+    # Products with the same weights over adjacent activation rows: one product.
+    merged = []
+    key = lambda p: (len(p.act) == 1, str(p.wgt), p.act[0][1:], p.act[0][0].width, p.act[0][0].step)
+    for _, group in groupby(sorted(products, key=lambda p: (key(p), p.act[0][0].start)), key=key):
+        group = list(group)
+        rows = _joined([p.act[0][0] for p in group], along_rows=True) if len(group[0].act) == 1 else None
+        if len(group) == 1 or rows is None:
+            merged.extend(group)
+            continue
+        offsets = np.cumsum([0] + [p.act[0][0].count for p in group]).tolist()
+        blocks = [(offset + row, column, store)
+                  for offset, p in zip(offsets, group) for row, column, store in p.blocks]
+        merged.append(_Product([(rows, *group[0].act[0][1:])], group[0].wgt, blocks))
+    for product in merged:
+        product.output = _single_write(config, product)
+    return merged
+
+
+def _single_write(config: HardwareConfig, product: _Product) -> tuple[_Rows, np.ndarray] | None:
+    """One strided write for a product whose stores tile a row-major output with one requantization per
+    column tile: the rows to write, and each column tile's parameter block."""
+    blocks = product.blocks
+    first = blocks[0][2]
+    element = 4 if first.raw else 1
+    origin = first.dram_addr - blocks[0][0] * first.dram_stride - blocks[0][1] * element
+    params: dict[int, int | None] = {}
+    for row, column, store in blocks:
+        if (store.raw, store.float32_scale, store.out_zero_point, store.clamp_min, store.clamp_max,
+                store.dram_stride) != (first.raw, first.float32_scale, first.out_zero_point, first.clamp_min,
+                                       first.clamp_max, first.dram_stride):
+            return None
+        if store.dram_addr != origin + row * store.dram_stride + column * element:
+            return None
+        if params.setdefault(column, store.params) != store.params:
+            return None
+    rows = max(row + store.rows for row, _, store in blocks)
+    columns = sorted(params)
+    if columns != list(range(0, len(columns) * config.cols, config.cols)):
+        return None
+    covered = sum(store.rows for _, _, store in blocks)
+    if covered != rows * len(columns) or origin < 0:
+        return None
+    width = len(columns) * config.cols * element
+    if first.dram_stride < width:
+        return None
+    return _Rows(origin, rows, width, first.dram_stride), np.array([params[c] for c in columns], dtype=object)
+
+
+def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_bytes: tuple[int, int]
+               ) -> ExecutionPlan | None:
+    """The plan for a checked program (its decoded ``columns``, its instructions at ``program_bytes`` =
+    ``(address, size)``), or ``None`` when the interpreter must run it."""
+    try:
+        stores, reads, writes = _trace(config, columns)
+    except _Unplannable:
+        return None
+    written = _intervals(*_expand(writes))
+    if written[0].size and (written[0][1:] < written[1][:-1]).any():
+        return None  # stores overwrite each other: their order would matter
+    read = _intervals(*_expand(reads + [(program_bytes[0], 1, program_bytes[1], 0)]))
+    if _overlaps(read, written):
+        return None  # a store changes what the program reads
+    if any(not store.terms for store in stores):
+        return None  # a store of accumulators nothing was added to: rare, left to the interpreter
+    return ExecutionPlan(config, _products(config, stores))

@@ -1,0 +1,128 @@
+"""Fused loops over quantized tensors, compiled by numba: one pass over memory where numpy makes several.
+
+Each kernel computes exactly what the numpy code beside its caller computes
+(tests/test_kernels.py checks them against it on random data, edge values
+included); callers use the numpy code for shapes a kernel does not take.
+Kernels run on the calling thread and release the GIL, so server threads
+can run them side by side. Compiled code is cached beside this file (or in
+numba's user cache) after the first use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["postprocess_rows", "float32_requantize_rows", "qlinear_add", "depthwise_sums", "same_bytes"]
+
+_JIT = dict(cache=True, nogil=True)
+
+
+@njit(**_JIT)
+def _postprocess(acc, bias, multiplier, shift, zero_point, low, high, out):
+    rows, cols = acc.shape
+    for i in range(rows):
+        for j in range(cols):
+            total = np.int64(np.int32(np.int64(acc[i, j]) + bias[j]))  # int32 addition wraps
+            s = shift[j]
+            x = total * multiplier[j] + ((np.int64(1) << (s - 1)) if s > 0 else np.int64(0))
+            x = (x >> s) + zero_point
+            out[i, j] = np.uint8(min(max(x, low), high) & 0xFF)
+
+
+def postprocess_rows(acc: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
+                     zero_point: int, low: int, high: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The post-processor's arithmetic on int32 ``acc`` [rows, channels] with one parameter per channel
+    (:func:`mvu.hdl.contract.requantization.requantize`); returns the output bytes, in ``out`` if given."""
+    out = np.empty(acc.shape, np.uint8) if out is None else out
+    _postprocess(acc, bias.astype(np.int64), multiplier.astype(np.int64), shift.astype(np.int64),
+                 np.int64(zero_point), np.int64(low), np.int64(high), out)
+    return out
+
+
+@njit(**_JIT)
+def _float32_requantize(acc, bias, scale, zero_point, low, high, out):
+    rows, cols = acc.shape
+    for i in range(rows):
+        for j in range(cols):
+            total = np.float32(np.int32(np.int64(acc[i, j]) + bias[j]))  # int32 addition wraps
+            y = np.rint(total * scale[j]) + zero_point
+            out[i, j] = np.uint8(np.int64(min(max(y, low), high)) & 0xFF)  # int8 results in two's complement
+
+
+def float32_requantize_rows(acc: np.ndarray, bias: np.ndarray, scale: np.ndarray, zero_point: int,
+                            low: int, high: int, out: np.ndarray | None = None) -> np.ndarray:
+    """onnxruntime's requantization of int32 ``acc`` [rows, channels]: ``float32(acc + bias) * scale``,
+    rounded half to even, plus the zero point, clamped; returns the low bytes, in ``out`` if given."""
+    out = np.empty(acc.shape, np.uint8) if out is None else out
+    _float32_requantize(acc, bias.astype(np.int64), scale.astype(np.float32), np.float32(zero_point),
+                        np.float32(low), np.float32(high), out)
+    return out
+
+
+@njit(**_JIT)
+def _qlinear_add(a, b, ratio_a, ratio_b, start, low, high, out):
+    for i in range(a.size):
+        # fma(b, ratio_b, start), then fma(a, ratio_a, .): exact products in float64, rounded once to float32
+        partial = np.float32(np.float64(b[i]) * ratio_b + np.float64(start))
+        total = np.float32(np.float64(a[i]) * ratio_a + np.float64(partial))
+        out[i] = np.uint8(min(max(np.rint(total), low), high))
+
+
+def qlinear_add(a: np.ndarray, b: np.ndarray, ratio_a: np.float32, ratio_b: np.float32, start: np.float32,
+                low: int, high: int) -> np.ndarray | None:
+    """onnxruntime's QLinearAdd of two uint8 tensors of one shape and memory layout (see ``ModelRunner._add``);
+    ``None`` when their layouts differ."""
+    if a.shape != b.shape or a.strides != b.strides or a.dtype != np.uint8 or b.dtype != np.uint8:
+        return None
+    out = np.empty_like(a)  # contiguous in a's axis order, so its flat view below is itself
+    flat = [np.ravel(x, order="K") for x in (a, b, out)]
+    _qlinear_add(flat[0], flat[1], np.float64(ratio_a), np.float64(ratio_b), np.float32(start),
+                 np.float32(low), np.float32(high), flat[2])
+    return out
+
+
+@njit(**_JIT)
+def _depthwise(image, weight, zero_point, strides, dilations, pads, out):
+    height, width, channels = image.shape
+    out_h, out_w, _ = out.shape
+    kh, kw, _ = weight.shape
+    for oy in range(out_h):
+        for ox in range(out_w):
+            for c in range(channels):
+                out[oy, ox, c] = 0
+            for i in range(kh):
+                y = oy * strides[0] + i * dilations[0] - pads[0]
+                if y < 0 or y >= height:
+                    continue  # padding holds the zero point: it adds nothing
+                for j in range(kw):
+                    x = ox * strides[1] + j * dilations[1] - pads[1]
+                    if x < 0 or x >= width:
+                        continue
+                    for c in range(channels):
+                        out[oy, ox, c] += (np.int32(image[y, x, c]) - zero_point) * weight[i, j, c]
+
+
+def depthwise_sums(image: np.ndarray, weight: np.ndarray, zero_point: int, strides, dilations, pads,
+                   out_shape: tuple[int, int]) -> np.ndarray:
+    """int32 sums of a depthwise convolution of one channels-last uint8 ``image`` [H, W, C] with ``weight``
+    [kh, kw, C], padding with the zero point: [Ho, Wo, C]."""
+    out = np.empty((*out_shape, image.shape[2]), np.int32)
+    _depthwise(np.ascontiguousarray(image), np.ascontiguousarray(weight, dtype=np.int32), np.int32(zero_point), np.array(strides, np.int64),
+               np.array(dilations, np.int64), np.array(pads[:2], np.int64), out)
+    return out
+
+
+@njit(**_JIT)
+def _differing_bits(a, b):
+    bits = np.uint8(0)
+    for i in range(a.size):
+        bits |= a[i] ^ b[i]
+    return bits
+
+
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two uint8 arrays of one shape hold the same bytes (one pass, no temporary array)."""
+    if a.shape != b.shape:
+        return False
+    return not _differing_bits(np.ravel(a), np.ravel(b))

@@ -1,0 +1,282 @@
+"""The bit-exact reference executor: the instruction set's semantics, in numpy."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+
+import numpy as np
+
+from mvu.hdl.contract.config import INSTRUCTION_BYTES, HardwareConfig
+from mvu.hdl.contract.isa import Buffer, Opcode
+from mvu.hdl.contract.program import Program, RunResult, check_program
+from mvu.hdl.contract.requantization import requantize
+from mvu.host.executors.execution_plan import ExecutionPlan, build_plan
+from mvu.host.executors.intmatmul import as_unsigned, centred_matmul, engine_name
+from mvu.host.executors.kernels import same_bytes
+
+__all__ = ["ReferenceExecutor"]
+
+
+def _wrap_int32(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.int64).astype(np.int32)
+
+
+_FIELDS = {
+    Opcode.LOAD: ("buffer", "sram_addr", "count", "dram_addr", "dram_stride"),
+    Opcode.COMPUTE: ("act_addr", "count", "acc_addr", "wgt_addr", "preload", "accumulate", "act_signed",
+                     "act_zero_point"),
+    Opcode.STORE: ("acc_addr", "count", "dram_addr", "dram_stride", "param_addr", "load_params", "raw",
+                   "float32_scale", "out_zero_point", "clamp_min", "clamp_max"),
+}
+_RAW, _FLOAT32_SCALE = (_FIELDS[Opcode.STORE].index(name) for name in ("raw", "float32_scale"))
+#: Distinct accumulator ranges left pending before all of them are computed (bounds the bookkeeping).
+_MAX_PENDING = 64
+
+
+def _runs(columns: dict[str, np.ndarray]):
+    """``(opcode, [field tuples])`` for each run of consecutive instructions with one opcode."""
+    opcode = columns["opcode"]
+    rows = {op: iter(zip(*(columns[name][opcode == op].tolist() for name in names)))
+            for op, names in _FIELDS.items()}
+    starts = np.flatnonzero(np.diff(opcode, prepend=-1)).tolist()
+    for start, end in zip(starts, starts[1:] + [opcode.size]):
+        op = int(opcode[start])
+        yield op, list(islice(rows[op], end - start)) if op in rows else []
+
+
+def _strided_rows(memory: np.ndarray, address: int, count: int, stride: int, width: int):
+    """``count`` rows of ``width`` bytes, ``stride`` apart: a view when the rows are disjoint, else an index."""
+    if stride >= width and address + count * stride <= memory.size:
+        return slice(address, address + count * stride), (count, stride), slice(0, width)
+    return address + stride * np.arange(count)[:, None] + np.arange(width), None, None
+
+
+def _read_rows(memory, address, count, stride, width) -> np.ndarray:
+    where, shape, columns = _strided_rows(memory, address, count, stride, width)
+    return memory[where] if shape is None else memory[where].reshape(shape)[:, columns]
+
+
+def _write_rows(memory, address, stride, values: np.ndarray) -> None:
+    where, shape, columns = _strided_rows(memory, address, values.shape[0], stride, values.shape[1])
+    if shape is None:
+        memory[where] = values
+    else:
+        memory[where].reshape(shape)[:, columns] = values
+
+
+@dataclass
+class _Pending:
+    """Products still to be added to an accumulator range: ``sum((x - zero point) @ w)``, onto zero when
+    ``fresh``; ``xs`` holds (uint8 activations, zero point) pairs."""
+
+    fresh: bool
+    xs: list = field(default_factory=list)
+    ws: list = field(default_factory=list)
+
+
+class _Machine:
+    """The architectural state, with COMPUTE work deferred until a STORE reads its accumulators.
+
+    Accumulation wraps modulo 2**32, so summing an accumulator range's
+    products in any order, as one long matrix product, gives the same bits
+    as adding them one instruction at a time.
+    """
+
+    def __init__(self, config: HardwareConfig, memory: np.ndarray):
+        self.config, self.memory = config, memory
+        self.act = np.zeros((config.act_depth, config.rows), dtype=np.uint8)
+        self.wgt = np.zeros((config.wgt_depth, config.cols), dtype=np.uint8)
+        self.acc = np.zeros((config.acc_depth, config.cols), dtype=np.int32)
+        self.tile = np.zeros((config.rows, config.cols), dtype=np.int8)  # the active weight bank
+        self.params = np.zeros((3, config.cols), dtype=np.int32)
+        self.slices: dict[tuple, tuple] = {}  # activation slices read since the last ACT load
+        self.pending: dict[tuple[int, int], _Pending] = {}
+
+    def load(self, buffer: int, sram_addr: int, count: int, dram_addr: int, dram_stride: int) -> None:
+        target = self.act if buffer == Buffer.ACT else self.wgt
+        target[sram_addr:sram_addr + count] = _read_rows(self.memory, dram_addr, count, dram_stride, target.shape[1])
+        if buffer == Buffer.ACT:
+            self.slices.clear()
+
+    def compute(self, act_addr: int, count: int, acc_addr: int, wgt_addr: int, preload: int, accumulate: int,
+                act_signed: int, act_zero_point: int) -> None:
+        if preload:
+            self.tile = self.wgt[wgt_addr:wgt_addr + self.config.rows].view(np.int8).copy()
+        key = (acc_addr, count)
+        pending = self.pending.get(key)
+        if pending is None or not accumulate:
+            self.settle(acc_addr, count, keep=key)
+            pending = self.pending[key] = _Pending(fresh=not accumulate)
+        pending.xs.append(self._slice(act_addr, count, act_signed, act_zero_point))
+        pending.ws.append(self.tile)
+
+    def _slice(self, act_addr: int, count: int, signed: int, zero_point: int) -> tuple[np.ndarray, int]:
+        key = (act_addr, count, signed, zero_point)
+        if key not in self.slices:
+            entries = self.act[act_addr:act_addr + count]
+            self.slices[key] = as_unsigned(entries.view(np.int8) if signed else entries.copy(), zero_point)
+        return self.slices[key]
+
+    def settle(self, start: int, count: int, keep: tuple[int, int] | None = None) -> None:
+        """Add the pending products of every range overlapping ``start .. start + count - 1`` (but ``keep``),
+        together with the ranges that share their activations."""
+        groups: dict[tuple, list] = {}
+        for key, pending in self.pending.items():
+            if key != keep:
+                groups.setdefault(tuple(map(id, pending.xs)), []).append(key)
+        crowded = len(self.pending) > _MAX_PENDING
+        for group in groups.values():
+            if crowded or any(key[0] < start + count and start < key[0] + key[1] for key in group):
+                self._add_products(group)
+
+    def _add_products(self, keys: list[tuple[int, int]]) -> None:
+        """One matrix product for ranges that share their activations: their weights side by side."""
+        ranges = [self.pending.pop(key) for key in keys]
+        values, zero_points = zip(*ranges[0].xs)
+        if len(set(zero_points)) == 1:
+            zero_points = zero_points[0]
+        else:
+            zero_points = np.repeat(zero_points, self.config.rows)
+        w = np.concatenate([np.concatenate(r.ws) for r in ranges], axis=1)
+        products = centred_matmul(np.concatenate(values, axis=1), zero_points, w)
+        cols = self.config.cols
+        for i, ((start, count), pending) in enumerate(zip(keys, ranges)):
+            part = products[:, i * cols:(i + 1) * cols]
+            rows = slice(start, start + count)
+            self.acc[rows] = _wrap_int32(part if pending.fresh else self.acc[rows] + part)
+
+    def store(self, acc_addr: int, count: int, dram_addr: int, dram_stride: int, param_addr: int, load_params: int,
+              raw: int, float32_scale: int, out_zero_point: int, clamp_min: int, clamp_max: int) -> None:
+        cfg = self.config
+        if load_params:
+            block = self.memory[param_addr:param_addr + cfg.param_block_bytes]
+            self.params = block.view(np.int32).reshape(3, cfg.cols).copy()
+        self.settle(acc_addr, count)
+        rows = self.acc[acc_addr:acc_addr + count]
+        if raw:
+            out = rows.astype("<i4").view(np.uint8).reshape(count, -1)
+        else:
+            out = requantize(rows, self.params[0], self.params[1], self.params[2] & 63,
+                             out_zero_point, clamp_min, clamp_max, float32_scale=bool(float32_scale))
+        _write_rows(self.memory, dram_addr, dram_stride, out)
+
+    def stores(self, rows: list[tuple]) -> None:
+        """A run of STOREs: their requantization as one computation, unless one of them loads a parameter
+        block that an earlier one of the run writes, or they mix arithmetic (then one at a time)."""
+        arithmetic = {row[_FLOAT32_SCALE] for row in rows if not row[_RAW]}  # of the requantizing STOREs
+        if len(rows) == 1 or self._writes_parameters(rows) or len(arithmetic) > 1:
+            for row in rows:
+                self.store(*row)
+            return
+        cfg, blocks, quantized = self.config, [], []
+        for acc_addr, count, _, _, param_addr, load_params, raw, _, out_zero_point, clamp_min, clamp_max in rows:
+            self.settle(acc_addr, count)
+            if load_params:
+                block = self.memory[param_addr:param_addr + cfg.param_block_bytes]
+                self.params = block.view(np.int32).reshape(3, cfg.cols).copy()
+            if not raw:
+                blocks.append(self.params)
+                quantized.append((acc_addr, count, out_zero_point, clamp_min, clamp_max))
+        if quantized:
+            counts = [count for _, count, *_ in quantized]
+            per_row = np.repeat(np.arange(len(quantized)), counts)
+            params = np.stack(blocks)[per_row]
+            limits = np.array([q[2:] for q in quantized])[per_row]
+            acc = np.concatenate([self.acc[start:start + count] for start, count, *_ in quantized])
+            outs = iter(np.split(requantize(acc, params[:, 0], params[:, 1], params[:, 2] & 63, limits[:, :1],
+                                            limits[:, 1:2], limits[:, 2:], float32_scale=bool(arithmetic.pop())),
+                                 np.cumsum(counts)[:-1]))
+        for acc_addr, count, dram_addr, dram_stride, _, _, raw, *_ in rows:
+            out = self.acc[acc_addr:acc_addr + count].astype("<i4").view(np.uint8).reshape(count, -1) if raw \
+                else next(outs)
+            _write_rows(self.memory, dram_addr, dram_stride, out)
+
+    def _writes_parameters(self, rows: list[tuple]) -> bool:
+        """Whether a STORE of ``rows`` loads a parameter block that an earlier one writes to."""
+        cfg = self.config
+        acc_addr, count, dram_addr, dram_stride, param_addr, load_params, raw, *_ = map(np.array, zip(*rows))
+        written_end = dram_addr + (count - 1) * dram_stride + np.where(raw != 0, cfg.acc_entry_bytes, cfg.cols)
+        overlap = (param_addr[:, None] < written_end) & (dram_addr < param_addr[:, None] + cfg.param_block_bytes)
+        return bool((np.tril(overlap, -1) & (load_params[:, None] != 0)).any())
+
+
+def _counters(config: HardwareConfig, columns: dict[str, np.ndarray]) -> dict[str, int]:
+    opcode = columns["opcode"]
+    computes = opcode == Opcode.COMPUTE
+    return {"load": int((opcode == Opcode.LOAD).sum()), "compute": int(computes.sum()),
+            "store": int((opcode == Opcode.STORE).sum()),
+            "macs": int(columns["count"][computes].sum()) * config.rows * config.cols}
+
+
+@dataclass
+class _Prepared:
+    """A checked program, kept with the program for its next run: its instructions (to see that they are
+    unchanged), the memory size it was checked against, its counters and its plan (``None``: interpret)."""
+
+    config: HardwareConfig
+    instructions: np.ndarray
+    memory_size: int
+    columns: dict[str, np.ndarray]
+    counters: dict[str, int]
+    plan: ExecutionPlan | None
+
+    def matches(self, config: HardwareConfig, program: Program) -> bool:
+        data = program.memory.data
+        return (config == self.config and data.size == self.memory_size
+                and same_bytes(data[program.address:program.address + self.instructions.size], self.instructions))
+
+
+class ReferenceExecutor:
+    """Runs programs by the book: the effect of each instruction in program order, on numpy buffers.
+
+    The hardware overlaps its units; a correct program's dependency tokens
+    make that overlap invisible, so results are identical bit for bit. A
+    program is checked and traced into an :class:`~mvu.host.executors.execution_plan.ExecutionPlan`
+    on its first run; later runs of the unchanged program reuse both.
+    """
+
+    name = "reference"
+    _NOTE = "reference executor"  # where a program keeps what its first run prepared
+
+    def __init__(self, config: HardwareConfig):
+        self.config = config
+        self.engine = engine_name()  # set up here, not in the first timed run
+
+    #: Programs for the reference are tiled for the memory port's full width.
+    memory_bytes_per_cycle = None
+
+    def run(self, program: Program) -> RunResult:
+        start = time.perf_counter()
+        prepared = self._prepare(program)
+        if prepared.plan is not None:
+            prepared.plan.run(program.memory.data)
+        else:
+            self._interpret(prepared.columns, program.memory.data)
+        return RunResult(backend=self.name, wall_seconds=time.perf_counter() - start,
+                         instructions=program.length, counters=dict(prepared.counters))
+
+    def _prepare(self, program: Program) -> _Prepared:
+        prepared = program.notes.get(self._NOTE)
+        if prepared is not None and prepared.matches(self.config, program):
+            return prepared
+        data = program.memory.data
+        columns = check_program(self.config, data, program.address, program.length)
+        size = program.length * INSTRUCTION_BYTES
+        prepared = _Prepared(self.config, data[program.address:program.address + size].copy(), data.size, columns,
+                             _counters(self.config, columns),
+                             build_plan(self.config, columns, (program.address, size)))
+        program.notes[self._NOTE] = prepared
+        return prepared
+
+    def _interpret(self, columns: dict[str, np.ndarray], memory: np.ndarray) -> None:
+        machine = _Machine(self.config, memory)
+        handlers = {Opcode.LOAD: machine.load, Opcode.COMPUTE: machine.compute}
+        for opcode, rows in _runs(columns):
+            if opcode == Opcode.STORE:
+                machine.stores(rows)
+            elif opcode in handlers:
+                handler = handlers[opcode]
+                for row in rows:
+                    handler(*row)

@@ -1,0 +1,122 @@
+"""Image bytes to top-k classes: preprocessing, the quantized featurizer and classifier, top-k with names.
+
+Images can be classified one at a time (:meth:`Classifier.classify`) or as a batch
+(:meth:`Classifier.classify_batch`, :meth:`Classifier.logits`): a batch runs every accelerator
+layer as one matrix product over all its images, which loads each layer's weights once per batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.host.model.package import ModelPackage
+from mvu.host.runtime.runner import LayerStats, ModelRunner
+
+__all__ = ["BatchStats", "Prediction", "Classifier", "top_k"]
+
+
+@dataclass
+class Prediction:
+    """One image's top classes. ``cycles``, ``modelled_ms`` and ``seconds`` are this image's share of its
+    batch (the batch's totals divided by ``batch_size``); ``layers`` are the whole batch's layer stats."""
+
+    source: str
+    top: list[dict]
+    cycles: int
+    modelled_ms: float
+    seconds: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)
+    batch_size: int = 1
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "top": self.top, "cycles": self.cycles, "modelled_ms": self.modelled_ms,
+                "seconds": self.seconds, "batch_size": self.batch_size}
+
+
+@dataclass
+class BatchStats:
+    """What running one batch through the model cost, in total for all its ``images``.
+
+    ``seconds`` has "accelerator" (layers placed on the accelerator), "host" (the rest) and "total".
+    """
+
+    images: int
+    cycles: int
+    modelled_ms: float
+    seconds: dict
+    layers: list[LayerStats]
+
+
+def top_k(logits: np.ndarray, labels: list[str], k: int) -> list[dict]:
+    logits = np.asarray(logits, np.float64).reshape(-1)
+    probabilities = np.exp(logits - logits.max())
+    probabilities /= probabilities.sum()
+    order = np.argsort(-logits, kind="stable")[:k]
+    return [{"class": int(i), "label": labels[i] if i < len(labels) else str(i),
+             "score": float(probabilities[i])} for i in order]
+
+
+def _source_name(source) -> str:
+    return "<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+
+
+class Classifier:
+    """Classifies images with a model package on one backend ("numpy", "reference" or "verilator")."""
+
+    def __init__(self, package: ModelPackage, backend: str = "reference", config: HardwareConfig | None = None,
+                 executor=None):
+        from mvu.host.runtime.preprocess import PreprocessRecipe
+
+        self.package = package
+        self.config = config or package.config
+        self.recipe = PreprocessRecipe.from_dict(package.preprocessing)
+        self.runner = ModelRunner(package.model, self.config, backend, executor)
+
+    def logits(self, images: np.ndarray) -> tuple[np.ndarray, BatchStats]:
+        """Preprocessed float32 images [N, 3, crop, crop] -> float logits [N, classes] and the batch's cost."""
+        started = time.perf_counter()
+        logits = self.runner.run_batch(self.package.model.input_q.quantize(np.asarray(images, np.float32)))
+        total = time.perf_counter() - started
+        stats = self.runner.stats
+        cycles = sum(s.cycles for s in stats)
+        accelerator = sum(s.seconds for s in stats if s.placement == "accelerator")
+        return logits, BatchStats(images=len(logits), cycles=cycles,
+                                  modelled_ms=cycles / (self.config.clock_mhz * 1e3),
+                                  seconds={"accelerator": accelerator, "host": total - accelerator, "total": total},
+                                  layers=list(stats))
+
+    def classify_batch(self, sources: Sequence, *, top: int = 5,
+                       names: Sequence[str | None] | None = None) -> list[Prediction]:
+        """``sources``: paths or bytes of images, run as one batch; one :class:`Prediction` each, in order.
+
+        ``names`` (optional, one per source) replace the sources' names in the predictions.
+        """
+        from mvu.host.runtime.preprocess import preprocess_batch
+
+        sources = list(sources)
+        names = list(names) if names is not None else [None] * len(sources)
+        if len(names) != len(sources):
+            raise ValueError(f"{len(names)} names for {len(sources)} images")
+        if not sources:
+            return []
+        started = time.perf_counter()
+        images = preprocess_batch(sources, self.recipe)
+        prepared = time.perf_counter()
+        logits, batch = self.logits(images)
+        n = len(sources)
+        seconds = {"preprocess": prepared - started, **batch.seconds}
+        seconds["total"] += seconds["preprocess"]
+        share = {key: value / n for key, value in seconds.items()}
+        return [Prediction(source=name or _source_name(source), top=top_k(row, self.package.labels, top),
+                           cycles=round(batch.cycles / n), modelled_ms=batch.modelled_ms / n, seconds=dict(share),
+                           layers=batch.layers, batch_size=n)
+                for source, name, row in zip(sources, names, logits)]
+
+    def classify(self, source, *, top: int = 5, name: str | None = None) -> Prediction:
+        """``source``: a path or the bytes of an image."""
+        return self.classify_batch([source], top=top, names=[name])[0]

@@ -1,0 +1,379 @@
+"""Runs a quantized model: accelerator layers as GEMM programs on an executor, the rest on the host.
+
+Tensors carry a leading batch axis throughout (``[N, C, H, W]``, ``[N, features]``): an accelerator
+layer runs as ONE matrix product whose rows are all the images' rows, so its weights are loaded once
+per batch rather than once per image.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.requantization import Requantization, quantize_multiplier
+from mvu.host.executors import BACKENDS, make_executor
+from mvu.host.executors.kernels import depthwise_sums, qlinear_add
+from mvu.host.executors.onnxruntime_add import QLinearAdd, add_coefficients, onnxruntime_add
+from mvu.host.executors.requantize import requantize_rows
+from mvu.host.gemm import GemmProgram, golden_gemm
+from mvu.host.model.quantized import Layer, QuantizedModel
+
+__all__ = ["LayerStats", "ModelRunner", "im2col"]
+
+
+@dataclass
+class LayerStats:
+    """One layer's cost in a run, for the whole batch of ``images``."""
+
+    name: str
+    kind: str
+    placement: str
+    macs: int  # for the whole batch
+    images: int = 1  # the batch size
+    cycles: int = 0
+    seconds: float = 0.0
+    im2col_seconds: float = 0.0  # the host's share of lowering a convolution to a GEMM
+    counters: dict = field(default_factory=dict)
+
+
+def _output_size(padded: int, kernel: int, stride: int, dilation: int) -> int:
+    return (padded - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def im2col(x: np.ndarray, kernel, strides, pads, dilations, pad_value: int) -> tuple[np.ndarray, int, int]:
+    """``x`` [C, H, W] -> patches [Ho * Wo, kh * kw * C]; a batch [N, C, H, W] -> [N * Ho * Wo, kh * kw * C],
+    image after image.
+
+    A patch lists its taps row by row with each tap's channels together, like
+    ``weight.transpose(0, 2, 3, 1)``: from a channels-last input (the layout
+    convolutions leave behind) each copied run is ``kw * C`` bytes long, and
+    a 1x1 convolution with stride 1 needs no copy at all.
+    """
+    batch = x if x.ndim == 4 else x[None]
+    n, c, h, w = batch.shape
+    kh, kw = kernel
+    sh, sw = strides
+    dh, dw = dilations
+    top, left, bottom, right = pads[0], pads[1], pads[2], pads[3]
+    padded = batch.transpose(0, 2, 3, 1)
+    if any(pads):
+        padded = np.full((n, h + top + bottom, w + left + right, c), pad_value, dtype=x.dtype)
+        padded[:, top:top + h, left:left + w] = batch.transpose(0, 2, 3, 1)
+    ho, wo = _output_size(h + top + bottom, kh, sh, dh), _output_size(w + left + right, kw, sw, dw)
+    s = padded.strides
+    windows = np.lib.stride_tricks.as_strided(
+        padded, (n, ho, wo, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]), writeable=False)
+    return windows.reshape(n * ho * wo, kh * kw * c), ho, wo
+
+
+def _channels_first(out: np.ndarray, n: int, ho: int, wo: int) -> np.ndarray:
+    """Rows of [N * Ho * Wo, C] as an [N, C, Ho, Wo] tensor: a view, still channels-last in memory."""
+    return out.reshape(n, ho, wo, -1).transpose(0, 3, 1, 2)
+
+
+def _rescale(x: np.ndarray, ratio: float) -> np.ndarray:
+    """``round(x * ratio)`` in fixed point, rounding half up like the post-processor."""
+    multiplier, shift = quantize_multiplier(ratio)
+    product = x.astype(np.int64) * multiplier
+    return (product + ((1 << shift) >> 1)) >> shift
+
+
+def _requantization(layer: Layer, channels: slice) -> Requantization:
+    """The post-processor's parameters for ``channels`` of a layer: fixed point, or the float32 scales of a
+    model imported with its own scales (onnxruntime's arithmetic)."""
+    low, high = layer.attrs["clamp"]
+    limits = dict(out_zero_point=layer.out_q.zero_point, clamp_min=low, clamp_max=high)
+    if layer.attrs.get("rounding") == "float32":
+        return Requantization.from_float32_scales(layer.arrays["scale"][channels], layer.arrays["bias"][channels],
+                                                  **limits)
+    return Requantization(layer.arrays["bias"][channels], layer.arrays["multiplier"][channels],
+                          layer.arrays["shift"][channels], **limits)
+
+
+class ModelRunner:
+    """Executes :class:`QuantizedModel` layers in order on uint8 tensors.
+
+    ``backend`` is "reference" or "verilator" (a GEMM program per accelerator
+    layer, run on that executor) or "numpy" (the same products computed
+    directly from their definition: identical results, for fast evaluation).
+    """
+
+    def __init__(self, model: QuantizedModel, config: HardwareConfig, backend: str = "numpy", executor=None, *,
+                 program_cache_bytes: int = 2 << 30):
+        self.model, self.config, self.backend = model, config, backend
+        if executor is None:
+            executor = make_executor(backend, config)
+        self.executor = executor
+        self.stats: list[LayerStats] = []
+        self.last_output: np.ndarray | None = None
+        self.tensors: dict[str, np.ndarray] = {}  # every tensor of the last batch, batch axis first
+        # Per product of the model and number of rows (the batch size), least recently used first: a batch
+        # size seen before reuses its programs, within ``program_cache_bytes`` of memory images.
+        self._programs: OrderedDict[tuple, GemmProgram] = OrderedDict()
+        self._program_cache_bytes = program_cache_bytes
+        self._used: list[GemmProgram] = []  # by the last batch
+        self._operands: dict[tuple, tuple] = {}  # per convolution group: weight matrix, requantization
+        self._requantizations: dict[str, Requantization] = {}  # per layer, for the layers without groups
+        self._adds: dict[str, QLinearAdd | None] = {}  # per Add layer with two inputs
+
+    def gemm(self, a: np.ndarray, w: np.ndarray, zero_point: int, requant: Requantization | None,
+             stats: LayerStats, key: tuple) -> np.ndarray:
+        """``key`` names the product within the model: its program is built once per number of rows (the batch
+        size) and rerun on new activations. Raw int32 sums (``requant`` None) come back as a view of the
+        program's memory, valid until the product runs again."""
+        if self.executor is None:
+            return golden_gemm(a, w, zero_point, requant)
+        key = (*key, a.shape[0])
+        program = self._programs.get(key)
+        if program is None:
+            program = self._programs[key] = GemmProgram(
+                self.config, a, w, act_zero_point=zero_point, requant=requant,
+                memory_bytes_per_cycle=self.executor.memory_bytes_per_cycle)
+            self._used.append(program)
+            self._evict()
+        else:
+            self._programs.move_to_end(key)
+            program.load_activations(a)
+            self._used.append(program)
+        run = self.executor.run(program.program)
+        stats.cycles += run.counters.get("cycles", 0)
+        for key, value in run.counters.items():
+            stats.counters[key] = stats.counters.get(key, 0) + value
+        return program.result(copy=requant is not None)  # raw sums are consumed at once; outputs are kept
+
+    def _evict(self) -> None:
+        """Drop the least recently used programs while their memory images exceed the cache's size."""
+        total = sum(program.program.memory.size for program in self._programs.values())
+        for key in list(self._programs):
+            if total <= self._program_cache_bytes:
+                break
+            program = self._programs[key]
+            if program not in self._used:  # the running batch keeps its programs
+                total -= program.program.memory.size
+                del self._programs[key]
+
+    def product_shapes(self) -> list[tuple[int, int, int]]:
+        """``(M, K, N)`` of each accelerator product of the last batch (one per layer and group)."""
+        return [(program.m, program.k, program.n) for program in self._used]
+
+    def run(self, image_q: np.ndarray) -> np.ndarray:
+        """``image_q``: uint8 [1, C, H, W] in the model's input quantization; returns float logits [1, classes]."""
+        return self.run_batch(image_q)
+
+    def run_batch(self, images_q: np.ndarray) -> np.ndarray:
+        """``images_q``: uint8 [N, C, H, W] in the model's input quantization; returns float logits [N, classes].
+
+        Each accelerator layer is one GEMM over the whole batch. Afterwards :attr:`stats` has one
+        :class:`LayerStats` per layer for the whole batch (cycles, MACs and seconds summed over the images)
+        and :attr:`tensors` every tensor of this batch.
+        """
+        images_q = np.asarray(images_q)
+        expected = tuple(self.model.input_shape[1:])
+        if images_q.ndim != 4 or images_q.shape[1:] != expected or not len(images_q) or images_q.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images [N >= 1, {', '.join(map(str, expected))}], "
+                             f"got {images_q.dtype} {list(images_q.shape)}")
+        n = len(images_q)
+        tensors = {self.model.input: images_q}
+        self.stats, self._used = [], []
+        # RTL runs take seconds: show which layer is running when a person is watching.
+        show = BACKENDS[self.backend].slow and sys.stderr.isatty()
+        for index, layer in enumerate(self.model.layers):
+            if show:
+                print(f"\r  RTL: layer {index + 1}/{len(self.model.layers)} {layer.name:<32}", end="", file=sys.stderr)
+            stats = LayerStats(layer.name, layer.kind, layer.placement, layer.macs * n, images=n)
+            started = time.perf_counter()
+            tensors[layer.output] = getattr(self, f"_{layer.kind}")(layer, tensors, stats)
+            stats.seconds = time.perf_counter() - started
+            self.stats.append(stats)
+        if show:
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+        self.last_output = tensors[self.model.output]
+        self.tensors = tensors
+        return self.last_output
+
+    # Layers ---------------------------------------------------------------
+
+    def _q(self, name):
+        return self.model.tensor_q[name]
+
+    def _conv(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]]
+        a = layer.attrs
+        weight = layer.arrays["weight"]
+        group = a["group"]
+        c_out = weight.shape[0]
+        outputs = []
+        per_group_in, per_group_out = x.shape[1] // group, c_out // group
+        if group > 1 and per_group_in == per_group_out == 1:
+            return self._depthwise(layer, x)
+        for g in range(group):
+            part = x[:, g * per_group_in:(g + 1) * per_group_in]
+            lowering = time.perf_counter()
+            patches, ho, wo = im2col(part, a["kernel"], a["strides"], a["pads"], a["dilations"], a["in_zero_point"])
+            stats.im2col_seconds += time.perf_counter() - lowering
+            channels = slice(g * per_group_out, (g + 1) * per_group_out)
+            w, requant = self._group_operands(layer, g, channels)
+            if layer.placement == "accelerator":
+                out = self.gemm(patches, w, a["in_zero_point"], requant, stats, (layer.name, g))
+            else:
+                out = golden_gemm(patches, w, a["in_zero_point"], requant)
+            outputs.append(out.view(np.uint8))
+        return _channels_first(outputs[0] if group == 1 else np.concatenate(outputs, axis=1), len(x), ho, wo)
+
+    def _group_operands(self, layer: Layer, group: int, channels: slice) -> tuple[np.ndarray, Requantization]:
+        """A convolution group's weight matrix (rows ordered like im2col's patches) and its post-processor
+        parameters, made once per model."""
+        key = (layer.name, group)
+        if key not in self._operands:
+            weight = layer.arrays["weight"][channels]
+            w = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(len(weight), -1).T)
+            self._operands[key] = (w, _requantization(layer, channels))
+        return self._operands[key]
+
+    def _layer_requantization(self, layer: Layer) -> Requantization:
+        if layer.name not in self._requantizations:
+            self._requantizations[layer.name] = _requantization(layer, slice(None))
+        return self._requantizations[layer.name]
+
+    def _depthwise(self, layer: Layer, x: np.ndarray) -> np.ndarray:
+        """One filter per channel, on the host: the GEMM's integer sums (exact in int32), channels last."""
+        a = layer.attrs
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["strides"], a["dilations"]
+        top, left, bottom, right = a["pads"]
+        ho, wo = _output_size(h + top + bottom, kh, sh, dh), _output_size(w + left + right, kw, sw, dw)
+        weight = layer.arrays["weight"].reshape(c, kh, kw).transpose(1, 2, 0)
+        rq = self._layer_requantization(layer)
+        outputs = []
+        for image in x.transpose(0, 2, 3, 1):
+            acc = depthwise_sums(image, weight, a["in_zero_point"], (sh, sw), (dh, dw),
+                                 (top, left), (ho, wo))
+            outputs.append(requantize_rows(acc, rq.bias, rq.multiplier, rq.shift, rq.out_zero_point, rq.clamp_min,
+                                           rq.clamp_max, float32_scale=rq.float32_scale))
+        return np.stack(outputs).transpose(0, 3, 1, 2)  # a view, channels-last in memory like the convolutions'
+
+    def _add(self, layer: Layer, tensors, stats):
+        """Sum of requantized inputs, with onnxruntime's QLinearAdd arithmetic (float32 fused multiply-adds,
+        rounding half to even), so that pre-quantized models follow their reference closely."""
+        values = [tensors[name] if name in tensors else layer.arrays[name] for name in layer.inputs]
+        low, high = layer.attrs["clamp"]
+        add = self._onnxruntime_add(layer) if len(values) == 2 else None
+        fused = add(*values, low, high) if add is not None else None
+        if fused is not None:
+            return fused
+        quantizations = [(q.scale, q.zero_point) for q in map(self._q, layer.inputs)]
+        ratios, start = add_coefficients(quantizations, (layer.out_q.scale, layer.out_q.zero_point))
+        if len(values) == 2:
+            fused = qlinear_add(*values, *ratios, start, low, high)
+            if fused is not None:
+                return fused
+        shape = np.broadcast_shapes(*(v.shape for v in values))
+        like = next((v for v in values if v.shape == shape), None)  # work in its memory layout
+        total = np.full(shape, start, np.float32) if like is None else np.full_like(like, start, dtype=np.float32)
+        wide = np.empty_like(total, dtype=np.float64)
+        for ratio, value in reversed(list(zip(ratios, values))):  # fma(b, ratio_b, start), then fma(a, ratio_a, .)
+            np.multiply(value, np.float64(ratio), out=wide)  # exact in float64, then rounded once to float32
+            wide += total
+            total[...] = wide
+        np.rint(total, out=total)
+        return np.clip(total, low, high, out=total).astype(np.uint8)
+
+    def _onnxruntime_add(self, layer: Layer) -> QLinearAdd | None:
+        """onnxruntime's kernel for a two-input Add layer (made once per layer), where it is exact here."""
+        if layer.name not in self._adds:
+            a, b = (self._q(name) for name in layer.inputs)
+            self._adds[layer.name] = onnxruntime_add(*((q.scale, q.zero_point) for q in (a, b, layer.out_q)))
+        return self._adds[layer.name]
+
+    def _affine(self, layer: Layer, tensors, stats):
+        """``x * scale + shift`` per channel (unfolded BatchNorm, constant Mul/Add), in fixed point."""
+        x = tensors[layer.inputs[0]]
+        in_q, out_q = self._q(layer.inputs[0]), layer.out_q
+        centred = x.astype(np.int64) - in_q.zero_point
+        out = np.empty(x.shape, np.int64)
+        for channel, (ratio, offset) in enumerate(zip(layer.attrs["ratio"], layer.attrs["offset"])):
+            scaled = _rescale(centred[:, channel], abs(ratio)) if ratio else np.zeros_like(centred[:, channel])
+            out[:, channel] = (scaled if ratio >= 0 else -scaled) + offset
+        low, high = layer.attrs["clamp"]
+        return np.clip(out + out_q.zero_point, low, high).astype(np.uint8)
+
+    def _fc_quantized(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]]
+        x = x.reshape(len(x), -1)
+        requant = self._layer_requantization(layer)
+        return self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], requant, stats, (layer.name,))
+
+    def _clamp(self, layer: Layer, tensors, stats):
+        low, high = layer.attrs["clamp"]
+        return np.clip(tensors[layer.inputs[0]], low, high)
+
+    def _gap(self, layer: Layer, tensors, stats):
+        """Channel means, as onnxruntime's QLinearGlobalAveragePool computes them: float32, half to even."""
+        x = tensors[layer.inputs[0]]
+        in_q, out_q = self._q(layer.inputs[0]), layer.out_q
+        n, c, h, w = x.shape
+        sums = (x.astype(np.int64) - in_q.zero_point).reshape(n, c, -1).sum(axis=2)
+        scale = np.float32(in_q.scale / (out_q.scale * h * w))
+        scaled = np.rint(sums.astype(np.float32) * scale) + out_q.zero_point
+        return np.clip(scaled, 0, 255).astype(np.uint8).reshape(n, c, 1, 1)
+
+    def _maxpool(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]]
+        a = layer.attrs
+        patches, ho, wo = im2col(x, a["kernel"], a["strides"], a["pads"], [1, 1], 0)  # 0 is uint8's minimum
+        kk = a["kernel"][0] * a["kernel"][1]
+        return _channels_first(patches.reshape(-1, kk, x.shape[1]).max(axis=1), len(x), ho, wo)
+
+    def _avgpool(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]]
+        a = layer.attrs
+        in_q, out_q = self._q(layer.inputs[0]), layer.out_q
+        centred = x.astype(np.int64) - in_q.zero_point
+        patches, ho, wo = im2col(centred, a["kernel"], a["strides"], a["pads"], [1, 1], 0)
+        kk = a["kernel"][0] * a["kernel"][1]
+        sums = _channels_first(patches.reshape(-1, kk, x.shape[1]).sum(axis=1), len(x), ho, wo)
+        if a["count_include_pad"] or not any(a["pads"]):
+            counts = np.full(sums.shape, kk)
+        else:
+            ones, _, _ = im2col(np.ones((1, *x.shape[2:]), np.int64), a["kernel"], a["strides"], a["pads"], [1, 1], 0)
+            counts = np.broadcast_to(ones.sum(axis=1).reshape(1, 1, ho, wo), sums.shape)
+        out = np.empty(sums.shape, np.int64)
+        for count in np.unique(counts):
+            mask = counts == count
+            out[mask] = _rescale(sums[mask], in_q.scale / (out_q.scale * count))
+        return np.clip(out + out_q.zero_point, 0, 255).astype(np.uint8)
+
+    def _reshape(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]]
+        return x.reshape(len(x), *layer.attrs["shape"][1:])
+
+    def _concat(self, layer: Layer, tensors, stats):
+        out_q = layer.out_q
+        parts = []
+        for name in layer.inputs:
+            q = self._q(name)
+            parts.append(np.clip(_rescale(tensors[name].astype(np.int64) - q.zero_point, q.scale / out_q.scale)
+                                 + out_q.zero_point, 0, 255).astype(np.uint8))
+        return np.concatenate(parts, axis=layer.attrs["axis"])
+
+    def _fc(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]]
+        x = x.reshape(len(x), -1)
+        in_q = self._q(layer.inputs[0])
+        acc = self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], None, stats, (layer.name,))
+        acc = acc.astype(np.int64) + layer.arrays["bias"]
+        return (acc * (in_q.scale * layer.arrays["w_scale"])).astype(np.float32)
+
+    def _dequantize(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]]
+        return layer.out_q.dequantize(x).reshape(len(x), -1)
+
+    def _softmax(self, layer: Layer, tensors, stats):
+        x = tensors[layer.inputs[0]].astype(np.float64)
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)

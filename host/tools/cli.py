@@ -1,0 +1,325 @@
+"""The `mvu` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.host.executors import BACKENDS
+
+__all__ = ["main"]
+
+
+def _load_config(path: str | None) -> HardwareConfig:
+    if path is None:
+        return HardwareConfig()
+    try:
+        return HardwareConfig.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError, TypeError, ValueError) as error:
+        raise SystemExit(f"mvu: bad hardware configuration {path}: {error}") from None
+
+
+def _print_gemm_report(report: dict) -> None:
+    print(f"GEMM {report['m']} x {report['k']} x {report['n']} on {report['backend']}: "
+          f"bit_exact={report['bit_exact']}")
+    if "cycles" in report:
+        mem = report["memory_model"]
+        print(f"  cycles               {report['cycles']:,}")
+        print(f"  MAC utilization      {100 * report['mac_utilization']:.1f} %")
+        print(f"  modelled latency     {report['modelled_latency_ms']:.3f} ms at {report['config']['clock_mhz']:g} MHz")
+        print(f"  memory model         {mem['latency_cycles']} cycles latency, {mem['bytes_per_cycle']:g} B/cycle; "
+              f"{100 * report['memory_bandwidth_used']:.1f} % of it used")
+        print(f"  simulation           {report['sim_seconds']:.2f} s, {report['sim_cycles_per_second']:,.0f} cycles/s, "
+              f"{report['sim_macs_per_second']:.3g} MAC/s")
+    else:
+        print(f"  wall time            {report['sim_seconds']:.3f} s")
+
+
+def _cmd_bench(args) -> int:
+    from mvu.host.tools.benchmarks import bench_gemm
+
+    config = _load_config(args.config)
+    report = bench_gemm(config, args.m, args.k, args.n, backend=args.backend, seed=args.seed,
+                        latency=args.latency, bytes_per_cycle=args.bandwidth)
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_gemm_report(report)
+    return 0 if report["bit_exact"] else 1
+
+
+def _cmd_bench_network(args) -> int:
+    from mvu.host.tools.benchmarks import bench_network
+
+    config = _load_config(args.config)
+    report = bench_network(args.model, config, image=args.image, backends=tuple(args.backends.split(",")),
+                           compare_onnxruntime=args.onnxruntime)
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if report["bit_exact"] else 1
+    print(f"{args.model} on {report['image']}: bit_exact={report['bit_exact']} across {args.backends}")
+    for backend, entry in report["backends"].items():
+        line = f"  {backend:<10} {entry['wall_seconds']:7.2f} s wall, top-1 {entry['top1']['label']}"
+        if "warm_seconds" in entry:
+            line += f", next image {1e3 * entry['warm_seconds']:.0f} ms"
+        if "cycles" in entry:
+            line += (f"; {entry['cycles']:,} cycles = {entry['modelled_ms']:.1f} ms modelled, "
+                     f"MAC utilization {entry['mac_utilization']:.1%}, {entry['sim_macs_per_second']:.3g} MAC/s simulated")
+        print(line)
+    if "onnxruntime_int8" in report:
+        ort_int8 = report["onnxruntime_int8"]
+        print("  the network quantized by onnxruntime (int8, QOperator), the same model on both, batch 1:")
+        print(f"    onnxruntime {1e3 * ort_int8['onnxruntime_p50_seconds']:8.1f} ms p50")
+        for backend, entry in ort_int8["mvu"].items():
+            print(f"    mvu {backend:<10} {1e3 * entry['p50_seconds']:6.1f} ms p50 = {entry['times_onnxruntime']:.1f}x, "
+                  f"logits bit-exact with onnxruntime: {entry['bit_exact_with_onnxruntime']}")
+        if "products_p50_seconds" in ort_int8:
+            print(f"    its products alone {1e3 * ort_int8['products_p50_seconds']:.1f} ms "
+                  f"= {ort_int8['products_times_onnxruntime']:.1f}x ({ort_int8['products_engine']}: "
+                  f"the reference executor's floor)")
+    return 0 if report["bit_exact"] else 1
+
+
+def _cmd_info(args) -> int:
+    config = _load_config(args.config)
+    print(json.dumps({**config.to_dict(), "fingerprint": f"{config.fingerprint:#010x}",
+                      "macs_per_cycle": config.macs_per_cycle}, indent=2))
+    return 0
+
+
+def _cmd_build(args) -> int:
+    from mvu.sim.verilator_model import build_model
+
+    print(build_model(_load_config(args.config)))
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    from mvu.hdl.synthesis import synthesize
+
+    report = synthesize(_load_config(args.config), target=args.target)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.target} synthesis of {report['config_description']} in {report['seconds']:.0f} s")
+        for cell, count in sorted(report["cells"].items(), key=lambda item: -item[1]):
+            print(f"  {cell:<16} {count:>8}")
+    return 0
+
+
+def _print_prediction(prediction, backend: str) -> None:
+    timing = (f"{prediction.cycles:,} cycles = {prediction.modelled_ms:.2f} ms at the modelled clock; "
+              if prediction.cycles else "")
+    print(f"{prediction.source}  [{backend}: {timing}{prediction.seconds['total']:.2f} s wall]")
+    for rank, entry in enumerate(prediction.top, 1):
+        print(f"  {rank}. {entry['label']:<32} {entry['score']:7.2%}  (class {entry['class']})")
+
+
+def _cmd_compile(args) -> int:
+    from mvu.host.compiler.recipes import compile_source
+
+    config = _load_config(args.config)
+    package = compile_source(args.model, config=config, calibration=args.calibration, preprocess=args.preprocess,
+                             labels=args.labels)
+    from mvu.host.model.package import save_package
+
+    path = save_package(package, args.output)
+    placements = {}
+    for entry in package.report:
+        placements[entry["placement"]] = placements.get(entry["placement"], 0) + 1
+    print(f"compiled {args.model} -> {path} ({path.stat().st_size / 1e6:.1f} MB) for {config.describe()}")
+    for entry in package.report:
+        if args.verbose or entry["placement"] != "accelerator":
+            sqnr = f"  SQNR {entry['sqnr_db']:5.1f} dB" if "sqnr_db" in entry else ""
+            print(f"  {entry['layer']:<28} {entry['op']:<24} -> {entry['placement']:<11} "
+                  f"scale {entry['scale']:.4g} zero point {entry['zero_point']}{sqnr}")
+    print("  layers: " + ", ".join(f"{count} on the {where}" for where, count in sorted(placements.items())))
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from mvu.host.model.package import load_package
+    from mvu.host.runtime.classify import Classifier
+    from mvu.host.runtime.preprocess import ImageDecodeError
+
+    config = _load_config(args.config)
+    package = load_package(args.package, config)
+    classifier = Classifier(package, args.backend, config)
+    results, failed = [], 0
+    for image in args.images:
+        try:
+            prediction = classifier.classify(image, top=args.top)
+        except ImageDecodeError as error:
+            print(f"mvu: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        results.append(prediction.to_dict())
+        if not args.json:
+            _print_prediction(prediction, args.backend)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+def _cmd_eval(args) -> int:
+    from mvu.host.model.package import load_package
+    from mvu.host.tools.evaluation import evaluate
+
+    config = _load_config(args.config)
+    package = load_package(args.package, config)
+    report = evaluate(package, args.images, args.labels, backend=args.backend, onnx_model=args.onnx,
+                      limit=args.limit, config=config)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['images']} images on {args.backend}: top-1 {report['top1']:.1%}, top-5 {report['top5']:.1%}")
+        if "fp32" in report:
+            fp32 = report["fp32"]
+            print(f"onnxruntime on the source model: top-1 {fp32['top1']:.1%}, top-5 {fp32['top5']:.1%}; "
+                  f"top-1 agreement with mvu {report['agreement_top1']:.1%}")
+    return 0
+
+
+def _cmd_profile(args) -> int:
+    from mvu.host.compiler.recipes import demo_photos
+    from mvu.host.model.package import load_package
+    from mvu.host.runtime.classify import Classifier
+    from mvu.host.tools.profile import layer_table, plot_profile
+
+    config = _load_config(args.config)
+    package = load_package(args.package, config)
+    classifier = Classifier(package, args.backend, config)
+    prediction = classifier.classify(args.image or demo_photos()[0])
+    print(layer_table(prediction.layers, config))
+    if args.plot:
+        plot_profile(prediction.layers, config, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from mvu.host.compiler.recipes import cached_package, demo_photos
+    from mvu.host.runtime.classify import Classifier
+
+    config = _load_config(args.config)
+    package = cached_package("efficientnet-lite0", config)
+    print(f"mvu demo: EfficientNet-Lite0 (real ImageNet weights), quantized by mvu, on the RTL model of "
+          f"the accelerator ({config.describe()})")
+    classifier = Classifier(package, "verilator", config)
+    for photo in demo_photos():
+        _print_prediction(classifier.classify(photo, top=5), "verilator")
+    return 0
+
+
+def _recipe_names() -> list[str]:
+    from mvu.host.compiler.recipes import RECIPES
+
+    return sorted(RECIPES)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mvu", description="open matrix-vector-unit accelerator")
+    parser.add_argument("--config", help="hardware configuration JSON (default: the built-in default)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_kinds = bench.add_subparsers(dest="kind", required=True)
+    gemm = bench_kinds.add_parser("gemm", help="a random quantized matrix product, checked against the reference")
+    gemm.add_argument("--m", type=int, default=300)
+    gemm.add_argument("--k", type=int, default=700)
+    gemm.add_argument("--n", type=int, default=500)
+    gemm.add_argument("--backend", choices=("reference", "verilator"), default="verilator")
+    gemm.add_argument("--seed", type=int, default=0)
+    gemm.add_argument("--latency", type=int, default=40, help="memory model latency in cycles")
+    gemm.add_argument("--bandwidth", type=float, default=None,
+                      help="memory model bytes per cycle (default: one beat per cycle)")
+    gemm.add_argument("--json", action="store_true", help="print the report as JSON")
+    gemm.add_argument("--output", help="also write the JSON report to this file")
+    gemm.set_defaults(handler=_cmd_bench)
+
+    network = bench_kinds.add_parser("network", help="one image through a model recipe on several backends")
+    network.add_argument("model", help="a recipe name, e.g. resnet50 or efficientnet-lite0")
+    network.add_argument("--image", help="an image file (default: the cat photo)")
+    network.add_argument("--backends", default="reference,verilator", help="comma-separated backends")
+    network.add_argument("--onnxruntime", action="store_true",
+                         help="also quantize the network with onnxruntime and time that int8 model on "
+                              "onnxruntime and on mvu's backends")
+    network.add_argument("--json", action="store_true")
+    network.add_argument("--output", help="also write the JSON report to this file")
+    network.set_defaults(handler=_cmd_bench_network)
+
+    info = commands.add_parser("info", help="print the hardware configuration")
+    info.set_defaults(handler=_cmd_info)
+    build = commands.add_parser("build", help="build (or find in the cache) the Verilator model")
+    build.set_defaults(handler=_cmd_build)
+    synth = commands.add_parser("synth", help="synthesize the design with Yosys and report cells")
+    synth.add_argument("--target", choices=("ecp5",), default="ecp5")
+    synth.add_argument("--json", action="store_true")
+    synth.set_defaults(handler=_cmd_synth)
+    demo = commands.add_parser("demo", help="classify real photos end to end on the RTL model")
+    demo.set_defaults(handler=_cmd_demo)
+
+    compile_ = commands.add_parser("compile", help="quantize and compile an ONNX classifier into a .mvu package")
+    compile_.add_argument("model", help="an .onnx file, or a recipe: " + ", ".join(_recipe_names()))
+    compile_.add_argument("-o", "--output", required=True, help="the package to write (.mvu)")
+    compile_.add_argument("--calibration", help="a folder of images to calibrate on (default: built-in photos)")
+    compile_.add_argument("--preprocess", help="torchvision, efficientnet-lite, or a JSON file "
+                                               "(default: the recipe's own, torchvision for .onnx files)")
+    compile_.add_argument("--labels", help="a file of class names, one per line (default: ImageNet)")
+    compile_.add_argument("-v", "--verbose", action="store_true", help="list every layer's placement")
+    compile_.set_defaults(handler=_cmd_compile)
+
+    evaluate = commands.add_parser("eval", help="accuracy on a labelled folder, optionally against fp32 onnxruntime")
+    evaluate.add_argument("package")
+    evaluate.add_argument("--images", required=True, help="folder of images")
+    evaluate.add_argument("--labels", required=True, help="CSV with columns filename,class_index")
+    evaluate.add_argument("--onnx", help="the source model, to compare with onnxruntime running it")
+    evaluate.add_argument("--backend", choices=BACKENDS, default="numpy")
+    evaluate.add_argument("--limit", type=int, help="only the first N images")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(handler=_cmd_eval)
+
+    profile = commands.add_parser("profile", help="per-layer cycles, MAC utilization and time for one image")
+    profile.add_argument("package")
+    profile.add_argument("--image", help="an image (default: the cat photo)")
+    profile.add_argument("--backend", choices=BACKENDS, default="verilator")
+    profile.add_argument("--plot", help="write a bar chart of cycles and host time per layer (.png or .svg)")
+    profile.set_defaults(handler=_cmd_profile)
+
+    run = commands.add_parser("run", help="classify images with a compiled package")
+    run.add_argument("package")
+    run.add_argument("images", nargs="+")
+    run.add_argument("--backend", choices=BACKENDS, default="reference")
+    run.add_argument("--top", type=int, default=5)
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(handler=_cmd_run)
+
+    from mvu.host.tools.serving_commands import add_serving_commands
+
+    add_serving_commands(commands, bench_kinds)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mvu.host.compiler.graph import ImportError_
+    from mvu.host.model.package import PackageError
+
+    args = build_parser().parse_args(argv)
+    for name in ("m", "k", "n", "top"):
+        if getattr(args, name, 1) < 1:
+            raise SystemExit(f"mvu: --{name} must be at least 1")
+    try:
+        return args.handler(args)
+    except (ImportError_, PackageError, FileNotFoundError) as error:
+        raise SystemExit(f"mvu: {error}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
