@@ -71,6 +71,10 @@ class HardwareConfig:
     def macs_per_cycle(self) -> int:
         return self.rows * self.cols
 
+    def modelled_ms(self, cycles: float) -> float:
+        """Milliseconds that ``cycles`` take at the configured clock."""
+        return cycles / (self.clock_mhz * 1e3)
+
     @property
     def act_entry_bytes(self) -> int:
         return self.rows

@@ -10,7 +10,7 @@ from mvu.host.compiler.compile import IMAGE_SUFFIXES, compile_model
 from mvu.host.compiler.fingerprint import fingerprint
 from mvu.host.model.package import ModelPackage, PackageError, load_package, save_package
 
-__all__ = ["RECIPES", "compile_source", "cached_package", "demo_photos", "PREPROCESS_PRESETS"]
+__all__ = ["RECIPES", "compile_source", "cached_package", "demo_photos", "preprocess_presets"]
 
 
 def _efficientnet_lite0():
@@ -39,7 +39,7 @@ RECIPES = {"efficientnet-lite0": _efficientnet_lite0, "toy": _toy,
            **{name: _architecture(name) for name in ("resnet18", "resnet50", "resnet152", "vgg16", "densenet121")}}
 
 
-def PREPROCESS_PRESETS() -> dict:
+def preprocess_presets() -> dict:
     from mvu.host.runtime.preprocess import EFFICIENTNET_LITE, TORCHVISION
 
     return {"torchvision": TORCHVISION.to_dict(), "efficientnet-lite": EFFICIENTNET_LITE.to_dict()}
@@ -48,7 +48,7 @@ def PREPROCESS_PRESETS() -> dict:
 def _preprocessing(choice: str | None, default: dict) -> dict:
     if choice is None:
         return default
-    presets = PREPROCESS_PRESETS()
+    presets = preprocess_presets()
     if choice in presets:
         return presets[choice]
     try:
@@ -67,7 +67,7 @@ def compile_source(source: str, *, config: HardwareConfig, calibration: str | No
         model, default_recipe = RECIPES[source]()
         name = source
     elif Path(source).suffix == ".onnx" or Path(source).exists():
-        model, default_recipe, name = source, PREPROCESS_PRESETS()["torchvision"], Path(source).stem
+        model, default_recipe, name = source, preprocess_presets()["torchvision"], Path(source).stem
     else:
         raise FileNotFoundError(f"{source}: no such file, and not a recipe ({', '.join(sorted(RECIPES))})")
     images = None

@@ -86,7 +86,7 @@ class Classifier:
         cycles = sum(s.cycles for s in stats)
         accelerator = sum(s.seconds for s in stats if s.placement == "accelerator")
         return logits, BatchStats(images=len(logits), cycles=cycles,
-                                  modelled_ms=cycles / (self.config.clock_mhz * 1e3),
+                                  modelled_ms=self.config.modelled_ms(cycles),
                                   seconds={"accelerator": accelerator, "host": total - accelerator, "total": total},
                                   layers=list(stats))
 

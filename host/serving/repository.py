@@ -155,7 +155,7 @@ class ServedModel:
         return {"model_name": self.name, "model_version": self.version,
                 "top": [{"class": int(i), "label": labels[i], "score": float(scores[i])} for i in order],
                 "cycles": result.cycles // result.batch_size,
-                "modelled_ms": result.cycles / result.batch_size / (self.package.config.clock_mhz * 1e3),
+                "modelled_ms": self.package.config.modelled_ms(result.cycles / result.batch_size),
                 "timings_ms": result.timings_ms}
 
     # Validation ---------------------------------------------------------------

@@ -57,7 +57,7 @@ def bench_gemm(config: HardwareConfig, m: int, k: int, n: int, *, backend: str =
             "array_active_fraction": run.counters["array_active"] / cycles,
             "sim_cycles_per_second": cycles / run.wall_seconds,
             "sim_macs_per_second": macs / run.wall_seconds,
-            "modelled_latency_ms": cycles / (config.clock_mhz * 1e3),
+            "modelled_latency_ms": config.modelled_ms(cycles),
             "memory_model": {"latency_cycles": memory.latency, "bytes_per_cycle": memory.bytes_per_cycle},
             "memory_bandwidth_used": beats * config.mem_bytes / (cycles * memory.bytes_per_cycle),
             "counters": run.counters,

@@ -28,7 +28,7 @@ def layer_table(stats: list[LayerStats], config: HardwareConfig) -> str:
     lines.append(f"{'total (accelerator MACs)':<53} {total_macs:>13,} {total_cycles:>11,} {overall:>8} "
                  f"{1e3 * total_seconds:>8.1f} {1e3 * im2col:>9.1f}")
     if total_cycles:
-        lines.append(f"modelled accelerator latency: {total_cycles / (config.clock_mhz * 1e3):.2f} ms at "
+        lines.append(f"modelled accelerator latency: {config.modelled_ms(total_cycles):.2f} ms at "
                      f"{config.clock_mhz:g} MHz")
     return "\n".join(lines)
 
