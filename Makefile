@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 TRITON := .venv-triton
 
-.PHONY: demo test test-slow check bench bench-serving synth clean
+.PHONY: demo test test-slow check lint bench bench-serving synth clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 check: test test-slow
+
+# The layers contract (docs/architecture.md) and pyflakes with one import order; tests/test_layers.py also runs the former.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check hdl sim host models tests
 
 bench: $(STAMP)
 	$(BIN)/mvu bench gemm --m 1024 --k 1024 --n 1024 --backend verilator
