@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 from conftest import TINY
 
-from mvu.host.compiler.graph import ImportError_, import_onnx
+from mvu.host.compiler.graph import ModelImportError, import_onnx
 from mvu.host.compiler.quantize import calibrate, quantize_graph
 from mvu.host.runtime.runner import ModelRunner, im2col
 from mvu.models.onnx_builder import GraphBuilder
@@ -69,22 +69,22 @@ def test_im2col_matches_a_direct_convolution():
 
 
 def test_import_errors_name_the_cause(tmp_path):
-    with pytest.raises(ImportError_, match="no such file"):
+    with pytest.raises(ModelImportError, match="no such file"):
         import_onnx(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00not a model at all" * 10)
-    with pytest.raises(ImportError_, match="junk.onnx: not a readable ONNX model"):
+    with pytest.raises(ModelImportError, match="junk.onnx: not a readable ONNX model"):
         import_onnx(junk)
     model = small_network()
     model.graph.node.append(onnx.helper.make_node("Erf", ["logits"], ["erf"]))
     model.graph.output[0].name = "erf"
-    with pytest.raises(ImportError_, match="unsupported operator Erf"):
+    with pytest.raises(ModelImportError, match="unsupported operator Erf"):
         import_onnx(model, name="erf.onnx")
     dynamic = small_network()
     dim = dynamic.graph.input[0].type.tensor_type.shape.dim[2]
     dim.Clear()
     dim.dim_param = "height"
-    with pytest.raises(ImportError_, match="dynamic size"):
+    with pytest.raises(ModelImportError, match="dynamic size"):
         import_onnx(dynamic, name="dynamic.onnx")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from mvu.hdl.contract.config import HardwareConfig
-from mvu.host.compiler.graph import PREQUANTIZED_OPS, ImportError_, import_onnx
+from mvu.host.compiler.graph import PREQUANTIZED_OPS, ModelImportError, import_onnx
 from mvu.host.compiler.prequantized import from_qlinear_graph
 from mvu.host.compiler.quantize import calibrate, quantize_graph
 from mvu.host.model.package import ModelPackage
@@ -82,7 +82,7 @@ def compile_model(source: str | Path | onnx.ModelProto, *, config: HardwareConfi
     model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
     recipe = PreprocessRecipe.from_dict(preprocessing)
     if graph.input_shape[2:] != (recipe.crop, recipe.crop):
-        raise ImportError_(f"{label}: the model takes {graph.input_shape[2:]} images but the preprocessing "
+        raise ModelImportError(f"{label}: the model takes {graph.input_shape[2:]} images but the preprocessing "
                            f"crops {recipe.crop}x{recipe.crop}")
     if any(node.op in PREQUANTIZED_OPS for node in graph.nodes):
         quantized = from_qlinear_graph(graph)  # its own scales: no calibration
@@ -92,6 +92,6 @@ def compile_model(source: str | Path | onnx.ModelProto, *, config: HardwareConfi
         _add_sqnr(quantized, config, model, images[0])
     classes = int(np.prod(graph.shapes.get(graph.output, (1, len(labels)))[1:]))
     if labels and len(labels) != classes:
-        raise ImportError_(f"{label}: {len(labels)} labels for {classes} classes")
+        raise ModelImportError(f"{label}: {len(labels)} labels for {classes} classes")
     return ModelPackage(label, quantized, config, preprocessing=recipe.to_dict(), labels=labels,
                         source_sha256=graph.source_sha256)

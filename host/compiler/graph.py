@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-__all__ = ["Node", "Graph", "ImportError_", "import_onnx", "SUPPORTED_OPS", "PREQUANTIZED_OPS"]
+__all__ = ["Node", "Graph", "ModelImportError", "import_onnx", "SUPPORTED_OPS", "PREQUANTIZED_OPS"]
 
 MIN_OPSET, MAX_OPSET = 9, 21
 
@@ -25,7 +25,7 @@ PREQUANTIZED_OPS = frozenset({"QuantizeLinear", "QLinearConv", "QLinearMatMul", 
                               "QLinearGlobalAveragePool", "QGemm"})
 
 
-class ImportError_(ValueError):
+class ModelImportError(ValueError):
     """A model the compiler cannot take; the message names the file and the cause."""
 
 
@@ -66,25 +66,25 @@ def import_onnx(source: str | Path | onnx.ModelProto, *, name: str | None = None
     try:
         model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
     except FileNotFoundError:
-        raise ImportError_(f"{label}: no such file") from None
+        raise ModelImportError(f"{label}: no such file") from None
     except Exception as error:  # protobuf raises several kinds for corrupt files
-        raise ImportError_(f"{label}: not a readable ONNX model ({type(error).__name__}: {error})") from None
+        raise ModelImportError(f"{label}: not a readable ONNX model ({type(error).__name__}: {error})") from None
     digest = hashlib.sha256(model.SerializeToString()).hexdigest()
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ImportError_(f"{label}: opset {opset} is outside the supported {MIN_OPSET}..{MAX_OPSET}")
+        raise ModelImportError(f"{label}: opset {opset} is outside the supported {MIN_OPSET}..{MAX_OPSET}")
 
     constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in constants]
     if len(inputs) != 1 or len(model.graph.output) != 1:
-        raise ImportError_(f"{label}: expected one input and one output, found {len(inputs)} and "
+        raise ModelImportError(f"{label}: expected one input and one output, found {len(inputs)} and "
                            f"{len(model.graph.output)}")
     dims = inputs[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if len(shape) != 4:
-        raise ImportError_(f"{label}: input '{inputs[0].name}' must be NCHW, has shape {shape}")
+        raise ModelImportError(f"{label}: input '{inputs[0].name}' must be NCHW, has shape {shape}")
     if None in shape[1:] or 0 in shape[1:]:
-        raise ImportError_(f"{label}: input '{inputs[0].name}' has a dynamic size {shape}; "
+        raise ModelImportError(f"{label}: input '{inputs[0].name}' has a dynamic size {shape}; "
                            f"the compiler needs static channels and spatial dimensions")
     shape[0] = 1  # batch 1
     _fix_input_shape(model, inputs[0].name, shape)
@@ -92,13 +92,13 @@ def import_onnx(source: str | Path | onnx.ModelProto, *, name: str | None = None
     try:
         model = shape_inference.infer_shapes(model, strict_mode=not contrib)
     except Exception as error:
-        raise ImportError_(f"{label}: shape inference failed: {error}") from None
+        raise ModelImportError(f"{label}: shape inference failed: {error}") from None
 
     nodes = [Node(n.op_type, n.name or f"{n.op_type}_{i}", list(n.input), list(n.output), _attributes(n))
              for i, n in enumerate(model.graph.node)]
     for node in nodes:
         if node.op not in SUPPORTED_OPS and not _foldable(node):
-            raise ImportError_(f"{label}: unsupported operator {node.op} (node '{node.name}')")
+            raise ModelImportError(f"{label}: unsupported operator {node.op} (node '{node.name}')")
     shapes = {inputs[0].name: tuple(shape)}
     for value in list(model.graph.value_info) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
@@ -131,7 +131,7 @@ def _shapes_from_onnxruntime(model: onnx.ModelProto, input_name: str, shape: lis
         session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         values = session.run(None, {input_name: np.zeros(shape, np.float32)})
     except Exception as error:
-        raise ImportError_(f"{label}: onnxruntime could not run the model to find its shapes: {error}") from None
+        raise ModelImportError(f"{label}: onnxruntime could not run the model to find its shapes: {error}") from None
     return {o.name: tuple(v.shape) for o, v in zip(session.get_outputs(), values)}
 
 
@@ -185,7 +185,7 @@ def _fold_constants(graph: Graph, model: onnx.ModelProto) -> None:
             kept.append(node)
     for node in kept:
         if node.op not in SUPPORTED_OPS:
-            raise ImportError_(f"{graph.name}: operator {node.op} (node '{node.name}') depends on the "
+            raise ModelImportError(f"{graph.name}: operator {node.op} (node '{node.name}') depends on the "
                                f"input and is not supported")
     graph.nodes = kept
 

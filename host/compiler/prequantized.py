@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mvu.host.compiler.graph import Graph, ImportError_
+from mvu.host.compiler.graph import Graph, ModelImportError
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 
 __all__ = ["from_qlinear_graph"]
@@ -23,7 +23,7 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
     def params(scale_name: str, zero_name: str) -> QuantParams:
         zero = c[zero_name]
         if zero.dtype != np.uint8:
-            raise ImportError_(f"{graph.name}: activation '{zero_name}' is {zero.dtype}; mvu takes uint8 activations")
+            raise ModelImportError(f"{graph.name}: activation '{zero_name}' is {zero.dtype}; mvu takes uint8 activations")
         return QuantParams(float(c[scale_name]), int(zero))
 
     tensor_q: dict[str, QuantParams] = {}
@@ -34,13 +34,13 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
         ins = node.inputs
         if node.op == "QuantizeLinear":
             if ins[0] != graph.input:
-                raise ImportError_(f"{graph.name}: QuantizeLinear '{node.name}' inside the network is not supported")
+                raise ModelImportError(f"{graph.name}: QuantizeLinear '{node.name}' inside the network is not supported")
             input_q = tensor_q[node.outputs[0]] = params(ins[1], ins[2])
         elif node.op == "QLinearConv":
             in_q, out_q = params(ins[1], ins[2]), params(ins[6], ins[7])
             weight, w_scale, w_zero = c[ins[3]], np.asarray(c[ins[4]], np.float64).reshape(-1), c[ins[5]]
             if weight.dtype != np.int8 or np.any(w_zero != 0):
-                raise ImportError_(f"{graph.name}: QLinearConv '{node.name}' needs symmetric int8 weights")
+                raise ModelImportError(f"{graph.name}: QLinearConv '{node.name}' needs symmetric int8 weights")
             channels = weight.shape[0]
             w_scale = np.broadcast_to(w_scale, (channels,))
             bias = c[ins[8]].astype(np.int64) if len(ins) > 8 and ins[8] else np.zeros(channels, np.int64)
@@ -66,7 +66,7 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
                     constants[name] = c[name]
                     tensor_q[name] = params(scale, zero)
                 elif tensor_q.get(name) != params(scale, zero):
-                    raise ImportError_(f"{graph.name}: QLinearAdd '{node.name}' reads '{name}' with other parameters "
+                    raise ModelImportError(f"{graph.name}: QLinearAdd '{node.name}' reads '{name}' with other parameters "
                                        f"than it was written with")
             layers.append(Layer("add", node.name, [ins[0], ins[3]], node.outputs[0], "host",
                                 {"activation": "none", "clamp": (0, 255)}, constants, out_q))
@@ -75,7 +75,7 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
                            "zero_point": out_q.zero_point, "macs": 0})
         elif node.op == "QLinearGlobalAveragePool":
             if node.attrs.get("channels_last", 0):
-                raise ImportError_(f"{graph.name}: channels-last QLinearGlobalAveragePool is not supported")
+                raise ModelImportError(f"{graph.name}: channels-last QLinearGlobalAveragePool is not supported")
             out_q = params(ins[3], ins[4])
             layers.append(Layer("gap", node.name, [ins[0]], node.outputs[0], "host", {}, {}, out_q))
             tensor_q[node.outputs[0]] = out_q
@@ -87,7 +87,7 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
             in_q, out_q = params(ins[1], ins[2]), params(ins[6], ins[7])
             weight, w_zero = c[ins[3]], c[ins[5]]
             if weight.dtype != np.int8 or np.any(w_zero != 0):
-                raise ImportError_(f"{graph.name}: QLinearMatMul '{node.name}' needs symmetric int8 weights")
+                raise ModelImportError(f"{graph.name}: QLinearMatMul '{node.name}' needs symmetric int8 weights")
             w_scale = np.broadcast_to(np.asarray(c[ins[4]], np.float64).reshape(-1), (weight.shape[1],))
             layers.append(Layer("fc_quantized", node.name, [ins[0]], node.outputs[0], "accelerator",
                                 {"in_zero_point": in_q.zero_point, "clamp": (0, 255), "rounding": "float32"},
@@ -100,10 +100,10 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
             in_q, out_q = params(ins[1], ins[2]), params(ins[7], ins[8]) if len(ins) > 8 else None
             weight, w_zero = c[ins[3]], c[ins[5]]
             if out_q is None or node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0:
-                raise ImportError_(f"{graph.name}: QGemm '{node.name}' must have a quantized output, no transA "
+                raise ModelImportError(f"{graph.name}: QGemm '{node.name}' must have a quantized output, no transA "
                                    f"and alpha 1")
             if weight.dtype != np.int8 or np.any(w_zero != 0):
-                raise ImportError_(f"{graph.name}: QGemm '{node.name}' needs symmetric int8 weights")
+                raise ModelImportError(f"{graph.name}: QGemm '{node.name}' needs symmetric int8 weights")
             weight = weight.T if node.attrs.get("transB", 0) else weight  # [K, N]
             w_scale = np.broadcast_to(np.asarray(c[ins[4]], np.float64).reshape(-1), (weight.shape[1],))
             bias = c[ins[6]].astype(np.int64) if ins[6] else np.zeros(weight.shape[1], np.int64)
@@ -117,20 +117,20 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
         elif node.op == "MaxPool":  # on uint8 codes: the maximum keeps the input's scale and zero point
             a = node.attrs
             if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1, 1])):
-                raise ImportError_(f"{graph.name}: MaxPool '{node.name}' with ceil_mode or dilations is not supported")
+                raise ModelImportError(f"{graph.name}: MaxPool '{node.name}' with ceil_mode or dilations is not supported")
             layers.append(Layer("maxpool", node.name, [ins[0]], node.outputs[0], "host",
                                 {"kernel": list(a["kernel_shape"]), "strides": list(a.get("strides", [1, 1])),
                                  "pads": list(a.get("pads", [0] * 4))}, {}, tensor_q[ins[0]]))
             tensor_q[node.outputs[0]] = tensor_q[ins[0]]
         elif node.op == "DequantizeLinear":
             if node.outputs[0] != graph.output:
-                raise ImportError_(f"{graph.name}: DequantizeLinear '{node.name}' inside the network is not supported")
+                raise ModelImportError(f"{graph.name}: DequantizeLinear '{node.name}' inside the network is not supported")
             layers.append(Layer("dequantize", node.name, [ins[0]], node.outputs[0], "host", {}, {},
                                 params(ins[1], ins[2])))
         else:
-            raise ImportError_(f"{graph.name}: {node.op} (node '{node.name}') cannot be mixed into a pre-quantized model")
+            raise ModelImportError(f"{graph.name}: {node.op} (node '{node.name}') cannot be mixed into a pre-quantized model")
     if input_q is None:
-        raise ImportError_(f"{graph.name}: a pre-quantized model must start with QuantizeLinear")
+        raise ModelImportError(f"{graph.name}: a pre-quantized model must start with QuantizeLinear")
     # The float input is quantized by the host: the first layers read it under the QuantizeLinear output's name.
     first = next(n for n in graph.nodes if n.op == "QuantizeLinear").outputs[0]
     for layer in layers:

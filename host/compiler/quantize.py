@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from mvu.hdl.contract.requantization import quantize_multiplier
-from mvu.host.compiler.graph import Graph, ImportError_, Node
+from mvu.host.compiler.graph import Graph, ModelImportError, Node
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 
 __all__ = ["activation_clamp", "calibrate", "quantize_graph"]
@@ -134,7 +134,7 @@ def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
 
     def q_of(name: str) -> QuantParams:
         if name not in tensor_q:
-            raise ImportError_(f"{graph.name}: tensor '{name}' has no quantization parameters")
+            raise ModelImportError(f"{graph.name}: tensor '{name}' has no quantization parameters")
         return tensor_q[name]
 
     def out_params(name: str, activation: str) -> QuantParams:
@@ -163,7 +163,7 @@ def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
                      "dilations": list(node.attrs.get("dilations", [1, 1])), "group": group,
                      "kernel": kernel, "in_zero_point": in_q.zero_point}
             if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-                raise ImportError_(f"{graph.name}: Conv '{node.name}' uses auto_pad; explicit pads are needed")
+                raise ModelImportError(f"{graph.name}: Conv '{node.name}' uses auto_pad; explicit pads are needed")
             requant = _output_requant(in_q, w_scale, bias, out_q, activation)
             out_shape = shapes[output] = shapes.get(node.outputs[0], shapes.get(output))
             macs = int(np.prod(out_shape[1:]) * np.prod(weight.shape[1:]))
@@ -223,7 +223,7 @@ def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
                      "pads": list(node.attrs.get("pads", [0, 0, 0, 0])),
                      "count_include_pad": node.attrs.get("count_include_pad", 0)}
             if node.attrs.get("ceil_mode", 0):
-                raise ImportError_(f"{graph.name}: {node.op} '{node.name}' uses ceil_mode, which is not supported")
+                raise ModelImportError(f"{graph.name}: {node.op} '{node.name}' uses ceil_mode, which is not supported")
             kind = {"MaxPool": "maxpool", "AveragePool": "avgpool", "GlobalAveragePool": "gap"}[node.op]
             layers.append(Layer(kind, node.name, [node.inputs[0]], node.outputs[0], "host", attrs, {}, out_q))
             tensor_q[node.outputs[0]] = out_q
@@ -241,7 +241,7 @@ def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
             weight = graph.constants[node.inputs[1]].astype(np.float64)
             if node.op == "Gemm":
                 if node.attrs.get("transA", 0):
-                    raise ImportError_(f"{graph.name}: Gemm '{node.name}' with transA is not supported")
+                    raise ModelImportError(f"{graph.name}: Gemm '{node.name}' with transA is not supported")
                 weight = weight.T if node.attrs.get("transB", 0) else weight
                 weight = weight * node.attrs.get("alpha", 1.0)
                 bias = graph.constants[node.inputs[2]] * node.attrs.get("beta", 1.0) if len(node.inputs) > 2 else None
@@ -278,6 +278,6 @@ def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
         elif node.op == "Softmax":
             layers.append(Layer("softmax", node.name, [node.inputs[0]], node.outputs[0], "host"))
         else:
-            raise ImportError_(f"{graph.name}: cannot quantize {node.op} (node '{node.name}')")
+            raise ModelImportError(f"{graph.name}: cannot quantize {node.op} (node '{node.name}')")
     return QuantizedModel(graph.input, graph.input_shape, tensor_q[graph.input], graph.output, layers,
                           tensor_q, shapes, report)

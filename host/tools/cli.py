@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mvu.host.compiler.graph import ImportError_
+    from mvu.host.compiler.graph import ModelImportError
     from mvu.host.model.package import PackageError
 
     args = build_parser().parse_args(argv)
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"mvu: --{name} must be at least 1")
     try:
         return args.handler(args)
-    except (ImportError_, PackageError, FileNotFoundError) as error:
+    except (ModelImportError, PackageError, FileNotFoundError) as error:
         raise SystemExit(f"mvu: {error}") from None
 
 
