@@ -301,14 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=_cmd_run)
 
+    from mvu.host.tools.registry_commands import add_registry_commands
     from mvu.host.tools.serving_commands import add_serving_commands
 
     add_serving_commands(commands, bench_kinds)
+    add_registry_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from mvu.host.compiler.graph import ModelImportError
+    from mvu.host.control.workspace import WorkspaceError
     from mvu.host.model.package import PackageError
 
     args = build_parser().parse_args(argv)
@@ -317,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"mvu: --{name} must be at least 1")
     try:
         return args.handler(args)
-    except (ModelImportError, PackageError, FileNotFoundError) as error:
+    except (ModelImportError, PackageError, WorkspaceError, FileNotFoundError) as error:
         raise SystemExit(f"mvu: {error}") from None
 
 

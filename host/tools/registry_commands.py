@@ -1,0 +1,166 @@
+"""The registry commands of the `mvu` command line: `mvu models ...` and `mvu workspace ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["add_registry_commands"]
+
+
+def _registry(args: argparse.Namespace):
+    from mvu.host.control.registry import ModelRegistry
+    from mvu.host.control.workspace import Workspace
+
+    return ModelRegistry(Workspace(args.workspace))
+
+
+def _tags(pairs: list[str]) -> dict[str, str]:
+    from mvu.host.control.workspace import WorkspaceError
+
+    tags = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise WorkspaceError(f"--tag {pair!r}: write KEY=VALUE")
+        tags[key] = value
+    return tags
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _print_version(version, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(version.to_dict(), indent=1))
+        return
+    manifest = version.manifest
+    print(f"{version.reference}  {_megabytes(version.size)}  sha256 {version.sha256}")
+    print(f"  registered   {version.registered_at} by {version.registered_by}")
+    if version.description:
+        print(f"  description  {version.description}")
+    print(f"  tags         {', '.join(f'{k}={v}' for k, v in version.tags.items()) or '-'}")
+    print(f"  hardware     {manifest['hardware']}")
+    print(f"  input        {manifest['input']['name']} {manifest['input']['shape']}, "
+          f"preprocessing {json.dumps(manifest['preprocessing'])}")
+    print(f"  output       {manifest['output']}: {manifest['classes']} classes "
+          f"({', '.join(manifest['labels'])}{', ...' if manifest['classes'] > len(manifest['labels']) else ''})")
+    print(f"  layers       {manifest['layers']} ({manifest['accelerator_layers']} on the accelerator)")
+
+
+def _register(args) -> int:
+    version = _registry(args).register(args.package, args.name, tags=_tags(args.tag), description=args.description)
+    _print_version(version, args.json)
+    return 0
+
+
+def _list(args) -> int:
+    from mvu.host.control.registry import parse_reference
+
+    name = parse_reference(args.name)[0] if args.name else None
+    versions = _registry(args).list(name, tags=_tags(args.tag))
+    if args.json:
+        print(json.dumps([v.to_dict() for v in versions], indent=1))
+        return 0
+    if not versions:
+        print("no models registered" + (" that match" if name or args.tag else ""))
+        return 0
+    rows = [(v.reference, _megabytes(v.size), v.registered_at, ", ".join(f"{k}={x}" for k, x in v.tags.items()),
+             v.description) for v in versions]
+    header = ("MODEL", "SIZE", "REGISTERED", "TAGS", "DESCRIPTION")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _show(args) -> int:
+    from mvu.host.control.registry import parse_reference
+
+    _print_version(_registry(args).get(*parse_reference(args.model)), args.json)
+    return 0
+
+
+def _download(args) -> int:
+    from mvu.host.control.registry import parse_reference
+
+    print(_registry(args).download(*parse_reference(args.model), args.output))
+    return 0
+
+
+def _exact(reference: str) -> tuple[str, int]:
+    from mvu.host.control.registry import parse_reference
+    from mvu.host.control.workspace import WorkspaceError
+
+    name, version = parse_reference(reference)
+    if version is None:
+        raise WorkspaceError(f"model {reference!r}: name the version, as {reference}:VERSION")
+    return name, version
+
+
+def _tag(args) -> int:
+    _print_version(_registry(args).tag(*_exact(args.model), _tags(args.tags)), False)
+    return 0
+
+
+def _untag(args) -> int:
+    _print_version(_registry(args).untag(*_exact(args.model), args.keys), False)
+    return 0
+
+
+def _delete(args) -> int:
+    deleted = _registry(args).delete(*_exact(args.model))
+    print(f"deleted {deleted.reference}")
+    return 0
+
+
+def _gc(args) -> int:
+    removed = _registry(args).collect_garbage()
+    print(f"removed {len(removed)} unreferenced package{'s' * (len(removed) != 1)}")
+    return 0
+
+
+def add_registry_commands(commands) -> None:
+    """Register ``models`` and ``workspace`` on the top-level parsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", help="the workspace folder (default: $MVU_WORKSPACE, else ~/.mvu)")
+
+    models = commands.add_parser("models", help="the model registry: register, list, show, download, tag, delete")
+    actions = models.add_subparsers(dest="action", required=True)
+    register = actions.add_parser("register", parents=[common], help="register a package as a model's next version")
+    register.add_argument("package", help="a compiled package (.mvu)")
+    register.add_argument("--name", required=True)
+    register.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    register.add_argument("--description", default="")
+    register.add_argument("--json", action="store_true")
+    register.set_defaults(handler=_register)
+    list_ = actions.add_parser("list", parents=[common], help="registered models and versions")
+    list_.add_argument("name", nargs="?", help="only this model's versions")
+    list_.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only versions with this tag")
+    list_.add_argument("--json", action="store_true")
+    list_.set_defaults(handler=_list)
+    show = actions.add_parser("show", parents=[common], help="one version's record and manifest")
+    show.add_argument("model", metavar="NAME[:VERSION]")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_show)
+    download = actions.add_parser("download", parents=[common], help="copy a version's package out")
+    download.add_argument("model", metavar="NAME[:VERSION]")
+    download.add_argument("-o", "--output", default=".", help="a file or folder (default: here)")
+    download.set_defaults(handler=_download)
+    tag = actions.add_parser("tag", parents=[common], help="set tags on a version")
+    tag.add_argument("model", metavar="NAME:VERSION")
+    tag.add_argument("tags", nargs="+", metavar="KEY=VALUE")
+    tag.set_defaults(handler=_tag)
+    untag = actions.add_parser("untag", parents=[common], help="remove tags from a version")
+    untag.add_argument("model", metavar="NAME:VERSION")
+    untag.add_argument("keys", nargs="+", metavar="KEY")
+    untag.set_defaults(handler=_untag)
+    delete = actions.add_parser("delete", parents=[common], help="delete a version")
+    delete.add_argument("model", metavar="NAME:VERSION")
+    delete.set_defaults(handler=_delete)
+
+    workspace = commands.add_parser("workspace", help="the workspace itself")
+    workspace_actions = workspace.add_subparsers(dest="action", required=True)
+    gc = workspace_actions.add_parser("gc", parents=[common], help="remove packages no model version references")
+    gc.set_defaults(handler=_gc)
