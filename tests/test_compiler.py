@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 from conftest import TINY
 
-from mvu.host.compiler.graph import ModelImportError, import_onnx
+from mvu.host.compiler.graph import SUPPORTED_OPS, ModelImportError, Node, import_onnx
 from mvu.host.compiler.quantize import calibrate, quantize_graph
 from mvu.host.runtime.runner import ModelRunner, im2col
 from mvu.models.onnx_builder import GraphBuilder
@@ -87,6 +87,38 @@ def test_import_errors_name_the_cause(tmp_path):
     with pytest.raises(ModelImportError, match="dynamic size"):
         import_onnx(dynamic, name="dynamic.onnx")
 
+
+
+def test_every_op_the_import_takes_has_a_handler():
+    from mvu.host.compiler import prequantized, quantize
+
+    dropped = {"Identity", "Dropout"}  # removed on import
+    assert set(quantize.HANDLERS) | set(prequantized.HANDLERS) | dropped == SUPPORTED_OPS
+
+
+def test_quantization_names_every_unsupported_op_at_once():
+    graph = import_onnx(small_network())
+    graph.nodes.insert(2, Node("Erf", "erf_1", [graph.nodes[1].outputs[0]], ["erf_out"]))
+    graph.nodes.append(Node("DequantizeLinear", "dq", ["logits", "s", "z"], ["dq_out"]))
+    with pytest.raises(ModelImportError) as error:
+        quantize_graph(graph, {})
+    message = str(error.value)
+    assert message.startswith("small: cannot quantize Erf (node 'erf_1'), DequantizeLinear (node 'dq'); "
+                              "float models may use Add, AveragePool, BatchNormalization, Clip, Concat, Conv")
+
+
+def test_a_product_of_two_tensors_is_refused_by_name():
+    rng = np.random.default_rng(0)
+    g = GraphBuilder("mul", (1, 3, 8, 8))
+    a = g.conv("input", rng.normal(0, 0.3, (4, 3, 1, 1)))
+    b = g.conv("input", rng.normal(0, 0.3, (4, 3, 1, 1)))
+    product = g.node("Mul", [a, b])
+    model = g.build(g.gemm(g.flatten(g.global_average_pool(product)), rng.normal(0, 0.3, (10, 4)),
+                           np.zeros(10)), classes=10)
+    graph = import_onnx(model)
+    images = rng.normal(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    with pytest.raises(ModelImportError, match=f"mul: Mul '{product}' needs one constant operand"):
+        quantize_graph(graph, calibrate(model, graph, images, progress=False))
 
 def test_package_round_trip_and_refusals(tmp_path):
     from mvu.hdl.contract.config import HardwareConfig

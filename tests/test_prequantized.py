@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY
 from onnx import TensorProto, helper, numpy_helper
 
-from mvu.host.compiler.graph import import_onnx
+from mvu.host.compiler.graph import ModelImportError, Node, import_onnx
 from mvu.host.compiler.prequantized import from_qlinear_graph
 from mvu.host.runtime.runner import ModelRunner
 
@@ -79,6 +79,16 @@ def test_prequantized_network_matches_onnxruntime():
         for other in outputs[1:]:
             np.testing.assert_array_equal(other, outputs[0])
 
+
+
+def test_float_ops_in_a_prequantized_model_are_named_all_at_once():
+    graph = import_onnx(qlinear_network())
+    graph.nodes.insert(3, Node("Relu", "relu_1", ["bq"], ["relu_out"]))
+    graph.nodes.append(Node("Conv", "conv_9", ["relu_out", "w1"], ["conv_out"]))
+    with pytest.raises(ModelImportError) as error:
+        from_qlinear_graph(graph)
+    assert str(error.value).startswith("qlinear: Relu (node 'relu_1'), Conv (node 'conv_9') cannot be mixed into "
+                                       "a pre-quantized model, which may use DequantizeLinear, Flatten, MaxPool")
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "models" / "mobilenetv2-12-int8.onnx").is_file(), reason=f"shared data absent ({SHARED})")

@@ -1,13 +1,21 @@
-"""Models that arrive already quantized (QuantizeLinear, QLinearConv, ...): imported with their own scales."""
+"""Models that arrive already quantized (QuantizeLinear, QLinearConv, ...): imported with their own scales.
+
+:data:`HANDLERS` maps each op type such a model may use to the function that
+turns its nodes into layers computing what the QLinear operators specify,
+with onnxruntime's arithmetic.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from mvu.host.compiler.graph import Graph, ModelImportError
+from mvu.host.compiler.builder import LayerBuilder, unsupported
+from mvu.host.compiler.graph import Graph, ModelImportError, Node
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 
-__all__ = ["from_qlinear_graph"]
+__all__ = ["HANDLERS", "from_qlinear_graph"]
 
 
 def _scale(in_scale: float, w_scale: np.ndarray, out_scale: float) -> dict:
@@ -16,125 +24,160 @@ def _scale(in_scale: float, w_scale: np.ndarray, out_scale: float) -> dict:
     return {"scale": ((np.float32(in_scale) * w_scale.astype(np.float32)) / np.float32(out_scale)).astype(np.float32)}
 
 
+class _Pass(LayerBuilder):
+    """One pass of :func:`from_qlinear_graph`; ``input_q`` is the QuantizeLinear's quantization."""
+
+    def __init__(self, graph: Graph):
+        super().__init__(graph)
+        self.input_q: QuantParams | None = None
+
+    def params(self, scale_name: str, zero_name: str) -> QuantParams:
+        """A tensor's quantization from its scale and zero-point constants (uint8 activations only)."""
+        zero = self.graph.constants[zero_name]
+        if zero.dtype != np.uint8:
+            raise ModelImportError(f"{self.graph.name}: activation '{zero_name}' is {zero.dtype}; mvu takes uint8 "
+                                   f"activations")
+        return QuantParams(float(self.graph.constants[scale_name]), int(zero))
+
+    def weights(self, node: Node, weight_name: str, zero_name: str) -> np.ndarray:
+        """The node's weights, refused unless symmetric int8."""
+        weight, zero = self.graph.constants[weight_name], self.graph.constants[zero_name]
+        if weight.dtype != np.int8 or np.any(zero != 0):
+            raise ModelImportError(f"{self.graph.name}: {node.op} '{node.name}' needs symmetric int8 weights")
+        return weight
+
+    def w_scale(self, name: str, channels: int) -> np.ndarray:
+        """Per-tensor or per-channel weight scales as one float64 value per output channel."""
+        return np.broadcast_to(np.asarray(self.graph.constants[name], np.float64).reshape(-1), (channels,))
+
+
+def _quantize_linear(p: _Pass, node: Node) -> None:
+    """The model's input quantization; the host quantizes the float input with it."""
+    ins = node.inputs
+    if ins[0] != p.graph.input:
+        raise ModelImportError(f"{p.graph.name}: QuantizeLinear '{node.name}' inside the network is not supported")
+    p.input_q = p.tensor_q[node.outputs[0]] = p.params(ins[1], ins[2])
+
+
+def _qlinear_conv(p: _Pass, node: Node) -> None:
+    """On the accelerator with one group, else on the host; requantized in float32 like onnxruntime."""
+    ins = node.inputs
+    in_q, out_q = p.params(ins[1], ins[2]), p.params(ins[6], ins[7])
+    weight = p.weights(node, ins[3], ins[5])
+    channels = weight.shape[0]
+    bias = p.graph.constants[ins[8]].astype(np.int64) if len(ins) > 8 and ins[8] else np.zeros(channels, np.int64)
+    group = node.attrs.get("group", 1)
+    attrs = {"strides": list(node.attrs.get("strides", [1, 1])), "pads": list(node.attrs.get("pads", [0] * 4)),
+             "dilations": list(node.attrs.get("dilations", [1, 1])), "group": group,
+             "kernel": list(weight.shape[2:]), "in_zero_point": in_q.zero_point, "clamp": (0, 255),
+             "activation": "none", "rounding": "float32"}
+    macs = int(np.prod(p.graph.shapes[node.outputs[0]][1:]) * np.prod(weight.shape[1:]))
+    arrays = {"weight": weight, "bias": bias, **_scale(in_q.scale, p.w_scale(ins[4], channels), out_q.scale)}
+    p.emit(Layer("conv", node.name, [ins[0]], node.outputs[0], "accelerator" if group == 1 else "host", attrs,
+                 arrays, out_q, macs), "QLinearConv")
+
+
+def _qlinear_add(p: _Pass, node: Node) -> None:
+    """On the host; a constant operand (e.g. a classifier's quantized bias) travels in the layer's arrays."""
+    ins = node.inputs
+    constants = {}
+    for name, scale, zero in ((ins[0], ins[1], ins[2]), (ins[3], ins[4], ins[5])):
+        if name in p.graph.constants:
+            constants[name] = p.graph.constants[name]
+            p.tensor_q[name] = p.params(scale, zero)
+        elif p.tensor_q.get(name) != p.params(scale, zero):
+            raise ModelImportError(f"{p.graph.name}: QLinearAdd '{node.name}' reads '{name}' with other "
+                                   f"parameters than it was written with")
+    p.emit(Layer("add", node.name, [ins[0], ins[3]], node.outputs[0], "host",
+                 {"activation": "none", "clamp": (0, 255)}, constants, p.params(ins[6], ins[7])), "QLinearAdd")
+
+
+def _qlinear_global_average_pool(p: _Pass, node: Node) -> None:
+    if node.attrs.get("channels_last", 0):
+        raise ModelImportError(f"{p.graph.name}: channels-last QLinearGlobalAveragePool '{node.name}' is not "
+                               f"supported")
+    p.emit(Layer("gap", node.name, [node.inputs[0]], node.outputs[0], "host", {}, {},
+                 p.params(node.inputs[3], node.inputs[4])))
+
+
+def _reshape(p: _Pass, node: Node) -> None:
+    """Reshape or Flatten: the same codes in the output's shape."""
+    p.emit(Layer("reshape", node.name, [node.inputs[0]], node.outputs[0], "host",
+                 {"shape": list(p.graph.shapes[node.outputs[0]])}, {}, p.tensor_q[node.inputs[0]]))
+
+
+def _product(p: _Pass, node: Node, in_q: QuantParams, weight: np.ndarray, w_scale_name: str, bias: np.ndarray,
+             out_q: QuantParams) -> None:
+    """``x @ weight + bias`` (``weight`` int8 [K, N]) on the accelerator, requantized in float32."""
+    arrays = {"weight": weight, "bias": bias, **_scale(in_q.scale, p.w_scale(w_scale_name, weight.shape[1]),
+                                                        out_q.scale)}
+    p.emit(Layer("fc_quantized", node.name, [node.inputs[0]], node.outputs[0], "accelerator",
+                 {"in_zero_point": in_q.zero_point, "clamp": (0, 255), "rounding": "float32"}, arrays, out_q,
+                 int(weight.size)), node.op)
+
+
+def _qlinear_matmul(p: _Pass, node: Node) -> None:
+    ins = node.inputs
+    weight = p.weights(node, ins[3], ins[5])
+    _product(p, node, p.params(ins[1], ins[2]), weight, ins[4], np.zeros(weight.shape[1], np.int64),
+             p.params(ins[6], ins[7]))
+
+
+def _qgemm(p: _Pass, node: Node) -> None:
+    """com.microsoft QGemm: ``A x B^T + C``, requantized like QLinearConv."""
+    ins = node.inputs
+    in_q = p.params(ins[1], ins[2])
+    if len(ins) <= 8 or node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0:
+        raise ModelImportError(f"{p.graph.name}: QGemm '{node.name}' must have a quantized output, no transA "
+                               f"and alpha 1")
+    out_q = p.params(ins[7], ins[8])
+    weight = p.weights(node, ins[3], ins[5])
+    weight = np.ascontiguousarray(weight.T if node.attrs.get("transB", 0) else weight)  # [K, N]
+    bias = p.graph.constants[ins[6]].astype(np.int64) if ins[6] else np.zeros(weight.shape[1], np.int64)
+    _product(p, node, in_q, weight, ins[4], bias, out_q)
+
+
+def _maxpool(p: _Pass, node: Node) -> None:
+    """On uint8 codes: the maximum keeps the input's scale and zero point."""
+    a = node.attrs
+    if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1, 1])):
+        raise ModelImportError(f"{p.graph.name}: MaxPool '{node.name}' with ceil_mode or dilations is not "
+                               f"supported")
+    p.emit(Layer("maxpool", node.name, [node.inputs[0]], node.outputs[0], "host",
+                 {"kernel": list(a["kernel_shape"]), "strides": list(a.get("strides", [1, 1])),
+                  "pads": list(a.get("pads", [0] * 4))}, {}, p.tensor_q[node.inputs[0]]))
+
+
+def _dequantize_linear(p: _Pass, node: Node) -> None:
+    """The graph's float output; its quantization is the layer's, not a tensor's that others read."""
+    if node.outputs[0] != p.graph.output:
+        raise ModelImportError(f"{p.graph.name}: DequantizeLinear '{node.name}' inside the network is not "
+                               f"supported")
+    p.layers.append(Layer("dequantize", node.name, [node.inputs[0]], node.outputs[0], "host", {}, {},
+                          p.params(node.inputs[1], node.inputs[2])))
+
+
+#: Op type -> the handler that turns such a node into layers.
+HANDLERS: dict[str, Callable[[_Pass, Node], None]] = {
+    "QuantizeLinear": _quantize_linear, "QLinearConv": _qlinear_conv, "QLinearAdd": _qlinear_add,
+    "QLinearGlobalAveragePool": _qlinear_global_average_pool, "Reshape": _reshape, "Flatten": _reshape,
+    "QLinearMatMul": _qlinear_matmul, "QGemm": _qgemm, "MaxPool": _maxpool, "DequantizeLinear": _dequantize_linear,
+}
+
+
 def from_qlinear_graph(graph: Graph) -> QuantizedModel:
     """Layers that compute what the model's QLinear operators specify, with onnxruntime's arithmetic."""
-    c = graph.constants
-
-    def params(scale_name: str, zero_name: str) -> QuantParams:
-        zero = c[zero_name]
-        if zero.dtype != np.uint8:
-            raise ModelImportError(f"{graph.name}: activation '{zero_name}' is {zero.dtype}; mvu takes uint8 activations")
-        return QuantParams(float(c[scale_name]), int(zero))
-
-    tensor_q: dict[str, QuantParams] = {}
-    layers: list[Layer] = []
-    report: list[dict] = []
-    input_q = None
+    if refused := unsupported(graph, HANDLERS):
+        raise ModelImportError(f"{graph.name}: {refused} cannot be mixed into a pre-quantized model, which may use "
+                               f"{', '.join(sorted(HANDLERS))}")
+    p = _Pass(graph)
     for node in graph.nodes:
-        ins = node.inputs
-        if node.op == "QuantizeLinear":
-            if ins[0] != graph.input:
-                raise ModelImportError(f"{graph.name}: QuantizeLinear '{node.name}' inside the network is not supported")
-            input_q = tensor_q[node.outputs[0]] = params(ins[1], ins[2])
-        elif node.op == "QLinearConv":
-            in_q, out_q = params(ins[1], ins[2]), params(ins[6], ins[7])
-            weight, w_scale, w_zero = c[ins[3]], np.asarray(c[ins[4]], np.float64).reshape(-1), c[ins[5]]
-            if weight.dtype != np.int8 or np.any(w_zero != 0):
-                raise ModelImportError(f"{graph.name}: QLinearConv '{node.name}' needs symmetric int8 weights")
-            channels = weight.shape[0]
-            w_scale = np.broadcast_to(w_scale, (channels,))
-            bias = c[ins[8]].astype(np.int64) if len(ins) > 8 and ins[8] else np.zeros(channels, np.int64)
-            group = node.attrs.get("group", 1)
-            attrs = {"strides": list(node.attrs.get("strides", [1, 1])), "pads": list(node.attrs.get("pads", [0] * 4)),
-                     "dilations": list(node.attrs.get("dilations", [1, 1])), "group": group,
-                     "kernel": list(weight.shape[2:]), "in_zero_point": in_q.zero_point, "clamp": (0, 255),
-                     "activation": "none", "rounding": "float32"}
-            shape = graph.shapes[node.outputs[0]]
-            macs = int(np.prod(shape[1:]) * np.prod(weight.shape[1:]))
-            placement = "accelerator" if group == 1 else "host"
-            layers.append(Layer("conv", node.name, [ins[0]], node.outputs[0], placement, attrs,
-                                {"weight": weight, "bias": bias, **_scale(in_q.scale, w_scale, out_q.scale)},
-                                out_q, macs))
-            tensor_q[node.outputs[0]] = out_q
-            report.append({"layer": node.name, "op": "QLinearConv", "placement": placement, "scale": out_q.scale,
-                           "zero_point": out_q.zero_point, "macs": macs})
-        elif node.op == "QLinearAdd":
-            out_q = params(ins[6], ins[7])
-            constants = {}
-            for name, scale, zero in ((ins[0], ins[1], ins[2]), (ins[3], ins[4], ins[5])):
-                if name in c:  # e.g. a classifier's quantized bias
-                    constants[name] = c[name]
-                    tensor_q[name] = params(scale, zero)
-                elif tensor_q.get(name) != params(scale, zero):
-                    raise ModelImportError(f"{graph.name}: QLinearAdd '{node.name}' reads '{name}' with other parameters "
-                                       f"than it was written with")
-            layers.append(Layer("add", node.name, [ins[0], ins[3]], node.outputs[0], "host",
-                                {"activation": "none", "clamp": (0, 255)}, constants, out_q))
-            tensor_q[node.outputs[0]] = out_q
-            report.append({"layer": node.name, "op": "QLinearAdd", "placement": "host", "scale": out_q.scale,
-                           "zero_point": out_q.zero_point, "macs": 0})
-        elif node.op == "QLinearGlobalAveragePool":
-            if node.attrs.get("channels_last", 0):
-                raise ModelImportError(f"{graph.name}: channels-last QLinearGlobalAveragePool is not supported")
-            out_q = params(ins[3], ins[4])
-            layers.append(Layer("gap", node.name, [ins[0]], node.outputs[0], "host", {}, {}, out_q))
-            tensor_q[node.outputs[0]] = out_q
-        elif node.op in ("Reshape", "Flatten"):
-            layers.append(Layer("reshape", node.name, [ins[0]], node.outputs[0], "host",
-                                {"shape": list(graph.shapes[node.outputs[0]])}, {}, tensor_q[ins[0]]))
-            tensor_q[node.outputs[0]] = tensor_q[ins[0]]
-        elif node.op == "QLinearMatMul":
-            in_q, out_q = params(ins[1], ins[2]), params(ins[6], ins[7])
-            weight, w_zero = c[ins[3]], c[ins[5]]
-            if weight.dtype != np.int8 or np.any(w_zero != 0):
-                raise ModelImportError(f"{graph.name}: QLinearMatMul '{node.name}' needs symmetric int8 weights")
-            w_scale = np.broadcast_to(np.asarray(c[ins[4]], np.float64).reshape(-1), (weight.shape[1],))
-            layers.append(Layer("fc_quantized", node.name, [ins[0]], node.outputs[0], "accelerator",
-                                {"in_zero_point": in_q.zero_point, "clamp": (0, 255), "rounding": "float32"},
-                                {"weight": weight, "bias": np.zeros(weight.shape[1], np.int64),
-                                 **_scale(in_q.scale, w_scale, out_q.scale)}, out_q, int(weight.size)))
-            tensor_q[node.outputs[0]] = out_q
-            report.append({"layer": node.name, "op": "QLinearMatMul", "placement": "accelerator",
-                           "scale": out_q.scale, "zero_point": out_q.zero_point, "macs": int(weight.size)})
-        elif node.op == "QGemm":  # com.microsoft: A x B^T + C, requantized like QLinearConv
-            in_q, out_q = params(ins[1], ins[2]), params(ins[7], ins[8]) if len(ins) > 8 else None
-            weight, w_zero = c[ins[3]], c[ins[5]]
-            if out_q is None or node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0:
-                raise ModelImportError(f"{graph.name}: QGemm '{node.name}' must have a quantized output, no transA "
-                                   f"and alpha 1")
-            if weight.dtype != np.int8 or np.any(w_zero != 0):
-                raise ModelImportError(f"{graph.name}: QGemm '{node.name}' needs symmetric int8 weights")
-            weight = weight.T if node.attrs.get("transB", 0) else weight  # [K, N]
-            w_scale = np.broadcast_to(np.asarray(c[ins[4]], np.float64).reshape(-1), (weight.shape[1],))
-            bias = c[ins[6]].astype(np.int64) if ins[6] else np.zeros(weight.shape[1], np.int64)
-            layers.append(Layer("fc_quantized", node.name, [ins[0]], node.outputs[0], "accelerator",
-                                {"in_zero_point": in_q.zero_point, "clamp": (0, 255), "rounding": "float32"},
-                                {"weight": np.ascontiguousarray(weight), "bias": bias,
-                                 **_scale(in_q.scale, w_scale, out_q.scale)}, out_q, int(weight.size)))
-            tensor_q[node.outputs[0]] = out_q
-            report.append({"layer": node.name, "op": "QGemm", "placement": "accelerator",
-                           "scale": out_q.scale, "zero_point": out_q.zero_point, "macs": int(weight.size)})
-        elif node.op == "MaxPool":  # on uint8 codes: the maximum keeps the input's scale and zero point
-            a = node.attrs
-            if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1, 1])):
-                raise ModelImportError(f"{graph.name}: MaxPool '{node.name}' with ceil_mode or dilations is not supported")
-            layers.append(Layer("maxpool", node.name, [ins[0]], node.outputs[0], "host",
-                                {"kernel": list(a["kernel_shape"]), "strides": list(a.get("strides", [1, 1])),
-                                 "pads": list(a.get("pads", [0] * 4))}, {}, tensor_q[ins[0]]))
-            tensor_q[node.outputs[0]] = tensor_q[ins[0]]
-        elif node.op == "DequantizeLinear":
-            if node.outputs[0] != graph.output:
-                raise ModelImportError(f"{graph.name}: DequantizeLinear '{node.name}' inside the network is not supported")
-            layers.append(Layer("dequantize", node.name, [ins[0]], node.outputs[0], "host", {}, {},
-                                params(ins[1], ins[2])))
-        else:
-            raise ModelImportError(f"{graph.name}: {node.op} (node '{node.name}') cannot be mixed into a pre-quantized model")
-    if input_q is None:
+        HANDLERS[node.op](p, node)
+    if p.input_q is None:
         raise ModelImportError(f"{graph.name}: a pre-quantized model must start with QuantizeLinear")
     # The float input is quantized by the host: the first layers read it under the QuantizeLinear output's name.
     first = next(n for n in graph.nodes if n.op == "QuantizeLinear").outputs[0]
-    for layer in layers:
+    for layer in p.layers:
         layer.inputs = [graph.input if i == first else i for i in layer.inputs]
-    tensor_q[graph.input] = input_q
-    return QuantizedModel(graph.input, graph.input_shape, input_q, graph.output, layers, tensor_q,
-                          dict(graph.shapes), report)
+    p.tensor_q[graph.input] = p.input_q
+    return p.model(p.input_q, dict(graph.shapes))

@@ -3,22 +3,25 @@
 Activations are uint8 with a zero point (per tensor, from calibration),
 weights int8 symmetric per output channel, biases int32. Every layer's
 output requantization uses the post-processor's fixed-point arithmetic
-(:func:`mvu.host.executors.reference.requantize`), whether it runs on the accelerator or,
-for the ops the array cannot run, on the host.
+(:mod:`mvu.hdl.contract.requantization`), whether it runs on the accelerator or,
+for the ops the array cannot run, on the host. :data:`HANDLERS` maps each op
+type to the function that turns its nodes into layers.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 
-from mvu.hdl.contract.requantization import quantize_multiplier
+from mvu.hdl.contract.requantization import Requantization
+from mvu.host.compiler.builder import LayerBuilder, unsupported
 from mvu.host.compiler.graph import Graph, ModelImportError, Node
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 
-__all__ = ["activation_clamp", "calibrate", "quantize_graph"]
+__all__ = ["HANDLERS", "activation_clamp", "calibrate", "quantize_graph"]
 
 
 def calibrate(model: onnx.ModelProto, graph: Graph, images: np.ndarray, *, progress: bool = True) -> dict:
@@ -112,172 +115,202 @@ def activation_clamp(out_q: QuantParams, activation: str) -> tuple[int, int]:
     return low, high
 
 
+def _accumulator_bias(bias: np.ndarray | None, acc_scale: np.ndarray) -> np.ndarray:
+    """``bias`` in accumulator units (``in_scale * w_scale``) as int64; zeros without one."""
+    return np.zeros(acc_scale.size, np.int64) if bias is None else np.round(bias / acc_scale).astype(np.int64)
+
+
 def _output_requant(in_q: QuantParams, w_scale: np.ndarray, bias: np.ndarray | None, out_q: QuantParams,
-                    activation: str) -> dict:
+                    activation: str) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+    """A layer's post-processor parameters (int32 bias, fixed-point multipliers and shifts, from
+    :class:`~mvu.hdl.contract.requantization.Requantization`) and its clamp."""
     acc_scale = in_q.scale * w_scale
-    pairs = [quantize_multiplier(float(s)) for s in acc_scale / out_q.scale]
-    bias_q = np.zeros(w_scale.size, np.int64) if bias is None else np.round(bias / acc_scale).astype(np.int64)
+    bias_q = np.clip(_accumulator_bias(bias, acc_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
     low, high = activation_clamp(out_q, activation)
-    return {"bias": np.clip(bias_q, -2 ** 31, 2 ** 31 - 1).astype(np.int32),
-            "multiplier": np.array([p[0] for p in pairs], np.int64),
-            "shift": np.array([p[1] for p in pairs], np.int64),
-            "clamp": (low, high)}
+    requant = Requantization.from_scales(acc_scale / out_q.scale, bias_q, out_zero_point=out_q.zero_point,
+                                         clamp_min=low, clamp_max=high)
+    return {"bias": bias_q, "multiplier": requant.multiplier, "shift": requant.shift}, (low, high)
 
 
-def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
-    """Turn the float graph into integer layers using calibrated ``ranges``."""
-    tensor_q: dict[str, QuantParams] = {graph.input: QuantParams.from_range(*ranges[graph.input])}
-    shapes = dict(graph.shapes)
-    layers: list[Layer] = []
-    report: list[dict] = []
-    consumed: set[int] = set()
+def _with_activation(op: str, activation: str) -> str:
+    return op if activation == "none" else f"{op}+{activation}"
 
-    def q_of(name: str) -> QuantParams:
-        if name not in tensor_q:
-            raise ModelImportError(f"{graph.name}: tensor '{name}' has no quantization parameters")
-        return tensor_q[name]
 
-    def out_params(name: str, activation: str) -> QuantParams:
-        low, high = ranges[name]
+def _constant_input(graph: Graph, node: Node, index: int) -> np.ndarray | None:
+    """The node's optional constant input ``index``, or None when it is absent."""
+    return graph.constants[node.inputs[index]] if len(node.inputs) > index and node.inputs[index] else None
+
+
+class _Pass(LayerBuilder):
+    """One pass of :func:`quantize_graph` over a graph with calibrated ``ranges``."""
+
+    def __init__(self, graph: Graph, ranges: dict):
+        super().__init__(graph, {graph.input: QuantParams.from_range(*ranges[graph.input])})
+        self.ranges = ranges
+        self.shapes = dict(graph.shapes)
+        self.fused: set[int] = set()  # activation nodes folded into their producer's layer
+
+    def q_of(self, name: str) -> QuantParams:
+        if name not in self.tensor_q:
+            raise ModelImportError(f"{self.graph.name}: tensor '{name}' has no quantization parameters")
+        return self.tensor_q[name]
+
+    def out_params(self, name: str, activation: str) -> QuantParams:
+        """The output quantization of tensor ``name`` from its calibrated range, narrowed by ``activation``."""
+        low, high = self.ranges[name]
         if activation == "relu6":
             low, high = 0.0, min(high, 6.0)
         elif activation == "relu":
             low = 0.0
         return QuantParams.from_range(low, high)
 
+    def fuse(self, node: Node) -> tuple[str, str]:
+        """``node``'s output after a fusable activation, and the activation ("none" if there is none)."""
+        output, activation = _fused_activation(self.graph, node.outputs[0])
+        if output != node.outputs[0]:
+            self.fused.add(id(self.graph.consumers(node.outputs[0])[0]))
+        self.shapes[output] = self.shapes.get(node.outputs[0], self.shapes.get(output))
+        return output, activation
+
+
+def _conv(p: _Pass, node: Node) -> None:
+    """Conv (+ ReLU/ReLU6): on the accelerator with one group, else on the host."""
+    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        raise ModelImportError(f"{p.graph.name}: Conv '{node.name}' uses auto_pad; explicit pads are needed")
+    output, activation = p.fuse(node)
+    weight, bias = p.graph.constants[node.inputs[1]], _constant_input(p.graph, node, 2)
+    in_q, out_q = p.q_of(node.inputs[0]), p.out_params(output, activation)
+    q_weight, w_scale = _weights_int8(weight, bias, in_q.scale)
+    group = node.attrs.get("group", 1)
+    arrays, clamp = _output_requant(in_q, w_scale, bias, out_q, activation)
+    attrs = {"strides": list(node.attrs.get("strides", [1, 1])), "pads": list(node.attrs.get("pads", [0, 0, 0, 0])),
+             "dilations": list(node.attrs.get("dilations", [1, 1])), "group": group,
+             "kernel": list(weight.shape[2:]), "in_zero_point": in_q.zero_point, "clamp": clamp,
+             "activation": activation}
+    macs = int(np.prod(p.shapes[output][1:]) * np.prod(weight.shape[1:]))
+    p.emit(Layer("conv", node.name, [node.inputs[0]], output, "accelerator" if group == 1 else "host", attrs,
+                 {"weight": q_weight, **arrays}, out_q, macs), _with_activation("Conv", activation))
+
+
+def _affine(p: _Pass, node: Node) -> None:
+    """``x * scale + shift`` with constant scalar or per-channel terms (an unfolded BatchNormalization, Mul or
+    Add by a constant), on the host."""
+    form = _affine_form(p.graph, node)
+    if form is None:
+        raise ModelImportError(f"{p.graph.name}: {node.op} '{node.name}' needs one constant operand, a scalar "
+                               f"or one value per channel")
+    source = next(i for i in node.inputs if i not in p.graph.constants)
+    output, activation = p.fuse(node)
+    in_q, out_q = p.q_of(source), p.out_params(output, activation)
+    scale, shift_term = (np.broadcast_to(np.asarray(term, np.float64).reshape(-1), (p.shapes[source][1],))
+                         for term in form)
+    attrs = {"clamp": activation_clamp(out_q, activation), "ratio": (scale * in_q.scale / out_q.scale).tolist(),
+             "offset": np.round(shift_term / out_q.scale).astype(np.int64).tolist()}
+    p.emit(Layer("affine", node.name, [source], output, "host", attrs, {}, out_q),
+           f"{node.op} (per-channel affine)")
+
+
+def _add(p: _Pass, node: Node) -> None:
+    """Add or Sum: by a constant, an affine step; of tensors, an add layer on the host."""
+    if _affine_form(p.graph, node) is not None:
+        _affine(p, node)
+        return
+    output, activation = p.fuse(node)
+    out_q = p.out_params(output, activation)
+    p.emit(Layer("add", node.name, list(node.inputs), output, "host",
+                 {"activation": activation, "clamp": activation_clamp(out_q, activation)}, {}, out_q), "Add")
+
+
+def _clamp(p: _Pass, node: Node) -> None:
+    """A Relu or Clip that no producer absorbed: a clamp of the input's codes."""
+    low, high = (0.0, np.inf) if node.op == "Relu" else _clip_bounds(p.graph, node)
+    in_q = p.q_of(node.inputs[0])
+    lo = int(np.clip(round(low / in_q.scale) + in_q.zero_point, 0, 255)) if np.isfinite(low) else 0
+    hi = int(np.clip(round(high / in_q.scale) + in_q.zero_point, 0, 255)) if np.isfinite(high) else 255
+    p.emit(Layer("clamp", node.name, [node.inputs[0]], node.outputs[0], "host", {"clamp": (lo, hi)}, {}, in_q))
+
+
+_POOLS = {"MaxPool": "maxpool", "AveragePool": "avgpool", "GlobalAveragePool": "gap"}
+
+
+def _pool(p: _Pass, node: Node) -> None:
+    """Pooling on the host; MaxPool keeps its input's quantization."""
+    if node.attrs.get("ceil_mode", 0):
+        raise ModelImportError(f"{p.graph.name}: {node.op} '{node.name}' uses ceil_mode, which is not supported")
+    in_q = p.q_of(node.inputs[0])
+    out_q = in_q if node.op == "MaxPool" else p.out_params(node.outputs[0], "none")
+    attrs = {"kernel": list(node.attrs.get("kernel_shape", [])), "strides": list(node.attrs.get("strides", [1, 1])),
+             "pads": list(node.attrs.get("pads", [0, 0, 0, 0])),
+             "count_include_pad": node.attrs.get("count_include_pad", 0)}
+    p.emit(Layer(_POOLS[node.op], node.name, [node.inputs[0]], node.outputs[0], "host", attrs, {}, out_q))
+
+
+def _reshape(p: _Pass, node: Node) -> None:
+    """Flatten or Reshape: the same codes in the output's shape."""
+    p.emit(Layer("reshape", node.name, [node.inputs[0]], node.outputs[0], "host",
+                 {"shape": list(p.shapes[node.outputs[0]])}, {}, p.q_of(node.inputs[0])))
+
+
+def _concat(p: _Pass, node: Node) -> None:
+    p.emit(Layer("concat", node.name, list(node.inputs), node.outputs[0], "host",
+                 {"axis": node.attrs.get("axis", 1)}, {}, p.out_params(node.outputs[0], "none")))
+
+
+def _gemm(p: _Pass, node: Node) -> None:
+    """Gemm: ``alpha * x @ W + beta * C`` with a constant ``W`` (transposed by ``transB``) and ``C``."""
+    if node.attrs.get("transA", 0):
+        raise ModelImportError(f"{p.graph.name}: Gemm '{node.name}' with transA is not supported")
+    weight = p.graph.constants[node.inputs[1]].astype(np.float64)
+    weight = (weight.T if node.attrs.get("transB", 0) else weight) * node.attrs.get("alpha", 1.0)
+    bias = _constant_input(p.graph, node, 2)
+    _product(p, node, weight, None if bias is None else bias * node.attrs.get("beta", 1.0))
+
+
+def _matmul(p: _Pass, node: Node) -> None:
+    _product(p, node, p.graph.constants[node.inputs[1]].astype(np.float64), None)
+
+
+def _product(p: _Pass, node: Node, weight: np.ndarray, bias: np.ndarray | None) -> None:
+    """``x @ weight + bias`` on the accelerator. Logits (the graph's output, or a Softmax's input) leave it as
+    int32 and are scaled to float on the host; other outputs are requantized like a convolution's."""
+    bias = None if bias is None else np.broadcast_to(np.asarray(bias, np.float64).reshape(-1), (weight.shape[1],))
+    in_q = p.q_of(node.inputs[0])
+    q_weight, w_scale = _weights_int8(weight.T, bias, in_q.scale)  # per output column
+    macs = int(weight.size)
+    if all(c.op == "Softmax" for c in p.graph.consumers(node.outputs[0])) or node.outputs[0] == p.graph.output:
+        arrays = {"weight": q_weight.T.copy(), "w_scale": w_scale,
+                  "bias": _accumulator_bias(bias, in_q.scale * w_scale)}
+        p.emit(Layer("fc", node.name, [node.inputs[0]], node.outputs[0], "accelerator",
+                     {"in_zero_point": in_q.zero_point}, arrays, None, macs), node.op)
+        return
+    output, activation = p.fuse(node)
+    out_q = p.out_params(output, activation)
+    arrays, clamp = _output_requant(in_q, w_scale, bias, out_q, activation)
+    p.emit(Layer("fc_quantized", node.name, [node.inputs[0]], output, "accelerator",
+                 {"in_zero_point": in_q.zero_point, "clamp": clamp}, {"weight": q_weight.T.copy(), **arrays}, out_q,
+                 macs), _with_activation(node.op, activation))
+
+
+def _softmax(p: _Pass, node: Node) -> None:
+    p.emit(Layer("softmax", node.name, [node.inputs[0]], node.outputs[0], "host"))
+
+
+#: Op type -> the handler that turns such a node into layers.
+HANDLERS: dict[str, Callable[[_Pass, Node], None]] = {
+    "Conv": _conv, "Add": _add, "Sum": _add, "Mul": _affine, "BatchNormalization": _affine,
+    "Relu": _clamp, "Clip": _clamp, "MaxPool": _pool, "AveragePool": _pool, "GlobalAveragePool": _pool,
+    "Flatten": _reshape, "Reshape": _reshape, "Concat": _concat, "Gemm": _gemm, "MatMul": _matmul,
+    "Softmax": _softmax,
+}
+
+
+def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
+    """Turn the float graph into integer layers using calibrated ``ranges``."""
+    if refused := unsupported(graph, HANDLERS):
+        raise ModelImportError(f"{graph.name}: cannot quantize {refused}; float models may use "
+                               f"{', '.join(sorted(HANDLERS))}")
+    p = _Pass(graph, ranges)
     for node in graph.nodes:
-        if id(node) in consumed:
-            continue
-        if node.op == "Conv":
-            output, activation = _fused_activation(graph, node.outputs[0])
-            if output != node.outputs[0]:
-                consumed.add(id(graph.consumers(node.outputs[0])[0]))
-            weight = graph.constants[node.inputs[1]]
-            bias = graph.constants[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
-            in_q, out_q = q_of(node.inputs[0]), out_params(output, activation)
-            q_weight, w_scale = _weights_int8(weight, bias, in_q.scale)
-            group = node.attrs.get("group", 1)
-            kernel = list(weight.shape[2:])
-            attrs = {"strides": list(node.attrs.get("strides", [1, 1])),
-                     "pads": list(node.attrs.get("pads", [0, 0, 0, 0])),
-                     "dilations": list(node.attrs.get("dilations", [1, 1])), "group": group,
-                     "kernel": kernel, "in_zero_point": in_q.zero_point}
-            if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-                raise ModelImportError(f"{graph.name}: Conv '{node.name}' uses auto_pad; explicit pads are needed")
-            requant = _output_requant(in_q, w_scale, bias, out_q, activation)
-            out_shape = shapes[output] = shapes.get(node.outputs[0], shapes.get(output))
-            macs = int(np.prod(out_shape[1:]) * np.prod(weight.shape[1:]))
-            layer = Layer("conv", node.name, [node.inputs[0]], output,
-                          "accelerator" if group == 1 else "host", attrs,
-                          {"weight": q_weight, **{k: v for k, v in requant.items() if k != "clamp"}},
-                          out_q, macs)
-            layer.attrs["clamp"] = requant["clamp"]
-            layer.attrs["activation"] = activation
-            layers.append(layer)
-            tensor_q[output] = out_q
-            report.append({"layer": node.name, "op": f"Conv{'+' + activation if activation != 'none' else ''}",
-                           "placement": layer.placement, "scale": out_q.scale, "zero_point": out_q.zero_point,
-                           "macs": macs})
-        elif node.op in ("Add", "Sum", "Mul", "BatchNormalization") and _affine_form(graph, node) is not None:
-            scale, shift_term = _affine_form(graph, node)
-            source = next(i for i in node.inputs if i not in graph.constants)
-            output, activation = _fused_activation(graph, node.outputs[0])
-            if output != node.outputs[0]:
-                consumed.add(id(graph.consumers(node.outputs[0])[0]))
-            in_q, out_q = q_of(source), out_params(output, activation)
-            channels = shapes[source][1]
-            scale = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (channels,))
-            shift_term = np.broadcast_to(np.asarray(shift_term, np.float64).reshape(-1), (channels,))
-            layers.append(Layer("affine", node.name, [source], output, "host",
-                                {"clamp": activation_clamp(out_q, activation), "ratio": (scale * in_q.scale / out_q.scale).tolist(),
-                                 "offset": np.round(shift_term / out_q.scale).astype(np.int64).tolist()},
-                                {}, out_q))
-            tensor_q[output] = out_q
-            shapes[output] = shapes.get(node.outputs[0], shapes.get(output))
-            report.append({"layer": node.name, "op": f"{node.op} (per-channel affine)", "placement": "host",
-                           "scale": out_q.scale, "zero_point": out_q.zero_point, "macs": 0})
-        elif node.op in ("Add", "Sum"):
-            output, activation = _fused_activation(graph, node.outputs[0])
-            if output != node.outputs[0]:
-                consumed.add(id(graph.consumers(node.outputs[0])[0]))
-            out_q = out_params(output, activation)
-            layer = Layer("add", node.name, list(node.inputs), output, "host",
-                          {"activation": activation, "clamp": activation_clamp(out_q, activation)}, {}, out_q)
-            layers.append(layer)
-            tensor_q[output] = out_q
-            shapes[output] = shapes.get(node.outputs[0], shapes.get(output))
-            report.append({"layer": node.name, "op": "Add", "placement": "host", "scale": out_q.scale,
-                           "zero_point": out_q.zero_point, "macs": 0})
-        elif node.op in ("Relu", "Clip"):
-            low, high = (0.0, np.inf) if node.op == "Relu" else _clip_bounds(graph, node)
-            in_q = q_of(node.inputs[0])
-            lo = int(np.clip(round(low / in_q.scale) + in_q.zero_point, 0, 255)) if np.isfinite(low) else 0
-            hi = int(np.clip(round(high / in_q.scale) + in_q.zero_point, 0, 255)) if np.isfinite(high) else 255
-            layers.append(Layer("clamp", node.name, [node.inputs[0]], node.outputs[0], "host", {"clamp": (lo, hi)},
-                                {}, in_q))
-            tensor_q[node.outputs[0]] = in_q
-        elif node.op in ("MaxPool", "AveragePool", "GlobalAveragePool"):
-            in_q = q_of(node.inputs[0])
-            out_q = in_q if node.op == "MaxPool" else out_params(node.outputs[0], "none")
-            attrs = {"kernel": list(node.attrs.get("kernel_shape", [])), "strides": list(node.attrs.get("strides", [1, 1])),
-                     "pads": list(node.attrs.get("pads", [0, 0, 0, 0])),
-                     "count_include_pad": node.attrs.get("count_include_pad", 0)}
-            if node.attrs.get("ceil_mode", 0):
-                raise ModelImportError(f"{graph.name}: {node.op} '{node.name}' uses ceil_mode, which is not supported")
-            kind = {"MaxPool": "maxpool", "AveragePool": "avgpool", "GlobalAveragePool": "gap"}[node.op]
-            layers.append(Layer(kind, node.name, [node.inputs[0]], node.outputs[0], "host", attrs, {}, out_q))
-            tensor_q[node.outputs[0]] = out_q
-        elif node.op in ("Flatten", "Reshape"):
-            in_q = q_of(node.inputs[0])
-            layers.append(Layer("reshape", node.name, [node.inputs[0]], node.outputs[0], "host",
-                                {"shape": list(shapes[node.outputs[0]])}, {}, in_q))
-            tensor_q[node.outputs[0]] = in_q
-        elif node.op == "Concat":
-            out_q = out_params(node.outputs[0], "none")
-            layers.append(Layer("concat", node.name, list(node.inputs), node.outputs[0], "host",
-                                {"axis": node.attrs.get("axis", 1)}, {}, out_q))
-            tensor_q[node.outputs[0]] = out_q
-        elif node.op in ("Gemm", "MatMul"):
-            weight = graph.constants[node.inputs[1]].astype(np.float64)
-            if node.op == "Gemm":
-                if node.attrs.get("transA", 0):
-                    raise ModelImportError(f"{graph.name}: Gemm '{node.name}' with transA is not supported")
-                weight = weight.T if node.attrs.get("transB", 0) else weight
-                weight = weight * node.attrs.get("alpha", 1.0)
-                bias = graph.constants[node.inputs[2]] * node.attrs.get("beta", 1.0) if len(node.inputs) > 2 else None
-            else:
-                bias = None
-            bias = None if bias is None else np.broadcast_to(np.asarray(bias, np.float64).reshape(-1), (weight.shape[1],))
-            in_q = q_of(node.inputs[0])
-            q_weight, w_scale = _weights_int8(weight.T, bias, in_q.scale)  # per output column
-            final = all(c.op == "Softmax" for c in graph.consumers(node.outputs[0])) or node.outputs[0] == graph.output
-            if final:  # logits leave the accelerator as int32 and are scaled to float on the host
-                bias_q = np.zeros(w_scale.size, np.int64) if bias is None else np.round(bias / (in_q.scale * w_scale)).astype(np.int64)
-                layers.append(Layer("fc", node.name, [node.inputs[0]], node.outputs[0], "accelerator",
-                                    {"in_zero_point": in_q.zero_point},
-                                    {"weight": q_weight.T.copy(), "w_scale": w_scale, "bias": bias_q},
-                                    None, int(weight.size)))
-                op_name = node.op
-            else:
-                output, activation = _fused_activation(graph, node.outputs[0])
-                if output != node.outputs[0]:
-                    consumed.add(id(graph.consumers(node.outputs[0])[0]))
-                out_q = out_params(output, activation)
-                requant = _output_requant(in_q, w_scale, bias, out_q, activation)
-                layer = Layer("fc_quantized", node.name, [node.inputs[0]], output, "accelerator",
-                              {"in_zero_point": in_q.zero_point, "clamp": requant["clamp"]},
-                              {"weight": q_weight.T.copy(), **{k: v for k, v in requant.items() if k != "clamp"}},
-                              out_q, int(weight.size))
-                layers.append(layer)
-                tensor_q[output] = out_q
-                shapes[output] = shapes.get(node.outputs[0], shapes.get(output))
-                op_name = f"{node.op}{'+' + activation if activation != 'none' else ''}"
-            report.append({"layer": node.name, "op": op_name, "placement": "accelerator",
-                           "scale": float("nan") if final else out_q.scale,
-                           "zero_point": 0 if final else out_q.zero_point, "macs": int(weight.size)})
-        elif node.op == "Softmax":
-            layers.append(Layer("softmax", node.name, [node.inputs[0]], node.outputs[0], "host"))
-        else:
-            raise ModelImportError(f"{graph.name}: cannot quantize {node.op} (node '{node.name}')")
-    return QuantizedModel(graph.input, graph.input_shape, tensor_q[graph.input], graph.output, layers,
-                          tensor_q, shapes, report)
+        if id(node) not in p.fused:
+            HANDLERS[node.op](p, node)
+    return p.model(p.tensor_q[graph.input], p.shapes)
