@@ -13,13 +13,13 @@ from pathlib import Path
 from mvu.host.control.workspace import Workspace, WorkspaceError
 from mvu.host.model.package import ModelPackage, PackageError, load_package
 
-__all__ = ["ModelVersion", "ModelRegistry", "parse_reference"]
+__all__ = ["ModelVersion", "ModelRegistry", "parse_reference", "check_name", "utc_now"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _LABELS_SHOWN = 5
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise WorkspaceError(f"model name {name!r}: use 1 to 63 letters, digits, '.', '_' or '-', "
                              "starting with a letter or digit")
@@ -30,10 +30,10 @@ def parse_reference(reference: str) -> tuple[str, int | None]:
     """``NAME`` (the newest version) or ``NAME:VERSION`` -> (name, version or None)."""
     name, _, version = reference.partition(":")
     if not version:
-        return _check_name(name), None
+        return check_name(name), None
     if not version.isdigit() or int(version) < 1:
         raise WorkspaceError(f"model {reference!r}: the version after ':' must be a number from 1")
-    return _check_name(name), int(version)
+    return check_name(name), int(version)
 
 
 def _summary(package: ModelPackage) -> dict:
@@ -85,7 +85,7 @@ class ModelRegistry:
     def register(self, package_path: str | Path, name: str, *, tags: dict[str, str] | None = None,
                  description: str = "") -> ModelVersion:
         """Validates the package, stores it, and records it as the next version of ``name``."""
-        _check_name(name)
+        check_name(name)
         tags = self._check_tags(tags or {})
         path = Path(package_path)
         try:
@@ -97,7 +97,7 @@ class ModelRegistry:
             version = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?",
                                  (name,)).fetchone()[0]
             db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (name, version, sha256, size, description, _user(), _now(), json.dumps(summary)))
+                       (name, version, sha256, size, description, _user(), utc_now(), json.dumps(summary)))
             db.executemany("INSERT INTO tags VALUES (?, ?, ?, ?)",
                            [(name, version, key, value) for key, value in tags.items()])
         return self.get(name, version)
@@ -146,9 +146,15 @@ class ModelRegistry:
         return self.get(name, version)
 
     def delete(self, name: str, version: int) -> ModelVersion:
-        """Removes one version's record, then its package unless another version has the same bytes."""
+        """Removes one version's record, then its package unless another version has the same bytes; refused
+        while a service serves that version."""
         found = self.get(name, version)
         with self.workspace.transaction() as db:
+            users = [row[0] for row in db.execute(
+                "SELECT service FROM service_models WHERE name = ? AND version = ? ORDER BY service", (name, version))]
+            if users:
+                raise WorkspaceError(f"model {found.reference} is used by service {', '.join(map(repr, users))}: "
+                                     f"delete the service first (mvu services delete {users[0]})")
             db.execute("DELETE FROM models WHERE name = ? AND version = ?", (name, version))
             shared = db.execute("SELECT 1 FROM models WHERE sha256 = ?", (found.sha256,)).fetchone()
         if not shared:
@@ -193,5 +199,5 @@ def _user() -> str:
         return "unknown"
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

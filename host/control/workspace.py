@@ -37,6 +37,31 @@ MIGRATIONS: tuple[str, ...] = (
         FOREIGN KEY (name, version) REFERENCES models (name, version) ON DELETE CASCADE
     );
     """,
+    """
+    CREATE TABLE services (
+        name TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        grpc_port INTEGER NOT NULL,
+        backend TEXT NOT NULL,
+        tls_cert TEXT,
+        tls_key TEXT,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        supervisor_pid INTEGER,
+        server_pid INTEGER,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE service_models (
+        service TEXT NOT NULL REFERENCES services (name) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (service, name),
+        FOREIGN KEY (name, version) REFERENCES models (name, version) ON DELETE RESTRICT
+    );
+    """,
 )
 
 _BUSY_TIMEOUT_S = 30.0

@@ -301,11 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=_cmd_run)
 
-    from mvu.host.tools.registry_commands import add_registry_commands
+    from mvu.host.tools.control_commands import add_control_commands
     from mvu.host.tools.serving_commands import add_serving_commands
 
     add_serving_commands(commands, bench_kinds)
-    add_registry_commands(commands)
+    add_control_commands(commands)
     return parser
 
 

@@ -1,11 +1,11 @@
-"""The registry commands of the `mvu` command line: `mvu models ...` and `mvu workspace ...`."""
+"""The control plane on the `mvu` command line: `mvu models ...`, `mvu services ...`, `mvu workspace ...`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-__all__ = ["add_registry_commands"]
+__all__ = ["add_control_commands"]
 
 
 def _registry(args: argparse.Namespace):
@@ -115,14 +115,93 @@ def _delete(args) -> int:
     return 0
 
 
+def _services(args: argparse.Namespace):
+    from mvu.host.control.services import ServiceManager
+    from mvu.host.control.workspace import Workspace
+
+    return ServiceManager(Workspace(args.workspace))
+
+
+def _print_service(service, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(service.to_dict(), indent=1))
+        return
+    print(f"{service.name}  {service.state}{f' ({service.detail})' if service.detail else ''}")
+    print(f"  endpoint     {service.endpoint} (HTTP: KServe v2, TF Serving REST, /score)")
+    print(f"  gRPC         {service.grpc_endpoint}{' over TLS' if service.tls_cert else ''}")
+    print(f"  models       {', '.join(service.models)}")
+    print(f"  backend      {service.backend}; restarts {service.restarts}; created {service.created_at}")
+
+
+def _print_keys(keys: dict[str, str]) -> None:
+    for slot, key in keys.items():
+        print(f"  {slot + ' key':<14} {key}")
+
+
+def _service_create(args) -> int:
+    service, keys = _services(args).create(args.name, args.model, host=args.host, port=args.port,
+                                           grpc_port=args.grpc_port, backend=args.backend, tls_cert=args.tls_cert,
+                                           tls_key=args.tls_key, timeout=args.timeout)
+    if args.json:
+        print(json.dumps({**service.to_dict(), "keys": keys}, indent=1))
+        return 0
+    _print_service(service, False)
+    _print_keys(keys)
+    return 0
+
+
+def _service_list(args) -> int:
+    services = _services(args).list()
+    if args.json:
+        print(json.dumps([s.to_dict() for s in services], indent=1))
+    for service in [] if args.json else services:
+        print(f"{service.name:<20} {service.state:<11} {service.endpoint:<28} {', '.join(service.models)}")
+    if not services and not args.json:
+        print("no services")
+    return 0
+
+
+def _service_show(args) -> int:
+    manager = _services(args)
+    service = manager.get(args.name)
+    _print_service(service, args.json)
+    if service.state == "failed" and not args.json:
+        print(manager.logs(args.name, 15))
+    return 0
+
+
+def _service_keys(args) -> int:
+    keys = _services(args).keys(args.name)
+    print(json.dumps(keys, indent=1)) if args.json else _print_keys(keys)
+    return 0
+
+
+def _service_regenerate_key(args) -> int:
+    print(_services(args).regenerate_key(args.name, args.which))
+    return 0
+
+
+def _service_logs(args) -> int:
+    print(_services(args).logs(args.name, args.lines))
+    return 0
+
+
+def _service_delete(args) -> int:
+    _services(args).delete(args.name)
+    print(f"deleted service {args.name}")
+    return 0
+
+
 def _gc(args) -> int:
     removed = _registry(args).collect_garbage()
     print(f"removed {len(removed)} unreferenced package{'s' * (len(removed) != 1)}")
     return 0
 
 
-def add_registry_commands(commands) -> None:
-    """Register ``models`` and ``workspace`` on the top-level parsers."""
+def add_control_commands(commands) -> None:
+    """Register ``models``, ``services`` and ``workspace`` on the top-level parsers."""
+    from mvu.host.executors import BACKENDS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", help="the workspace folder (default: $MVU_WORKSPACE, else ~/.mvu)")
 
@@ -159,6 +238,39 @@ def add_registry_commands(commands) -> None:
     delete = actions.add_parser("delete", parents=[common], help="delete a version")
     delete.add_argument("model", metavar="NAME:VERSION")
     delete.set_defaults(handler=_delete)
+
+
+    services = commands.add_parser("services", help="supervised servers of registered models, with keys and TLS")
+    service_actions = services.add_subparsers(dest="action", required=True)
+    create = service_actions.add_parser("create", parents=[common], help="start a service and wait until it serves")
+    create.add_argument("name")
+    create.add_argument("--model", action="append", required=True, metavar="NAME[:VERSION]",
+                        help="a registered model to serve (repeat for several; default version: the newest)")
+    create.add_argument("--backend", choices=BACKENDS, default="reference")
+    create.add_argument("--host", default="127.0.0.1")
+    create.add_argument("--port", type=int, help="HTTP port (default: a free one)")
+    create.add_argument("--grpc-port", type=int, help="gRPC port (default: a free one)")
+    create.add_argument("--tls-cert", help="PEM certificate chain: HTTPS and gRPC over TLS")
+    create.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    create.add_argument("--timeout", type=float, default=300.0, help="seconds to wait until it serves")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(handler=_service_create)
+    for action, handler, help_ in (("list", _service_list, "every service and its state"),
+                                   ("show", _service_show, "one service: state, endpoint, models"),
+                                   ("keys", _service_keys, "a service's primary and secondary keys"),
+                                   ("logs", _service_logs, "the last lines of a service's logs"),
+                                   ("delete", _service_delete, "stop a service and remove it"),
+                                   ("regenerate-key", _service_regenerate_key, "replace a key; the old one stops working")):
+        parser = service_actions.add_parser(action, parents=[common], help=help_)
+        if action != "list":
+            parser.add_argument("name")
+        if action in ("list", "show", "keys"):
+            parser.add_argument("--json", action="store_true")
+        if action == "logs":
+            parser.add_argument("--lines", type=int, default=50)
+        if action == "regenerate-key":
+            parser.add_argument("which", choices=("primary", "secondary"))
+        parser.set_defaults(handler=handler)
 
     workspace = commands.add_parser("workspace", help="the workspace itself")
     workspace_actions = workspace.add_subparsers(dest="action", required=True)

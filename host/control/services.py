@@ -1,0 +1,245 @@
+"""Services: registered model versions served by a supervised `mvu serve`, with a primary and a secondary
+key and optional TLS. Each service has a folder in the workspace (key files, logs) and a record in its
+database; a supervisor process (:mod:`mvu.host.control.supervisor`) runs the server and restarts it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mvu.host.control.registry import ModelRegistry, check_name, parse_reference, utc_now
+from mvu.host.control.workspace import Workspace, WorkspaceError
+from mvu.host.executors import BACKENDS
+from mvu.host.serving.api_keys import SLOTS, create_key_file, regenerate_key
+
+__all__ = ["Service", "ServiceManager", "LIVE_STATES"]
+
+#: States in which a supervisor should be running.
+LIVE_STATES = ("creating", "starting", "healthy", "restarting")
+_STOP_SECONDS = 15.0
+_SECRETS = "secrets.json"
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service's record."""
+
+    name: str
+    host: str
+    port: int
+    grpc_port: int
+    backend: str
+    tls_cert: str | None
+    tls_key: str | None
+    state: str
+    detail: str
+    supervisor_pid: int | None
+    server_pid: int | None
+    restarts: int
+    created_at: str
+    updated_at: str
+    models: list[str] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "endpoint": self.endpoint, "grpc_endpoint": self.grpc_endpoint}
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _alive(pid: int | None, marker: str) -> bool:
+    """Whether ``pid`` runs and (where /proc tells) is the process whose command line holds ``marker``."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return True
+
+
+class ServiceManager:
+    """The services of one workspace."""
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.registry = ModelRegistry(workspace)
+
+    def folder(self, name: str) -> Path:
+        return self.workspace.path / "services" / name
+
+    # Creating ------------------------------------------------------------------------------------
+
+    def create(self, name: str, models: list[str], *, host: str = "127.0.0.1", port: int | None = None,
+               grpc_port: int | None = None, backend: str = "reference", tls_cert: str | None = None,
+               tls_key: str | None = None, timeout: float = 300.0) -> tuple[Service, dict[str, str]]:
+        """Starts a service of ``models`` (``NAME`` or ``NAME:VERSION`` each), waits until it serves, and
+        returns it with its keys in clear."""
+        check_name(name)
+        if not models:
+            raise WorkspaceError(f"service {name!r}: name at least one model (--model NAME[:VERSION])")
+        if backend not in BACKENDS:
+            raise WorkspaceError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if bool(tls_cert) != bool(tls_key):
+            raise WorkspaceError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+        for path in filter(None, (tls_cert, tls_key)):
+            if not Path(path).is_file():
+                raise WorkspaceError(f"{path}: no such file")
+        versions = [self.registry.get(*parse_reference(reference)) for reference in models]
+        if len({v.name for v in versions}) != len(versions):
+            raise WorkspaceError(f"service {name!r}: each model once (got {', '.join(models)})")
+        if self.find(name):
+            raise WorkspaceError(f"service {name!r} already exists; delete it first (mvu services delete {name})")
+        folder = self.folder(name)
+        shutil.rmtree(folder, ignore_errors=True)  # left by a create that crashed before its record
+        folder.mkdir(parents=True)
+        keys = create_key_file(folder / "keys.json")
+        self._write_secrets(name, keys)
+        now = utc_now()
+        tls = [str(Path(p).resolve()) if p else None for p in (tls_cert, tls_key)]
+        with self.workspace.transaction() as db:
+            db.execute("INSERT INTO services (name, host, port, grpc_port, backend, tls_cert, tls_key, state, "
+                       "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?)",
+                       (name, host, port or _free_port(host), grpc_port or _free_port(host), backend, *tls,
+                        now, now))
+            db.executemany("INSERT INTO service_models VALUES (?, ?, ?)",
+                           [(name, v.name, v.version) for v in versions])
+        self._start_supervisor(name)
+        return self.wait_for_deployment(name, timeout), keys
+
+    def _start_supervisor(self, name: str) -> None:
+        with open(self.folder(name) / "supervisor.log", "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "mvu.host.control.supervisor",
+                                        str(self.workspace.path), name], stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.update(name, supervisor_pid=process.pid)
+
+    def wait_for_deployment(self, name: str, timeout: float = 300.0) -> Service:
+        """Waits until the service is healthy; raises with its log's tail if it fails or takes too long."""
+        deadline = time.monotonic() + timeout
+        while (service := self.get(name)).state != "healthy":
+            if service.state in ("failed", "stopped") or time.monotonic() > deadline:
+                why = service.detail if service.state in ("failed", "stopped") else f"not healthy after {timeout:g} s"
+                raise WorkspaceError(f"service {name!r} is {service.state}: {why}\n--- last lines of its log ---\n"
+                                     f"{self.logs(name, 15)}")
+            time.sleep(0.1)
+        return service
+
+    # Reading -------------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Service:
+        """The service's record, its state reconciled with its processes."""
+        service = self.find(name)
+        if service is None:
+            known = ", ".join(s.name for s in self._all()) or "none"
+            raise WorkspaceError(f"service {name!r} does not exist in {self.workspace.path} (services: {known})")
+        if service.state in LIVE_STATES and not _alive(service.supervisor_pid, f"supervisor {self.workspace.path} {name}"):
+            if service.state == "creating" and service.supervisor_pid is None and service.updated_at == utc_now():
+                return service  # its supervisor is being started this second
+            return self.update(name, state="failed", detail="its supervisor stopped; delete and create it again")
+        return service
+
+    def list(self) -> list[Service]:
+        return [self.get(service.name) for service in self._all()]
+
+    def keys(self, name: str) -> dict[str, str]:
+        self.get(name)
+        return json.loads((self.folder(name) / _SECRETS).read_text())
+
+    def regenerate_key(self, name: str, slot: str) -> str:
+        """A new ``primary`` or ``secondary`` key; the old one stops working within a second."""
+        if slot not in SLOTS:
+            raise WorkspaceError(f"no key {slot!r}; the keys are {' and '.join(SLOTS)}")
+        keys = self.keys(name)
+        keys[slot] = regenerate_key(self.folder(name) / "keys.json", slot)
+        self._write_secrets(name, keys)
+        return keys[slot]
+
+    def logs(self, name: str, lines: int = 50) -> str:
+        """The last ``lines`` lines of the server's and the supervisor's logs."""
+        text = []
+        for log in ("server.log", "supervisor.log"):
+            path = self.folder(name) / log
+            if path.is_file():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                text += [f"[{log}] {line}" for line in tail]
+        return "\n".join(text)
+
+    # Changing ------------------------------------------------------------------------------------
+
+    def update(self, name: str, **fields) -> Service:
+        """Sets fields of the record (the supervisor reports its state through this)."""
+        fields["updated_at"] = utc_now()
+        with self.workspace.transaction() as db:
+            db.execute(f"UPDATE services SET {', '.join(f'{key} = ?' for key in fields)} WHERE name = ?",
+                       (*fields.values(), name))
+        return self.find(name)
+
+    def delete(self, name: str) -> Service:
+        """Stops the service's processes, then removes its record and folder."""
+        service = self.get(name)
+        marker = f"supervisor {self.workspace.path} {name}"
+        if _alive(service.supervisor_pid, marker):
+            os.kill(service.supervisor_pid, signal.SIGTERM)  # it stops the server first
+            deadline = time.monotonic() + _STOP_SECONDS
+            while _alive(service.supervisor_pid, marker) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        for pid in (service.supervisor_pid, service.server_pid):
+            if _alive(pid, name):
+                os.kill(pid, signal.SIGKILL)
+        with self.workspace.transaction() as db:
+            db.execute("DELETE FROM services WHERE name = ?", (name,))
+        shutil.rmtree(self.folder(name), ignore_errors=True)
+        return service
+
+    # Records -------------------------------------------------------------------------------------
+
+    def _write_secrets(self, name: str, keys: dict[str, str]) -> None:
+        path = self.folder(name) / _SECRETS
+        partial = path.with_name(path.name + ".partial")
+        partial.touch(mode=0o600)
+        partial.write_text(json.dumps(keys))
+        partial.replace(path)
+
+    def find(self, name: str) -> Service | None:
+        """The record of ``name`` as stored, or None."""
+        found = self._select("WHERE name = ?", (name,))
+        return found[0] if found else None
+
+    def _all(self) -> list[Service]:
+        return self._select("", ())
+
+    def _select(self, where: str, parameters: tuple) -> list[Service]:
+        connection = self.workspace.connect()
+        try:
+            rows = connection.execute(f"SELECT * FROM services {where} ORDER BY name", parameters).fetchall()
+            models: dict[str, list[str]] = {}
+            for row in connection.execute("SELECT * FROM service_models ORDER BY name"):
+                models.setdefault(row["service"], []).append(f"{row['name']}:{row['version']}")
+        finally:
+            connection.close()
+        return [Service(**dict(row), models=models.get(row["name"], [])) for row in rows]

@@ -1,0 +1,119 @@
+"""Services: create from registered models, score with the keys, restart after a crash, rotate keys,
+dependency order on deletion, and no process left behind."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from mvu.host.control.registry import ModelRegistry
+from mvu.host.control.services import ServiceManager, _alive
+from mvu.host.control.workspace import Workspace, WorkspaceError
+from mvu.host.tools.cli import main
+
+
+@pytest.fixture
+def manager(tmp_path, toy_package_path):
+    manager = ServiceManager(Workspace(tmp_path / "ws"))
+    manager.registry.register(toy_package_path, "toy")
+    yield manager
+    for service in manager.list():  # no server outlives its test
+        manager.delete(service.name)
+
+
+def _jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 120, 40)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _score(service, key: str) -> int:
+    request = urllib.request.Request(f"{service.endpoint}/score/toy", data=_jpeg(),
+                                     headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def _until(condition, seconds: float = 10.0):
+    deadline = time.monotonic() + seconds
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+def test_a_service_serves_restarts_and_rotates_keys(manager):
+    service, keys = manager.create("svc", ["toy"])
+    assert service.state == "healthy" and service.models == ["toy:1"]
+    assert _score(service, keys["primary"]) == 200 and _score(service, keys["secondary"]) == 200
+    assert _score(service, "mvu_wrong") == 401
+    # found again by another process's view of the workspace
+    again = ServiceManager(Workspace(manager.workspace.path))
+    assert [s.name for s in again.list()] == ["svc"] and again.keys("svc") == keys
+    # the server crashes: the supervisor starts it again on the same endpoint
+    os.kill(service.server_pid, signal.SIGKILL)
+    assert _until(lambda: manager.get("svc").restarts == 1)
+    restarted = manager.wait_for_deployment("svc", 60)
+    assert restarted.server_pid != service.server_pid and restarted.endpoint == service.endpoint
+    assert _score(restarted, keys["primary"]) == 200
+    # a new primary key: the old one stops working, the secondary goes on
+    primary = manager.regenerate_key("svc", "primary")
+    assert _until(lambda: _score(restarted, keys["primary"]) == 401)
+    assert _score(restarted, primary) == 200 and _score(restarted, keys["secondary"]) == 200
+    assert manager.keys("svc") == {"primary": primary, "secondary": keys["secondary"]}
+
+
+def test_models_in_use_are_deleted_after_their_service(manager):
+    service, _ = manager.create("svc", ["toy:1"])
+    with pytest.raises(WorkspaceError, match="model toy:1 is used by service 'svc': delete the service first"):
+        manager.registry.delete("toy", 1)
+    manager.delete("svc")
+    assert not _alive(service.supervisor_pid, "supervisor") and not _alive(service.server_pid, "serve")
+    assert manager.list() == [] and not manager.folder("svc").exists()
+    ModelRegistry(manager.workspace).delete("toy", 1)
+    assert manager.registry.collect_garbage() == [] and manager.workspace.store.contents() == set()
+
+
+def test_a_dead_supervisor_takes_its_server_along_and_shows_as_failed(manager):
+    service, _ = manager.create("svc", ["toy"])
+    os.kill(service.supervisor_pid, signal.SIGKILL)
+    assert _until(lambda: not _alive(service.server_pid, "serve"))
+    failed = manager.get("svc")
+    assert failed.state == "failed" and "its supervisor stopped" in failed.detail
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--model", "nope"], "model 'nope' is not registered"),
+    (["--model", "toy", "--model", "toy:1"], "each model once"),
+    (["--model", "toy", "--tls-cert", "cert.pem"], "TLS needs both a certificate"),
+    (["--model", "toy", "--tls-cert", "cert.pem", "--tls-key", "key.pem"], "cert.pem: no such file"),
+])
+def test_bad_services_are_refused_before_anything_starts(manager, arguments, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["services", "create", "svc", *arguments, "--workspace", str(manager.workspace.path)])
+    assert manager.list() == []
+
+
+def test_the_services_commands(manager, capsys):
+    ws = ["--workspace", str(manager.workspace.path)]
+    assert main(["services", "create", "svc", "--model", "toy", *ws]) == 0
+    created = capsys.readouterr().out
+    assert "svc  healthy" in created and "primary key" in created and "secondary key" in created
+    assert main(["services", "list", *ws]) == 0
+    assert capsys.readouterr().out.split()[:2] == ["svc", "healthy"]
+    assert main(["services", "regenerate-key", "svc", "secondary", *ws]) == 0
+    assert capsys.readouterr().out.strip() == manager.keys("svc")["secondary"]
+    assert main(["services", "logs", "svc", *ws]) == 0
+    assert "[server.log]" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="service 'other' does not exist"):
+        main(["services", "show", "other", *ws])
+    assert main(["services", "delete", "svc", *ws]) == 0
