@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mvu.hdl.contract.config import HardwareConfig
-from mvu.hdl.contract.requantization import Requantization, quantize_multiplier
+from mvu.hdl.contract.requantization import Requantization, float32_significand, quantize_multiplier, requantize
 from mvu.host.executors import BACKENDS, make_executor
 from mvu.host.executors.kernels import depthwise_sums, qlinear_add
 from mvu.host.executors.onnxruntime_add import QLinearAdd, add_coefficients, onnxruntime_add
@@ -76,11 +76,10 @@ def _channels_first(out: np.ndarray, n: int, ho: int, wo: int) -> np.ndarray:
     return out.reshape(n, ho, wo, -1).transpose(0, 3, 1, 2)
 
 
-def _rescale(x: np.ndarray, ratio: float) -> np.ndarray:
-    """``round(x * ratio)`` in fixed point, rounding half up like the post-processor."""
+def _rescale(x: np.ndarray, ratio: float, zero_point: int) -> np.ndarray:
+    """``x * ratio + zero_point`` as uint8 codes, in the post-processor's fixed point (rounding half up)."""
     multiplier, shift = quantize_multiplier(ratio)
-    product = x.astype(np.int64) * multiplier
-    return (product + ((1 << shift) >> 1)) >> shift
+    return requantize(x, 0, multiplier, shift, zero_point, 0, 255)
 
 
 def _requantization(layer: Layer, channels: slice) -> Requantization:
@@ -291,16 +290,23 @@ class ModelRunner:
         return self._adds[layer.name]
 
     def _affine(self, layer: Layer, tensors, stats):
-        """``x * scale + shift`` per channel (unfolded BatchNorm, constant Mul/Add), in fixed point."""
+        """``x * ratio + offset`` per channel (unfolded BatchNorm, constant Mul/Add) in the post-processor's fixed
+        point, ``r = |x * ratio|`` rounded half up. A channel with a negative ratio is requantized by ``|ratio|``
+        into the mirrored clamp range: ``clip(offset - r, low, high) == high - clip(r + high - offset, 0,
+        high - low)``."""
         x = tensors[layer.inputs[0]]
         in_q, out_q = self._q(layer.inputs[0]), layer.out_q
-        centred = x.astype(np.int64) - in_q.zero_point
-        out = np.empty(x.shape, np.int64)
-        for channel, (ratio, offset) in enumerate(zip(layer.attrs["ratio"], layer.attrs["offset"])):
-            scaled = _rescale(centred[:, channel], abs(ratio)) if ratio else np.zeros_like(centred[:, channel])
-            out[:, channel] = (scaled if ratio >= 0 else -scaled) + offset
         low, high = layer.attrs["clamp"]
-        return np.clip(out + out_q.zero_point, low, high).astype(np.uint8)
+        per_channel = (-1,) + (1,) * (x.ndim - 2)
+        ratio = np.array(layer.attrs["ratio"], np.float64).reshape(per_channel)
+        offset = np.array(layer.attrs["offset"], np.int64).reshape(per_channel) + out_q.zero_point
+        pairs = np.array([quantize_multiplier(abs(r)) if r else (0, 0) for r in layer.attrs["ratio"]], np.int64)
+        multiplier, shift = pairs.T.reshape(2, *per_channel)
+        mirrored = ratio < 0
+        codes = requantize(x.astype(np.int64) - in_q.zero_point, 0, multiplier, shift,
+                           np.where(mirrored, high - offset, offset), np.where(mirrored, 0, low),
+                           np.where(mirrored, high - low, high))
+        return np.where(mirrored, np.uint8(high) - codes, codes)
 
     def _fc_quantized(self, layer: Layer, tensors, stats):
         x = tensors[layer.inputs[0]]
@@ -313,14 +319,15 @@ class ModelRunner:
         return np.clip(tensors[layer.inputs[0]], low, high)
 
     def _gap(self, layer: Layer, tensors, stats):
-        """Channel means, as onnxruntime's QLinearGlobalAveragePool computes them: float32, half to even."""
+        """Channel means, as onnxruntime's QLinearGlobalAveragePool computes them: the post-processor's float32
+        mode (half to even)."""
         x = tensors[layer.inputs[0]]
         in_q, out_q = self._q(layer.inputs[0]), layer.out_q
         n, c, h, w = x.shape
         sums = (x.astype(np.int64) - in_q.zero_point).reshape(n, c, -1).sum(axis=2)
-        scale = np.float32(in_q.scale / (out_q.scale * h * w))
-        scaled = np.rint(sums.astype(np.float32) * scale) + out_q.zero_point
-        return np.clip(scaled, 0, 255).astype(np.uint8).reshape(n, c, 1, 1)
+        significand, shift = float32_significand(in_q.scale / (out_q.scale * h * w))
+        return requantize(sums, 0, significand, shift, out_q.zero_point, 0, 255,
+                          float32_scale=True).reshape(n, c, 1, 1)
 
     def _maxpool(self, layer: Layer, tensors, stats):
         x = tensors[layer.inputs[0]]
@@ -342,11 +349,11 @@ class ModelRunner:
         else:
             ones, _, _ = im2col(np.ones((1, *x.shape[2:]), np.int64), a["kernel"], a["strides"], a["pads"], [1, 1], 0)
             counts = np.broadcast_to(ones.sum(axis=1).reshape(1, 1, ho, wo), sums.shape)
-        out = np.empty(sums.shape, np.int64)
+        out = np.empty(sums.shape, np.uint8)
         for count in np.unique(counts):
             mask = counts == count
-            out[mask] = _rescale(sums[mask], in_q.scale / (out_q.scale * count))
-        return np.clip(out + out_q.zero_point, 0, 255).astype(np.uint8)
+            out[mask] = _rescale(sums[mask], in_q.scale / (out_q.scale * count), out_q.zero_point)
+        return out
 
     def _reshape(self, layer: Layer, tensors, stats):
         x = tensors[layer.inputs[0]]
@@ -357,8 +364,8 @@ class ModelRunner:
         parts = []
         for name in layer.inputs:
             q = self._q(name)
-            parts.append(np.clip(_rescale(tensors[name].astype(np.int64) - q.zero_point, q.scale / out_q.scale)
-                                 + out_q.zero_point, 0, 255).astype(np.uint8))
+            parts.append(_rescale(tensors[name].astype(np.int64) - q.zero_point, q.scale / out_q.scale,
+                                  out_q.zero_point))
         return np.concatenate(parts, axis=layer.attrs["axis"])
 
     def _fc(self, layer: Layer, tensors, stats):
