@@ -77,7 +77,7 @@ def _clip_bounds(graph: Graph, node: Node) -> tuple[float, float]:
     return low, high
 
 
-def _affine_form(graph: Graph, node: Node):
+def _affine_form(graph: Graph, node: Node) -> tuple | None:
     """``(scale, shift)`` when ``node`` is ``x * scale + shift`` with constant per-channel terms, else None."""
     constant = [i for i in node.inputs if i in graph.constants]
     if node.op == "BatchNormalization":
