@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 __all__ = ["add_control_commands"]
 
@@ -192,6 +193,33 @@ def _service_delete(args) -> int:
     return 0
 
 
+def _image_build(args) -> int:
+    from mvu.host.control.bundle import build_image, write_bundle
+
+    folder = write_bundle(_services(args), args.service, Path(args.output))
+    print(f"bundle written to {folder} (Dockerfile, wheels/, requirements.txt, models/)")
+    if not args.no_build:
+        engine = build_image(folder, args.tag or f"mvu-{args.service}:latest")
+        print(f"built image {args.tag or f'mvu-{args.service}:latest'} with {engine}")
+    return 0
+
+
+def _k8s_manifests(args) -> int:
+    import yaml
+
+    from mvu.host.control.kubernetes import manifests
+
+    documents = manifests(_services(args), args.service, args.image, replicas=args.replicas,
+                          max_replicas=args.max_replicas)
+    text = yaml.safe_dump_all(documents, sort_keys=False)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {len(documents)} resources to {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _gc(args) -> int:
     removed = _registry(args).collect_garbage()
     print(f"removed {len(removed)} unreferenced package{'s' * (len(removed) != 1)}")
@@ -271,6 +299,26 @@ def add_control_commands(commands) -> None:
         if action == "regenerate-key":
             parser.add_argument("which", choices=("primary", "secondary"))
         parser.set_defaults(handler=handler)
+
+    image = commands.add_parser("image", help="container images of services")
+    image_actions = image.add_subparsers(dest="action", required=True)
+    build = image_actions.add_parser("build", parents=[common], help="write a service's deploy bundle and build it")
+    build.add_argument("service")
+    build.add_argument("-o", "--output", required=True, help="a new folder for the bundle")
+    build.add_argument("--tag", help="the image's tag (default: mvu-SERVICE:latest)")
+    build.add_argument("--no-build", action="store_true", help="only write the bundle")
+    build.set_defaults(handler=_image_build)
+
+    k8s = commands.add_parser("k8s", help="Kubernetes and KServe manifests of services")
+    k8s_actions = k8s.add_subparsers(dest="action", required=True)
+    manifests = k8s_actions.add_parser("manifests", parents=[common], help="Deployment, Service, Secrets, "
+                                       "HorizontalPodAutoscaler, KServe ServingRuntime and InferenceService")
+    manifests.add_argument("service")
+    manifests.add_argument("--image", required=True, help="the service's image (see `mvu image build`)")
+    manifests.add_argument("--replicas", type=int, default=1)
+    manifests.add_argument("--max-replicas", type=int, default=4)
+    manifests.add_argument("-o", "--output", help="a YAML file (default: print)")
+    manifests.set_defaults(handler=_k8s_manifests)
 
     workspace = commands.add_parser("workspace", help="the workspace itself")
     workspace_actions = workspace.add_subparsers(dest="action", required=True)

@@ -1,0 +1,53 @@
+"""The SDK end to end: register -> deploy with TLS and keys -> score over HTTPS and TF Serving gRPC ->
+rotate the primary key -> the model in use cannot be deleted -> delete the service, then the model."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from mvu.host.tools.sdk import Model, PredictionClient, PredictionError, Service, Workspace, WorkspaceError
+
+
+def test_register_deploy_consume_delete(tmp_path, toy_package_path, tls_files, cat_jpeg):
+    ca, cert, key = tls_files
+    ws = Workspace(tmp_path / "ws")
+    model = Model.register(ws, toy_package_path, "toy", tags={"stage": "test"})
+    assert repr(model) == "Model(toy:1)" and Model(ws, "toy").tags == {"stage": "test"}
+    service = Service.deploy(ws, "classifier", [model], tls_cert=str(cert), tls_key=str(key))
+    try:
+        assert service.state == "healthy" and service.scoring_uri.startswith("https://127.0.0.1:")
+        answer = service.run(cat_jpeg, cacert=ca)
+        assert answer["model_name"] == "toy" and len(answer["top"]) == 5
+        primary, secondary = service.get_keys()
+        port = service.grpc_port
+        with service.prediction_client(cacert=ca) as client:
+            scores = client.score_image(cat_jpeg)
+        assert scores.shape == (1000,) and int(np.argmax(scores)) == answer["top"][0]["class"]
+
+        new_primary = service.regenerate_key("primary")
+        deadline = time.monotonic() + 5
+        while True:  # the server re-reads its key file within a second
+            try:
+                PredictionClient("127.0.0.1", port, use_ssl=True, access_token=primary,
+                                 model_name="toy", root_certificates=ca).score_image(cat_jpeg)
+            except PredictionError as error:
+                assert "UNAUTHENTICATED" in str(error)
+                break
+            assert time.monotonic() < deadline, "the old primary key still works"
+            time.sleep(0.1)
+        for token in (new_primary, secondary):
+            with PredictionClient("127.0.0.1", port, use_ssl=True, access_token=token, model_name="toy",
+                                  root_certificates=ca) as c:
+                np.testing.assert_array_equal(c.score_image(cat_jpeg), scores)
+
+        with pytest.raises(WorkspaceError, match="used by service 'classifier'"):
+            model.delete()
+    finally:
+        service.delete()
+    with pytest.raises(WorkspaceError, match="service 'classifier' does not exist"):
+        Service(ws, "classifier")
+    model.delete()
+    assert Model.list(ws) == [] and ws.store.contents() == set()
