@@ -175,7 +175,7 @@ def _cmd_eval(args) -> int:
     config = _load_config(args.config)
     package = load_package(args.package, config)
     report = evaluate(package, args.images, args.labels, backend=args.backend, onnx_model=args.onnx,
-                      limit=args.limit, config=config)
+                      limit=args.limit, config=config, cluster=args.cluster, package_path=args.package)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -283,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--onnx", help="the source model, to compare with onnxruntime running it")
     evaluate.add_argument("--backend", choices=BACKENDS, default="numpy")
     evaluate.add_argument("--limit", type=int, help="only the first N images")
+    evaluate.add_argument("--cluster", metavar="tcp://HOST:8786", help="classify on this Dask cluster's workers")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=_cmd_eval)
 
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"mvu: --{name} must be at least 1")
     try:
         return args.handler(args)
-    except (ModelImportError, PackageError, WorkspaceError, FileNotFoundError) as error:
+    except (ModelImportError, PackageError, WorkspaceError, FileNotFoundError, ConnectionError) as error:
         raise SystemExit(f"mvu: {error}") from None
 
 

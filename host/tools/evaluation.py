@@ -28,14 +28,38 @@ def read_labelled_images(folder: str | Path, labels_csv: str | Path) -> list[tup
     return [(folder / row["filename"], int(row["class_index"])) for row in rows]
 
 
+def _local_top5(package: ModelPackage, backend: str, config: HardwareConfig | None, paths: list[Path],
+                progress: bool) -> list[list[int]]:
+    classifier = Classifier(package, backend, config)
+    top5 = []
+    for index, path in enumerate(paths):
+        top5.append([entry["class"] for entry in classifier.classify(path, top=5).top])
+        if progress:
+            print(f"\revaluating {index + 1}/{len(paths)}", end="", file=sys.stderr)
+    if progress:
+        print(file=sys.stderr)
+    return top5
+
+
 def evaluate(package: ModelPackage, images: str | Path, labels_csv: str | Path, *, backend: str = "numpy",
              onnx_model: str | Path | None = None, limit: int | None = None,
-             config: HardwareConfig | None = None, progress: bool = True) -> dict:
-    """Top-1/top-5 of the package; with ``onnx_model``, the same for fp32 onnxruntime and top-1 agreement."""
+             config: HardwareConfig | None = None, progress: bool = True, cluster: str | None = None,
+             package_path: str | Path | None = None) -> dict:
+    """Top-1/top-5 of the package; with ``onnx_model``, the same for fp32 onnxruntime and top-1 agreement.
+    With ``cluster`` (a Dask scheduler's address) the images are classified there, from ``package_path``
+    (the file ``package`` was read from)."""
     from mvu.host.runtime.preprocess import PreprocessRecipe, preprocess
 
     samples = read_labelled_images(images, labels_csv)[:limit]
-    classifier = Classifier(package, backend, config)
+    paths = [path for path, _ in samples]
+    if cluster is None:
+        top5 = _local_top5(package, backend, config, paths, progress)
+    else:
+        from mvu.host.tools.cluster import classify_on_cluster
+
+        predictions = classify_on_cluster(cluster, package_path, paths, backend=backend,
+                                          config=config.to_dict() if config else None, progress=progress)
+        top5 = [[entry["class"] for entry in prediction["top"]] for prediction in predictions]
     recipe = PreprocessRecipe.from_dict(package.preprocessing)
     session = None
     if onnx_model is not None:
@@ -43,8 +67,7 @@ def evaluate(package: ModelPackage, images: str | Path, labels_csv: str | Path, 
 
         session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
     hits = {"top1": 0, "top5": 0, "fp32_top1": 0, "fp32_top5": 0, "agree": 0}
-    for index, (path, label) in enumerate(samples):
-        ours = [entry["class"] for entry in classifier.classify(path, top=5).top]
+    for (path, label), ours in zip(samples, top5):
         hits["top1"] += ours[0] == label
         hits["top5"] += label in ours
         if session is not None:
@@ -53,10 +76,6 @@ def evaluate(package: ModelPackage, images: str | Path, labels_csv: str | Path, 
             hits["fp32_top1"] += theirs[0] == label
             hits["fp32_top5"] += label in theirs
             hits["agree"] += theirs[0] == ours[0]
-        if progress:
-            print(f"\revaluating {index + 1}/{len(samples)}", end="", file=sys.stderr)
-    if progress:
-        print(file=sys.stderr)
     n = max(len(samples), 1)
     report = {"images": len(samples), "backend": backend, "top1": hits["top1"] / n, "top5": hits["top5"] / n}
     if session is not None:
