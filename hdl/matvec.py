@@ -1,11 +1,11 @@
 """The matrix-vector datapath: zero-point stage, input skew, systolic array, output deskew."""
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import wiring
-from amaranth.lib.data import ArrayLayout
 from amaranth.lib.wiring import In, Out
 
 from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.interfaces import activation_entries, dot_products, weight_rows
 from mvu.hdl.pipeline import delayed, staggered
 from mvu.hdl.systolic_array import SystolicArray
 
@@ -15,13 +15,12 @@ __all__ = ["MatrixVectorUnit"]
 class MatrixVectorUnit(wiring.Component):
     """Multiplies one activation vector per cycle by the active ``rows`` x ``cols`` weight tile.
 
-    Inputs are row-aligned: ``in_data`` holds one activation entry (``rows``
-    bytes, read as int8 or uint8 and offset by ``in_zero_point``). Its
-    ``cols`` int32 dot products leave on ``out_data`` exactly :attr:`latency`
-    cycles later. ``wl_valid`` shifts one weight row (``cols`` int8) into the
-    shadow tile; a tile is ``rows`` such shifts, last row first. The entry
-    flagged ``in_first`` and all after it use the shadow tile, which becomes
-    the active one.
+    Inputs are row-aligned: an entry on ``acts`` holds ``rows`` bytes, read
+    as int8 or uint8 and offset by its zero point. Its ``cols`` int32 dot
+    products leave on ``sums`` exactly :attr:`latency` cycles later. Each row
+    on ``weights`` (``cols`` int8) shifts into the shadow tile; a tile is
+    ``rows`` such shifts, last row first. The entry flagged ``first`` and all
+    after it use the shadow tile, which becomes the active one.
 
     Timing rules the controller keeps (``R = rows``): a tile's shifts may
     start ``R`` cycles after the previous tile's first entry entered, and the
@@ -35,17 +34,8 @@ class MatrixVectorUnit(wiring.Component):
         R, C = config.rows, config.cols
         #: Cycles from an input to its output.
         self.latency = R + C + 2
-        super().__init__({
-            "in_valid": In(1),
-            "in_data": In(ArrayLayout(unsigned(8), R)),
-            "in_signed": In(1),
-            "in_zero_point": In(signed(16)),
-            "in_first": In(1),
-            "wl_valid": In(1),
-            "wl_data": In(ArrayLayout(signed(8), C)),
-            "out_valid": Out(1),
-            "out_data": Out(ArrayLayout(signed(32), C)),
-        })
+        super().__init__({"weights": In(weight_rows(C)), "acts": In(activation_entries(R)),
+                          "sums": Out(dot_products(C))})
 
     def elaborate(self, platform):
         m = Module()
@@ -56,17 +46,18 @@ class MatrixVectorUnit(wiring.Component):
         centred = [Signal(signed(9), name=f"centred_{r}", reset_less=True) for r in range(R)]
         first0 = Signal()
         valid0 = Signal()
+        entry = self.acts.payload
         for r in range(R):
-            byte = self.in_data[r]
-            value = Mux(self.in_signed, byte.as_signed(), byte.as_unsigned())
-            m.d.sync += centred[r].eq(value - self.in_zero_point)
-        m.d.sync += [first0.eq(self.in_valid & self.in_first), valid0.eq(self.in_valid)]
+            byte = entry.data[r]
+            value = Mux(entry.signed, byte.as_signed(), byte.as_unsigned())
+            m.d.sync += centred[r].eq(value - entry.zero_point)
+        m.d.sync += [first0.eq(self.acts.valid & entry.first), valid0.eq(self.acts.valid)]
 
         # Row r enters r cycles after row 0; weight column c shifts c cycles after column 0.
         acts = staggered(m, centred, "act_skew")
         firsts = staggered(m, [first0] * R, "first_skew")
-        wl_data = staggered(m, [self.wl_data[c] for c in range(C)], "wl_data_skew")
-        wl_en = staggered(m, [self.wl_valid] * C, "wl_en_skew")
+        wl_data = staggered(m, [self.weights.payload[c] for c in range(C)], "wl_data_skew")
+        wl_en = staggered(m, [self.weights.valid] * C, "wl_en_skew")
         for r in range(R):
             m.d.comb += [array.act[r].eq(acts[r]), array.act_first[r].eq(firsts[r])]
         for c in range(C):
@@ -75,6 +66,6 @@ class MatrixVectorUnit(wiring.Component):
         # Column c leaves the array c cycles after column 0: realign.
         realigned = staggered(m, [array.psum[c] for c in reversed(range(C))], "deskew")
         for c in range(C):
-            m.d.comb += self.out_data[c].eq(realigned[C - 1 - c].as_signed())
-        m.d.comb += self.out_valid.eq(delayed(m, valid0, R + C + 1, "valid", reset=True))
+            m.d.comb += self.sums.payload[c].eq(realigned[C - 1 - c].as_signed())
+        m.d.comb += self.sums.valid.eq(delayed(m, valid0, R + C + 1, "valid", reset=True))
         return m

@@ -21,7 +21,7 @@ def delayed(m: Module, value: Value, cycles: int, name: str, *, reset: bool = Fa
 
 
 def instruction_field(word: Value, name: str, opcode: Opcode | None = None) -> Value:
-    """Slice a field out of a 256-bit instruction word, using the table in :mod:`mvu.hdl.contract.isa`."""
+    """Slice a field out of an instruction word, using the table in :mod:`mvu.hdl.contract.isa`."""
     field = COMMON_FIELDS[name] if opcode is None else OPCODE_FIELDS[opcode][name]
     bits = word[field.lsb:field.lsb + field.width]
     return bits.as_signed() if field.signed else bits

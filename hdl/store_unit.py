@@ -1,12 +1,13 @@
 """The store unit: accumulators through the post-processor and out to memory."""
 
 from amaranth import Cat, Module, Mux, Signal, signed
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import Opcode
+from mvu.hdl.interfaces import INSTRUCTIONS, MemoryReader, TokenPort, buffer_read, write_beat
 from mvu.hdl.pipeline import delayed, instruction_field
 from mvu.hdl.post_processor import PostProcessor
 
@@ -25,19 +26,20 @@ class StoreUnit(wiring.Component):
     accumulator entry per cycle while its row FIFO has room, requantizes it
     (in fixed point or, with ``float32_scale``, float32 arithmetic; or passes
     the int32 values through for ``raw``) and writes each row as whole
-    memory beats to ``dram_addr + i * dram_stride``.
+    memory beats to ``dram_addr + i * dram_stride``. ``prev_tokens`` are its
+    tokens with the compute unit. ``idle``: no instruction in progress;
+    ``stall_token``: waiting for a token; ``stall_memory``: a beat the memory
+    did not take.
     """
 
     def __init__(self, config: HardwareConfig):
         self.config = config
-        P, C = config.mem_bytes, config.cols
         super().__init__({
-            "instr_valid": In(1), "instr": In(256), "instr_ready": Out(1),
-            "token_avail": In(1), "token_pop": Out(1), "token_push": Out(1),
-            "rd_req_valid": Out(1), "rd_req_ready": In(1), "rd_req_addr": Out(32), "rd_req_len": Out(16),
-            "rd_resp_valid": In(1), "rd_resp_data": In(8 * P),
-            "acc_rd_addr": Out(16), "acc_rd_data": In(32 * C),
-            "wr_valid": Out(1), "wr_ready": In(1), "wr_addr": Out(32), "wr_data": Out(8 * P),
+            "instr": In(INSTRUCTIONS),
+            "prev_tokens": Out(TokenPort()),
+            "mem": Out(MemoryReader(config.mem_bytes)),
+            "acc_read": Out(buffer_read(config.acc_depth, 32 * config.cols)),
+            "write": Out(stream.Signature(write_beat(config.mem_bytes))),
             "idle": Out(1), "stall_token": Out(1), "stall_memory": Out(1),
         })
 
@@ -48,7 +50,8 @@ class StoreUnit(wiring.Component):
         m.submodules.ppu = ppu = PostProcessor(C)
         m.submodules.rows = rows = SyncFIFOBuffered(width=32 * C, depth=_ROW_FIFO_DEPTH)
 
-        word = self.instr
+        word = self.instr.payload
+        tokens = self.prev_tokens
         field = lambda name: instruction_field(word, name, Opcode.STORE)
         acc_addr = Signal(16)
         reads_left = Signal(17)
@@ -69,8 +72,8 @@ class StoreUnit(wiring.Component):
 
         with m.FSM(name="store") as fsm:
             with m.State("IDLE"):
-                m.d.comb += self.instr_ready.eq(1)
-                with m.If(self.instr_valid):
+                m.d.comb += self.instr.ready.eq(1)
+                with m.If(self.instr.valid):
                     m.d.sync += [
                         acc_addr.eq(field("acc_addr")),
                         reads_left.eq(field("count")),
@@ -90,31 +93,31 @@ class StoreUnit(wiring.Component):
                     ]
                     m.next = "TOKEN"
             with m.State("TOKEN"):
-                with m.If(waiting & ~self.token_avail):
+                with m.If(waiting & ~tokens.avail):
                     m.d.comb += self.stall_token.eq(1)
                 with m.Else():
-                    m.d.comb += self.token_pop.eq(waiting)
+                    m.d.comb += tokens.pop.eq(waiting)
                     with m.If(load_params):
                         m.next = "PARAM_REQUEST"
                     with m.Else():
                         m.next = "STREAM"
             with m.State("PARAM_REQUEST"):
                 m.d.comb += [
-                    self.rd_req_valid.eq(1),
-                    self.rd_req_addr.eq(param_addr),
-                    self.rd_req_len.eq(param_beats),
+                    self.mem.req.valid.eq(1),
+                    self.mem.req.p.addr.eq(param_addr),
+                    self.mem.req.p.len.eq(param_beats),
                 ]
-                with m.If(self.rd_req_ready):
+                with m.If(self.mem.req.ready):
                     m.next = "PARAM_RECEIVE"
             with m.State("PARAM_RECEIVE"):
-                with m.If(self.rd_resp_valid):
-                    m.d.sync += [params.eq(Cat(params[8 * P:], self.rd_resp_data)),
+                with m.If(self.mem.resp.valid):
+                    m.d.sync += [params.eq(Cat(params[8 * P:], self.mem.resp.payload)),
                                  param_beat.eq(param_beat + 1)]
                     with m.If(param_beat == param_beats - 1):
                         m.next = "STREAM"
             with m.State("STREAM"):
                 with m.If(writes_left == 0):
-                    m.d.comb += self.token_push.eq(notify)
+                    m.d.comb += tokens.push.eq(notify)
                     m.next = "IDLE"
 
         # Read one accumulator entry per cycle while the row FIFO has room for it.
@@ -122,14 +125,14 @@ class StoreUnit(wiring.Component):
         issue = Signal()
         m.d.comb += issue.eq(fsm.ongoing("STREAM") & (reads_left != 0)
                              & (in_flight + rows.level < _ROW_FIFO_DEPTH))
-        m.d.comb += self.acc_rd_addr.eq(acc_addr)
+        m.d.comb += self.acc_read.addr.eq(acc_addr)
         with m.If(issue):
             m.d.sync += [acc_addr.eq(acc_addr + 1), reads_left.eq(reads_left - 1)]
         m.d.sync += in_flight.eq(in_flight + issue - ppu.out_valid)
 
         for lane in range(C):
             m.d.comb += [
-                ppu.in_acc[lane].eq(self.acc_rd_data[32 * lane:32 * (lane + 1)]),
+                ppu.in_acc[lane].eq(self.acc_read.data[32 * lane:32 * (lane + 1)]),
                 ppu.bias[lane].eq(params[32 * lane:32 * (lane + 1)]),
                 ppu.multiplier[lane].eq(params[32 * (C + lane):32 * (C + lane + 1)]),
                 ppu.shift[lane].eq(params[32 * (2 * C + lane):32 * (2 * C + lane) + 6]),
@@ -147,13 +150,14 @@ class StoreUnit(wiring.Component):
         # Write each row as whole beats.
         beat = Signal(range(4 * C // P))
         last_beat = beat == Mux(raw, 4 * C // P - 1, C // P - 1)
+        write = self.write
         m.d.comb += [
-            self.wr_valid.eq(rows.r_rdy),
-            self.wr_addr.eq(row_addr + beat * P),
-            self.wr_data.eq(rows.r_data.word_select(beat, 8 * P)),
-            self.stall_memory.eq(self.wr_valid & ~self.wr_ready),
+            write.valid.eq(rows.r_rdy),
+            write.p.addr.eq(row_addr + beat * P),
+            write.p.data.eq(rows.r_data.word_select(beat, 8 * P)),
+            self.stall_memory.eq(write.valid & ~write.ready),
         ]
-        with m.If(self.wr_valid & self.wr_ready):
+        with m.If(write.valid & write.ready):
             m.d.sync += beat.eq(Mux(last_beat, 0, beat + 1))
             with m.If(last_beat):
                 m.d.comb += rows.r_en.eq(1)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from amaranth import Signal, Value
+from amaranth.lib import wiring
+
 from mvu.hdl.contract.config import HardwareConfig
 
-__all__ = ["generate_verilog", "SIMULATION_PASSES"]
+__all__ = ["generate_verilog", "component_verilog", "ports", "SIMULATION_PASSES"]
 
 
 # Yosys passes between Amaranth and Verilator. They keep the design's behaviour but turn
@@ -13,16 +16,39 @@ __all__ = ["generate_verilog", "SIMULATION_PASSES"]
 SIMULATION_PASSES = "proc; opt; wreduce; opt_clean"
 
 
+def ports(component: wiring.Component) -> list[tuple[str, Signal, None]]:
+    """``component``'s ports as a top-level module's, each named by its path joined with ``_`` (``mem_req_valid``).
+
+    Amaranth would join with ``__``, which Verilator's C++ names escape. Constant
+    members (the ``ready`` of an ``always_ready`` stream) are left out: Amaranth
+    refuses them as ports (amaranth-lang/amaranth#1574).
+    """
+    named = []
+    for path, _, value in component.signature.flatten(component):
+        value = Value.cast(value)
+        if isinstance(value, Signal):
+            named.append(("_".join(map(str, path)), value, None))
+    return named
+
+
+def component_verilog(component: wiring.Component, name: str) -> str:
+    """Verilog of any block as a top-level module ``name``, straight from Amaranth."""
+    from amaranth.back import verilog
+
+    return verilog.convert(component, name=name, ports=ports(component), emit_src=False)
+
+
 def generate_verilog(config: HardwareConfig, *, optimize: bool = True) -> str:
     """Verilog of :class:`~mvu.hdl.core.MvuCore` named ``mvu_core``; ``optimize`` runs the passes above."""
-    from amaranth.back import rtlil, verilog
+    from amaranth.back import rtlil
 
     from mvu.hdl.core import MvuCore
 
+    core = MvuCore(config)
     if not optimize:
-        return verilog.convert(MvuCore(config), name="mvu_core", emit_src=False)
+        return component_verilog(core, "mvu_core")
     from amaranth._toolchain.yosys import find_yosys
 
-    text = rtlil.convert(MvuCore(config), name="mvu_core", emit_src=False)
+    text = rtlil.convert(core, name="mvu_core", ports=ports(core), emit_src=False)
     script = f"read_rtlil <<rtlil\n{text}\nrtlil\n{SIMULATION_PASSES}\nwrite_verilog -norename -noattr"
     return find_yosys(lambda version: version >= (0, 40)).run(["-q", "-"], script, ignore_warnings=True)

@@ -6,6 +6,11 @@
 // are pending; each one's beats become available `latency` cycles after it
 // was accepted and return in order. Reads and writes share one bandwidth
 // budget of `bytes_per_cycle`, kept as a token bucket.
+//
+// The core's memory port is three streams (mvu.hdl.interfaces.MemoryBus) whose
+// payloads are structs, first field in the lowest bits: a read request is
+// addr (32 bits), len (16), id (2); a read beat is data (one beat), id (2); a
+// write is data (one beat), addr (32).
 
 #include <algorithm>
 #include <cstdint>
@@ -45,11 +50,24 @@ struct Sim {
     uint64_t error_addr = 0;
 };
 
+// A beat's data fills a payload's lowest kBeat bytes; the field after it starts at byte kBeat.
 template <typename T>
-void copy_in(T& port, const uint8_t* src) { std::memcpy(static_cast<void*>(&port), src, kBeat); }
+void put_beat(T& payload, const uint8_t* data, uint32_t id) {
+    static_assert(sizeof(T) >= kBeat + sizeof id, "the payload holds a beat and a 32-bit word");
+    auto* bytes = reinterpret_cast<uint8_t*>(&payload);
+    std::memcpy(bytes, data, kBeat);
+    std::memcpy(bytes + kBeat, &id, sizeof id);
+}
 
 template <typename T>
-void copy_out(uint8_t* dst, const T& port) { std::memcpy(dst, static_cast<const void*>(&port), kBeat); }
+uint32_t get_beat(uint8_t* data, const T& payload) {
+    static_assert(sizeof(T) >= kBeat + sizeof(uint32_t), "the payload holds a beat and a 32-bit word");
+    const auto* bytes = reinterpret_cast<const uint8_t*>(&payload);
+    uint32_t addr;
+    std::memcpy(data, bytes, kBeat);
+    std::memcpy(&addr, bytes + kBeat, sizeof addr);
+    return addr;
+}
 
 // One clock cycle. The core's memory-port outputs depend only on its state
 // (no combinational path from inputs), so they are read before the inputs
@@ -60,33 +78,34 @@ void step(Sim* s) {
     bool respond = false;
     if (!s->reads.empty() && s->reads.front().ready_cycle <= s->cycle && s->credit >= kBeat) {
         PendingRead& head = s->reads.front();
-        copy_in(top->mem_rd_resp_data, &s->memory[head.addr]);
-        top->mem_rd_resp_id = head.id;
+        put_beat(top->mem_resp_payload, &s->memory[head.addr], head.id);
         respond = true;
     }
-    top->mem_rd_resp_valid = respond;
+    top->mem_resp_valid = respond;
     const bool read_ready = s->reads.size() < s->max_outstanding;
-    top->mem_rd_req_ready = read_ready;
+    top->mem_req_ready = read_ready;
     const bool write_ready = s->credit - (respond ? kBeat : 0) >= kBeat;
-    top->mem_wr_ready = write_ready;
+    top->mem_write_ready = write_ready;
 
-    if (top->mem_rd_req_valid && read_ready) {
-        const uint64_t addr = top->mem_rd_req_addr;
-        const uint32_t beats = top->mem_rd_req_len;
+    if (top->mem_req_valid && read_ready) {
+        const uint64_t request = top->mem_req_payload;
+        const uint64_t addr = uint32_t(request);
+        const uint32_t beats = uint16_t(request >> 32);
         if (beats == 0 || addr + uint64_t(beats) * kBeat > s->memory.size()) {
             s->memory_error = 1;
             s->error_addr = addr;
         } else {
-            s->reads.push_back({s->cycle + s->latency, addr, beats, uint8_t(top->mem_rd_req_id)});
+            s->reads.push_back({s->cycle + s->latency, addr, beats, uint8_t(request >> 48)});
         }
     }
-    if (top->mem_wr_valid && write_ready) {
-        const uint64_t addr = top->mem_wr_addr;
+    if (top->mem_write_valid && write_ready) {
+        uint8_t data[kBeat];
+        const uint64_t addr = get_beat(data, top->mem_write_payload);
         if (addr + kBeat > s->memory.size()) {
             s->memory_error = 2;
             s->error_addr = addr;
         } else {
-            copy_out(&s->memory[addr], top->mem_wr_data);
+            std::memcpy(&s->memory[addr], data, kBeat);
         }
         s->credit -= kBeat;
     }

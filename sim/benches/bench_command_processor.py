@@ -17,6 +17,7 @@ from mvu.hdl.command_processor import CommandProcessor
 from mvu.hdl.contract.config import INSTRUCTION_BYTES, HardwareConfig
 from mvu.hdl.contract.csr_map import ErrorCode
 from mvu.hdl.contract.isa import OPCODE_FIELDS, Compute, Finish, Load, Opcode, Store, Sync
+from mvu.hdl.interfaces import INSTRUCTION_BITS
 from mvu.sim.benches.runner import ReadMemory, start
 
 CONFIG = HardwareConfig(rows=4, cols=4, act_depth=64, wgt_depth=32, acc_depth=64, mem_bytes=4)
@@ -29,7 +30,7 @@ def component() -> CommandProcessor:
 
 
 def random_word(rng: random.Random) -> int:
-    """A LOAD, COMPUTE, STORE or SYNC with every field and token flag random, as a 256-bit word."""
+    """A LOAD, COMPUTE, STORE or SYNC with every field and token flag random, as an instruction word."""
     cls = rng.choice([Load, Compute, Store, Load, Compute, Store, Sync])
     spec = OPCODE_FIELDS[cls.opcode]
     values = {f.name: rng.randint(spec[f.name].minimum, spec[f.name].maximum) if f.name in spec
@@ -51,7 +52,7 @@ def random_program(rng: random.Random, ending: str) -> tuple[list[int], int, Err
         error = ErrorCode.NONE
     elif ending == "illegal":
         opcode = rng.choice([0, *range(max(Opcode) + 1, 16)])
-        words.append(rng.getrandbits(256) & ~0xF | opcode)
+        words.append(rng.getrandbits(INSTRUCTION_BITS) & ~0xF | opcode)
         error = ErrorCode.ILLEGAL_OPCODE
     else:
         error = ErrorCode.NO_FINISH
@@ -84,8 +85,8 @@ async def run_program(dut, rng: random.Random, words: list[int], stop: int, erro
     for cycle in range(10_000):
         await RisingEdge(dut.clk)
         port.drive(cycle)
-        dut.start.value = cycle == 0
-        dut.prog_addr.value, dut.prog_len.value = address, len(words)
+        dut.control_start.value = cycle == 0
+        dut.control_prog_addr.value, dut.control_prog_len.value = address, len(words)
         ready = {unit: rng.random() < 0.6 for unit in UNITS.values()}
         for unit, value in ready.items():
             getattr(dut, f"{unit}_ready").value = value
@@ -95,22 +96,22 @@ async def run_program(dut, rng: random.Random, words: list[int], stop: int, erro
         port.sample(cycle)
         if cycle == 0:  # the start cycle still shows the previous run's state
             continue
-        assert ended_at is None or not int(dut.rd_req_valid.value), f"cycle {cycle}: fetch after the stop"
+        assert ended_at is None or not int(dut.mem_req_valid.value), f"cycle {cycle}: fetch after the stop"
         valid = [unit for unit in UNITS.values() if int(getattr(dut, f"{unit}_valid").value)]
         assert len(valid) <= 1 and (ended_at is None or not valid), f"cycle {cycle}: valid on {valid}"
         assert int(dut.dispatch_stall.value) == any(not ready[unit] for unit in valid), f"cycle {cycle}: stall"
         if valid and ready[valid[0]]:
-            dispatched.append((valid[0], int(dut.instr.value)))
+            dispatched.append((valid[0], int(getattr(dut, f"{valid[0]}_payload").value)))
             busy = cycle + 1 + rng.randint(0, 3)
             work.append((cycle, busy, busy + rng.choice([1, 2, rng.randint(1, 40)])))
-        now = int(dut.retired.value)
+        now = int(dut.control_retired.value)
         steps = (0, 1) if ended_at is None else (0,)
         assert now - retired in steps, f"cycle {cycle}: retired went {retired} -> {now}"
         if now > retired and words[retired] & 0xF in (Opcode.SYNC, Opcode.FINISH):
             late = [w for w in work if w[0] < cycle - 1 and w[2] > cycle - 1]
             assert not late, f"cycle {cycle - 1}: instruction {retired} retired while units worked on {late}"
         retired = now
-        if ended_at is None and (int(dut.done.value) or int(dut.error.value)):
+        if ended_at is None and (int(dut.control_done.value) or int(dut.control_error.value)):
             ended_at = cycle
         if port.pending or ended_at is None:
             settled_from = cycle + 8  # the last fetched words must have left the FIFO before the next start
@@ -123,11 +124,12 @@ async def run_program(dut, rng: random.Random, words: list[int], stop: int, erro
     assert len(port.requests) <= len(words), "fetched past the end of the program"
     assert port.requests == [(address + INSTRUCTION_BYTES * i, INSTRUCTION_BYTES // P)
                              for i in range(len(port.requests))], "fetches out of order"
-    status = {name: int(getattr(dut, name).value) for name in ("busy", "done", "error", "error_code", "retired")}
+    status = {name: int(getattr(dut, f"control_{name}").value)
+              for name in ("busy", "done", "error", "error_code", "retired")}
     assert status == {"busy": 0, "done": int(error == ErrorCode.NONE), "error": int(error != ErrorCode.NONE),
                       "error_code": error, "retired": stop + (error == ErrorCode.NONE)}, status
     if error != ErrorCode.NONE:
-        assert int(dut.error_pc.value) == stop, f"error_pc {int(dut.error_pc.value)}, expected {stop}"
+        assert int(dut.control_error_pc.value) == stop, f"error_pc {int(dut.control_error_pc.value)}, expected {stop}"
     return ended_at
 
 
@@ -135,7 +137,7 @@ async def run_program(dut, rng: random.Random, words: list[int], stop: int, erro
 async def random_programs(dut):
     """Sixty programs: most end with FINISH, some with an illegal opcode, some without FINISH."""
     rng = random.Random(7)
-    await start(dut, start=0, rd_resp_valid=0)
+    await start(dut, control_start=0, mem_resp_valid=0)
     endings = ["finish"] * 36 + ["illegal"] * 12 + ["none"] * 12
     rng.shuffle(endings)
     cycles = [await run_program(dut, rng, *random_program(rng, ending)) for ending in endings]
@@ -145,7 +147,7 @@ async def random_programs(dut):
 @cocotb.test()
 async def empty_program(dut):
     """``prog_len`` 0 stops at once with NO_FINISH at index 0."""
-    await start(dut, start=0, rd_resp_valid=0)
+    await start(dut, control_start=0, mem_resp_valid=0)
     await run_program(dut, random.Random(8), [], 0, ErrorCode.NO_FINISH)
 
 
@@ -158,25 +160,25 @@ async def restart_right_after_error(dut):
     B must dispatch nothing and finish.
     """
     rng = random.Random(9)
-    a = [rng.getrandbits(256) & ~0xF | 9] + [random_word(rng) & ~0xF | Opcode.LOAD for _ in range(2)]
+    a = [rng.getrandbits(INSTRUCTION_BITS) & ~0xF | 9] + [random_word(rng) & ~0xF | Opcode.LOAD for _ in range(2)]
     b = Finish().encode()
     memory = b"".join(w.to_bytes(INSTRUCTION_BYTES, "little") for w in a).ljust(0x100, b"\0") + b
     port = ReadMemory(dut, memory, CONFIG.mem_bytes, rng, ready_chance=1.0, latency=(1, 1), gap_chance=0.0)
-    await start(dut, start=0, rd_resp_valid=0)
+    await start(dut, control_start=0, mem_resp_valid=0)
     dut.load_ready.value = dut.compute_ready.value = dut.store_ready.value = dut.units_idle.value = 1
     restart, dispatched = None, 0
     for cycle in range(200):
         await RisingEdge(dut.clk)
         port.drive(cycle)
-        dut.start.value = cycle in (0, restart)
-        dut.prog_addr.value, dut.prog_len.value = (0, len(a)) if restart is None else (0x100, 1)
+        dut.control_start.value = cycle in (0, restart)
+        dut.control_prog_addr.value, dut.control_prog_len.value = (0, len(a)) if restart is None else (0x100, 1)
         await ReadOnly()
         port.sample(cycle)
-        if restart is None and int(dut.error.value):
+        if restart is None and int(dut.control_error.value):
             restart = cycle + 1
         elif restart is not None and cycle > restart:
             dispatched += int(dut.load_valid.value)
-            if int(dut.done.value) or int(dut.error.value):
+            if int(dut.control_done.value) or int(dut.control_error.value):
                 break
-    assert (dispatched, int(dut.done.value), int(dut.retired.value)) == (0, 1, 1), \
-        f"program B dispatched {dispatched} LOADs, done={int(dut.done.value)}, retired={int(dut.retired.value)}"
+    done, retired = int(dut.control_done.value), int(dut.control_retired.value)
+    assert (dispatched, done, retired) == (0, 1, 1), f"program B dispatched {dispatched} LOADs, {done=}, {retired=}"

@@ -13,6 +13,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import Buffer, Load
+from mvu.hdl.interfaces import INSTRUCTION_BITS
 from mvu.hdl.load_unit import LoadUnit
 from mvu.sim.benches.runner import ReadMemory, start
 
@@ -55,11 +56,12 @@ def random_loads(rng: random.Random, memory: bytes, count: int) -> list[Expected
 async def run_loads(dut, rng: random.Random, count: int, **memory_timing) -> None:
     """Issue ``count`` random LOADs and check the unit cycle by cycle, then in total.
 
-    Per cycle: ``idle``/``instr_ready`` low exactly while an instruction is in
+    Per cycle: ``idle``/``instr.ready`` low exactly while an instruction is in
     progress; no read request while a ``wait_compute`` LOAD has not popped its
-    token; ``token_pop`` only when ``token_avail``, once per such LOAD;
-    ``stall_token`` while it waits without a token; ``token_push`` exactly in
-    the cycle that writes the last entry of a ``signal_compute`` LOAD.
+    token; ``next_tokens.pop`` only when ``next_tokens.avail``, once per such
+    LOAD; ``stall_token`` while it waits without a token;
+    ``next_tokens.push`` exactly in the cycle that writes the last entry of a
+    ``signal_compute`` LOAD.
     In total: the requests and buffer writes are exactly the expected ones.
     """
     memory = rng.randbytes(MEMORY_BYTES)
@@ -68,36 +70,37 @@ async def run_loads(dut, rng: random.Random, count: int, **memory_timing) -> Non
     queue = list(loads)
     current, waiting, written = None, False, 0  # the LOAD in progress
     writes, offer_at, token = [], 0, 0
-    await start(dut, instr_valid=0, rd_resp_valid=0)
+    await start(dut, instr_valid=0, mem_resp_valid=0)
     for cycle in range(100_000):
         await RisingEdge(dut.clk)
         port.drive(cycle)
         offer = bool(queue) and cycle >= offer_at
         dut.instr_valid.value = offer
-        dut.instr.value = int.from_bytes(queue[0].load.encode(), "little") if offer else rng.getrandbits(256)
+        dut.instr_payload.value = (int.from_bytes(queue[0].load.encode(), "little") if offer
+                                   else rng.getrandbits(INSTRUCTION_BITS))
         token ^= rng.random() < 0.15  # the token comes and goes in runs
-        dut.token_avail.value = token
+        dut.next_tokens_avail.value = token
         await ReadOnly()
 
         port.sample(cycle)
         busy = current is not None
         assert int(dut.idle.value) == int(dut.instr_ready.value) == (not busy), f"cycle {cycle}: idle"
         assert int(dut.stall_token.value) == (waiting and not token), f"cycle {cycle}: stall_token"
-        assert not (waiting and int(dut.rd_req_valid.value)), f"cycle {cycle}: read requested before the token"
-        if int(dut.token_pop.value):
+        assert not (waiting and int(dut.mem_req_valid.value)), f"cycle {cycle}: read requested before the token"
+        if int(dut.next_tokens_pop.value):
             assert waiting and token, f"cycle {cycle}: token_pop without a waiting LOAD or a token"
             waiting = False
-        act, wgt = int(dut.act_wr_en.value), int(dut.wgt_wr_en.value)
+        act, wgt = int(dut.act_write_en.value), int(dut.wgt_write_en.value)
         assert not (act and wgt), f"cycle {cycle}: both buffers written"
         if act or wgt:
             assert busy and not waiting, f"cycle {cycle}: write outside a LOAD"
             prefix, buffer = ("act", Buffer.ACT) if act else ("wgt", Buffer.WGT)
-            writes.append((buffer, int(getattr(dut, f"{prefix}_wr_addr").value),
-                           int(getattr(dut, f"{prefix}_wr_data").value)))
+            writes.append((buffer, int(getattr(dut, f"{prefix}_write_addr").value),
+                           int(getattr(dut, f"{prefix}_write_data").value)))
             written += 1
         last = busy and written == current.load.count
         push = last and current.load.signal_compute
-        assert int(dut.token_push.value) == push, f"cycle {cycle}: token_push should be {int(push)}"
+        assert int(dut.next_tokens_push.value) == push, f"cycle {cycle}: next_tokens.push should be {int(push)}"
         if last:
             current = None
         if offer and int(dut.instr_ready.value):

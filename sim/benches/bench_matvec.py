@@ -12,12 +12,19 @@ import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.interfaces import activation_entries
 from mvu.hdl.matvec import MatrixVectorUnit
-from mvu.sim.benches.runner import pack, start, unpack
+from mvu.sim.benches.runner import pack, pack_fields, start, unpack
 
 CONFIG = HardwareConfig(rows=4, cols=4, act_depth=64, wgt_depth=32, acc_depth=64, mem_bytes=4)
 R, C = CONFIG.rows, CONFIG.cols
 LATENCY = MatrixVectorUnit(CONFIG).latency
+ENTRY = activation_entries(R).members["payload"].shape
+
+
+def entry(data, signed: int, zero_point: int, first: int) -> int:
+    """An ``acts`` payload."""
+    return pack_fields(ENTRY, data=pack(data, 8), signed=signed, zero_point=zero_point, first=first)
 
 
 def component() -> MatrixVectorUnit:
@@ -30,12 +37,12 @@ def schedule(rng: np.random.Generator, jobs: int, burst: tuple[int, int] = (1, 9
 
     Job ``j`` shifts a fresh tile into the shadow registers, starting ``R``
     cycles after the previous job's first activation entered, and its first
-    activation (flagged ``in_first``) enters in the cycle of the last shift;
+    activation (flagged ``first``) enters in the cycle of the last shift;
     both get random slack unless ``shift_lead`` or ``act_lead`` (> 0) move
     them that many cycles earlier than the rule allows.
     Returns ``(drive, expect, stats)``: ``drive[t]`` maps port names to values
-    for cycle ``t``, ``expect[t]`` is the row ``out_data`` must carry in cycle
-    ``t`` (or None: ``out_valid`` low), ``stats`` counts overlapping cycles and
+    for cycle ``t``, ``expect[t]`` is the row ``sums`` must carry in cycle
+    ``t`` (or None: ``sums.valid`` low), ``stats`` counts overlapping cycles and
     cycles where a rule's bound was met exactly.
     """
     exact = bool(shift_lead or act_lead)
@@ -50,7 +57,7 @@ def schedule(rng: np.random.Generator, jobs: int, burst: tuple[int, int] = (1, 9
         s0 = max(wl_free, bound + slack())
         stats["shift_on_bound"] += s0 == bound
         for k in range(R):  # last row first
-            shifts[s0 + k] = {"wl_valid": 1, "wl_data": pack(tile[R - 1 - k], 8)}
+            shifts[s0 + k] = {"weights_valid": 1, "weights_payload": pack(tile[R - 1 - k], 8)}
         wl_free = s0 + R
         bound = s0 + R - 1 - act_lead
         t = max(act_free, bound + slack())
@@ -64,8 +71,7 @@ def schedule(rng: np.random.Generator, jobs: int, burst: tuple[int, int] = (1, 9
                 data, zero_point = ((np.full(R, 0x80), 127) if signed else
                                     (np.full(R, 255), 0) if rng.integers(2) else (np.zeros(R, int), 255))
             values = data.astype(np.int8) if signed else data
-            acts[t] = ({"in_valid": 1, "in_first": int(index == 0), "in_signed": int(signed),
-                        "in_zero_point": zero_point, "in_data": pack(data, 8)},
+            acts[t] = ({"acts_valid": 1, "acts_payload": entry(data, int(signed), zero_point, int(index == 0))},
                        [int(v) for v in (values.astype(np.int64) - zero_point) @ tile])
             act_free = t + 1
             t += 1 + (0 if exact or rng.random() < 0.8 else int(rng.integers(1, 3)))
@@ -73,10 +79,10 @@ def schedule(rng: np.random.Generator, jobs: int, burst: tuple[int, int] = (1, 9
     end = max(max(shifts), max(acts)) + LATENCY + 3
     drive, expect = [], [None] * end
     for t in range(end):
-        garbage = {"in_valid": 0, "in_first": int(rng.integers(2)), "in_signed": int(rng.integers(2)),
-                   "in_zero_point": int(rng.integers(-(1 << 15), 1 << 15)),
-                   "in_data": int(rng.integers(0, 1 << 32)),
-                   "wl_valid": 0, "wl_data": int(rng.integers(0, 1 << 32))}
+        garbage = {"acts_valid": 0,
+                   "acts_payload": entry(rng.integers(0, 256, R), int(rng.integers(2)),
+                                         int(rng.integers(-(1 << 15), 1 << 15)), int(rng.integers(2))),
+                   "weights_valid": 0, "weights_payload": int(rng.integers(0, 1 << 32))}
         cycle = garbage | shifts.get(t, {})
         if t in acts:
             cycle |= acts[t][0]
@@ -89,7 +95,7 @@ def schedule(rng: np.random.Generator, jobs: int, burst: tuple[int, int] = (1, 9
 async def simulate(dut, drive, expect) -> list[tuple[int, list[int], list[int]]]:
     """Apply ``drive`` cycle by cycle; return the wrong rows as ``(cycle, got, expected)``.
 
-    ``out_valid`` must be high exactly in the cycles that expect a row.
+    ``sums.valid`` must be high exactly in the cycles that expect a row.
     """
     wrong = []
     for t, (inputs, row) in enumerate(zip(drive, expect)):
@@ -97,10 +103,10 @@ async def simulate(dut, drive, expect) -> list[tuple[int, list[int], list[int]]]
         for name, value in inputs.items():
             getattr(dut, name).value = value
         await ReadOnly()
-        valid = int(dut.out_valid.value)
-        assert valid == (row is not None), f"cycle {t}: out_valid is {valid}"
+        valid = int(dut.sums_valid.value)
+        assert valid == (row is not None), f"cycle {t}: sums.valid is {valid}"
         if valid:
-            got = unpack(int(dut.out_data.value), 32, C, signed=True)
+            got = unpack(int(dut.sums_payload.value), 32, C, signed=True)
             if got != row:
                 wrong.append((t, got, row))
     return wrong
@@ -110,7 +116,7 @@ async def simulate(dut, drive, expect) -> list[tuple[int, list[int], list[int]]]
 async def random_tiles_overlapped(dut):
     """Every output row equals the model, with tile loads overlapping the previous tile's stream."""
     drive, expect, stats = schedule(np.random.default_rng(1), jobs=200)
-    await start(dut, in_valid=0, wl_valid=0)
+    await start(dut, acts_valid=0, weights_valid=0)
     wrong = await simulate(dut, drive, expect)
     assert not wrong, f"{len(wrong)} wrong rows, first (cycle, got, expected): {wrong[:3]}"
     assert sum(row is not None for row in expect) > 600
@@ -120,7 +126,7 @@ async def random_tiles_overlapped(dut):
 @cocotb.test()
 async def timing_rule_is_tight(dut):
     """One cycle earlier than the rule allows, shifts or activations corrupt results."""
-    await start(dut, in_valid=0, wl_valid=0)
+    await start(dut, acts_valid=0, weights_valid=0)
     for name, lead, burst in (("shift", {"shift_lead": 1}, (6, 7)), ("act", {"act_lead": 1}, (1, 2))):
         drive, expect, stats = schedule(np.random.default_rng(2), jobs=12, burst=burst, **lead)
         assert stats[f"{name}_on_bound"] >= 8, stats

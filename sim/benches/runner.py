@@ -16,10 +16,13 @@ from collections import deque
 from pathlib import Path
 from unittest import mock
 
+from amaranth.lib.data import StructLayout
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles
 
-__all__ = ["run_bench", "start", "pack", "unpack", "ReadMemory"]
+from mvu.hdl.interfaces import READ_REQUEST
+
+__all__ = ["run_bench", "start", "pack", "unpack", "pack_fields", "field", "ReadMemory"]
 
 
 def run_bench(name: str) -> None:
@@ -29,10 +32,10 @@ def run_bench(name: str) -> None:
     generated Makefiles name cocotb's files by absolute path, so each Python environment gets its own.
     Raises ``AssertionError`` unless at least one test ran and none failed.
     """
-    from amaranth.back import verilog
     from cocotb_tools.runner import get_results, get_runner
 
     from mvu.hdl.toolchain import cache_dir
+    from mvu.hdl.verilog import component_verilog
     from mvu.sim.toolchain import tool_environment
 
     module = f"mvu.sim.benches.{name}"
@@ -44,7 +47,7 @@ def run_bench(name: str) -> None:
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{toplevel}.v"
     with mock.patch.dict(os.environ, tool_environment()):
-        text = verilog.convert(importlib.import_module(module).component(), name=toplevel, emit_src=False)
+        text = component_verilog(importlib.import_module(module).component(), toplevel)
         if not source.is_file() or source.read_text() != text:  # an unchanged file keeps make's timestamps
             source.write_text(text)
         runner = get_runner("verilator")
@@ -82,8 +85,18 @@ def unpack(vector: int, bits: int, count: int, signed: bool = False) -> list[int
     return [v - (v & sign) * 2 for v in values] if signed else values
 
 
+def pack_fields(layout: StructLayout, **values: int) -> int:
+    """A struct payload of ``layout`` holding ``values`` (field name to value, two's complement if negative)."""
+    return sum((int(value) & ((1 << layout[name].width) - 1)) << layout[name].offset for name, value in values.items())
+
+
+def field(vector: int, layout: StructLayout, *names: str) -> tuple[int, ...]:
+    """The fields ``names`` of ``layout`` in ``vector``, unsigned."""
+    return tuple((vector >> layout[name].offset) & ((1 << layout[name].width) - 1) for name in names)
+
+
 class ReadMemory:
-    """A memory answering a unit's ``rd_req_*`` / ``rd_resp_*`` ports.
+    """A memory answering a block's :class:`~mvu.hdl.interfaces.MemoryReader` port ``mem``.
 
     Requests (byte address, length in beats) are accepted with random
     backpressure and answered in order, lowest bytes first, after a random
@@ -106,16 +119,16 @@ class ReadMemory:
 
     def drive(self, cycle: int) -> None:
         dut, rng = self.dut, self.rng
-        dut.rd_req_ready.value = rng.random() < self.ready_chance
+        dut.mem_req_ready.value = rng.random() < self.ready_chance
         send = bool(self.beats) and self.beats[0][0] <= cycle and rng.random() >= self.gap_chance
-        dut.rd_resp_valid.value = send
-        dut.rd_resp_data.value = self.beats.popleft()[1] if send else rng.getrandbits(8 * self.beat_bytes)
+        dut.mem_resp_valid.value = send
+        dut.mem_resp_payload.value = self.beats.popleft()[1] if send else rng.getrandbits(8 * self.beat_bytes)
 
     def sample(self, cycle: int) -> None:
         dut = self.dut
-        if not (int(dut.rd_req_valid.value) and int(dut.rd_req_ready.value)):
+        if not (int(dut.mem_req_valid.value) and int(dut.mem_req_ready.value)):
             return
-        addr, beats = int(dut.rd_req_addr.value), int(dut.rd_req_len.value)
+        addr, beats = field(int(dut.mem_req_payload.value), READ_REQUEST, "addr", "len")
         self.requests.append((addr, beats))
         first = cycle + self.rng.randint(*self.latency)
         for k in range(beats):
