@@ -23,3 +23,7 @@ def test_load_unit():
 
 def test_command_processor():
     run_bench("bench_command_processor")
+
+
+def test_systolic_array():
+    run_bench("bench_systolic_array")
