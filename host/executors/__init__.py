@@ -30,17 +30,27 @@ class Executor(Protocol):
         """Runs ``program`` to its FINISH; returns the counters it read."""
 
 
-def _reference(config: HardwareConfig, **_memory) -> Executor:
+def _reference(config: HardwareConfig, **_options) -> Executor:
     from mvu.host.executors.reference import ReferenceExecutor
 
     return ReferenceExecutor(config)
 
 
-def _verilator(config: HardwareConfig, *, latency: int = 40, bytes_per_cycle: float | None = None) -> Executor:
+def _verilator(config: HardwareConfig, *, latency: int = 40, bytes_per_cycle: float | None = None,
+               **_options) -> Executor:
     from mvu.sim.verilator_executor import MemoryModel, VerilatorExecutor
 
     bandwidth = float(bytes_per_cycle if bytes_per_cycle is not None else config.mem_bytes)
     return VerilatorExecutor(config, MemoryModel(latency=latency, bytes_per_cycle=bandwidth))
+
+
+def _board(config: HardwareConfig, *, port: str | None = None, baud: int = 3_000_000, **_options) -> Executor:
+    from mvu.host.executors.board import BoardExecutor
+    from mvu.host.executors.link import LinkError
+
+    if not port:
+        raise LinkError("the board backend needs the board's serial port (--port /dev/ttyUSB0)")
+    return BoardExecutor(config, port, baud=baud)
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,8 @@ class Backend:
 
     name: str
     description: str
-    #: Builds the executor (``latency`` and ``bytes_per_cycle`` model the memory where that matters);
-    #: None for a backend that runs no programs.
+    #: Builds the executor from the configuration and options (``latency`` and ``bytes_per_cycle`` model the
+    #: simulator's memory; ``port`` and ``baud`` find a board); None for a backend that runs no programs.
     make: Callable[..., Executor] | None
     #: Seconds per layer: worth showing progress, and worth building programs only when asked for.
     slow: bool = False
@@ -59,14 +69,14 @@ class Backend:
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
     Backend("reference", "the instruction set's bit-exact interpreter", _reference),
     Backend("verilator", "the RTL, simulated by Verilator", _verilator, slow=True),
+    Backend("board", "an FPGA board over its serial host link (--port)", _board, slow=True),
     Backend("numpy", "each product from its definition, without programs (same results)", None),
 )}
 
 
-def make_executor(backend: str, config: HardwareConfig, *, latency: int = 40,
-                  bytes_per_cycle: float | None = None) -> Executor | None:
-    """The executor of ``backend`` for ``config`` (None for ``numpy``)."""
+def make_executor(backend: str, config: HardwareConfig, **options) -> Executor | None:
+    """The executor of ``backend`` for ``config`` (None for ``numpy``); ``options`` go to its maker."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(map(repr, BACKENDS))}")
     make = BACKENDS[backend].make
-    return None if make is None else make(config, latency=latency, bytes_per_cycle=bytes_per_cycle)
+    return None if make is None else make(config, **options)
