@@ -27,3 +27,7 @@ def test_command_processor():
 
 def test_systolic_array():
     run_bench("bench_systolic_array")
+
+
+def test_store_unit():
+    run_bench("bench_store_unit")

@@ -1,0 +1,161 @@
+"""cocotb bench of :class:`mvu.hdl.store_unit.StoreUnit`: random STOREs against :func:`requantize` in numpy.
+
+The bench holds random accumulators in a model of the accumulator buffer
+(read a cycle after the address) and the parameter blocks in a memory with
+random latency; the memory takes written beats with random backpressure.
+STOREs write requantized bytes (fixed point or float32 scales) or raw int32
+rows, with parameters near the byte range so that few results clamp.
+"""
+
+import random
+from dataclasses import dataclass
+
+import cocotb
+import numpy as np
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.isa import Store
+from mvu.hdl.contract.requantization import requantize
+from mvu.hdl.interfaces import INSTRUCTION_BITS, write_beat
+from mvu.hdl.store_unit import StoreUnit
+from mvu.sim.benches.runner import ReadMemory, field, pack, start
+
+CONFIG = HardwareConfig(rows=4, cols=8, act_depth=64, wgt_depth=32, acc_depth=64, mem_bytes=4)
+C, P = CONFIG.cols, CONFIG.mem_bytes
+MEMORY_BYTES = 16384
+WRITE = write_beat(P)
+
+
+def component() -> StoreUnit:
+    return StoreUnit(CONFIG)
+
+
+@dataclass
+class Expected:
+    """One STORE and what it must produce: a parameter read (or None) and its written beats (address, data)."""
+
+    store: Store
+    param_read: tuple[int, int] | None
+    writes: list[tuple[int, int]]
+
+
+def random_params(rng: np.random.Generator, float32_scale: bool) -> tuple[np.ndarray, ...]:
+    """Bias, multiplier and shift per channel that scale accumulators of up to 2**20 to about the byte range."""
+    bias = rng.integers(-(1 << 20), 1 << 20, C)
+    if float32_scale:
+        return bias, rng.integers(1 << 23, 1 << 24, C), rng.integers(36, 41, C)
+    return bias, rng.integers(1 << 30, 1 << 31, C), rng.integers(42, 47, C)
+
+
+def random_stores(rng: np.random.Generator, acc: np.ndarray, count: int) -> tuple[list[Expected], bytes]:
+    """``count`` random STOREs with what each must do, and the memory holding their parameter blocks."""
+    block = CONFIG.param_block_bytes
+    memory = bytearray(rng.integers(0, 256, MEMORY_BYTES, dtype=np.uint8).tobytes())
+    free_blocks = list(rng.permutation(MEMORY_BYTES // block))  # each block is read by one STORE
+    params, stores = (), []
+    for index in range(count):
+        raw, float32_scale = rng.random() < 0.2, rng.random() < 0.4
+        load_params = index == 0 or rng.random() < 0.5  # the first STORE sets the parameters
+        param_addr = block * int(free_blocks.pop())
+        if load_params:
+            params = random_params(rng, float32_scale)
+            memory[param_addr:param_addr + block] = np.concatenate(params).astype("<i4").tobytes()
+        rows = int(rng.integers(1, 9))
+        entry = 4 * C if raw else C
+        stride = P * int(rng.choice([entry // P, entry // P, 0, rng.integers(1, 40)]))
+        dram = P * int(rng.integers(0, (MEMORY_BYTES - (rows - 1) * stride - entry) // P))
+        low, high = [(-128, 127), (0, 255), (-128, 255), (0, 6)][rng.integers(4)]
+        store = Store(acc_addr=int(rng.integers(0, CONFIG.acc_depth - rows + 1)), count=rows, dram_addr=dram,
+                      dram_stride=stride, param_addr=param_addr, load_params=load_params, raw=raw,
+                      float32_scale=float32_scale, out_zero_point=int(rng.integers(-128, 256)), clamp_min=low,
+                      clamp_max=high, wait_compute=rng.random() < 0.4, signal_compute=rng.random() < 0.4)
+        sums = acc[store.acc_addr:store.acc_addr + rows]
+        data = sums.astype("<i4") if raw else requantize(sums, *params, store.out_zero_point, low, high,
+                                                           float32_scale=float32_scale)
+        writes = []
+        for i in range(rows):
+            row = data[i].tobytes()
+            writes += [(dram + i * stride + b, int.from_bytes(row[b:b + P], "little")) for b in range(0, entry, P)]
+        stores.append(Expected(store, (param_addr, block // P) if load_params else None, writes))
+    return stores, bytes(memory)
+
+
+async def run_stores(dut, seed: int, count: int, write_chance: float, **memory_timing) -> None:
+    """Issue ``count`` random STOREs and check the unit cycle by cycle, then in total.
+
+    Per cycle: ``idle``/``instr.ready`` exactly while no STORE is in
+    progress; no parameter read or write while a ``wait_compute`` STORE
+    waits for its token; ``prev_tokens.pop`` only with ``avail``, once per
+    such STORE; ``stall_token`` while it waits without a token;
+    ``stall_memory`` while a beat is refused; ``prev_tokens.push`` exactly
+    in the cycle after the last beat of a ``signal_compute`` STORE, which
+    ends it. In total: the parameter reads and written beats are exactly
+    the expected ones.
+    """
+    rng, np_rng = random.Random(seed), np.random.default_rng(seed)
+    acc = np_rng.integers(-(1 << 20), 1 << 20, (CONFIG.acc_depth, C))
+    stores, memory = random_stores(np_rng, acc, count)
+    port = ReadMemory(dut, memory, P, rng, **memory_timing)
+    queue = list(stores)
+    current, waiting, written, finishing = None, False, 0, False
+    writes, offer_at, token, read_addr = [], 0, 0, 0
+    await start(dut, instr_valid=0, mem_resp_valid=0, write_ready=0)
+    for cycle in range(100_000):
+        await RisingEdge(dut.clk)
+        port.drive(cycle)
+        dut.acc_read_data.value = pack(acc[read_addr], 32)
+        offer = bool(queue) and cycle >= offer_at
+        dut.instr_valid.value = offer
+        dut.instr_payload.value = (int.from_bytes(queue[0].store.encode(), "little") if offer
+                                   else rng.getrandbits(INSTRUCTION_BITS))
+        token ^= rng.random() < 0.15  # the token comes and goes in runs
+        dut.prev_tokens_avail.value = token
+        ready = rng.random() < write_chance
+        dut.write_ready.value = ready
+        await ReadOnly()
+
+        port.sample(cycle)
+        read_addr = int(dut.acc_read_addr.value)
+        busy = current is not None
+        assert int(dut.idle.value) == int(dut.instr_ready.value) == (not busy), f"cycle {cycle}: idle"
+        assert int(dut.stall_token.value) == (waiting and not token), f"cycle {cycle}: stall_token"
+        valid = int(dut.write_valid.value)
+        assert int(dut.stall_memory.value) == (valid and not ready), f"cycle {cycle}: stall_memory"
+        assert not (waiting and (valid or int(dut.mem_req_valid.value))), f"cycle {cycle}: work before the token"
+        if int(dut.prev_tokens_pop.value):
+            assert waiting and token, f"cycle {cycle}: prev_tokens.pop without a waiting STORE or a token"
+            waiting = False
+        push = finishing and current.store.signal_compute
+        assert int(dut.prev_tokens_push.value) == push, f"cycle {cycle}: prev_tokens.push should be {int(push)}"
+        if finishing:
+            current, finishing = None, False
+        if valid and ready:
+            assert busy, f"cycle {cycle}: a write outside a STORE"
+            writes.append(field(int(dut.write_payload.value), WRITE, "addr", "data"))
+            written += 1
+            finishing = written == len(current.writes)
+        if offer and int(dut.instr_ready.value):
+            current, written = queue.pop(0), 0
+            waiting = current.store.wait_compute
+            offer_at = cycle + 1 + rng.choice([0, 0, rng.randint(1, 12)])
+        if not (queue or current or port.pending):
+            break
+    else:
+        raise AssertionError("the STOREs did not finish")
+    assert port.requests == [e.param_read for e in stores if e.param_read], "parameter reads differ"
+    expected = [w for e in stores for w in e.writes]
+    first = next((i for i, (a, b) in enumerate(zip(writes, expected)) if a != b), min(len(writes), len(expected)))
+    assert writes == expected, f"writes differ from write {first} on ({len(writes)} made, {len(expected)} expected)"
+
+
+@cocotb.test()
+async def random_timing(dut):
+    """Random STOREs; memory with backpressure on writes, random latency and gaps on parameter reads."""
+    await run_stores(dut, 21, 80, write_chance=0.7)
+
+
+@cocotb.test()
+async def streaming(dut):
+    """Random STOREs; a memory that takes every beat and answers reads at once: rows stream back to back."""
+    await run_stores(dut, 22, 80, write_chance=1.0, ready_chance=1.0, latency=(1, 1), gap_chance=0.0)
