@@ -6,6 +6,7 @@ bitstream for another configuration."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -123,3 +124,20 @@ def test_no_port_and_a_silent_board_are_clear_errors():
             BoardExecutor(TINY, silent.port, timeout=0.05, retries=2)
     finally:
         silent.close()
+
+
+def test_mvu_run_on_the_board(board_on_pty, toy_package_path, cat_jpeg, tmp_path, capsys):
+    from mvu.host.tools.cli import main
+
+    port, _ = board_on_pty(HardwareConfig())
+    image = tmp_path / "cat.jpg"
+    image.write_bytes(cat_jpeg)
+    assert main(["run", str(toy_package_path), str(image), "--backend", "board", "--port", port, "--json"]) == 0
+    on_board = capsys.readouterr().out
+    assert main(["run", str(toy_package_path), str(image), "--backend", "reference", "--json"]) == 0
+    reference = capsys.readouterr().out
+    assert [p["top"] for p in json.loads(on_board)] == [p["top"] for p in json.loads(reference)]
+    with pytest.raises(SystemExit, match="mvu: the board backend needs the board's serial port"):
+        main(["run", str(toy_package_path), str(image), "--backend", "board"])
+    with pytest.raises(SystemExit, match="mvu: no serial port /dev/ttyNOPE"):
+        main(["run", str(toy_package_path), str(image), "--backend", "board", "--port", "/dev/ttyNOPE"])

@@ -13,6 +13,22 @@ from mvu.host.executors import BACKENDS
 __all__ = ["main"]
 
 
+def _executor(args, config: HardwareConfig):
+    """The executor of ``--backend`` (with ``--port``/``--baud`` for a board); None for numpy."""
+    from mvu.host.executors import make_executor
+
+    return make_executor(args.backend, config, port=args.port, baud=args.baud)
+
+
+def _backend_options(default: str) -> argparse.ArgumentParser:
+    """``--backend``, and where the board backend finds its board."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--backend", choices=BACKENDS, default=default)
+    options.add_argument("--port", help="the board's serial port, e.g. /dev/ttyUSB0 (--backend board)")
+    options.add_argument("--baud", type=int, default=3_000_000, help="the board link's baud rate (--backend board)")
+    return options
+
+
 def _load_config(path: str | None) -> HardwareConfig:
     if path is None:
         return HardwareConfig()
@@ -151,7 +167,7 @@ def _cmd_run(args) -> int:
 
     config = _load_config(args.config)
     package = load_package(args.package, config)
-    classifier = Classifier(package, args.backend, config)
+    classifier = Classifier(package, args.backend, config, executor=_executor(args, config))
     results, failed = [], 0
     for image in args.images:
         try:
@@ -175,7 +191,8 @@ def _cmd_eval(args) -> int:
     config = _load_config(args.config)
     package = load_package(args.package, config)
     report = evaluate(package, args.images, args.labels, backend=args.backend, onnx_model=args.onnx,
-                      limit=args.limit, config=config, cluster=args.cluster, package_path=args.package)
+                      limit=args.limit, config=config, cluster=args.cluster, package_path=args.package,
+                      executor=None if args.cluster else _executor(args, config))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -195,7 +212,7 @@ def _cmd_profile(args) -> int:
 
     config = _load_config(args.config)
     package = load_package(args.package, config)
-    classifier = Classifier(package, args.backend, config)
+    classifier = Classifier(package, args.backend, config, executor=_executor(args, config))
     prediction = classifier.classify(args.image or demo_photos()[0])
     print(layer_table(prediction.layers, config))
     if args.plot:
@@ -276,28 +293,27 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("-v", "--verbose", action="store_true", help="list every layer's placement")
     compile_.set_defaults(handler=_cmd_compile)
 
-    evaluate = commands.add_parser("eval", help="accuracy on a labelled folder, optionally against fp32 onnxruntime")
+    evaluate = commands.add_parser("eval", parents=[_backend_options("numpy")],
+                                   help="accuracy on a labelled folder, optionally against fp32 onnxruntime")
     evaluate.add_argument("package")
     evaluate.add_argument("--images", required=True, help="folder of images")
     evaluate.add_argument("--labels", required=True, help="CSV with columns filename,class_index")
     evaluate.add_argument("--onnx", help="the source model, to compare with onnxruntime running it")
-    evaluate.add_argument("--backend", choices=BACKENDS, default="numpy")
     evaluate.add_argument("--limit", type=int, help="only the first N images")
     evaluate.add_argument("--cluster", metavar="tcp://HOST:8786", help="classify on this Dask cluster's workers")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=_cmd_eval)
 
-    profile = commands.add_parser("profile", help="per-layer cycles, MAC utilization and time for one image")
+    profile = commands.add_parser("profile", parents=[_backend_options("verilator")],
+                                  help="per-layer cycles, MAC utilization and time for one image")
     profile.add_argument("package")
     profile.add_argument("--image", help="an image (default: the cat photo)")
-    profile.add_argument("--backend", choices=BACKENDS, default="verilator")
     profile.add_argument("--plot", help="write a bar chart of cycles and host time per layer (.png or .svg)")
     profile.set_defaults(handler=_cmd_profile)
 
-    run = commands.add_parser("run", help="classify images with a compiled package")
+    run = commands.add_parser("run", parents=[_backend_options("reference")], help="classify images with a compiled package")
     run.add_argument("package")
     run.add_argument("images", nargs="+")
-    run.add_argument("--backend", choices=BACKENDS, default="reference")
     run.add_argument("--top", type=int, default=5)
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=_cmd_run)
@@ -322,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ModelImportError, PackageError, WorkspaceError, FileNotFoundError, ConnectionError) as error:
+        # ConnectionError: a board that cannot be reached (LinkError), a Dask scheduler that does not answer
         raise SystemExit(f"mvu: {error}") from None
 
 

@@ -29,8 +29,8 @@ def read_labelled_images(folder: str | Path, labels_csv: str | Path) -> list[tup
 
 
 def _local_top5(package: ModelPackage, backend: str, config: HardwareConfig | None, paths: list[Path],
-                progress: bool) -> list[list[int]]:
-    classifier = Classifier(package, backend, config)
+                progress: bool, executor) -> list[list[int]]:
+    classifier = Classifier(package, backend, config, executor=executor)
     top5 = []
     for index, path in enumerate(paths):
         top5.append([entry["class"] for entry in classifier.classify(path, top=5).top])
@@ -44,16 +44,16 @@ def _local_top5(package: ModelPackage, backend: str, config: HardwareConfig | No
 def evaluate(package: ModelPackage, images: str | Path, labels_csv: str | Path, *, backend: str = "numpy",
              onnx_model: str | Path | None = None, limit: int | None = None,
              config: HardwareConfig | None = None, progress: bool = True, cluster: str | None = None,
-             package_path: str | Path | None = None) -> dict:
+             package_path: str | Path | None = None, executor=None) -> dict:
     """Top-1/top-5 of the package; with ``onnx_model``, the same for fp32 onnxruntime and top-1 agreement.
     With ``cluster`` (a Dask scheduler's address) the images are classified there, from ``package_path``
-    (the file ``package`` was read from)."""
+    (the file ``package`` was read from); ``executor`` runs the backend locally (default: a new one)."""
     from mvu.host.runtime.preprocess import PreprocessRecipe, preprocess
 
     samples = read_labelled_images(images, labels_csv)[:limit]
     paths = [path for path, _ in samples]
     if cluster is None:
-        top5 = _local_top5(package, backend, config, paths, progress)
+        top5 = _local_top5(package, backend, config, paths, progress, executor)
     else:
         from mvu.host.tools.cluster import classify_on_cluster
 

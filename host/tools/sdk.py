@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mvu.host.control.registry import ModelRegistry, ModelVersion
+from mvu.host.control.registry import ModelRegistry
 from mvu.host.control.services import ServiceManager
 from mvu.host.control.workspace import Workspace as _Workspace
 from mvu.host.control.workspace import WorkspaceError
