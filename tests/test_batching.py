@@ -12,7 +12,8 @@ from mvu.host.gemm import golden_gemm
 from mvu.host.model.quantized import Layer, QuantParams
 from mvu.host.runtime.classify import Classifier
 from mvu.host.runtime.preprocess import PreprocessRecipe, preprocess_batch
-from mvu.host.runtime.runner import ModelRunner, im2col
+from mvu.host.runtime.runner import LayerStats, ModelRunner, im2col, sub_batch_sizes
+from mvu.host.runtime.scores import softmax, top_k
 from mvu.models.onnx_builder import GraphBuilder
 
 N = 3
@@ -159,3 +160,50 @@ def test_programs_are_kept_per_batch_size_within_the_cache(package):
     small.run_batch(images_q[:1])
     assert np.array_equal(small.run_batch(images_q), three)
     assert {id(p) for p in small._programs.values()} == {id(p) for p in small._used}  # size 1 made room
+
+
+def test_sub_batches_are_powers_of_two_largest_first():
+    assert [sub_batch_sizes(n) for n in (1, 6, 7, 8)] == [[1], [4, 2], [4, 2, 1], [8]]
+
+
+def test_a_batch_in_sub_batches_gives_its_logits_and_sums_their_stats(package):
+    images_q = batch_of_photos(package)
+    runner = ModelRunner(package.model, TINY, "reference")
+    whole = runner.run_batch(images_q)
+    parts = runner.run_sub_batches(images_q)  # 2 + 1
+    assert np.array_equal(parts, whole) and runner.last_output is parts
+    assert len(runner._programs) == 3 * len(runner._used)  # sizes 3, 2 and 1
+    assert [s.name for s in runner.stats] == [layer.name for layer in package.model.layers]
+    assert all(s.images == N and s.macs == layer.macs * N for s, layer in zip(runner.stats, package.model.layers))
+    assert all(s.seconds > 0 for s in runner.stats)
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        runner.run_sub_batches(images_q[:0])
+
+
+def test_layer_stats_add_up():
+    parts = [LayerStats("fc", "fc", "accelerator", 10, 1, 7, 0.5, 0.25, {"cycles": 7, "stalls": 0}),
+             LayerStats("fc", "fc", "accelerator", 20, 2, 9, 1.0, 0.0, {"cycles": 9, "loads": 3})]
+    assert LayerStats.total(parts) == LayerStats("fc", "fc", "accelerator", 30, 3, 16, 1.5, 0.25,
+                                                 {"cycles": 16, "stalls": 0, "loads": 3})
+
+
+def test_prepare_builds_every_sub_batch_size_except_on_a_slow_backend(package):
+    from mvu.host.executors.reference import ReferenceExecutor
+
+    runner = ModelRunner(package.model, TINY, "reference")
+    runner.prepare(5)
+    assert len(runner._programs) == 3 * len(runner._used)  # sizes 1, 2 and 4
+    slow = ModelRunner(package.model, TINY, "verilator", ReferenceExecutor(TINY))  # stands in for the RTL
+    slow.prepare(5)
+    assert not slow._programs
+
+
+def test_softmax_and_top_k():
+    logits = np.array([[1.0, 3.0, 3.0, -2.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    probabilities = softmax(logits)
+    assert probabilities.dtype == np.float64 and np.allclose(probabilities.sum(axis=1), 1)
+    assert np.allclose(probabilities[1], 0.25)
+    best = top_k(probabilities[0], ["a", "b", "c"], 3)
+    assert [(e["class"], e["label"]) for e in best] == [(1, "b"), (2, "c"), (0, "a")]  # a tie: the lower index first
+    assert best[0]["score"] == pytest.approx(np.exp(3) / (np.exp(1) + 2 * np.exp(3) + np.exp(-2)))
+    assert top_k(probabilities[0], ["a"], 4)[-1]["label"] == "3"  # no label: the class number

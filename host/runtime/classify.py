@@ -2,7 +2,8 @@
 
 Images can be classified one at a time (:meth:`Classifier.classify`) or as a batch
 (:meth:`Classifier.classify_batch`, :meth:`Classifier.logits`): a batch runs every accelerator
-layer as one matrix product over all its images, which loads each layer's weights once per batch.
+layer as one matrix product over all its images, which loads each layer's weights once per batch,
+in power-of-two sub-batches (:meth:`ModelRunner.run_sub_batches`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.host.model.package import ModelPackage
 from mvu.host.runtime.runner import LayerStats, ModelRunner
+from mvu.host.runtime.scores import softmax, top_k
 
-__all__ = ["BatchStats", "Prediction", "Classifier", "top_k"]
+__all__ = ["BatchStats", "Prediction", "Classifier"]
 
 
 @dataclass
@@ -52,21 +54,12 @@ class BatchStats:
     layers: list[LayerStats]
 
 
-def top_k(logits: np.ndarray, labels: list[str], k: int) -> list[dict]:
-    logits = np.asarray(logits, np.float64).reshape(-1)
-    probabilities = np.exp(logits - logits.max())
-    probabilities /= probabilities.sum()
-    order = np.argsort(-logits, kind="stable")[:k]
-    return [{"class": int(i), "label": labels[i] if i < len(labels) else str(i),
-             "score": float(probabilities[i])} for i in order]
-
-
 def _source_name(source) -> str:
     return "<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
 
 
 class Classifier:
-    """Classifies images with a model package on one backend ("numpy", "reference" or "verilator")."""
+    """Classifies images with a model package on one of :data:`~mvu.host.executors.BACKENDS`."""
 
     def __init__(self, package: ModelPackage, backend: str = "reference", config: HardwareConfig | None = None,
                  executor=None):
@@ -78,9 +71,13 @@ class Classifier:
         self.runner = ModelRunner(package.model, self.config, backend, executor)
 
     def logits(self, images: np.ndarray) -> tuple[np.ndarray, BatchStats]:
-        """Preprocessed float32 images [N, 3, crop, crop] -> float logits [N, classes] and the batch's cost."""
+        """Preprocessed float32 images [N, 3, crop, crop] -> float logits [N, classes] and the batch's cost.
+
+        Values beyond the input's quantized range saturate (silently: a huge finite input is no error)."""
         started = time.perf_counter()
-        logits = self.runner.run_batch(self.package.model.input_q.quantize(np.asarray(images, np.float32)))
+        with np.errstate(over="ignore"):
+            images_q = self.package.model.input_q.quantize(np.asarray(images, np.float32))
+        logits = self.runner.run_sub_batches(images_q)
         total = time.perf_counter() - started
         stats = self.runner.stats
         cycles = sum(s.cycles for s in stats)
@@ -115,7 +112,7 @@ class Classifier:
         return [Prediction(source=name or _source_name(source), top=top_k(row, self.package.labels, top),
                            cycles=round(batch.cycles / n), modelled_ms=batch.modelled_ms / n, seconds=dict(share),
                            layers=batch.layers, batch_size=n)
-                for source, name, row in zip(sources, names, logits)]
+                for source, name, row in zip(sources, names, softmax(logits))]
 
     def classify(self, source, *, top: int = 5, name: str | None = None) -> Prediction:
         """``source``: a path or the bytes of an image."""

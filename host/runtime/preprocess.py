@@ -370,13 +370,17 @@ def preprocess(image_or_source: Image.Image | ImageSource, recipe: PreprocessRec
     return out
 
 
-def preprocess_batch(sources: Iterable[Image.Image | ImageSource], recipe: PreprocessRecipe) -> np.ndarray:
-    """Several images as one float32 ``[N, 3, crop, crop]`` batch, in the order given (N may be 0)."""
+def preprocess_batch(sources: Iterable[Image.Image | ImageSource], recipe: PreprocessRecipe, *,
+                     name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Several images as one float32 ``[N, 3, crop, crop]`` batch, in the order given (N may be 0).
+
+    With ``name``, error messages call the image at index i ``name[i]``; ``max_pixels`` as in :func:`preprocess`.
+    """
     if isinstance(sources, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)):
         raise TypeError("preprocess_batch takes a sequence of images; use preprocess() for one")
     _check_recipe(recipe)
     items = list(sources)
     out = np.empty((len(items), 3, recipe.crop, recipe.crop), dtype=np.float32)
     for index, item in enumerate(items):
-        _preprocess_into(out[index], item, recipe)
+        _preprocess_into(out[index], item, recipe, None if name is None else f"{name}[{index}]", max_pixels)
     return out

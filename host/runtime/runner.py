@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,8 +23,9 @@ from mvu.host.executors.onnxruntime_add import QLinearAdd, add_coefficients, onn
 from mvu.host.executors.requantize import requantize_rows
 from mvu.host.gemm import GemmProgram, golden_gemm
 from mvu.host.model.quantized import Layer, QuantizedModel
+from mvu.host.runtime.scores import softmax
 
-__all__ = ["LayerStats", "ModelRunner", "im2col"]
+__all__ = ["LayerStats", "ModelRunner", "im2col", "sub_batch_sizes"]
 
 
 @dataclass
@@ -39,6 +41,23 @@ class LayerStats:
     seconds: float = 0.0
     im2col_seconds: float = 0.0  # the host's share of lowering a convolution to a GEMM
     counters: dict = field(default_factory=dict)
+
+    @classmethod
+    def total(cls, parts: Sequence["LayerStats"]) -> "LayerStats":
+        """One layer's stats summed over several runs (the sub-batches of one batch)."""
+        counters: dict = {}
+        for part in parts:
+            for key, value in part.counters.items():
+                counters[key] = counters.get(key, 0) + value
+        first = parts[0]
+        return cls(first.name, first.kind, first.placement, sum(p.macs for p in parts), sum(p.images for p in parts),
+                   sum(p.cycles for p in parts), sum(p.seconds for p in parts),
+                   sum(p.im2col_seconds for p in parts), counters)
+
+
+def sub_batch_sizes(images: int) -> list[int]:
+    """A batch as sub-batches of powers of two, largest first (7 -> 4, 2, 1)."""
+    return [1 << bit for bit in reversed(range(images.bit_length())) if images >> bit & 1]
 
 
 def _output_size(padded: int, kernel: int, stride: int, dilation: int) -> int:
@@ -97,9 +116,9 @@ def _requantization(layer: Layer, channels: slice) -> Requantization:
 class ModelRunner:
     """Executes :class:`QuantizedModel` layers in order on uint8 tensors.
 
-    ``backend`` is "reference" or "verilator" (a GEMM program per accelerator
-    layer, run on that executor) or "numpy" (the same products computed
-    directly from their definition: identical results, for fast evaluation).
+    ``backend`` is one of :data:`~mvu.host.executors.BACKENDS`: a GEMM program per accelerator layer and
+    batch size, run on its executor (``executor`` replaces the one it would make), or, for a backend without
+    one, the same products computed directly from their definition.
     """
 
     def __init__(self, model: QuantizedModel, config: HardwareConfig, backend: str = "numpy", executor=None, *,
@@ -164,6 +183,35 @@ class ModelRunner:
         """``image_q``: uint8 [1, C, H, W] in the model's input quantization; returns float logits [1, classes]."""
         return self.run_batch(image_q)
 
+    def _checked(self, images_q: np.ndarray) -> np.ndarray:
+        images_q = np.asarray(images_q)
+        expected = tuple(self.model.input_shape[1:])
+        if images_q.ndim != 4 or images_q.shape[1:] != expected or not len(images_q) or images_q.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images [N >= 1, {', '.join(map(str, expected))}], "
+                             f"got {images_q.dtype} {list(images_q.shape)}")
+        return images_q
+
+    def run_sub_batches(self, images_q: np.ndarray) -> np.ndarray:
+        """:meth:`run_batch` over power-of-two sub-batches (:func:`sub_batch_sizes`): the programs kept are those
+        of a few sizes, not of every batch size a caller happens to form. :attr:`stats` sums the sub-batches;
+        :attr:`tensors` are the last one's."""
+        images_q, logits, runs, start = self._checked(images_q), [], [], 0
+        for size in sub_batch_sizes(len(images_q)):
+            logits.append(self.run_batch(images_q[start:start + size]))
+            runs.append(self.stats)
+            start += size
+        self.stats = [LayerStats.total(parts) for parts in zip(*runs)]
+        self.last_output = np.concatenate(logits)
+        return self.last_output
+
+    def prepare(self, max_batch_size: int) -> None:
+        """Build the programs of every sub-batch size up to ``max_batch_size`` now, so that no batch pays for a
+        build; not on a slow backend, where building means simulating."""
+        if BACKENDS[self.backend].slow:
+            return
+        for bit in range(max_batch_size.bit_length()):
+            self.run_batch(np.zeros((1 << bit, *self.model.input_shape[1:]), np.uint8))
+
     def run_batch(self, images_q: np.ndarray) -> np.ndarray:
         """``images_q``: uint8 [N, C, H, W] in the model's input quantization; returns float logits [N, classes].
 
@@ -171,11 +219,7 @@ class ModelRunner:
         :class:`LayerStats` per layer for the whole batch (cycles, MACs and seconds summed over the images)
         and :attr:`tensors` every tensor of this batch.
         """
-        images_q = np.asarray(images_q)
-        expected = tuple(self.model.input_shape[1:])
-        if images_q.ndim != 4 or images_q.shape[1:] != expected or not len(images_q) or images_q.dtype != np.uint8:
-            raise ValueError(f"expected uint8 images [N >= 1, {', '.join(map(str, expected))}], "
-                             f"got {images_q.dtype} {list(images_q.shape)}")
+        images_q = self._checked(images_q)
         n = len(images_q)
         tensors = {self.model.input: images_q}
         self.stats, self._used = [], []
@@ -381,6 +425,4 @@ class ModelRunner:
         return layer.out_q.dequantize(x).reshape(len(x), -1)
 
     def _softmax(self, layer: Layer, tensors, stats):
-        x = tensors[layer.inputs[0]].astype(np.float64)
-        e = np.exp(x - x.max(axis=-1, keepdims=True))
-        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+        return softmax(tensors[layer.inputs[0]]).astype(np.float32)

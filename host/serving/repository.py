@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mvu.host.model.package import ModelPackage, load_package
+from mvu.host.runtime.scores import softmax, top_k
 from mvu.host.serving.batching import BatchScheduler
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.metrics import ServingMetrics
@@ -55,12 +56,6 @@ class ServingLimits:
     max_image_pixels: int = 40_000_000  # refused from the image's header, before it is decoded
 
 
-def _sub_batches(images: int) -> list[int]:
-    """A batch as sub-batches of powers of two, largest first (7 -> 4, 2, 1): the runner keeps programs for a
-    few sizes instead of building new ones for every batch size the queue happens to form."""
-    return [1 << bit for bit in reversed(range(images.bit_length())) if images >> bit & 1]
-
-
 class ServedModel:
     """One version of one model: its signature, its batch scheduler, and request validation."""
 
@@ -98,42 +93,29 @@ class ServedModel:
     # Execution ----------------------------------------------------------------
 
     def _load_executor(self):
-        """On the worker thread: build the executor (a Verilator model may take minutes the first time)."""
+        """On the worker thread: the classifier (a Verilator model may take minutes the first time), with the
+        programs of every sub-batch size built now rather than on a request; it runs batches to FP32 scores."""
         from mvu.host.runtime.classify import Classifier
 
         classifier = Classifier(self.package, self.backend)
-        runner, input_q = classifier.runner, self.package.model.input_q
-        if self.backend != "verilator":  # build the programs of every sub-batch size now, not on a request
-            for size in (1 << bit for bit in range(self.limits.max_batch_size.bit_length())):
-                runner.run_batch(np.zeros((size, *runner.model.input_shape[1:]), np.uint8))
+        classifier.runner.prepare(self.limits.max_batch_size)
 
         def run(images: np.ndarray) -> tuple[np.ndarray, int]:
-            with np.errstate(over="ignore"):  # a huge finite input saturates at the quantized range, silently
-                quantized = input_q.quantize(images)
-            logits, cycles, start = [], 0, 0
-            for size in _sub_batches(len(quantized)):
-                logits.append(runner.run_batch(quantized[start:start + size]))
-                cycles += sum(s.cycles for s in runner.stats)
-                start += size
-            return np.concatenate(logits), cycles
+            logits, stats = classifier.logits(images)
+            return softmax(logits).astype(np.float32), stats.cycles
 
         return run
 
     async def infer(self, request: InferenceRequest) -> InferenceResult:
         """Validate, preprocess, queue, run; 4xx errors name the input and the cause."""
-        started = time.perf_counter()
+        started, timeout = time.perf_counter(), self._timeout(request)
         with self.scheduler.arriving() as arrival:
             images, preprocess_seconds = await self._images(request)
             outputs_wanted = self._requested_outputs(request)
-            timeout = min(request.timeout or self.limits.timeout, self.limits.timeout)
             batch = await self.scheduler.submit(images, timeout, arrival)
-        scores = _softmax(batch.outputs)
-        outputs = []
-        for wanted in outputs_wanted:
-            if wanted.classification:
-                outputs.append(OutputTensor(wanted.name, "BYTES", self._classification(scores, wanted.classification)))
-            else:
-                outputs.append(OutputTensor(wanted.name, "FP32", scores))
+        outputs = [OutputTensor(wanted.name, "BYTES", self._classification(batch.outputs, wanted.classification))
+                   if wanted.classification else OutputTensor(wanted.name, "FP32", batch.outputs)
+                   for wanted in outputs_wanted]
         timings = {"queue": batch.queue_seconds * 1e3, "preprocess": preprocess_seconds * 1e3,
                    "executor": batch.executor_seconds * 1e3, "total": (time.perf_counter() - started) * 1e3}
         self.metrics.observe_inference(self.name, self.version, timings)
@@ -149,16 +131,21 @@ class ServedModel:
         result = await self.infer(InferenceRequest(self.name, self.version,
                                                    [InputTensor(IMAGES_INPUT, "BYTES", (1,), data)],
                                                    timeout=timeout))
-        scores = result.outputs[0].data[0]
-        order = np.argsort(-scores, kind="stable")[:top]
-        labels = self.package.labels
         return {"model_name": self.name, "model_version": self.version,
-                "top": [{"class": int(i), "label": labels[i], "score": float(scores[i])} for i in order],
+                "top": top_k(result.outputs[0].data[0], self.package.labels, top),
                 "cycles": result.cycles // result.batch_size,
                 "modelled_ms": self.package.config.modelled_ms(result.cycles / result.batch_size),
                 "timings_ms": result.timings_ms}
 
     # Validation ---------------------------------------------------------------
+
+    def _timeout(self, request: InferenceRequest) -> float:
+        """The request's time (a client's deadline, Triton's parameter), which can only shorten the server's."""
+        if request.timeout is None:
+            return self.limits.timeout
+        if request.timeout <= 0:
+            raise ServingError(504, "the client's deadline passed before the request could run")
+        return min(request.timeout, self.limits.timeout)
 
     async def _images(self, request: InferenceRequest) -> tuple[np.ndarray, float]:
         if len(request.inputs) != 1:
@@ -187,16 +174,13 @@ class ServedModel:
                                 f"'{IMAGES_INPUT}' (BYTES) and '{TENSOR_INPUT}' (FP32)")
 
     def _decode_all(self, encoded: np.ndarray) -> np.ndarray:
-        from mvu.host.runtime.preprocess import ImageDecodeError, preprocess
+        from mvu.host.runtime.preprocess import ImageDecodeError, preprocess_batch
 
-        images = np.empty((len(encoded), *self.recipe.shape[1:]), np.float32)
-        for index, data in enumerate(encoded):
-            try:
-                images[index] = preprocess(bytes(data), self.recipe, name=f"images[{index}]",
-                                           max_pixels=self.limits.max_image_pixels)[0]
-            except ImageDecodeError as error:
-                raise ServingError(400, f"input {IMAGES_INPUT!r}: {error}") from None
-        return images
+        try:  # bytes(): an element is image data, never a path to open
+            return preprocess_batch((bytes(data) for data in encoded), self.recipe, name=IMAGES_INPUT,
+                                    max_pixels=self.limits.max_image_pixels)
+        except ImageDecodeError as error:
+            raise ServingError(400, f"input {IMAGES_INPUT!r}: {error}") from None
 
     def _requested_outputs(self, request: InferenceRequest):
         for wanted in request.outputs:
@@ -210,22 +194,16 @@ class ServedModel:
 
     def _classification(self, scores: np.ndarray, k: int) -> np.ndarray:
         """Triton's classification extension: "score:index:label" strings, best first."""
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        labels = self.package.labels
-        out = np.empty(order.shape, dtype=object)
-        for row, indices in enumerate(order):
-            out[row] = [f"{scores[row, i]:f}:{i}:{labels[i]}".encode() for i in indices]
+        out = np.empty((len(scores), k), dtype=object)
+        for row, probabilities in enumerate(scores):
+            out[row] = [f"{entry['score']:f}:{entry['class']}:{entry['label']}".encode()
+                        for entry in top_k(probabilities, self.package.labels, k)]
         return out
 
 
 def _expect(tensor, datatype: str, shape: str) -> None:
     if tensor.datatype != datatype:
         raise ServingError(400, f"input {tensor.name!r}: datatype must be {datatype} {shape}, not {tensor.datatype}")
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
-    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _version_key(version: str):
