@@ -23,11 +23,11 @@ import pytest
 import urllib3
 
 from mvu.host.serving.errors import ServingError
-from mvu.host.serving.grpc_services import tensor_from_proto
 from mvu.host.serving.oip_http import parse_infer_request
 from mvu.host.serving.protos import message_class, message_pool
 from mvu.host.serving.repository import ModelRepository, ModelSpec, ServingLimits
 from mvu.host.serving.tensors import MAX_ELEMENTS, InputTensor, check_shape
+from mvu.host.serving.tfserving_grpc import tensor_from_proto
 
 LIMIT = 1_000_000  # --max-request-bytes
 BODY_TIMEOUT = 2.0  # --body-timeout, seconds

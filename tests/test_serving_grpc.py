@@ -14,15 +14,11 @@ from PIL import Image
 
 from mvu.host.serving.api_keys import create_key_file
 from mvu.host.serving.errors import ServingError
-from mvu.host.serving.grpc_services import (
-    GrpcSettings,
-    create_grpc_server,
-    infer_request_from_proto,
-    tensor_from_proto,
-    tensor_to_proto,
-)
+from mvu.host.serving.grpc_server import GrpcSettings, create_grpc_server
+from mvu.host.serving.oip_grpc import infer_request_from_proto
 from mvu.host.serving.protos import message_class, message_pool, service
 from mvu.host.serving.repository import ModelRepository, ModelSpec, ServingLimits
+from mvu.host.serving.tfserving_grpc import tensor_from_proto, tensor_to_proto
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2  # noqa: E402

@@ -1,36 +1,84 @@
-"""Open Inference Protocol v2 over HTTP: JSON bodies and the binary tensor data extension."""
+"""Open Inference Protocol v2 over HTTP: its endpoints, JSON bodies and the binary tensor data extension."""
 
 from __future__ import annotations
 
 import json
-import sys
 
+from starlette.requests import Request
+from starlette.responses import Response
+
+from mvu.host.serving.envelope import Endpoint
 from mvu.host.serving.errors import ServingError
+from mvu.host.serving.http_io import BodyReader, HttpRoute, json_object, json_response, path_model
+from mvu.host.serving.oip import classification, model_metadata, server_metadata
+from mvu.host.serving.repository import ModelRepository
 from mvu.host.serving.tensors import InferenceRequest, InferenceResult, InputTensor, RequestedOutput
 
-__all__ = ["HEADER_LENGTH", "json_object", "parse_infer_request", "encode_infer_response"]
+__all__ = ["EXTENSIONS", "HEADER_LENGTH", "OipHttp", "encode_infer_response", "parse_infer_request"]
 
 #: The binary extension's header: the length of the JSON part at the start of the body.
 HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository(read-only)"]
 
 
-def json_object(text: bytes | memoryview, what: str) -> dict:
-    """Parse a request body that must be a JSON object; 400s say why (``what`` names the body)."""
-    try:
-        value = json.loads(bytes(text))
-    except UnicodeDecodeError:
-        raise ServingError(400, f"{what} is not UTF-8 JSON") from None
-    except json.JSONDecodeError as error:
-        raise ServingError(400, f"{what} is not valid JSON: {error.msg} at line {error.lineno} "
-                                f"column {error.colno}") from None
-    except ValueError:  # Python's limit on the digits of an integer
-        raise ServingError(400, f"{what} has an integer of more than {sys.get_int_max_str_digits()} digits") \
-            from None
-    except RecursionError:
-        raise ServingError(400, f"{what} is nested too deeply") from None
-    if not isinstance(value, dict):
-        raise ServingError(400, f"{what} must be a JSON object, not {type(value).__name__}")
-    return value
+class OipHttp:
+    """The endpoints under ``/v2`` for one :class:`ModelRepository`."""
+
+    protocol = "v2"
+
+    def __init__(self, repository: ModelRepository, read_body: BodyReader, open_health: bool = False):
+        self.repository, self.read_body, self.open_health = repository, read_body, open_health
+
+    def routes(self) -> list[HttpRoute]:
+        routes = [HttpRoute("/v2", Endpoint("server_metadata", self.server_metadata)),
+                  HttpRoute("/v2/health/live", Endpoint("live", self.live, self.open_health)),
+                  HttpRoute("/v2/health/ready", Endpoint("ready", self.ready, self.open_health)),
+                  HttpRoute("/v2/repository/index", Endpoint("repository_index", self.repository_index),
+                            ("POST", "GET"))]
+        for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            routes += [HttpRoute(prefix, Endpoint("model_metadata", self.model_metadata)),
+                       HttpRoute(prefix + "/ready", Endpoint("model_ready", self.model_ready)),
+                       HttpRoute(prefix + "/infer", Endpoint("infer", self.infer), ("POST",))]
+        return routes
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(server_metadata(EXTENSIONS))
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        if not self.repository.ready:
+            raise ServingError(503, "not ready: models are still loading")
+        return json_response({"ready": True})
+
+    async def model_metadata(self, request: Request) -> Response:
+        return json_response(model_metadata(self.repository, request.path_params["name"],
+                                            request.path_params.get("version")))
+
+    async def model_ready(self, request: Request) -> Response:
+        model = path_model(self.repository, request)
+        if not model.ready:
+            raise ServingError(503, f"model {model.name!r} version {model.version} is not ready"
+                                    + (f": {model.scheduler.failed}" if model.scheduler.failed else ""))
+        return json_response({"name": model.name, "version": model.version, "ready": True})
+
+    async def infer(self, request: Request) -> Response:
+        model = path_model(self.repository, request)
+        body = await self.read_body(request)
+        parsed, binary_default = parse_infer_request(body, request.headers.get(HEADER_LENGTH), model.name,
+                                                     model.version)
+        result = await model.infer(parsed)
+        content, header_length = encode_infer_response(result, parsed, binary_default)
+        headers = {"Server-Timing": result.server_timing()}
+        if header_length is None:
+            return Response(content, 200, headers, media_type="application/json")
+        headers[HEADER_LENGTH] = str(header_length)
+        return Response(content, 200, headers, media_type="application/octet-stream")
+
+    async def repository_index(self, request: Request) -> Response:
+        return json_response([{"name": m.name, "version": m.version,
+                               "state": "READY" if m.ready else "UNAVAILABLE"} for m in self.repository])
 
 
 def _field(obj: dict, key: str, kind, where: str, required: bool = True):
@@ -106,13 +154,11 @@ def parse_infer_request(body: bytes, header_length: str | None, model: str,
             raise ServingError(400, f"outputs[{index}] must be an object")
         name = _field(raw, "name", str, f"outputs[{index}]")
         params = _parameters(raw, f"output {name!r}")
-        classification = params.get("classification", 0)
+        top = classification(name, params.get("classification", 0))
         binary_flag = params.get("binary_data")
-        if not isinstance(classification, int) or isinstance(classification, bool):
-            raise ServingError(400, f"output {name!r}: classification must be an integer")
         if binary_flag is not None and not isinstance(binary_flag, bool):
             raise ServingError(400, f"output {name!r}: binary_data must be true or false")
-        outputs.append(RequestedOutput(name, classification, binary_flag))
+        outputs.append(RequestedOutput(name, top, binary_flag))
     return InferenceRequest(model, version, inputs, outputs, request_id, timeout), binary_default
 
 

@@ -37,7 +37,6 @@ class ServerOptions:
     open_health: bool = False
     open_metrics: bool = False
     max_request_bytes: int = 64 << 20
-    timeout: float = 60.0
     ready_file: Path | None = None
     body_timeout: float = 30.0
 
@@ -90,12 +89,11 @@ async def run_server(repository: ModelRepository, options: ServerOptions) -> Non
     http_port = sock.getsockname()[1]
     grpc_server, grpc_port = None, None
     if options.grpc_port >= 0:
-        from mvu.host.serving.grpc_services import GrpcSettings, create_grpc_server
+        from mvu.host.serving.grpc_server import GrpcSettings, create_grpc_server
 
         grpc_server, grpc_port = create_grpc_server(repository, GrpcSettings(
             host=options.host, port=options.grpc_port, tls_cert=options.tls_cert, tls_key=options.tls_key,
-            keys=options.keys, open_health=options.open_health, max_message_bytes=options.max_request_bytes,
-            timeout=options.timeout))
+            keys=options.keys, open_health=options.open_health, max_message_bytes=options.max_request_bytes))
         await grpc_server.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -158,7 +156,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         log.warning("API keys are accepted over plain HTTP on %s: anyone on the network can read them", args.host)
     return ServerOptions(args.host, args.port, args.grpc_port, Path(args.tls_cert) if args.tls_cert else None,
                          Path(args.tls_key) if args.tls_key else None, keys, args.open_health, args.open_metrics,
-                         args.max_request_bytes, args.timeout, Path(args.ready_file) if args.ready_file else None,
+                         args.max_request_bytes, Path(args.ready_file) if args.ready_file else None,
                          args.body_timeout)
 
 

@@ -1,4 +1,5 @@
-"""TensorFlow Serving's REST API: ``:predict`` with row (``instances``) or columnar (``inputs``) JSON."""
+"""TensorFlow Serving's REST API: its endpoints, ``:predict`` with row (``instances``) or columnar (``inputs``)
+JSON, model status and metadata."""
 
 from __future__ import annotations
 
@@ -6,17 +7,50 @@ import base64
 import binascii
 
 import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
 
+from mvu.host.serving.envelope import Endpoint
 from mvu.host.serving.errors import ServingError
-from mvu.host.serving.oip_http import json_object
-from mvu.host.serving.repository import IMAGES_INPUT, TENSOR_INPUT, ServedModel
+from mvu.host.serving.http_io import BodyReader, HttpRoute, json_object, json_response, path_model
+from mvu.host.serving.repository import IMAGES_INPUT, TENSOR_INPUT, ModelRepository, ServedModel
 from mvu.host.serving.tensors import InferenceRequest, InputTensor
+from mvu.host.serving.tfserving import PREDICT_METHOD, SIGNATURE, check_signature, signature
 
-__all__ = ["parse_predict", "model_status", "model_metadata", "SIGNATURE", "TF_SCORES_OUTPUT"]
+__all__ = ["TfServingHttp", "model_metadata", "model_status", "parse_predict"]
 
-SIGNATURE = "serving_default"
-#: The class scores' name in TensorFlow Serving's answers and metadata, as the hosted FPGA service named it.
-TF_SCORES_OUTPUT = "output_alias"
+
+class TfServingHttp:
+    """The endpoints under ``/v1/models`` for one :class:`ModelRepository`."""
+
+    protocol = "v1"
+
+    def __init__(self, repository: ModelRepository, read_body: BodyReader):
+        self.repository, self.read_body = repository, read_body
+
+    def routes(self) -> list[HttpRoute]:
+        routes = []
+        for prefix in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
+            routes += [HttpRoute(prefix, Endpoint("tf_status", self.status)),
+                       HttpRoute(prefix + "/metadata", Endpoint("tf_metadata", self.metadata)),
+                       HttpRoute(prefix + ":predict", Endpoint("tf_predict", self.predict), ("POST",))]
+        return routes
+
+    async def status(self, request: Request) -> Response:
+        if "version" in request.path_params:
+            return json_response(model_status([path_model(self.repository, request)]))
+        return json_response(model_status(self.repository.versions(request.path_params["name"])))
+
+    async def metadata(self, request: Request) -> Response:
+        return json_response(model_metadata(path_model(self.repository, request)))
+
+    async def predict(self, request: Request) -> Response:
+        model = path_model(self.repository, request)
+        parsed, rows = parse_predict(await self.read_body(request), model.name, model.version)
+        result = await model.infer(parsed)
+        scores = result.outputs[0].data.tolist()
+        return json_response({"predictions": scores} if rows else {"outputs": scores},
+                             headers={"Server-Timing": result.server_timing()})
 
 
 def _image(value, where: str) -> bytes:
@@ -90,9 +124,7 @@ def _columns(inputs) -> InputTensor:
 def parse_predict(body: bytes, model: str, version: str | None) -> tuple[InferenceRequest, bool]:
     """Returns the request and whether the answer is in row format (``predictions``)."""
     request = json_object(body, "the predict request")
-    signature = request.get("signature_name", SIGNATURE)
-    if signature not in (SIGNATURE, ""):
-        raise ServingError(400, f"unknown signature_name {signature!r}; the only one is {SIGNATURE!r}")
+    check_signature(model, request.get("signature_name", SIGNATURE))
     unknown = set(request) - {"signature_name", "instances", "inputs"}
     if unknown:
         raise ServingError(400, f"unknown fields {sorted(unknown)}; expected 'instances' or 'inputs'")
@@ -118,9 +150,7 @@ def _tensor_info(name: str, dtype: str, shape: list[int]) -> dict:
 
 
 def model_metadata(model: ServedModel) -> dict:
-    signature = {"inputs": {IMAGES_INPUT: _tensor_info(IMAGES_INPUT, "DT_STRING", [-1]),
-                            TENSOR_INPUT: _tensor_info(TENSOR_INPUT, "DT_FLOAT", model.input_shape)},
-                 "outputs": {TF_SCORES_OUTPUT: _tensor_info(TF_SCORES_OUTPUT, "DT_FLOAT", [-1, model.classes])},
-                 "method_name": "tensorflow/serving/predict"}
+    tensors = {side: {name: _tensor_info(name, *info) for name, info in entries.items()}
+               for side, entries in signature(model).items()}
     return {"model_spec": {"name": model.name, "signature_name": "", "version": model.version},
-            "metadata": {"signature_def": {"signature_def": {SIGNATURE: signature}}}}
+            "metadata": {"signature_def": {"signature_def": {SIGNATURE: {**tensors, "method_name": PREDICT_METHOD}}}}}
