@@ -162,9 +162,11 @@ def serve(package_path: str | Path, backend: str, ready_file: str | Path | None,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mvu.host.executors import BACKENDS
+
     parser = argparse.ArgumentParser(prog="python -m mvu.host.tools.triton_baseline", description=__doc__.split("\n")[0])
     parser.add_argument("package")
-    parser.add_argument("--backend", choices=("reference", "verilator", "numpy"), default="reference")
+    parser.add_argument("--backend", choices=BACKENDS, default="reference")
     parser.add_argument("--ready-file")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--max-batch-size", type=int, default=8)
