@@ -31,3 +31,7 @@ def test_systolic_array():
 
 def test_store_unit():
     run_bench("bench_store_unit")
+
+
+def test_compute_unit():
+    run_bench("bench_compute_unit")
