@@ -35,3 +35,7 @@ def test_store_unit():
 
 def test_compute_unit():
     run_bench("bench_compute_unit")
+
+
+def test_control_registers():
+    run_bench("bench_control_registers")
