@@ -39,3 +39,7 @@ def test_compute_unit():
 
 def test_control_registers():
     run_bench("bench_control_registers")
+
+
+def test_token_link():
+    run_bench("bench_token_link")
