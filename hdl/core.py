@@ -29,7 +29,10 @@ class ReadId:
 class MvuCore(wiring.Component):
     """The matrix-vector unit with its external memory port (``mem``) and CSR bus (``csr``).
 
-    ``busy``, ``done`` and ``error`` mirror the status register.
+    ``busy``, ``done`` and ``error`` mirror the status register. As a
+    top-level module its ports are named as :func:`mvu.hdl.verilog.ports`
+    names them (``csr_addr``, ``mem_req_payload``, ...), which
+    ``sim/harness.cpp`` uses.
     """
 
     def __init__(self, config: HardwareConfig):
@@ -120,7 +123,7 @@ class MvuCore(wiring.Component):
         m.d.comb += [registers.events[name].eq(event) for name, event in events.items()]
         return m
 
-    def _grant(self, m: Module, read_id: int, reader) -> None:
+    def _grant(self, m: Module, read_id: int, reader: wiring.PureInterface) -> None:
         """Pass ``reader``'s read request to the memory, tagged with ``read_id``."""
         request = self.mem.req
         m.d.comb += [

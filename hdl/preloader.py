@@ -19,8 +19,9 @@ class Preloader(wiring.Component):
     first and shifted into the array's shadow registers (``weights``) once
     the previous preloaded tile has swapped in everywhere: ``rows`` cycles
     after its first entry, which the streamer reports on ``handoff.swapped``.
-    The instruction then goes to the streamer on ``handoff.job``, whose one
-    place the preloader holds until the streamer takes it.
+    The instruction then waits in a one-entry slot, offered on
+    ``handoff.job``, until the streamer takes it; meanwhile the preloader
+    takes the next one.
 
     ``token_avail`` and ``token_pop`` are the ``avail`` and ``pop`` of the
     compute unit's tokens with the load unit. ``idle``: no instruction held;
