@@ -1,5 +1,7 @@
 """ONNX import, quantization and layer-by-layer execution on every backend."""
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -7,7 +9,7 @@ import pytest
 from conftest import TINY
 
 from mvu.host.compiler.graph import SUPPORTED_OPS, ModelImportError, Node, import_onnx
-from mvu.host.compiler.quantize import calibrate, quantize_graph
+from mvu.host.compiler.quantize import calibrate, check_graph, quantize_graph
 from mvu.host.runtime.runner import ModelRunner, im2col
 from mvu.models.onnx_builder import GraphBuilder
 
@@ -78,7 +80,8 @@ def test_import_errors_name_the_cause(tmp_path):
     model = small_network()
     model.graph.node.append(onnx.helper.make_node("Erf", ["logits"], ["erf"]))
     model.graph.output[0].name = "erf"
-    with pytest.raises(ModelImportError, match="unsupported operator Erf"):
+    with pytest.raises(ModelImportError, match=r"erf.onnx: cannot import 1 node: Erf \(node 'Erf_12'\): mvu does "
+                                                r"not support this operator; it takes Add, AveragePool, "):
         import_onnx(model, name="erf.onnx")
     dynamic = small_network()
     dim = dynamic.graph.input[0].type.tensor_type.shape.dim[2]
@@ -100,11 +103,12 @@ def test_quantization_names_every_unsupported_op_at_once():
     graph = import_onnx(small_network())
     graph.nodes.insert(2, Node("Erf", "erf_1", [graph.nodes[1].outputs[0]], ["erf_out"]))
     graph.nodes.append(Node("DequantizeLinear", "dq", ["logits", "s", "z"], ["dq_out"]))
+    graph.nodes.append(Node("Erf", "erf_2", ["dq_out"], ["erf_out_2"]))
     with pytest.raises(ModelImportError) as error:
-        quantize_graph(graph, {})
+        quantize_graph(graph, {})  # refused before it reads a range
     message = str(error.value)
-    assert message.startswith("small: cannot quantize Erf (node 'erf_1'), DequantizeLinear (node 'dq'); "
-                              "float models may use Add, AveragePool, BatchNormalization, Clip, Concat, Conv")
+    assert message.startswith("small: cannot quantize 3 nodes: Erf (2 nodes: 'erf_1', 'erf_2'), DequantizeLinear "
+                              "(node 'dq'): float models may use Add, AveragePool, BatchNormalization, Clip, Concat, ")
 
 
 def test_a_product_of_two_tensors_is_refused_by_name():
@@ -116,9 +120,9 @@ def test_a_product_of_two_tensors_is_refused_by_name():
     model = g.build(g.gemm(g.flatten(g.global_average_pool(product)), rng.normal(0, 0.3, (10, 4)),
                            np.zeros(10)), classes=10)
     graph = import_onnx(model)
-    images = rng.normal(0, 1, (2, 3, 8, 8)).astype(np.float32)
-    with pytest.raises(ModelImportError, match=f"mul: Mul '{product}' needs one constant operand"):
-        quantize_graph(graph, calibrate(model, graph, images, progress=False))
+    with pytest.raises(ModelImportError, match=f"mul: cannot quantize 1 node: Mul \\(node '{product}'\\): needs one "
+                                               f"constant operand"):
+        check_graph(graph)  # what compile_model checks before calibrating
 
 def test_package_round_trip_and_refusals(tmp_path):
     from mvu.hdl.contract.config import HardwareConfig
@@ -161,3 +165,80 @@ def test_profile_table_and_plot(tmp_path, verilator_executors):
     assert len(table.splitlines()) == len(runner.stats) + 3
     path = plot_profile(runner.stats, TINY, tmp_path / "profile.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def float16(model: onnx.ModelProto, keep_io_types: bool) -> onnx.ModelProto:
+    """``model`` with float16 weights; its input and output float16 too, or float32 with Casts around."""
+    half = onnx.ModelProto()
+    half.CopyFrom(model)
+    graph = half.graph
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.data_type == onnx.TensorProto.FLOAT:
+            graph.initializer[index].CopyFrom(onnx.numpy_helper.from_array(
+                onnx.numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
+    if not keep_io_types:
+        for value in (*graph.input, *graph.output):
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+        return half
+    for node in graph.node:
+        node.input[:] = ["input_half" if name == "input" else name for name in node.input]
+        node.output[:] = ["logits_half" if name == "logits" else name for name in node.output]
+    graph.node.insert(0, onnx.helper.make_node("Cast", ["input"], ["input_half"], to=onnx.TensorProto.FLOAT16))
+    graph.node.append(onnx.helper.make_node("Cast", ["logits_half"], ["logits"], to=onnx.TensorProto.FLOAT))
+    return half
+
+
+@pytest.mark.parametrize("keep_io_types", [False, True])
+def test_a_float16_model_compiles_as_float32(keep_io_types):
+    from mvu.host.compiler.compile import compile_model
+    from mvu.host.compiler.recipes import demo_photos
+    from mvu.host.runtime.preprocess import PreprocessRecipe, preprocess
+
+    model = small_network()
+    half = float16(model, keep_io_types)
+    onnx.checker.check_model(half)
+    preprocessing = {"resize": 16, "crop": 16, "mean": [127.0] * 3, "std": [64.0] * 3}
+    package = compile_model(half, config=TINY, preprocessing=preprocessing, labels=[], progress=False)
+    image = preprocess(demo_photos()[0], PreprocessRecipe.from_dict(preprocessing))
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"input": image})[0]
+    got = ModelRunner(package.model, TINY).run(package.model.input_q.quantize(image))
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+
+
+def test_preprocessing_comes_from_the_model_or_is_assumed_loudly(tmp_path, capsys):
+    from mvu.host.compiler.preprocessing import PREPROCESSING_KEY, with_preprocessing
+    from mvu.host.compiler.recipes import RECIPES, compile_source
+
+    model, preprocessing = RECIPES["toy"]()
+    assert json.loads(next(p.value for p in model.metadata_props if p.key == PREPROCESSING_KEY)) == preprocessing
+    other = {**preprocessing, "mean": [127.0] * 3, "std": [128.0] * 3}
+    onnx.save(with_preprocessing(model, other), tmp_path / "stated.onnx")
+    package = compile_source(str(tmp_path / "stated.onnx"), config=TINY, progress=False)
+    assert package.preprocessing["mean"] == other["mean"] and "WARNING" not in capsys.readouterr().err
+    given = {**preprocessing, "resize": 32, "mean": [0.0] * 3, "std": [255.0] * 3}
+    (tmp_path / "given.json").write_text(json.dumps(given))
+    package = compile_source(str(tmp_path / "stated.onnx"), config=TINY, preprocess=str(tmp_path / "given.json"),
+                             progress=False)
+    assert package.preprocessing["mean"] == given["mean"]  # --preprocess wins
+    del model.metadata_props[:]
+    onnx.save(model, tmp_path / "silent.onnx")
+    with pytest.raises(ModelImportError, match="takes 32x32 images but the preprocessing crops 224x224"):
+        compile_source(str(tmp_path / "silent.onnx"), config=TINY, progress=False)
+    warning = capsys.readouterr().err
+    assert f"WARNING: {tmp_path / 'silent.onnx'} does not say how its input is made" in warning
+    assert "ASSUMING torchvision's ImageNet normalization" in warning
+
+
+def test_compile_verbose_lists_every_layer_with_its_placement(tmp_path, capsys):
+    from mvu.host.model.package import load_package
+    from mvu.host.tools.cli import main
+
+    assert main(["compile", "toy", "-o", str(tmp_path / "toy.mvu"), "-v"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    layers = load_package(tmp_path / "toy.mvu").model.layers
+    rows = [line for line in lines if " -> " in line and not line.startswith("compiled")]
+    assert len(rows) == len(layers) == 5
+    for layer, row in zip(layers, rows):
+        assert row.split()[0] == layer.name and f"-> {layer.placement}" in row
+    assert {"gap", "reshape", "fc"} <= {layer.kind for layer in layers}
+    assert "float output" in rows[-1] and "nan" not in "\n".join(rows)

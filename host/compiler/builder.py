@@ -7,12 +7,10 @@ emit layers through a :class:`LayerBuilder`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-
 from mvu.host.compiler.graph import Graph
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 
-__all__ = ["LayerBuilder", "unsupported"]
+__all__ = ["LayerBuilder"]
 
 
 class LayerBuilder:
@@ -24,24 +22,19 @@ class LayerBuilder:
         self.layers: list[Layer] = []
         self.report: list[dict] = []
 
-    def emit(self, layer: Layer, op: str | None = None) -> None:
-        """Append ``layer``; its output takes ``layer.out_q`` when it has one; with ``op``, the report gains a
-        row for it (float logits have no scale: NaN, zero point 0)."""
+    def emit(self, layer: Layer, op: str, *, float_output: bool = False) -> None:
+        """Append ``layer`` and its report row (``op``: what it computes, in the model's terms). Its output takes
+        ``layer.out_q``, unless the output is float (logits; a dequantize layer's ``out_q`` is its input's): then
+        the row's scale and zero point are None."""
         self.layers.append(layer)
-        out_q = layer.out_q
+        out_q = None if float_output else layer.out_q
         if out_q is not None:
             self.tensor_q[layer.output] = out_q
-        if op is not None:
-            self.report.append({"layer": layer.name, "op": op, "placement": layer.placement,
-                                "scale": float("nan") if out_q is None else out_q.scale,
-                                "zero_point": 0 if out_q is None else out_q.zero_point, "macs": layer.macs})
+        self.report.append({"layer": layer.name, "op": op, "placement": layer.placement,
+                            "scale": None if out_q is None else out_q.scale,
+                            "zero_point": None if out_q is None else out_q.zero_point, "macs": layer.macs})
 
     def model(self, input_q: QuantParams, shapes: dict[str, tuple[int, ...]]) -> QuantizedModel:
         graph = self.graph
         return QuantizedModel(graph.input, graph.input_shape, input_q, graph.output, self.layers, self.tensor_q,
                               shapes, self.report)
-
-
-def unsupported(graph: Graph, handlers: Mapping[str, Callable]) -> str:
-    """The nodes no handler takes, as ``Op (node 'name'), ...``; empty when there are none."""
-    return ", ".join(f"{node.op} (node '{node.name}')" for node in graph.nodes if node.op not in handlers)

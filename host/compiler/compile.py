@@ -9,9 +9,12 @@ import numpy as np
 import onnx
 
 from mvu.hdl.contract.config import HardwareConfig
-from mvu.host.compiler.graph import PREQUANTIZED_OPS, ModelImportError, import_onnx
+from mvu.host.compiler.graph import PREQUANTIZED_OPS, ModelImportError, import_model
+from mvu.host.compiler.onnx_file import cause, input_shape, read_onnx
+from mvu.host.compiler.preprocessing import assumed_preprocessing, model_preprocessing
 from mvu.host.compiler.prequantized import from_qlinear_graph
-from mvu.host.compiler.quantize import calibrate, quantize_graph
+from mvu.host.compiler.qdq import fold_qdq
+from mvu.host.compiler.quantize import calibrate, check_graph, quantize_graph
 from mvu.host.model.package import ModelPackage
 
 __all__ = ["IMAGE_SUFFIXES", "calibration_images", "compile_model", "builtin_calibration_sources"]
@@ -63,7 +66,7 @@ def _add_sqnr(quantized, config: HardwareConfig, model: onnx.ModelProto, image: 
     by_name = {layer.name: layer for layer in quantized.layers}
     for row in quantized.report:
         layer = by_name.get(row["layer"])
-        if layer is None or layer.out_q is None or layer.output not in reference:
+        if layer is None or row["scale"] is None or layer.output not in reference:
             continue
         expected = reference[layer.output].reshape(-1).astype(np.float64)
         got = layer.out_q.dequantize(runner.tensors[layer.output]).reshape(-1).astype(np.float64)
@@ -71,27 +74,49 @@ def _add_sqnr(quantized, config: HardwareConfig, model: onnx.ModelProto, image: 
         row["sqnr_db"] = float(10 * np.log10(np.sum(expected ** 2) / noise)) if noise > 0 else float("inf")
 
 
-def compile_model(source: str | Path | onnx.ModelProto, *, config: HardwareConfig, preprocessing: dict,
+def compile_model(source: str | Path | onnx.ModelProto, *, config: HardwareConfig, preprocessing: dict | None,
                   labels: list[str], calibration: list[Path] | None = None, name: str | None = None,
                   progress: bool = True) -> ModelPackage:
-    """Compile ``source`` for ``config``; ``calibration`` lists image files (default: the built-in set)."""
-    from mvu.host.runtime.preprocess import PreprocessRecipe
+    """Compile ``source`` for ``config``; ``calibration`` lists image files (default: the built-in set).
 
-    label = name or (Path(source).stem if not isinstance(source, onnx.ModelProto) else "model")
-    graph = import_onnx(source, name=str(source) if not isinstance(source, onnx.ModelProto) else label)
-    model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
-    recipe = PreprocessRecipe.from_dict(preprocessing)
-    if graph.input_shape[2:] != (recipe.crop, recipe.crop):
-        raise ModelImportError(f"{label}: the model takes {graph.input_shape[2:]} images but the preprocessing "
-                           f"crops {recipe.crop}x{recipe.crop}")
-    if any(node.op in PREQUANTIZED_OPS for node in graph.nodes):
-        quantized = from_qlinear_graph(graph)  # its own scales: no calibration
-    else:
-        images = calibration_images(calibration or builtin_calibration_sources(), recipe)
-        quantized = quantize_graph(graph, calibrate(model, graph, images, progress=progress))
-        _add_sqnr(quantized, config, model, images[0])
-    classes = int(np.prod(graph.shapes.get(graph.output, (1, len(labels)))[1:]))
-    if labels and len(labels) != classes:
-        raise ModelImportError(f"{label}: {len(labels)} labels for {classes} classes")
+    ``preprocessing`` None takes the model's own (:mod:`~mvu.host.compiler.preprocessing`), else torchvision's
+    with a warning. Every refusal is a :class:`ModelImportError` naming the model, raised before calibration.
+    """
+    path = not isinstance(source, onnx.ModelProto)
+    label = name or (Path(source).stem if path else "model")
+    where = str(source) if path else label  # what messages call the model
+    try:
+        model, digest = read_onnx(source, where)
+        if preprocessing is None:
+            preprocessing = model_preprocessing(model, where) or assumed_preprocessing(where)
+        recipe = _recipe(preprocessing, where)
+        height, width = input_shape(model)[2:]
+        if (height, width) != (recipe.crop, recipe.crop):
+            raise ModelImportError(f"{where}: the model takes {height}x{width} images but the preprocessing crops "
+                                   f"{recipe.crop}x{recipe.crop}")
+        graph = fold_qdq(import_model(model, digest, where))
+        classes = int(np.prod(graph.shapes.get(graph.output, (1, len(labels)))[1:]))
+        if labels and len(labels) != classes:
+            raise ModelImportError(f"{where}: {len(labels)} labels for {classes} classes")
+        if any(node.op in PREQUANTIZED_OPS for node in graph.nodes):
+            quantized = from_qlinear_graph(graph)  # its own scales: no calibration
+        else:
+            check_graph(graph)
+            images = calibration_images(calibration or builtin_calibration_sources(), recipe)
+            quantized = quantize_graph(graph, calibrate(model, graph, images, progress=progress))
+            _add_sqnr(quantized, config, model, images[0])
+    except ModelImportError:
+        raise
+    except Exception as error:  # anything else a model file can provoke: still one line naming it
+        raise ModelImportError(f"{where}: cannot compile it ({cause(error)})") from error
     return ModelPackage(label, quantized, config, preprocessing=recipe.to_dict(), labels=labels,
                         source_sha256=graph.source_sha256)
+
+
+def _recipe(preprocessing: dict, where: str):
+    from mvu.host.runtime.preprocess import PreprocessRecipe
+
+    try:
+        return PreprocessRecipe.from_dict(preprocessing)
+    except (ValueError, TypeError) as error:
+        raise ModelImportError(f"{where}: the preprocessing is not a recipe ({cause(error)})") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,23 +9,20 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-__all__ = ["Node", "Graph", "ModelImportError", "import_onnx", "SUPPORTED_OPS", "PREQUANTIZED_OPS"]
+from mvu.host.compiler.onnx_file import ModelImportError, cause, input_shape, read_onnx
 
-MIN_OPSET, MAX_OPSET = 9, 21
+__all__ = ["Node", "Graph", "ModelImportError", "describe_nodes", "drop_unused", "import_model", "import_onnx",
+           "model_label", "refusal", "SUPPORTED_OPS", "PREQUANTIZED_OPS"]
 
 SUPPORTED_OPS = frozenset({
     "Conv", "Relu", "Clip", "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul",
     "Flatten", "Reshape", "Concat", "Softmax", "BatchNormalization", "Identity", "Dropout", "Mul",
     *("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearGlobalAveragePool",
-      "QGemm"),
+      "QGemm", "QLinearAveragePool", "QLinearConcat"),
 })
-#: Operators of models that arrive already quantized (com.microsoft contributes the last three).
+#: Operators of models that arrive already quantized (com.microsoft contributes all but the first three).
 PREQUANTIZED_OPS = frozenset({"QuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",
-                              "QLinearGlobalAveragePool", "QGemm"})
-
-
-class ModelImportError(ValueError):
-    """A model the compiler cannot take; the message names the file and the cause."""
+                              "QLinearGlobalAveragePool", "QGemm", "QLinearAveragePool", "QLinearConcat"})
 
 
 @dataclass
@@ -60,60 +56,88 @@ def _attributes(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def import_onnx(source: str | Path | onnx.ModelProto, *, name: str | None = None) -> Graph:
-    """Load, check and simplify an ONNX image classifier with one image input and one output."""
-    label = name or (str(source) if not isinstance(source, onnx.ModelProto) else "<model>")
-    try:
-        model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
-    except FileNotFoundError:
-        raise ModelImportError(f"{label}: no such file") from None
-    except Exception as error:  # protobuf raises several kinds for corrupt files
-        raise ModelImportError(f"{label}: not a readable ONNX model ({type(error).__name__}: {error})") from None
-    digest = hashlib.sha256(model.SerializeToString()).hexdigest()
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ModelImportError(f"{label}: opset {opset} is outside the supported {MIN_OPSET}..{MAX_OPSET}")
+def model_label(source: str | Path | onnx.ModelProto, name: str | None = None) -> str:
+    """What messages call a model: ``name``, else the file's path, else the graph's name."""
+    if name:
+        return name
+    return (source.graph.name or "model") if isinstance(source, onnx.ModelProto) else str(source)
 
+
+def import_onnx(source: str | Path | onnx.ModelProto, *, name: str | None = None) -> Graph:
+    """Read, check (:func:`~mvu.host.compiler.onnx_file.read_onnx`) and simplify an ONNX image classifier."""
+    label = model_label(source, name)
+    return import_model(*read_onnx(source, label), label)
+
+
+def import_model(model: onnx.ModelProto, digest: str, label: str) -> Graph:
+    """The graph of a model :func:`~mvu.host.compiler.onnx_file.read_onnx` checked: shapes inferred, constants
+    folded, BatchNormalization folded into Conv; every operator it cannot take named in one error."""
+    nodes = [Node(n.op_type, n.name or f"{n.op_type}_{i}", list(n.input), list(n.output), _attributes(n))
+             for i, n in enumerate(model.graph.node)]
     constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in constants]
-    if len(inputs) != 1 or len(model.graph.output) != 1:
-        raise ModelImportError(f"{label}: expected one input and one output, found {len(inputs)} and "
-                           f"{len(model.graph.output)}")
-    dims = inputs[0].type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if len(shape) != 4:
-        raise ModelImportError(f"{label}: input '{inputs[0].name}' must be NCHW, has shape {shape}")
-    if None in shape[1:] or 0 in shape[1:]:
-        raise ModelImportError(f"{label}: input '{inputs[0].name}' has a dynamic size {shape}; "
-                           f"the compiler needs static channels and spatial dimensions")
-    shape[0] = 1  # batch 1
-    _fix_input_shape(model, inputs[0].name, shape)
+    computable = _constant_outputs(nodes, set(constants))
+    _refuse(label, [node for node in nodes if node.op not in SUPPORTED_OPS and not set(node.outputs) <= computable])
     contrib = any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
     try:
         model = shape_inference.infer_shapes(model, strict_mode=not contrib)
     except Exception as error:
-        raise ModelImportError(f"{label}: shape inference failed: {error}") from None
-
-    nodes = [Node(n.op_type, n.name or f"{n.op_type}_{i}", list(n.input), list(n.output), _attributes(n))
-             for i, n in enumerate(model.graph.node)]
-    for node in nodes:
-        if node.op not in SUPPORTED_OPS and not _foldable(node):
-            raise ModelImportError(f"{label}: unsupported operator {node.op} (node '{node.name}')")
-    shapes = {inputs[0].name: tuple(shape)}
-    for value in list(model.graph.value_info) + list(model.graph.output):
-        dims = value.type.tensor_type.shape.dim
+        raise ModelImportError(f"{label}: shape inference failed ({cause(error)})") from None
+    value = next(i for i in model.graph.input if i.name not in constants)
+    shape = input_shape(model)
+    shapes = {value.name: shape}
+    for info in list(model.graph.value_info) + list(model.graph.output):
+        dims = info.type.tensor_type.shape.dim
         if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[value.name] = tuple(d.dim_value for d in dims)
+            shapes[info.name] = tuple(d.dim_value for d in dims)
     if contrib:  # ONNX's shape inference stops at contributed operators: ask onnxruntime
-        shapes.update(_shapes_from_onnxruntime(model, inputs[0].name, shape, label))
-    graph = Graph(name=model.graph.name or label, input=inputs[0].name, input_shape=tuple(shape),
-                  output=model.graph.output[0].name, nodes=nodes, constants=constants, shapes=shapes,
-                  source_sha256=digest, opset=opset)
-    _fold_constants(graph, model)
+        shapes.update(_shapes_from_onnxruntime(model, value.name, list(shape), label))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    graph = Graph(name=label, input=value.name, input_shape=shape, output=model.graph.output[0].name, nodes=nodes,
+                  constants=constants, shapes=shapes, source_sha256=digest, opset=opset)
+    _fold_constants(graph)
+    _refuse(label, [node for node in graph.nodes if node.op not in SUPPORTED_OPS], ", on values computed from the input")
     _drop_identities(graph)
-    _fold_batch_norm(graph, label)
-    _drop_unused(graph)
+    _fold_batch_norm(graph)
+    drop_unused(graph)
     return graph
+
+
+def _constant_outputs(nodes: list[Node], known: set[str]) -> set[str]:
+    """Tensors that constant folding computes: ``known`` ones, and what Constant, Shape or nodes reading only
+    such tensors make."""
+    known = set(known)
+    for node in nodes:
+        if node.op in ("Constant", "Shape") or all(i == "" or i in known for i in node.inputs):
+            known.update(node.outputs)
+    return known
+
+
+def describe_nodes(nodes: list[Node]) -> str:
+    """Nodes by op type, in order of appearance: ``Erf (2 nodes: 'a', 'b'), Mul (node 'm')``."""
+    groups: dict[str, list[str]] = {}
+    for node in nodes:
+        groups.setdefault(node.op, []).append(repr(node.name))
+    return ", ".join(f"{op} (node {names[0]})" if len(names) == 1 else f"{op} ({len(names)} nodes: {', '.join(names)})"
+                     for op, names in groups.items())
+
+
+def refusal(label: str, what: str, problems: list[tuple[Node, str]]) -> ModelImportError:
+    """One error for every refused node, grouped by reason: ``label: what 3 nodes: Erf (2 nodes: 'a', 'b'):
+    why; Mul (node 'm'): why``."""
+    by_reason: dict[str, list[Node]] = {}
+    for node, why in problems:
+        by_reason.setdefault(why, []).append(node)
+    count = f"{len(problems)} node{'s' if len(problems) > 1 else ''}"
+    return ModelImportError(f"{label}: {what} {count}: "
+                            + "; ".join(f"{describe_nodes(nodes)}: {why}" for why, nodes in by_reason.items()))
+
+
+def _refuse(label: str, nodes: list[Node], where: str = "") -> None:
+    """Refuse every node of an operator mvu does not support, at once."""
+    if nodes:
+        why = (f"mvu does not support {'these operators' if len(nodes) > 1 else 'this operator'}{where}; it takes "
+               f"{', '.join(sorted(SUPPORTED_OPS))}")
+        raise refusal(label, "cannot import", [(node, why) for node in nodes])
 
 
 def _shapes_from_onnxruntime(model: onnx.ModelProto, input_name: str, shape: list[int], label: str) -> dict:
@@ -131,11 +155,11 @@ def _shapes_from_onnxruntime(model: onnx.ModelProto, input_name: str, shape: lis
         session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         values = session.run(None, {input_name: np.zeros(shape, np.float32)})
     except Exception as error:
-        raise ModelImportError(f"{label}: onnxruntime could not run the model to find its shapes: {error}") from None
+        raise ModelImportError(f"{label}: onnxruntime could not run the model to find its shapes ({cause(error)})") from None
     return {o.name: tuple(v.shape) for o, v in zip(session.get_outputs(), values)}
 
 
-def _drop_unused(graph: Graph) -> None:
+def drop_unused(graph: Graph) -> None:
     """Remove nodes none of whose outputs is used (e.g. what only fed folded shape arithmetic)."""
     while True:
         used = {i for node in graph.nodes for i in node.inputs} | {graph.output}
@@ -145,48 +169,36 @@ def _drop_unused(graph: Graph) -> None:
         graph.nodes = kept
 
 
-def _fix_input_shape(model: onnx.ModelProto, name: str, shape: list[int]) -> None:
-    for value in model.graph.input:
-        if value.name == name:
-            for dim, size in zip(value.type.tensor_type.shape.dim, shape):
-                dim.Clear()
-                dim.dim_value = size
+#: Left unevaluated though their inputs are constants: a QDQ model's quantized weights stay quantized.
+_KEPT = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
-def _foldable(node: Node) -> bool:
-    """Shape arithmetic (Shape, Gather, Unsqueeze, ...) that constant folding will remove."""
-    return node.op in {"Shape", "Gather", "Unsqueeze", "Squeeze", "Cast", "Constant", "ConstantOfShape",
-                       "Slice", "Mul", "Div", "Sub", "Concat"}
-
-
-def _fold_constants(graph: Graph, model: onnx.ModelProto) -> None:
-    """Evaluate every node whose inputs are all known, with ONNX's reference evaluator."""
+def _fold_constants(graph: Graph) -> None:
+    """Evaluate every node whose inputs are all known, with ONNX's reference evaluator; a node it cannot
+    evaluate stays (and is refused by name if mvu does not take its operator)."""
     from onnx.reference import ReferenceEvaluator
 
     kept = []
     for node in graph.nodes:
         known = all(i == "" or i in graph.constants for i in node.inputs)
-        shape_only = node.op == "Shape" and node.inputs[0] in graph.shapes
-        if node.op == "Constant" or known or shape_only:
-            if shape_only:
-                graph.constants[node.outputs[0]] = np.array(graph.shapes[node.inputs[0]], dtype=np.int64)
-                continue
+        if node.op == "Shape" and node.inputs[0] in graph.shapes:
+            graph.constants[node.outputs[0]] = np.array(graph.shapes[node.inputs[0]], dtype=np.int64)
+            continue
+        if node.op not in _KEPT and (node.op == "Constant" or known):
             proto = onnx.helper.make_node(node.op, node.inputs, node.outputs, **node.attrs)
             single = onnx.helper.make_model(
                 onnx.helper.make_graph([proto], "fold", [onnx.helper.make_empty_tensor_value_info(i)
                                                           for i in node.inputs if i],
                                        [onnx.helper.make_empty_tensor_value_info(o) for o in node.outputs]),
                 opset_imports=[onnx.helper.make_opsetid("", graph.opset)])
-            evaluator = ReferenceEvaluator(single)
-            feeds = {i: graph.constants[i] for i in node.inputs if i}
-            for output, value in zip(node.outputs, evaluator.run(None, feeds)):
-                graph.constants[output] = np.asarray(value)
+            try:
+                values = ReferenceEvaluator(single).run(None, {i: graph.constants[i] for i in node.inputs if i})
+            except Exception:  # an operator the evaluator lacks, or bad inputs: the node stays
+                kept.append(node)
+                continue
+            graph.constants.update((output, np.asarray(value)) for output, value in zip(node.outputs, values))
         else:
             kept.append(node)
-    for node in kept:
-        if node.op not in SUPPORTED_OPS:
-            raise ModelImportError(f"{graph.name}: operator {node.op} (node '{node.name}') depends on the "
-                               f"input and is not supported")
     graph.nodes = kept
 
 
@@ -214,7 +226,7 @@ def _drop_identities(graph: Graph) -> None:
     graph.nodes = kept
 
 
-def _fold_batch_norm(graph: Graph, label: str) -> None:
+def _fold_batch_norm(graph: Graph) -> None:
     """Conv followed by BatchNormalization becomes one Conv with adjusted weights and bias."""
     producers = {out: node for node in graph.nodes for out in node.outputs}
     removed = set()

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mvu.host.compiler.builder import LayerBuilder, unsupported
-from mvu.host.compiler.graph import Graph, ModelImportError, Node
+from mvu.host.compiler.builder import LayerBuilder
+from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 
 __all__ = ["HANDLERS", "from_qlinear_graph"]
@@ -32,12 +32,25 @@ class _Pass(LayerBuilder):
         self.input_q: QuantParams | None = None
 
     def params(self, scale_name: str, zero_name: str) -> QuantParams:
-        """A tensor's quantization from its scale and zero-point constants (uint8 activations only)."""
-        zero = self.graph.constants[zero_name]
-        if zero.dtype != np.uint8:
-            raise ModelImportError(f"{self.graph.name}: activation '{zero_name}' is {zero.dtype}; mvu takes uint8 "
-                                   f"activations")
-        return QuantParams(float(self.graph.constants[scale_name]), int(zero))
+        """A tensor's quantization from its scale and zero-point constants, in uint8 codes."""
+        return QuantParams(float(self.graph.constants[scale_name]), int(self.codes(zero_name)))
+
+    def codes(self, name: str) -> np.ndarray:
+        """Constant activation codes as uint8: int8 codes ``q`` become ``q + 128``, with their zero point, so that
+        every result is the int8 one plus 128 (the clamps 0..255 are int8's -128..127)."""
+        value = self.graph.constants[name]
+        if value.dtype == np.int8:
+            return (value.astype(np.int16) + 128).astype(np.uint8)
+        if value.dtype != np.uint8:
+            raise ModelImportError(f"{self.graph.name}: activation '{name}' is {value.dtype}; mvu takes uint8 or "
+                                   f"int8 activations")
+        return value
+
+    def read(self, node: Node, name: str, q: QuantParams) -> None:
+        """Refuse ``node`` reading tensor ``name`` with other parameters than it was written with."""
+        if self.tensor_q.get(name) != q:
+            raise ModelImportError(f"{self.graph.name}: {node.op} '{node.name}' reads '{name}' with other "
+                                   f"parameters than it was written with")
 
     def weights(self, node: Node, weight_name: str, zero_name: str) -> np.ndarray:
         """The node's weights, refused unless symmetric int8."""
@@ -59,6 +72,13 @@ def _quantize_linear(p: _Pass, node: Node) -> None:
     p.input_q = p.tensor_q[node.outputs[0]] = p.params(ins[1], ins[2])
 
 
+def _padding(p: _Pass, node: Node) -> list[int]:
+    """The node's explicit pads; auto_pad is refused."""
+    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        raise ModelImportError(f"{p.graph.name}: {node.op} '{node.name}' uses auto_pad; mvu needs explicit pads")
+    return list(node.attrs.get("pads", [0] * 4))
+
+
 def _qlinear_conv(p: _Pass, node: Node) -> None:
     """On the accelerator with one group, else on the host; requantized in float32 like onnxruntime."""
     ins = node.inputs
@@ -67,7 +87,7 @@ def _qlinear_conv(p: _Pass, node: Node) -> None:
     channels = weight.shape[0]
     bias = p.graph.constants[ins[8]].astype(np.int64) if len(ins) > 8 and ins[8] else np.zeros(channels, np.int64)
     group = node.attrs.get("group", 1)
-    attrs = {"strides": list(node.attrs.get("strides", [1, 1])), "pads": list(node.attrs.get("pads", [0] * 4)),
+    attrs = {"strides": list(node.attrs.get("strides", [1, 1])), "pads": _padding(p, node),
              "dilations": list(node.attrs.get("dilations", [1, 1])), "group": group,
              "kernel": list(weight.shape[2:]), "in_zero_point": in_q.zero_point, "clamp": (0, 255),
              "activation": "none", "rounding": "float32"}
@@ -83,11 +103,10 @@ def _qlinear_add(p: _Pass, node: Node) -> None:
     constants = {}
     for name, scale, zero in ((ins[0], ins[1], ins[2]), (ins[3], ins[4], ins[5])):
         if name in p.graph.constants:
-            constants[name] = p.graph.constants[name]
+            constants[name] = p.codes(name)
             p.tensor_q[name] = p.params(scale, zero)
-        elif p.tensor_q.get(name) != p.params(scale, zero):
-            raise ModelImportError(f"{p.graph.name}: QLinearAdd '{node.name}' reads '{name}' with other "
-                                   f"parameters than it was written with")
+        else:
+            p.read(node, name, p.params(scale, zero))
     p.emit(Layer("add", node.name, [ins[0], ins[3]], node.outputs[0], "host",
                  {"activation": "none", "clamp": (0, 255)}, constants, p.params(ins[6], ins[7])), "QLinearAdd")
 
@@ -97,13 +116,13 @@ def _qlinear_global_average_pool(p: _Pass, node: Node) -> None:
         raise ModelImportError(f"{p.graph.name}: channels-last QLinearGlobalAveragePool '{node.name}' is not "
                                f"supported")
     p.emit(Layer("gap", node.name, [node.inputs[0]], node.outputs[0], "host", {}, {},
-                 p.params(node.inputs[3], node.inputs[4])))
+                 p.params(node.inputs[3], node.inputs[4])), node.op)
 
 
 def _reshape(p: _Pass, node: Node) -> None:
     """Reshape or Flatten: the same codes in the output's shape."""
     p.emit(Layer("reshape", node.name, [node.inputs[0]], node.outputs[0], "host",
-                 {"shape": list(p.graph.shapes[node.outputs[0]])}, {}, p.tensor_q[node.inputs[0]]))
+                 {"shape": list(p.graph.shapes[node.outputs[0]])}, {}, p.tensor_q[node.inputs[0]]), node.op)
 
 
 def _product(p: _Pass, node: Node, in_q: QuantParams, weight: np.ndarray, w_scale_name: str, bias: np.ndarray,
@@ -145,7 +164,40 @@ def _maxpool(p: _Pass, node: Node) -> None:
                                f"supported")
     p.emit(Layer("maxpool", node.name, [node.inputs[0]], node.outputs[0], "host",
                  {"kernel": list(a["kernel_shape"]), "strides": list(a.get("strides", [1, 1])),
-                  "pads": list(a.get("pads", [0] * 4))}, {}, p.tensor_q[node.inputs[0]]))
+                  "pads": _padding(p, node)}, {}, p.tensor_q[node.inputs[0]]), node.op)
+
+
+def _average_pool(p: _Pass, node: Node) -> None:
+    """com.microsoft QLinearAveragePool, on the host (in the post-processor's fixed point: onnxruntime pools the
+    dequantized floats, so results may differ by one code)."""
+    a = node.attrs
+    if a.get("ceil_mode", 0) or a.get("channels_last", 0):
+        raise ModelImportError(f"{p.graph.name}: {node.op} '{node.name}' with ceil_mode or channels_last is not "
+                               f"supported")
+    p.read(node, node.inputs[0], p.params(node.inputs[1], node.inputs[2]))
+    p.emit(Layer("avgpool", node.name, [node.inputs[0]], node.outputs[0], "host",
+                 {"kernel": list(a["kernel_shape"]), "strides": list(a.get("strides", [1, 1])),
+                  "pads": _padding(p, node), "count_include_pad": a.get("count_include_pad", 0)}, {},
+                 p.params(node.inputs[3], node.inputs[4])), node.op)
+
+
+def _concat(p: _Pass, node: Node) -> None:
+    """com.microsoft QLinearConcat (output scale and zero point, then each input's tensor, scale and zero
+    point), on the host; an input quantized like the output is copied, others requantized in fixed point."""
+    ins = node.inputs
+    parts = [ins[index:index + 3] for index in range(2, len(ins), 3)]
+    for name, scale, zero in parts:
+        p.read(node, name, p.params(scale, zero))
+    p.emit(Layer("concat", node.name, [name for name, _, _ in parts], node.outputs[0], "host",
+                 {"axis": node.attrs.get("axis", 1)}, {}, p.params(ins[0], ins[1])), node.op)
+
+
+def _clip(p: _Pass, node: Node) -> None:
+    """A Clip of the codes (what a QDQ model's Relu or Clip becomes): bounds in the input's codes."""
+    ins = [*node.inputs, "", ""]
+    low, high = int(p.codes(ins[1])) if ins[1] else 0, int(p.codes(ins[2])) if ins[2] else 255
+    p.emit(Layer("clamp", node.name, [node.inputs[0]], node.outputs[0], "host", {"clamp": (low, high)}, {},
+                 p.tensor_q[node.inputs[0]]), node.op)
 
 
 def _dequantize_linear(p: _Pass, node: Node) -> None:
@@ -153,8 +205,8 @@ def _dequantize_linear(p: _Pass, node: Node) -> None:
     if node.outputs[0] != p.graph.output:
         raise ModelImportError(f"{p.graph.name}: DequantizeLinear '{node.name}' inside the network is not "
                                f"supported")
-    p.layers.append(Layer("dequantize", node.name, [node.inputs[0]], node.outputs[0], "host", {}, {},
-                          p.params(node.inputs[1], node.inputs[2])))
+    p.emit(Layer("dequantize", node.name, [node.inputs[0]], node.outputs[0], "host", {}, {},
+                 p.params(node.inputs[1], node.inputs[2])), node.op, float_output=True)
 
 
 #: Op type -> the handler that turns such a node into layers.
@@ -162,14 +214,15 @@ HANDLERS: dict[str, Callable[[_Pass, Node], None]] = {
     "QuantizeLinear": _quantize_linear, "QLinearConv": _qlinear_conv, "QLinearAdd": _qlinear_add,
     "QLinearGlobalAveragePool": _qlinear_global_average_pool, "Reshape": _reshape, "Flatten": _reshape,
     "QLinearMatMul": _qlinear_matmul, "QGemm": _qgemm, "MaxPool": _maxpool, "DequantizeLinear": _dequantize_linear,
+    "QLinearAveragePool": _average_pool, "QLinearConcat": _concat, "Clip": _clip,
 }
 
 
 def from_qlinear_graph(graph: Graph) -> QuantizedModel:
     """Layers that compute what the model's QLinear operators specify, with onnxruntime's arithmetic."""
-    if refused := unsupported(graph, HANDLERS):
-        raise ModelImportError(f"{graph.name}: {refused} cannot be mixed into a pre-quantized model, which may use "
-                               f"{', '.join(sorted(HANDLERS))}")
+    if refused := [node for node in graph.nodes if node.op not in HANDLERS]:
+        raise refusal(graph.name, "cannot import", [(node, f"cannot be mixed into a pre-quantized model, which may "
+                                                           f"use {', '.join(sorted(HANDLERS))}") for node in refused])
     p = _Pass(graph)
     for node in graph.nodes:
         HANDLERS[node.op](p, node)

@@ -17,11 +17,11 @@ import numpy as np
 import onnx
 
 from mvu.hdl.contract.requantization import Requantization
-from mvu.host.compiler.builder import LayerBuilder, unsupported
-from mvu.host.compiler.graph import Graph, ModelImportError, Node
+from mvu.host.compiler.builder import LayerBuilder
+from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 
-__all__ = ["HANDLERS", "activation_clamp", "calibrate", "quantize_graph"]
+__all__ = ["HANDLERS", "LIMITS", "activation_clamp", "calibrate", "check_graph", "quantize_graph"]
 
 
 def calibrate(model: onnx.ModelProto, graph: Graph, images: np.ndarray, *, progress: bool = True) -> dict:
@@ -175,8 +175,6 @@ class _Pass(LayerBuilder):
 
 def _conv(p: _Pass, node: Node) -> None:
     """Conv (+ ReLU/ReLU6): on the accelerator with one group, else on the host."""
-    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-        raise ModelImportError(f"{p.graph.name}: Conv '{node.name}' uses auto_pad; explicit pads are needed")
     output, activation = p.fuse(node)
     weight, bias = p.graph.constants[node.inputs[1]], _constant_input(p.graph, node, 2)
     in_q, out_q = p.q_of(node.inputs[0]), p.out_params(output, activation)
@@ -196,9 +194,6 @@ def _affine(p: _Pass, node: Node) -> None:
     """``x * scale + shift`` with constant scalar or per-channel terms (an unfolded BatchNormalization, Mul or
     Add by a constant), on the host."""
     form = _affine_form(p.graph, node)
-    if form is None:
-        raise ModelImportError(f"{p.graph.name}: {node.op} '{node.name}' needs one constant operand, a scalar "
-                               f"or one value per channel")
     source = next(i for i in node.inputs if i not in p.graph.constants)
     output, activation = p.fuse(node)
     in_q, out_q = p.q_of(source), p.out_params(output, activation)
@@ -227,7 +222,8 @@ def _clamp(p: _Pass, node: Node) -> None:
     in_q = p.q_of(node.inputs[0])
     lo = int(np.clip(round(low / in_q.scale) + in_q.zero_point, 0, 255)) if np.isfinite(low) else 0
     hi = int(np.clip(round(high / in_q.scale) + in_q.zero_point, 0, 255)) if np.isfinite(high) else 255
-    p.emit(Layer("clamp", node.name, [node.inputs[0]], node.outputs[0], "host", {"clamp": (lo, hi)}, {}, in_q))
+    p.emit(Layer("clamp", node.name, [node.inputs[0]], node.outputs[0], "host", {"clamp": (lo, hi)}, {}, in_q),
+           node.op)
 
 
 _POOLS = {"MaxPool": "maxpool", "AveragePool": "avgpool", "GlobalAveragePool": "gap"}
@@ -235,31 +231,27 @@ _POOLS = {"MaxPool": "maxpool", "AveragePool": "avgpool", "GlobalAveragePool": "
 
 def _pool(p: _Pass, node: Node) -> None:
     """Pooling on the host; MaxPool keeps its input's quantization."""
-    if node.attrs.get("ceil_mode", 0):
-        raise ModelImportError(f"{p.graph.name}: {node.op} '{node.name}' uses ceil_mode, which is not supported")
     in_q = p.q_of(node.inputs[0])
     out_q = in_q if node.op == "MaxPool" else p.out_params(node.outputs[0], "none")
     attrs = {"kernel": list(node.attrs.get("kernel_shape", [])), "strides": list(node.attrs.get("strides", [1, 1])),
              "pads": list(node.attrs.get("pads", [0, 0, 0, 0])),
              "count_include_pad": node.attrs.get("count_include_pad", 0)}
-    p.emit(Layer(_POOLS[node.op], node.name, [node.inputs[0]], node.outputs[0], "host", attrs, {}, out_q))
+    p.emit(Layer(_POOLS[node.op], node.name, [node.inputs[0]], node.outputs[0], "host", attrs, {}, out_q), node.op)
 
 
 def _reshape(p: _Pass, node: Node) -> None:
     """Flatten or Reshape: the same codes in the output's shape."""
     p.emit(Layer("reshape", node.name, [node.inputs[0]], node.outputs[0], "host",
-                 {"shape": list(p.shapes[node.outputs[0]])}, {}, p.q_of(node.inputs[0])))
+                 {"shape": list(p.shapes[node.outputs[0]])}, {}, p.q_of(node.inputs[0])), node.op)
 
 
 def _concat(p: _Pass, node: Node) -> None:
     p.emit(Layer("concat", node.name, list(node.inputs), node.outputs[0], "host",
-                 {"axis": node.attrs.get("axis", 1)}, {}, p.out_params(node.outputs[0], "none")))
+                 {"axis": node.attrs.get("axis", 1)}, {}, p.out_params(node.outputs[0], "none")), node.op)
 
 
 def _gemm(p: _Pass, node: Node) -> None:
     """Gemm: ``alpha * x @ W + beta * C`` with a constant ``W`` (transposed by ``transB``) and ``C``."""
-    if node.attrs.get("transA", 0):
-        raise ModelImportError(f"{p.graph.name}: Gemm '{node.name}' with transA is not supported")
     weight = p.graph.constants[node.inputs[1]].astype(np.float64)
     weight = (weight.T if node.attrs.get("transB", 0) else weight) * node.attrs.get("alpha", 1.0)
     bias = _constant_input(p.graph, node, 2)
@@ -292,7 +284,7 @@ def _product(p: _Pass, node: Node, weight: np.ndarray, bias: np.ndarray | None) 
 
 
 def _softmax(p: _Pass, node: Node) -> None:
-    p.emit(Layer("softmax", node.name, [node.inputs[0]], node.outputs[0], "host"))
+    p.emit(Layer("softmax", node.name, [node.inputs[0]], node.outputs[0], "host"), node.op)
 
 
 #: Op type -> the handler that turns such a node into layers.
@@ -304,11 +296,43 @@ HANDLERS: dict[str, Callable[[_Pass, Node], None]] = {
 }
 
 
+def _explicit_pads(graph: Graph, node: Node) -> str | None:
+    return None if node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET") else \
+        "uses auto_pad; mvu needs explicit pads"
+
+
+def _one_constant(graph: Graph, node: Node) -> str | None:
+    return None if _affine_form(graph, node) is not None else \
+        "needs one constant operand, a scalar or one value per channel"
+
+
+def _floor_mode(graph: Graph, node: Node) -> str | None:
+    return "uses ceil_mode, which mvu does not support" if node.attrs.get("ceil_mode", 0) else None
+
+
+def _no_trans_a(graph: Graph, node: Node) -> str | None:
+    return "has transA, which mvu does not support" if node.attrs.get("transA", 0) else None
+
+
+#: Op type -> why a node of it cannot be quantized (None when it can), checked before calibration.
+LIMITS: dict[str, Callable[[Graph, Node], str | None]] = {
+    "Conv": _explicit_pads, "Mul": _one_constant, "MaxPool": _floor_mode, "AveragePool": _floor_mode,
+    "GlobalAveragePool": _floor_mode, "Gemm": _no_trans_a,
+}
+
+
+def check_graph(graph: Graph) -> None:
+    """Refuse, in one error, every node the float path cannot quantize: cheap, so done before calibration."""
+    problems = [(node, f"float models may use {', '.join(sorted(HANDLERS))}") for node in graph.nodes
+                if node.op not in HANDLERS]
+    problems += [(node, why) for node in graph.nodes if node.op in LIMITS and (why := LIMITS[node.op](graph, node))]
+    if problems:
+        raise refusal(graph.name, "cannot quantize", problems)
+
+
 def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
     """Turn the float graph into integer layers using calibrated ``ranges``."""
-    if refused := unsupported(graph, HANDLERS):
-        raise ModelImportError(f"{graph.name}: cannot quantize {refused}; float models may use "
-                               f"{', '.join(sorted(HANDLERS))}")
+    check_graph(graph)
     p = _Pass(graph, ranges)
     for node in graph.nodes:
         if id(node) not in p.fused:

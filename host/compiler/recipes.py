@@ -8,6 +8,7 @@ from pathlib import Path
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.host.compiler.compile import IMAGE_SUFFIXES, compile_model
 from mvu.host.compiler.fingerprint import fingerprint
+from mvu.host.compiler.preprocessing import with_preprocessing
 from mvu.host.model.package import ModelPackage, PackageError, load_package, save_package
 
 __all__ = ["RECIPES", "compile_source", "cached_package", "demo_photos", "preprocess_presets"]
@@ -34,9 +35,18 @@ def _toy():
     return build_toy_classifier(), PREPROCESSING
 
 
-#: Recipe name -> a function returning (ONNX model, preprocessing dict).
-RECIPES = {"efficientnet-lite0": _efficientnet_lite0, "toy": _toy,
-           **{name: _architecture(name) for name in ("resnet18", "resnet50", "resnet152", "vgg16", "densenet121")}}
+def _stating_preprocessing(build):
+    """``build``, whose model also states its preprocessing in its metadata, for whoever saves it."""
+    def built():
+        model, preprocessing = build()
+        return with_preprocessing(model, preprocessing), preprocessing
+    return built
+
+
+#: Recipe name -> a function returning (ONNX model stating its preprocessing, preprocessing dict).
+RECIPES = {name: _stating_preprocessing(build) for name, build in {
+    "efficientnet-lite0": _efficientnet_lite0, "toy": _toy,
+    **{name: _architecture(name) for name in ("resnet18", "resnet50", "resnet152", "vgg16", "densenet121")}}.items()}
 
 
 def preprocess_presets() -> dict:
@@ -45,7 +55,7 @@ def preprocess_presets() -> dict:
     return {"torchvision": TORCHVISION.to_dict(), "efficientnet-lite": EFFICIENTNET_LITE.to_dict()}
 
 
-def _preprocessing(choice: str | None, default: dict) -> dict:
+def _preprocessing(choice: str | None, default: dict | None) -> dict | None:
     if choice is None:
         return default
     presets = preprocess_presets()
@@ -60,14 +70,15 @@ def _preprocessing(choice: str | None, default: dict) -> dict:
 
 def compile_source(source: str, *, config: HardwareConfig, calibration: str | None = None,
                    preprocess: str | None = None, labels: str | None = None, progress: bool = True) -> ModelPackage:
-    """Compile an .onnx file or a recipe name."""
+    """Compile an .onnx file or a recipe name; ``preprocess`` (a preset or a JSON file) overrides the recipe's
+    preprocessing, or the one an .onnx file states (without either, torchvision's is assumed, with a warning)."""
     from mvu.host.compiler.labels import imagenet_labels, load_labels
 
     if source in RECIPES:
         model, default_recipe = RECIPES[source]()
         name = source
     elif Path(source).suffix == ".onnx" or Path(source).exists():
-        model, default_recipe, name = source, preprocess_presets()["torchvision"], Path(source).stem
+        model, default_recipe, name = source, None, Path(source).stem
     else:
         raise FileNotFoundError(f"{source}: no such file, and not a recipe ({', '.join(sorted(RECIPES))})")
     images = None
