@@ -154,8 +154,9 @@ def _cmd_compile(args) -> int:
     for entry in package.report:
         if args.verbose or entry["placement"] != "accelerator":
             sqnr = f"  SQNR {entry['sqnr_db']:5.1f} dB" if "sqnr_db" in entry else ""
-            print(f"  {entry['layer']:<28} {entry['op']:<24} -> {entry['placement']:<11} "
-                  f"scale {entry['scale']:.4g} zero point {entry['zero_point']}{sqnr}")
+            output = ("float output" if entry["scale"] is None
+                      else f"scale {entry['scale']:.4g} zero point {entry['zero_point']}")
+            print(f"  {entry['layer']:<28} {entry['op']:<24} -> {entry['placement']:<11} {output}{sqnr}")
     print("  layers: " + ", ".join(f"{count} on the {where}" for where, count in sorted(placements.items())))
     return 0
 
