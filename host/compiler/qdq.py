@@ -225,14 +225,13 @@ def _clamp(r: _Rewrite, node: Node) -> list[Node]:
 def _requantize(r: _Rewrite, x: _Quantized, y: Node, name: str, output: str | None = None) -> Node:
     """A depthwise 1x1 QLinearConv with unit weights that moves image codes from ``x``'s quantization to that of
     the QuantizeLinear ``y``, as ``QuantizeLinear(DequantizeLinear(codes))`` computes it in float32: its weight
-    scale is chosen (:func:`_unit_scale`) so that its one rounding gives that result for every possible code."""
+    scale is chosen (:func:`_unit_scale`) so that its one rounding gives that result for every code where one
+    can."""
     shape = r.graph.shapes.get(x.codes, ())
     if len(shape) != 4:
         raise _Refused(f"it requantizes '{x.codes}', which is not an image tensor")
     constants = r.graph.constants
     scale = _unit_scale(constants[x.scale], constants[x.zero], constants[y.inputs[1]], constants[y.inputs[2]])
-    if scale is None:
-        raise _Refused(f"no float32 scale requantizes '{x.codes}' as onnxruntime does")
     channels = shape[1]
     output = output or f"{name}_codes"
     r.graph.shapes[output] = shape
@@ -244,23 +243,28 @@ def _requantize(r: _Rewrite, x: _Quantized, y: Node, name: str, output: str | No
 
 
 def _unit_scale(x_scale: np.ndarray, x_zero: np.ndarray, y_scale: np.ndarray, y_zero: np.ndarray,
-                steps: int = 64) -> np.float32 | None:
-    """The float32 ``w`` nearest 1 for which ``rint(k * ((x_scale * w) / y_scale)) + y_zero`` (one rounding, in
-    float32, as QLinearConv requantizes) equals ``rint(((k * x_scale) / y_scale)) + y_zero`` (DequantizeLinear
-    then QuantizeLinear) for every code, saturated; None if none within ``steps`` ulps does."""
+                steps: int = 64) -> np.float32:
+    """The float32 ``w`` within ``steps`` ulps of 1 for which ``rint(k * ((x_scale * w) / y_scale)) + y_zero``
+    (one rounding, as QLinearConv requantizes) differs from ``rint((k * x_scale) / y_scale) + y_zero``
+    (DequantizeLinear, then QuantizeLinear) for the fewest codes ``k``, saturated, all float32; the nearest to 1
+    of those. None differ but where the scales' ratio makes exact ties of ``k * ratio`` (docs/compiler.md)."""
     info = np.iinfo(x_zero.dtype)
     k = (np.arange(info.min, info.max + 1) - int(x_zero)).astype(np.float32)
     s1, s2 = np.float32(x_scale), np.float32(y_scale)
     out = np.iinfo(y_zero.dtype)
     expected = np.clip(np.rint((k * s1) / s2) + int(y_zero), out.min, out.max)
+    best, fewest = np.float32(1.0), k.size + 1
     below, above = np.float32(1.0), np.float32(1.0)
     for _ in range(steps):
         for w in (below, above):
             ratio = np.float32(np.float32(s1 * w) / s2)
-            if np.array_equal(np.clip(np.rint(k * ratio) + int(y_zero), out.min, out.max), expected):
+            differ = np.count_nonzero(np.clip(np.rint(k * ratio) + int(y_zero), out.min, out.max) != expected)
+            if differ < fewest:
+                best, fewest = w, differ
+            if not differ:
                 return w
         below, above = np.nextafter(below, np.float32(0)), np.nextafter(above, np.float32(2))
-    return None
+    return best
 
 
 #: Float op type -> the rewrite of it, its DequantizeLinear inputs and its QuantizeLinear output into QOperator
