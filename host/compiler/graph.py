@@ -11,8 +11,8 @@ from onnx import numpy_helper, shape_inference
 
 from mvu.host.compiler.onnx_file import ModelImportError, cause, input_shape, read_onnx
 
-__all__ = ["Node", "Graph", "ModelImportError", "describe_nodes", "drop_unused", "import_model", "import_onnx",
-           "model_label", "refusal", "SUPPORTED_OPS", "PREQUANTIZED_OPS"]
+__all__ = ["Node", "Graph", "ModelImportError", "drop_unused", "import_model", "import_onnx", "refusal",
+           "SUPPORTED_OPS", "PREQUANTIZED_OPS"]
 
 SUPPORTED_OPS = frozenset({
     "Conv", "Relu", "Clip", "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul",
@@ -56,7 +56,7 @@ def _attributes(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def model_label(source: str | Path | onnx.ModelProto, name: str | None = None) -> str:
+def _label(source: str | Path | onnx.ModelProto, name: str | None = None) -> str:
     """What messages call a model: ``name``, else the file's path, else the graph's name."""
     if name:
         return name
@@ -65,7 +65,7 @@ def model_label(source: str | Path | onnx.ModelProto, name: str | None = None) -
 
 def import_onnx(source: str | Path | onnx.ModelProto, *, name: str | None = None) -> Graph:
     """Read, check (:func:`~mvu.host.compiler.onnx_file.read_onnx`) and simplify an ONNX image classifier."""
-    label = model_label(source, name)
+    label = _label(source, name)
     return import_model(*read_onnx(source, label), label)
 
 
@@ -112,7 +112,7 @@ def _constant_outputs(nodes: list[Node], known: set[str]) -> set[str]:
     return known
 
 
-def describe_nodes(nodes: list[Node]) -> str:
+def _describe_nodes(nodes: list[Node]) -> str:
     """Nodes by op type, in order of appearance: ``Erf (2 nodes: 'a', 'b'), Mul (node 'm')``."""
     groups: dict[str, list[str]] = {}
     for node in nodes:
@@ -129,7 +129,7 @@ def refusal(label: str, what: str, problems: list[tuple[Node, str]]) -> ModelImp
         by_reason.setdefault(why, []).append(node)
     count = f"{len(problems)} node{'s' if len(problems) > 1 else ''}"
     return ModelImportError(f"{label}: {what} {count}: "
-                            + "; ".join(f"{describe_nodes(nodes)}: {why}" for why, nodes in by_reason.items()))
+                            + "; ".join(f"{_describe_nodes(nodes)}: {why}" for why, nodes in by_reason.items()))
 
 
 def _refuse(label: str, nodes: list[Node], where: str = "") -> None:

@@ -306,8 +306,10 @@ def _one_constant(graph: Graph, node: Node) -> str | None:
         "needs one constant operand, a scalar or one value per channel"
 
 
-def _floor_mode(graph: Graph, node: Node) -> str | None:
-    return "uses ceil_mode, which mvu does not support" if node.attrs.get("ceil_mode", 0) else None
+def _pool_window(graph: Graph, node: Node) -> str | None:
+    if node.attrs.get("ceil_mode", 0):
+        return "uses ceil_mode, which mvu does not support"
+    return _explicit_pads(graph, node)
 
 
 def _no_trans_a(graph: Graph, node: Node) -> str | None:
@@ -316,8 +318,8 @@ def _no_trans_a(graph: Graph, node: Node) -> str | None:
 
 #: Op type -> why a node of it cannot be quantized (None when it can), checked before calibration.
 LIMITS: dict[str, Callable[[Graph, Node], str | None]] = {
-    "Conv": _explicit_pads, "Mul": _one_constant, "MaxPool": _floor_mode, "AveragePool": _floor_mode,
-    "GlobalAveragePool": _floor_mode, "Gemm": _no_trans_a,
+    "Conv": _explicit_pads, "Mul": _one_constant, "MaxPool": _pool_window, "AveragePool": _pool_window,
+    "Gemm": _no_trans_a,
 }
 
 
