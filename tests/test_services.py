@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from mvu.host.control.registry import ModelRegistry
-from mvu.host.control.services import ServiceManager, _alive
+from mvu.host.control.services import LIVE_STATES, ServiceManager, _alive
 from mvu.host.control.workspace import Workspace, WorkspaceError
 from mvu.host.tools.cli import main
 
@@ -83,12 +87,56 @@ def test_models_in_use_are_deleted_after_their_service(manager):
     assert manager.registry.collect_garbage() == [] and manager.workspace.store.contents() == set()
 
 
-def test_a_dead_supervisor_takes_its_server_along_and_shows_as_failed(manager):
-    service, _ = manager.create("svc", ["toy"])
+def test_a_dead_supervisor_takes_its_server_along_and_is_started_again(manager):
+    service, keys = manager.create("svc", ["toy"])
     os.kill(service.supervisor_pid, signal.SIGKILL)
     assert _until(lambda: not _alive(service.server_pid, "serve"))
-    failed = manager.get("svc")
-    assert failed.state == "failed" and "its supervisor stopped" in failed.detail
+    assert not manager.supervised("svc")
+    seen = manager.get("svc")  # any look at the service brings its supervisor back
+    assert seen.state == "restarting" and "its supervisor was gone" in seen.detail
+    again = manager.wait_for_deployment("svc", 60)
+    assert again.supervisor_pid != service.supervisor_pid and _score(again, keys["primary"]) == 200
+
+
+def _supervisors(workspace) -> set[str]:
+    """The services whose supervisor processes run in ``workspace`` (from their command lines)."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "mvu.host.control.supervisor" in words and str(workspace) in words:
+            found.add(words[words.index(str(workspace)) + 1])  # ... supervisor WORKSPACE NAME [LOCK_FD]
+    return found
+
+
+_CREATE = """
+import sys
+from mvu.host.control.services import ServiceManager
+from mvu.host.control.workspace import Workspace
+print("ready", flush=True)
+ServiceManager(Workspace(sys.argv[1])).create(sys.argv[2], ["toy"])
+"""
+
+
+def test_kill_9_during_create_leaves_records_and_processes_matched(manager):
+    rng = random.Random(11)
+    for attempt in range(20):
+        name = f"svc{attempt}"
+        creating = subprocess.Popen([sys.executable, "-c", _CREATE, str(manager.workspace.path), name],
+                                    stdout=subprocess.PIPE, text=True)
+        assert creating.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.8))
+        creating.kill()
+        creating.wait()
+        services = manager.list()  # reconciles: a live record gets a supervisor if it lost it
+        live = {s.name for s in services if s.state in LIVE_STATES}
+        assert _until(lambda: _supervisors(manager.workspace.path) == live), (live, _supervisors(manager.workspace.path))
+        for service in services:
+            manager.delete(service.name)
+        assert _until(lambda: not _supervisors(manager.workspace.path))
+        assert manager.list() == []
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -4,6 +4,7 @@ database; a supervisor process (:mod:`mvu.host.control.supervisor`) runs the ser
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -64,6 +65,11 @@ def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def lock_path(folder: Path) -> Path:
+    """The file a service's supervisor holds locked while it runs: at most one runs per service."""
+    return folder / "supervisor.lock"
 
 
 def _alive(pid: int | None, marker: str) -> bool:
@@ -131,12 +137,32 @@ class ServiceManager:
         self._start_supervisor(name)
         return self.wait_for_deployment(name, timeout), keys
 
-    def _start_supervisor(self, name: str) -> None:
-        with open(self.folder(name) / "supervisor.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "mvu.host.control.supervisor",
-                                        str(self.workspace.path), name], stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-        self.update(name, supervisor_pid=process.pid)
+    def _start_supervisor(self, name: str) -> bool:
+        """Starts a supervisor unless one runs; returns whether it did. The service's lock is taken here and
+        handed to the supervisor, so it is never free while a supervisor starts or runs."""
+        with open(lock_path(self.folder(name)), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            with open(self.folder(name) / "supervisor.log", "ab") as log:
+                subprocess.Popen([sys.executable, "-m", "mvu.host.control.supervisor", str(self.workspace.path),
+                                  name, str(lock.fileno())], pass_fds=(lock.fileno(),), stdin=subprocess.DEVNULL,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return True  # closing this copy leaves the lock with the supervisor
+
+    def supervised(self, name: str) -> bool:
+        """Whether a supervisor of ``name`` runs (holds its lock)."""
+        try:
+            with open(lock_path(self.folder(name)), "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                return False
+        except FileNotFoundError:
+            return False
 
     def wait_for_deployment(self, name: str, timeout: float = 300.0) -> Service:
         """Waits until the service is healthy; raises with its log's tail if it fails or takes too long."""
@@ -152,15 +178,18 @@ class ServiceManager:
     # Reading -------------------------------------------------------------------------------------
 
     def get(self, name: str) -> Service:
-        """The service's record, its state reconciled with its processes."""
+        """The service's record, reconciled with its processes: a service that should run but has no
+        supervisor (killed, or the machine restarted) gets one again."""
         service = self.find(name)
         if service is None:
             known = ", ".join(s.name for s in self._all()) or "none"
             raise WorkspaceError(f"service {name!r} does not exist in {self.workspace.path} (services: {known})")
-        if service.state in LIVE_STATES and not _alive(service.supervisor_pid, f"supervisor {self.workspace.path} {name}"):
-            if service.state == "creating" and service.supervisor_pid is None and service.updated_at == utc_now():
-                return service  # its supervisor is being started this second
-            return self.update(name, state="failed", detail="its supervisor stopped; delete and create it again")
+        if service.state in LIVE_STATES and not self.supervised(name):
+            if not (self.folder(name) / "keys.json").is_file():
+                return self.update(name, state="failed", detail="its folder is gone; delete and create it again")
+            if self._start_supervisor(name):
+                return self.update(name, state="restarting", restarts=service.restarts + 1,
+                                   detail="its supervisor was gone; started again")
         return service
 
     def list(self) -> list[Service]:
@@ -201,18 +230,18 @@ class ServiceManager:
 
     def delete(self, name: str) -> Service:
         """Stops the service's processes, then removes its record and folder."""
-        service = self.get(name)
+        service = self.find(name) or self.get(name)
+        with self.workspace.transaction() as db:  # first: a supervisor without its record stops by itself
+            db.execute("DELETE FROM services WHERE name = ?", (name,))
         marker = f"supervisor {self.workspace.path} {name}"
         if _alive(service.supervisor_pid, marker):
             os.kill(service.supervisor_pid, signal.SIGTERM)  # it stops the server first
-            deadline = time.monotonic() + _STOP_SECONDS
-            while _alive(service.supervisor_pid, marker) and time.monotonic() < deadline:
-                time.sleep(0.05)
+        deadline = time.monotonic() + _STOP_SECONDS
+        while self.supervised(name) and time.monotonic() < deadline:
+            time.sleep(0.05)
         for pid in (service.supervisor_pid, service.server_pid):
             if _alive(pid, name):
                 os.kill(pid, signal.SIGKILL)
-        with self.workspace.transaction() as db:
-            db.execute("DELETE FROM services WHERE name = ?", (name,))
         shutil.rmtree(self.folder(name), ignore_errors=True)
         return service
 

@@ -1,20 +1,22 @@
 """The supervisor of one service: runs its `mvu serve`, reports the server's state in the workspace, and
 restarts it when it exits, waiting longer after each quick failure.
 
-Run as ``python -m mvu.host.control.supervisor WORKSPACE SERVICE`` (``mvu services create`` does);
-SIGTERM stops the server and then the supervisor.
+Run as ``python -m mvu.host.control.supervisor WORKSPACE SERVICE [LOCK_FD]`` (``mvu services create`` does,
+handing over the service's lock held on LOCK_FD); SIGTERM stops the server and then the supervisor.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from mvu.host.control.services import ServiceManager
+from mvu.host.control.services import ServiceManager, lock_path
 from mvu.host.control.workspace import Workspace
 
 __all__ = ["supervise", "serve_command", "BACKOFF_SECONDS", "FAILURES_BEFORE_GIVING_UP"]
@@ -77,10 +79,20 @@ def _run_once(manager: ServiceManager, name: str, stopping: list[bool]) -> tuple
     return became_ready, time.monotonic() - started
 
 
-def supervise(workspace: Path, name: str) -> None:
+def supervise(workspace: Path, name: str, lock_fd: int | None = None) -> None:
     manager = ServiceManager(Workspace(workspace))
     stopping = [False]
     signal.signal(signal.SIGTERM, lambda *_: stopping.__setitem__(0, True))
+    if lock_fd is None:  # started by hand: take the service's lock, or leave it to the supervisor that has it
+        lock = open(lock_path(manager.folder(name)), "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+    # else: the lock came with the inherited descriptor and stays held until this process ends
+    if manager.find(name) is None:
+        return
+    manager.update(name, supervisor_pid=os.getpid())
     failures = 0
     while not stopping[0] and manager.find(name) is not None:
         became_ready, ran = _run_once(manager, name, stopping)
@@ -103,4 +115,4 @@ def supervise(workspace: Path, name: str) -> None:
 
 
 if __name__ == "__main__":
-    supervise(Path(sys.argv[1]), sys.argv[2])
+    supervise(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)
