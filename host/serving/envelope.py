@@ -73,8 +73,8 @@ class Envelope(Generic[Response]):
             if self.keys is not None and not call.endpoint.open_access:
                 self.keys.check(call.authorization)
             response = await handler()
-        except ServingError as failure:
-            error = failure
+        except ServingError as failure:  # a copy without traceback or context: see _detached
+            error = _detached(failure)
         except Exception:  # noqa: BLE001 - the client gets a status without internals, the log the trace
             log.exception("%s failed", call.name)
             error = ServingError(500, call.internal_error)
@@ -93,3 +93,11 @@ class Envelope(Generic[Response]):
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "client": call.client, **call.log,
                 **self.transport.log_fields(response, error), "ms": round((time.perf_counter() - call.started) * 1e3, 3),
                 "protocol": call.protocol, "endpoint": call.endpoint.label, "model": call.model or None}))
+
+
+def _detached(error: ServingError) -> ServingError:
+    """``error`` as a new exception without traceback or chained exceptions. The caught one, kept, would make a
+    reference cycle (its traceback holds the frame that holds it) through which the request's body, its images
+    and a library exception's frames (a decoder with its image) stay alive until the cyclic garbage collector
+    runs: hundreds of MB after a few thousand malformed requests."""
+    return ServingError(error.status, error.message)
