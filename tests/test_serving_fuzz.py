@@ -31,6 +31,7 @@ from mvu.host.serving.tfserving_grpc import tensor_from_proto
 
 LIMIT = 1_000_000  # --max-request-bytes
 BODY_TIMEOUT = 2.0  # --body-timeout, seconds
+HEADER_TIMEOUT = 1.0  # --header-timeout, seconds
 SEED, HTTP_CASES, GRPC_CASES = 20240611, 300, 300
 INFER, PREDICT = "/v2/models/toy/infer", "/v1/models/toy:predict"
 GRPC_OK = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
@@ -42,7 +43,7 @@ PEAK_RSS_BYTES = 1 << 30
 @pytest.fixture(scope="module")
 def server(start_server, toy_package_path):
     return start_server(toy_package_path, "--max-request-bytes", str(LIMIT), "--body-timeout", str(BODY_TIMEOUT),
-                        "--access-log", "off")
+                        "--header-timeout", str(HEADER_TIMEOUT), "--access-log", "off")
 
 
 @pytest.fixture(scope="module")
@@ -346,6 +347,82 @@ def test_a_body_that_stalls_gets_408_and_the_server_keeps_serving(server, http):
     assert b"did not arrive within 2 s (2 bytes came)" in answer
     assert BODY_TIMEOUT <= waited < BODY_TIMEOUT + 5
     assert http.request("GET", server.url + "/v2/health/ready").status == 200
+
+
+def _until_closed(port: int, data: bytes, half_close: bool = False) -> tuple[bytes, float]:
+    """Send ``data`` (then, with ``half_close``, the end of the client's side); the answer until the server
+    closes the connection, and the seconds that took."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        started, answer = time.monotonic(), b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer, time.monotonic() - started
+
+
+def _json_answer(answer: bytes, status: int) -> str:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+    return json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("sent", [b"", b"PO", b"POST /v2/models/toy/infer HTTP/1.1\r\nHost: x\r\nContent-Le"])
+def test_a_connection_that_stalls_before_its_body_is_closed_within_the_header_timeout(server, http, sent):
+    answer, waited = _until_closed(server.http_port, sent)
+    assert HEADER_TIMEOUT - 0.1 <= waited < HEADER_TIMEOUT + 1.5
+    if sent:
+        assert _json_answer(answer, 408) == "the request line and headers did not arrive within 1 s"
+    else:  # a connection that never said a word gets none
+        assert answer == b""
+    assert http.request("GET", server.url + "/v2/health/ready").status == 200
+
+
+def test_a_later_request_on_a_kept_alive_connection_has_the_header_deadline_too(server):
+    answer, waited = _until_closed(server.http_port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\nGET /v2")
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 408 " in answer
+    assert HEADER_TIMEOUT - 0.1 <= waited < HEADER_TIMEOUT + 1.5
+
+
+def test_endless_headers_are_refused_at_64_kib(server):
+    answer, _ = _until_closed(server.http_port, b"GET /v2 HTTP/1.1\r\nX-Junk: " + b"a" * 100_000)
+    assert _json_answer(answer, 431) == "the request line and headers exceed 65536 bytes"
+
+
+@pytest.mark.parametrize("framing, message", [
+    (b"Content-Length: 100\r\n\r\n{}", "after 2 bytes of the request body of the 100 that its Content-Length promised"),
+    (b"Transfer-Encoding: chunked\r\n\r\n5\r\nab", "after 2 bytes of the request body"),
+    (b"Transfer-Encoding: chunked\r\n\r\n7fffffffffffffff\r\nab", "after 2 bytes of the request body"),
+])
+def test_a_body_cut_short_by_the_client_gets_a_400(server, http, framing, message):
+    answer, _ = _until_closed(server.http_port, b"POST /v2/models/toy/infer HTTP/1.1\r\nHost: x\r\n" + framing,
+                              half_close=True)
+    assert _json_answer(answer, 400) == f"the connection ended {message}"
+    assert http.request("GET", server.url + "/v2/health/ready").status == 200
+
+
+def test_an_absurd_chunk_size_gets_a_json_400_and_a_stalled_chunk_a_408(server):
+    head = b"POST /v2/models/toy/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer, _ = _until_closed(server.http_port, head + b"ffffffffffffffffffffff\r\nab")
+    assert _json_answer(answer, 400) == "the request is not valid HTTP/1.1: its chunked body cannot be parsed"
+    answer, waited = _until_closed(server.http_port, head + b"7fffffffffffffff\r\nab")  # then nothing
+    assert "did not arrive within 2 s" in _json_answer(answer, 408)
+    assert waited < BODY_TIMEOUT + 1.5  # answered, then closed: the rest of the body is not awaited
+
+
+def test_a_whole_request_then_a_half_close_is_answered(server):
+    answer, _ = _until_closed(server.http_port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n", half_close=True)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"live":true}')
+
+
+def test_a_body_left_unread_may_come_until_the_body_deadline(server):
+    """An answer that did not need the body (an unknown model) comes at once; the connection then waits for the
+    rest of the body until the body deadline, not forever."""
+    answer, waited = _until_closed(server.http_port, b"POST /v2/models/nope/infer HTTP/1.1\r\nHost: x\r\n"
+                                                     b"Content-Length: 1000\r\n\r\n{")
+    assert "unknown model 'nope'" in _json_answer(answer, 404)
+    assert BODY_TIMEOUT - 0.2 <= waited < BODY_TIMEOUT + 1.5
 
 
 # Regressions --------------------------------------------------------------------------------------------------

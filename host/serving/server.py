@@ -19,6 +19,7 @@ import uvicorn
 
 from mvu.host.serving.api_keys import ApiKeys, KeyFileError
 from mvu.host.serving.http_app import HttpSettings, create_http_app
+from mvu.host.serving.http_connection import ConnectionLimits, connection_protocol
 from mvu.host.serving.repository import ModelRepository, ModelSpec, ServingLimits
 
 __all__ = ["ServerOptions", "main_serve", "run_server"]
@@ -39,6 +40,7 @@ class ServerOptions:
     max_request_bytes: int = 64 << 20
     ready_file: Path | None = None
     body_timeout: float = 30.0
+    header_timeout: float = 10.0
 
 
 def _is_loopback(host: str) -> bool:
@@ -80,10 +82,12 @@ async def run_server(repository: ModelRepository, options: ServerOptions) -> Non
     settings = HttpSettings(options.keys, options.open_health, options.open_metrics, options.max_request_bytes,
                             options.body_timeout)
     tls = {"ssl_certfile": str(options.tls_cert), "ssl_keyfile": str(options.tls_key)} if options.tls_cert else {}
+    connection = connection_protocol(ConnectionLimits(options.header_timeout, options.body_timeout),
+                                     repository.metrics)
     # An idle TLS client that never answers close_notify would hold the shutdown for 30 s: give up after 2.
     config = uvicorn.Config(create_http_app(repository, settings), log_level="warning", access_log=False,
-                            lifespan="off", loop="uvloop", http="httptools", timeout_keep_alive=30,
-                            timeout_graceful_shutdown=2, server_header=False, **tls)
+                            lifespan="off", loop="uvloop", http=connection, timeout_graceful_shutdown=2,
+                            server_header=False, **tls)
     http = _UvicornServer(config)
     sock = _listen(options.host, options.port)
     http_port = sock.getsockname()[1]
@@ -157,7 +161,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
     return ServerOptions(args.host, args.port, args.grpc_port, Path(args.tls_cert) if args.tls_cert else None,
                          Path(args.tls_key) if args.tls_key else None, keys, args.open_health, args.open_metrics,
                          args.max_request_bytes, Path(args.ready_file) if args.ready_file else None,
-                         args.body_timeout)
+                         args.body_timeout, args.header_timeout)
 
 
 def main_serve(args: argparse.Namespace) -> int:
@@ -165,9 +169,9 @@ def main_serve(args: argparse.Namespace) -> int:
     for name in ("max_batch_size", "max_queue_size", "max_request_bytes", "max_image_pixels"):
         if getattr(args, name) < 1:
             raise SystemExit(f"mvu serve: --{name.replace('_', '-')} must be at least 1")
-    if args.timeout <= 0 or args.body_timeout <= 0 or args.max_queue_delay_ms < 0:
-        raise SystemExit("mvu serve: --timeout and --body-timeout must be positive and --max-queue-delay-ms "
-                         "not negative")
+    if min(args.timeout, args.body_timeout, args.header_timeout) <= 0 or args.max_queue_delay_ms < 0:
+        raise SystemExit("mvu serve: --timeout, --body-timeout and --header-timeout must be positive and "
+                         "--max-queue-delay-ms not negative")
     options = options_from_args(args)
     limits = ServingLimits(args.max_batch_size, args.max_queue_delay_ms / 1e3, args.max_queue_size, args.timeout,
                            args.max_image_pixels)

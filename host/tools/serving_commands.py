@@ -56,7 +56,10 @@ def add_serving_commands(commands, bench_kinds) -> None:
     serve.add_argument("--timeout", type=float, default=60.0, help="per-request limit in seconds")
     serve.add_argument("--max-request-bytes", type=int, default=64 << 20, help="larger bodies get 413")
     serve.add_argument("--body-timeout", type=float, default=30.0,
-                       help="seconds a request body may take to arrive; slower ones get 408")
+                       help="seconds a request body may take to arrive (slower ones get 408), and an answer to be "
+                            "read")
+    serve.add_argument("--header-timeout", type=float, default=10.0,
+                       help="seconds for a request line and headers to arrive; slower ones get 408")
     serve.add_argument("--max-image-pixels", type=int, default=40_000_000,
                        help="larger images get 400 before they are decoded (decompression bombs)")
     serve.add_argument("--access-log", choices=("json", "off"), default="json")
