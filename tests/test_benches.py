@@ -43,3 +43,15 @@ def test_control_registers():
 
 def test_token_link():
     run_bench("bench_token_link")
+
+
+def test_crc32():
+    run_bench("bench_crc32")
+
+
+def test_uart():
+    run_bench("bench_uart")
+
+
+def test_host_link():
+    run_bench("bench_host_link")
