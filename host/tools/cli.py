@@ -161,6 +161,45 @@ def _cmd_compile(args) -> int:
     return 0
 
 
+def _print_confusion(matrix: list[list[int]], classes: list[str]) -> None:
+    width = max(5, *(len(name) for name in classes))
+    print(" " * (width + 2) + " ".join(f"{name[:width]:>{width}}" for name in classes) + "   (predicted)")
+    for name, row in zip(classes, matrix):
+        print(f"  {name:<{width}}" + " ".join(f"{count:>{width}}" for count in row))
+
+
+def _cmd_finetune(args) -> int:
+    from mvu.host.model.package import save_package
+    from mvu.host.tools.finetune import finetune, load_featurizer, plot_confusion, read_dataset
+
+    config = _load_config(args.config)
+    dataset = read_dataset(args.images, args.labels)
+    featurizer = load_featurizer(args.featurizer, config)
+    package, report = finetune(featurizer, dataset, name=Path(args.output).stem, backend=args.backend,
+                               executor=_executor(args, config), layer=args.layer,
+                               validation_fraction=args.validation, seed=args.seed)
+    path = save_package(package, args.output)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['images']} images, {len(report['classes'])} classes, features {report['features']} "
+              f"({report['feature_size']} values); head trained for {report['epochs']} epochs")
+        for split in ("train", "validation"):
+            if f"{split}_accuracy" in report:
+                print(f"{split} accuracy {report[f'{split}_accuracy']:.1%} (the quantized head, as the accelerator "
+                      "computes it); confusion:")
+                _print_confusion(report[f"{split}_confusion"], report["classes"])
+    split = "validation" if "validation_confusion" in report else "train"
+    if args.plot:
+        import numpy as np
+
+        plot_confusion(np.array(report[f"{split}_confusion"]), report["classes"], args.plot,
+                       f"{path.name}: {split} accuracy {report[f'{split}_accuracy']:.1%}")
+        print(f"confusion matrix plotted to {args.plot}")
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from mvu.host.model.package import load_package
     from mvu.host.runtime.classify import Classifier
@@ -312,6 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--plot", help="write a bar chart of cycles and host time per layer (.png or .svg)")
     profile.set_defaults(handler=_cmd_profile)
 
+    finetune = commands.add_parser("finetune", parents=[_backend_options("numpy")],
+                                   help="train a custom classifier head on a featurizer (transfer learning)")
+    finetune.add_argument("--featurizer", required=True, help="a recipe (e.g. efficientnet-lite0), .mvu or .onnx")
+    finetune.add_argument("--images", required=True, help="one subfolder of images per class (or --labels)")
+    finetune.add_argument("--labels", help="a CSV with columns filename,label instead of subfolders")
+    finetune.add_argument("-o", "--output", required=True, help="the custom package to write (.mvu)")
+    finetune.add_argument("--layer", help="the layer (or tensor) whose output are the features "
+                                          "(default: the input of the featurizer's classifier)")
+    finetune.add_argument("--validation", type=float, default=0.2, help="fraction of each class held out")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--plot", help="write the confusion matrix as a picture (.png or .svg)")
+    finetune.add_argument("--json", action="store_true")
+    finetune.set_defaults(handler=_cmd_finetune)
+
     run = commands.add_parser("run", parents=[_backend_options("reference")], help="classify images with a compiled package")
     run.add_argument("package")
     run.add_argument("images", nargs="+")
@@ -331,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     from mvu.host.compiler.graph import ModelImportError
     from mvu.host.control.workspace import WorkspaceError
     from mvu.host.model.package import PackageError
+    from mvu.host.tools.finetune import FinetuneError
 
     args = build_parser().parse_args(argv)
     for name in ("m", "k", "n", "top"):
@@ -338,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"mvu: --{name} must be at least 1")
     try:
         return args.handler(args)
-    except (ModelImportError, PackageError, WorkspaceError, FileNotFoundError, ConnectionError) as error:
+    except (ModelImportError, PackageError, WorkspaceError, FinetuneError, FileNotFoundError,
+            ConnectionError) as error:
         # ConnectionError: a board that cannot be reached (LinkError), a Dask scheduler that does not answer
         raise SystemExit(f"mvu: {error}") from None
 
