@@ -116,7 +116,8 @@ def random_request(rng: random.Random) -> tuple[int, bytes]:
     if kind == "unknown":
         return rng.choice((0, *range(6, 256))), rng.randbytes(rng.randint(0, 8))
     command = rng.choice((WRITE, READ, CSR_WRITE, CSR_READ))
-    return command, rng.randbytes(rng.choice({WRITE: (0, 3), READ: (5, 7), CSR_WRITE: (4, 6), CSR_READ: (1, 3)}[command]))
+    wrong_sizes = {WRITE: (0, 3), READ: (5, 7), CSR_WRITE: (4, 6), CSR_READ: (1, 3)}
+    return command, rng.randbytes(rng.choice(wrong_sizes[command]))
 
 
 def noise(rng: random.Random) -> bytes:
@@ -219,7 +220,9 @@ async def random_traffic(dut):
                 f"a repeated {command:#x} with sequence number {sequence} wrote again"
             seen["retry"] += retry
         seen["ok" if reply[6] == OK else "refused"] += 1
-        assert bench.memory == model.memory, f"the memory differs at {next(i for i in range(MEMORY_BYTES) if bench.memory[i] != model.memory[i]):#x}"
+        if bench.memory != model.memory:
+            wrong = next(i for i in range(MEMORY_BYTES) if bench.memory[i] != model.memory[i])
+            raise AssertionError(f"after {request[:12].hex()}...: the memory differs at {wrong:#x}")
         assert bench.csrs == model.csrs, "the CSRs differ"
     dut._log.info(f"{seen}, {bench.cycle} cycles")
     assert min(seen.values()) >= 5, seen

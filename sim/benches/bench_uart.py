@@ -79,7 +79,7 @@ async def both_ways(dut):
     rx_levels, rx_expected, rx_errors = rx_stimulus(rng, 300)
     tx_bytes = [rng.getrandbits(8) for _ in range(300)]
     tx_line, tx_starts, offered = [], [], None  # line per cycle; (cycle, byte) of each start; cycle of the offer
-    received, errors, gap = [], 0, 0
+    received, errors, gap, transferred = [], 0, 0, False
     await start(dut, tx_data_valid=0, rx=1, rx_data_ready=0)
     cycle = 0
     while cycle < len(rx_levels) or tx_bytes or len(tx_line) < tx_starts[-1][0] + 11 * DIVISOR:
@@ -110,6 +110,6 @@ async def both_ways(dut):
             expected_line[begin + k * DIVISOR:begin + (k + 1) * DIVISOR] = [bit] * DIVISOR
     mismatch = next((c for c, (a, b) in enumerate(zip(tx_line, expected_line)) if a != b), None)
     assert mismatch is None, f"cycle {mismatch}: tx is {tx_line[mismatch]}, the model's line {expected_line[mismatch]}"
-    assert received == rx_expected, f"received {len(received)} bytes, first wrong at " + str(
-        next((i for i, (a, b) in enumerate(zip(received, rx_expected)) if a != b), min(len(received), len(rx_expected))))
+    wrong = next((i for i, (a, b) in enumerate(zip(received, rx_expected)) if a != b), None)
+    assert received == rx_expected, f"received {len(received)} of {len(rx_expected)} bytes, the first wrong: {wrong}"
     assert errors == rx_errors, f"{errors} framing errors, {rx_errors} sent"
