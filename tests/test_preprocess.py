@@ -298,8 +298,8 @@ def test_more_than_max_pixels_is_rejected_from_the_header():
 def test_unsupported_formats_are_refused():
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     assert "not a supported image" in _decode_error(eps).cause
-    tiff = encode(Image.new("RGB", (4, 4)), "TIFF")
-    assert "not a supported image" in _decode_error(tiff).cause
+    tiff = encode(Image.new("RGB", (4, 4), (10, 20, 30)), "TIFF", compression="tiff_lzw")
+    assert list(pixel(decode_image(tiff), 1, 1)) == [10, 20, 30]
     webp = encode(Image.new("RGB", (4, 4), (0, 128, 255)), "WEBP", lossless=True)
     assert list(pixel(decode_image(webp), 1, 1)) == [0, 128, 255]
 

@@ -317,7 +317,16 @@ def test_malformed_requests_get_statuses_and_the_server_goes_on(server, client):
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         junk = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         code, details = _status(lambda: junk(b"\x0a\xff\xff"))
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("malformed ModelInferRequest")
+        assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "malformed ModelInferRequest: the request is "
+                                                                     "not a valid inference.ModelInferRequest message")
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=service_pb2.ModelInferRequest.SerializeToString)
+        misspelt = service_pb2.ModelInferRequest(model_name=MODEL, raw_input_contents=[b"\x01\x00\x00\x00x"])
+        misspelt.inputs.add(name="images", datatype="BYTES", shape=[1])
+        misspelt.outputs.add(name="scores").parameters["class_count"].int64_param = 3
+        code, details = _status(lambda: infer(misspelt))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(
+            "output 'scores': unknown parameter 'class_count' (tritonclient's class_count is sent as 'classification')")
         predict = _tf_stub(channel, "Predict", "PredictRequest", "PredictResponse")
         request = message_class("tensorflow.serving.PredictRequest")()
         request.model_spec.name = MODEL

@@ -2,6 +2,7 @@
 scoring, bad input, limits, batching, metrics."""
 
 import base64
+import gzip
 import json
 import subprocess
 import threading
@@ -81,9 +82,9 @@ def test_tritonclient_float_tensor_and_classification(server, toy_package_path, 
 
 def test_tensorflow_serving_rest(server, http, cat_jpeg, expected_scores):
     image = {"b64": base64.b64encode(cat_jpeg).decode()}
-    for body, key in (({"instances": [image, image]}, "predictions"),
+    for body, key in (({"instances": [{"images": image}, {"images": image}]}, "predictions"),
                       ({"signature_name": "serving_default", "instances": [{"images": image}]}, "predictions"),
-                      ({"inputs": {"images": [image]}}, "outputs")):
+                      ({"inputs": {"images": [image]}}, "outputs"), ({"inputs": {"images": image}}, "outputs")):
         response = http.request("POST", server.url + "/v1/models/toy/versions/1:predict", json=body)
         assert response.status == 200, response.data
         rows = np.asarray(response.json()[key], np.float32)
@@ -93,6 +94,48 @@ def test_tensorflow_serving_rest(server, http, cat_jpeg, expected_scores):
     metadata = http.request("GET", server.url + "/v1/models/toy/metadata").json()
     assert metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]["images"][
         "dtype"] == "DT_STRING"
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"instances": [{"b64": "AA=="}]}, "instances is a plain list, but expecting list of objects as multiple input "
+                                      "tensors required as per tensorinfo_map"),
+    ({"instances": [[[0.0]]]}, "instances is a plain list, but expecting list of objects as multiple input "
+                               "tensors required as per tensorinfo_map"),
+    ({"inputs": [{"b64": "AA=="}]}, "inputs is a plain value/list, but expecting an object as multiple input "
+                                    "tensors required as per tensorinfo_map"),
+])
+def test_tensorflow_serving_rest_wants_named_inputs_for_a_two_input_signature(server, http, body, message):
+    """As TensorFlow Serving answers: values that do not name their input are ambiguous with two inputs."""
+    response = http.request("POST", server.url + "/v1/models/toy:predict", json=body)
+    assert (response.status, response.json()["error"]) == (400, message)
+
+
+@pytest.mark.parametrize("method, kind", [("classify", "classification"), ("regress", "regression")])
+def test_tensorflow_serving_classify_and_regress_answer_as_for_a_predict_signature(server, http, method, kind):
+    body = {"examples": [{"x": 1.0}]}
+    response = http.request("POST", server.url + f"/v1/models/toy/versions/1:{method}", json=body)
+    assert response.status == 400
+    assert response.json()["error"] == (f"Expected {kind} signature method_name to be tensorflow/serving/{method}. "
+                                        "Was: tensorflow/serving/predict")
+    assert http.request("POST", server.url + f"/v1/models/nope:{method}", json=body).status == 404
+    other = http.request("POST", server.url + f"/v1/models/toy:{method}", json={"signature_name": "x", **body})
+    assert other.status == 400 and "no signature 'x'" in other.json()["error"]
+
+
+def test_a_tiff_scores_like_the_png_of_its_pixels(server, http, cat_jpeg):
+    import io
+
+    from PIL import Image
+
+    cat = Image.open(io.BytesIO(cat_jpeg))
+    scores = {}
+    for form, options in (("PNG", {}), ("TIFF", {"compression": "tiff_lzw"}), ("TIFF", {"compression": "raw"})):
+        encoded = io.BytesIO()
+        cat.save(encoded, form, **options)
+        response = http.request("POST", server.url + "/score/toy?top=3", body=encoded.getvalue())
+        assert response.status == 200, response.data
+        scores[form, tuple(options.items())] = response.json()["top"]
+    assert len({json.dumps(top) for top in scores.values()}) == 1
 
 
 def test_curl_posts_a_jpeg_and_gets_top5(server, tmp_path, cat_jpeg, toy_package_path, expected_scores):
@@ -147,6 +190,8 @@ def _malformed(server, cat_jpeg):
         ("POST", infer, body(ok_input, outputs=[{"name": "scores", "parameters": {"classification": 5000}}]), {}, 400),
         ("POST", infer, body(ok_input, outputs=[{"name": "scores", "parameters": {"classification": "3"}}]), {}, 400),
         ("POST", infer, body(ok_input, outputs=["scores"]), {}, 400),
+        ("POST", infer, body(ok_input, outputs=[{"name": "scores", "parameters": {"class_count": 3}}]), {}, 400),
+        ("POST", infer, body(ok_input, outputs=[{"name": "scores", "parameters": {"classification": 2.5}}]), {}, 400),
         ("POST", infer, body(ok_input, parameters={"binary_data_output": "yes"}), {}, 400),
         ("POST", infer, body(ok_input, parameters={"timeout": -5}), {}, 400),
         ("POST", infer, body(ok_input, id=12), {}, 400),
@@ -182,6 +227,9 @@ def _malformed(server, cat_jpeg):
                          "parameters": {"binary_data_size": 9}}]}).encode()), None, 400),
         ("POST", infer, b"x", {"Content-Encoding": "br"}, 415),
         ("POST", infer, b"not gzip", {"Content-Encoding": "gzip"}, 400),
+        ("POST", infer, gzip.compress(body(ok_input).encode())[:-30], {"Content-Encoding": "gzip"}, 400),
+        ("POST", infer, gzip.compress(body(ok_input).encode()) + b"??", {"Content-Encoding": "gzip"}, 400),
+        ("POST", infer, b"", {"Content-Encoding": "deflate"}, 400),
         # Unknown models, versions and endpoints.
         ("POST", url + "/v2/models/nope/infer", body(ok_input), {}, 404),
         ("POST", url + "/v2/models/toy/versions/9/infer", body(ok_input), {}, 404),
@@ -248,6 +296,46 @@ def test_fifty_malformed_requests_get_precise_errors_and_the_server_goes_on(serv
     assert response.status == 200 and len(response.json()["top"]) == 5
     assert http.request("GET", server.url + "/v2/health/ready").status == 200
     assert "Traceback" not in server.stderr
+
+
+@pytest.mark.parametrize("body, headers, message", [
+    (b'{"inputs": [}', {}, "the inference request is not valid JSON (it goes wrong at line 1, column 13)"),
+    (b"not gzip", {"Content-Encoding": "gzip"}, "the request body is not valid gzip data (Content-Encoding: gzip)"),
+    (gzip.compress(b'{"inputs": []}')[:-9], {"Content-Encoding": "gzip"},
+     "the request body is not valid gzip data: it ends before its compressed data does"),
+    (b"", {"Content-Encoding": "gzip"}, "the request body is not valid gzip data: it is empty"),
+    (gzip.compress(b'{"inputs": []}') + b"xyz", {"Content-Encoding": "gzip"},
+     "the request body has 3 bytes after the end of its gzip data"),
+    (json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3]]}]}), {},
+     "input 'input': data is not FP32: its lists are not all of one length (the data must be a rectangular array)"),
+    (json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2], "data": [1, "two"]}]}), {},
+     "input 'input': data is not FP32: it holds a value that is not a number"),
+    (json.dumps({"inputs": [{"name": "input", "datatype": "UINT8", "shape": [1], "data": [300]}]}), {},
+     "input 'input': data is not UINT8: a value is out of its range"),
+    (json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 3072}],
+                 "outputs": [{"name": "scores", "parameters": {"class_count": 3}}]}), {},
+     "output 'scores': unknown parameter 'class_count' (tritonclient's class_count is sent as 'classification'); "
+     "an output takes 'classification' and 'binary_data'"),
+])
+def test_400s_say_what_is_wrong_in_the_requests_terms(server, http, body, headers, message):
+    """Not in the words of the library that found it (json, zlib, numpy, Pillow)."""
+    response = http.request("POST", server.url + "/v2/models/toy/infer", body=body, headers=headers)
+    assert (response.status, response.json()["error"]) == (400, message)
+
+
+def test_truncated_images_are_described_without_pillows_words(server, http, cat_jpeg):
+    response = http.request("POST", server.url + "/score/toy", body=cat_jpeg[:len(cat_jpeg) // 2])
+    assert response.status == 400
+    assert response.json()["error"] == ("input 'images': cannot read image images[0]: corrupt or truncated image "
+                                        "data")
+
+
+def test_two_different_binary_header_lengths_are_a_400(server, http):
+    headers = urllib3.HTTPHeaderDict({"Inference-Header-Content-Length": "2"})
+    headers.add("Inference-Header-Content-Length", "3")
+    response = http.request("POST", server.url + "/v2/models/toy/infer", body=b"{}{", headers=headers)
+    assert response.status == 400
+    assert response.json()["error"] == "2 different Inference-Header-Content-Length headers: ['2', '3']"
 
 
 def test_request_timeout_is_a_504(server, http):
@@ -364,3 +452,20 @@ def test_an_image_bomb_is_refused_from_its_header(start_server, toy_package_path
     response = http.request("POST", server.url + "/score/toy", body=bomb.getvalue())
     assert response.status == 400 and "image too large (2000x2000" in response.json()["error"]
     assert "limit 1,000,000" in response.json()["error"]
+    # Above Pillow's own guard (about 179 Mpixel) the limit named is still the server's, not 100,000,000.
+    huge = http.request("POST", server.url + "/score/toy", body=_png_header(20_000, 10_000))
+    assert huge.status == 400
+    assert huge.json()["error"] == ("input 'images': cannot read image images[0]: image too large (more than the "
+                                    "limit of 1,000,000 pixels)")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` and that holds no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")

@@ -99,6 +99,12 @@ def test_keys_over_plain_http_off_loopback_need_a_flag(toy_package_path, keys):
     assert refused.returncode != 0 and "clear text" in refused.stderr and "--allow-insecure-keys" in refused.stderr
 
 
+def test_keys_over_plain_http_on_loopback_start_with_a_warning(start_server, toy_package_path, keys):
+    server = start_server(toy_package_path, "--keys", keys[0], "--grpc-port", "-1")
+    assert "WARNING API keys are accepted over plain HTTP on 127.0.0.1" in server.stderr
+    assert "--tls-cert" in server.stderr and keys[1]["primary"] not in server.stderr
+
+
 def test_key_file_errors_are_clear(tmp_path):
     from mvu.host.serving.api_keys import ApiKeys, KeyFileError, regenerate_key
 

@@ -73,10 +73,12 @@ __all__ = [
 #: Images with more pixels than this are refused (decompression-bomb guard).
 MAX_PIXELS = 100_000_000
 
-#: Pillow format names :func:`decode_image` will open; others are refused (EPS,
-#: for one, would run Ghostscript; TIFF is left out for libtiff's size as an
-#: attack surface). ``MPO`` is the multi-picture JPEG many cameras write.
-SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "PPM")
+#: Pillow format names :func:`decode_image` will open: the raster formats Pillow
+#: decodes itself or with its bundled libraries. Others are refused: EPS would
+#: run Ghostscript, WMF needs a handler, and scientific or game formats (FITS,
+#: DDS, ...) are not photos. ``MPO`` is the multi-picture JPEG many cameras write.
+SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "WEBP", "PPM", "TIFF", "JPEG2000", "AVIF",
+                     "ICO", "TGA", "PCX", "SGI", "QOI")
 
 #: Above this many pixels the resized (not yet cropped) image is not built in
 #: full: only the crop window is resampled (see :func:`_resize_and_crop`).
@@ -203,10 +205,10 @@ class _Unreadable(Exception):
     """An image that opened but cannot be used; the message is the cause."""
 
 
-def _describe(exc: BaseException) -> str:
-    """A short, address-free cause for a Pillow (or I/O) exception."""
-    if isinstance(exc, Image.DecompressionBombError):
-        return f"image too large (more than {MAX_PIXELS:,} pixels)"
+def _describe(exc: BaseException, max_pixels: int = MAX_PIXELS) -> str:
+    """A short cause for a Pillow (or I/O) exception, in the image's terms: never the library's own text."""
+    if isinstance(exc, Image.DecompressionBombError):  # Pillow's own guard, above about 179 Mpixel
+        return f"image too large (more than the limit of {max_pixels:,} pixels)"
     if isinstance(exc, Image.UnidentifiedImageError):
         return f"not a supported image (formats: {', '.join(SUPPORTED_FORMATS)})"
     if isinstance(exc, FileNotFoundError):
@@ -215,8 +217,7 @@ def _describe(exc: BaseException) -> str:
         return "is a directory, not a file"
     if isinstance(exc, PermissionError):
         return "permission denied"
-    text = str(exc).strip() or type(exc).__name__
-    return f"corrupt or truncated image data ({text})"
+    return "corrupt or truncated image data"
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -299,7 +300,7 @@ def decode_image(source: ImageSource, name: str | None = None, max_pixels: int =
     except MemoryError:
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, EOFError, struct.error, ...
-        raise ImageDecodeError(label, _describe(exc)) from exc
+        raise ImageDecodeError(label, _describe(exc, max_pixels)) from exc
 
 
 # --------------------------------------------------------------------------- geometry

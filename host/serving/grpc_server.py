@@ -88,8 +88,9 @@ class GrpcFrontEnd:
             async def handle() -> Message:
                 try:
                     request = request_class.FromString(raw)
-                except DecodeError as error:
-                    raise ServingError(400, f"malformed {request_class.DESCRIPTOR.name}: {error}") from None
+                except DecodeError:
+                    raise ServingError(400, f"malformed {request_class.DESCRIPTOR.name}: the request is not a "
+                                            f"valid {request_class.DESCRIPTOR.full_name} message") from None
                 call.model = _model_name(request)
                 return await endpoint.handler(request, context)
 

@@ -44,8 +44,8 @@ def json_object(text: bytes | memoryview, what: str) -> dict:
     except UnicodeDecodeError:
         raise ServingError(400, f"{what} is not UTF-8 JSON") from None
     except json.JSONDecodeError as error:
-        raise ServingError(400, f"{what} is not valid JSON: {error.msg} at line {error.lineno} "
-                                f"column {error.colno}") from None
+        raise ServingError(400, f"{what} is not valid JSON (it goes wrong at line {error.lineno}, column "
+                                f"{error.colno})") from None
     except ValueError:  # Python's limit on the digits of an integer
         raise ServingError(400, f"{what} has an integer of more than {sys.get_int_max_str_digits()} digits") \
             from None
@@ -86,16 +86,29 @@ class BodyReader:
         return _decoded(b"".join(chunks), request.headers.get("content-encoding", "identity").lower(), limit)
 
 
+#: Content-Encoding -> zlib's window bits for it (gzip: a gzip header; deflate: a zlib header, as HTTP means it)
+_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
 def _decoded(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` decompressed, whole: corrupt, cut short or followed by more data is a 400 (never read as what
+    came out before the fault); larger than ``limit`` a 413."""
     if encoding == "identity":
         return body
-    if encoding not in ("gzip", "deflate"):
+    if encoding not in _ENCODINGS:
         raise ServingError(415, f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    decompressor = zlib.decompressobj(_ENCODINGS[encoding])
     try:
-        body = decompressor.decompress(body, limit + 1)
-    except zlib.error as error:
-        raise ServingError(400, f"body is not valid {encoding} data: {error}") from None
-    if len(body) > limit or decompressor.unconsumed_tail:
+        data = decompressor.decompress(body, limit + 1)
+    except zlib.error:
+        raise ServingError(400, f"the request body is not valid {encoding} data (Content-Encoding: {encoding})") \
+            from None
+    if len(data) > limit or decompressor.unconsumed_tail:
         raise ServingError(413, f"decompressed request body exceeds the limit of {limit} bytes")
-    return body
+    if not decompressor.eof:
+        raise ServingError(400, f"the request body is not valid {encoding} data: "
+                                f"{'it is empty' if not body else 'it ends before its compressed data does'}")
+    if decompressor.unused_data:
+        raise ServingError(400, f"the request body has {len(decompressor.unused_data)} bytes after the end of "
+                                f"its {encoding} data")
+    return data

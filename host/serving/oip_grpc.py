@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 
 from mvu.host.serving.envelope import Endpoint
 from mvu.host.serving.errors import ServingError
-from mvu.host.serving.oip import classification, model_metadata, server_metadata
+from mvu.host.serving.oip import check_output_parameters, classification, model_metadata, server_metadata
 from mvu.host.serving.protos import message_class
 from mvu.host.serving.repository import ModelRepository
 from mvu.host.serving.tensors import (
@@ -114,6 +114,7 @@ def _input_from_contents(tensor: Message, shape: list[int]) -> InputTensor:
 
 def _classification(output: Message) -> int:
     """The ``classification`` parameter of a requested output, 0 when absent."""
+    check_output_parameters(output.name, output.parameters)
     if "classification" not in output.parameters:
         return 0
     parameter = output.parameters["classification"]

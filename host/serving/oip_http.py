@@ -10,7 +10,7 @@ from starlette.responses import Response
 from mvu.host.serving.envelope import Endpoint
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.http_io import BodyReader, HttpRoute, json_object, json_response, path_model
-from mvu.host.serving.oip import classification, model_metadata, server_metadata
+from mvu.host.serving.oip import check_output_parameters, classification, model_metadata, server_metadata
 from mvu.host.serving.repository import ModelRepository
 from mvu.host.serving.tensors import InferenceRequest, InferenceResult, InputTensor, RequestedOutput
 
@@ -66,8 +66,7 @@ class OipHttp:
     async def infer(self, request: Request) -> Response:
         model = path_model(self.repository, request)
         body = await self.read_body(request)
-        parsed, binary_default = parse_infer_request(body, request.headers.get(HEADER_LENGTH), model.name,
-                                                     model.version)
+        parsed, binary_default = parse_infer_request(body, _header_length(request), model.name, model.version)
         result = await model.infer(parsed)
         content, header_length = encode_infer_response(result, parsed, binary_default)
         headers = {"Server-Timing": result.server_timing()}
@@ -79,6 +78,14 @@ class OipHttp:
     async def repository_index(self, request: Request) -> Response:
         return json_response([{"name": m.name, "version": m.version,
                                "state": "READY" if m.ready else "UNAVAILABLE"} for m in self.repository])
+
+
+def _header_length(request: Request) -> str | None:
+    """The binary extension's header; two that differ are a 400, as two Content-Lengths are."""
+    values = set(request.headers.getlist(HEADER_LENGTH))
+    if len(values) > 1:
+        raise ServingError(400, f"{len(values)} different {HEADER_LENGTH} headers: {sorted(values)}")
+    return values.pop() if values else None
 
 
 def _field(obj: dict, key: str, kind, where: str, required: bool = True):
@@ -154,6 +161,7 @@ def parse_infer_request(body: bytes, header_length: str | None, model: str,
             raise ServingError(400, f"outputs[{index}] must be an object")
         name = _field(raw, "name", str, f"outputs[{index}]")
         params = _parameters(raw, f"output {name!r}")
+        check_output_parameters(name, params)
         top = classification(name, params.get("classification", 0))
         binary_flag = params.get("binary_data")
         if binary_flag is not None and not isinstance(binary_flag, bool):

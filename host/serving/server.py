@@ -153,11 +153,16 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         keys = ApiKeys(args.keys) if args.keys else None
     except KeyFileError as error:
         raise SystemExit(f"mvu serve: {error}") from None
-    if keys and not args.tls_cert and not _is_loopback(args.host):
-        if not args.allow_insecure_keys:
+    if keys and not args.tls_cert:
+        if _is_loopback(args.host):
+            log.warning("API keys are accepted over plain HTTP on %s: in clear text, readable by whoever can watch "
+                        "this machine's loopback; give --tls-cert/--tls-key to encrypt them", args.host)
+        elif not args.allow_insecure_keys:
             raise SystemExit(f"mvu serve: API keys over plain HTTP on {args.host} would travel in clear text; "
                              "give --tls-cert/--tls-key, or --allow-insecure-keys if a proxy terminates TLS")
-        log.warning("API keys are accepted over plain HTTP on %s: anyone on the network can read them", args.host)
+        else:
+            log.warning("API keys are accepted over plain HTTP on %s: anyone on the network can read them",
+                        args.host)
     return ServerOptions(args.host, args.port, args.grpc_port, Path(args.tls_cert) if args.tls_cert else None,
                          Path(args.tls_key) if args.tls_key else None, keys, args.open_health, args.open_metrics,
                          args.max_request_bytes, Path(args.ready_file) if args.ready_file else None,

@@ -11,8 +11,8 @@ import numpy as np
 from mvu.host.serving.errors import ServingError
 
 __all__ = ["DATATYPES", "MAX_ELEMENTS", "InputTensor", "RequestedOutput", "InferenceRequest", "OutputTensor",
-           "InferenceResult", "check_shape", "decode_bytes_elements", "encode_bytes_elements", "numpy_datatype",
-           "server_timing", "split_bytes_elements"]
+           "InferenceResult", "check_shape", "decode_bytes_elements", "encode_bytes_elements", "numeric_array",
+           "numpy_datatype", "server_timing", "split_bytes_elements"]
 
 #: Open Inference Protocol datatype -> numpy dtype (BYTES elements are Python bytes in an object array).
 DATATYPES: dict[str, np.dtype] = {
@@ -103,11 +103,7 @@ class InputTensor:
         if datatype == "BYTES":
             array = _bytes_array(name, values)
         else:
-            try:
-                with np.errstate(over="raise", invalid="raise"):  # 1e39 as FP32: a 400, not inf and a warning
-                    array = np.asarray(values, dtype=dtype).reshape(-1)
-            except (TypeError, ValueError, ArithmeticError) as error:
-                raise ServingError(400, f"input {name!r}: data is not {datatype}: {error}") from None
+            array = numeric_array(values, dtype, f"input {name!r}: data is not {datatype}").reshape(-1)
         if array.size != count:
             raise ServingError(400, f"input {name!r}: {array.size} elements for shape {list(shape)} "
                                     f"({count} elements)")
@@ -129,6 +125,30 @@ class InputTensor:
             raise ServingError(400, f"input {name!r}: {len(buffer)} bytes of data for {datatype} {list(shape)} "
                                     f"(expected {expected})")
         return cls(name, datatype, shape, np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).reshape(shape))
+
+
+def numeric_array(values, dtype: np.dtype, what: str) -> np.ndarray:
+    """JSON numbers, flat or in nested lists, as an array of ``dtype``; a 400 starting with ``what`` says why
+    they are not: a value out of the type's range (1e39 as FP32: not inf and a warning), lists of different
+    lengths, or a value that is not a number."""
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return np.asarray(values, dtype=dtype)
+    except (OverflowError, FloatingPointError):
+        reason = "a value is out of its range"
+    except (TypeError, ValueError):
+        reason = _not_numeric(values)
+    raise ServingError(400, f"{what}: {reason}")
+
+
+def _not_numeric(values) -> str:
+    """Why nested lists that numpy refused are no array of numbers (their nesting is known to be bounded)."""
+    level = [values]
+    while lists := [v for v in level if isinstance(v, (list, tuple))]:
+        if len(lists) != len(level) or len({len(v) for v in lists}) > 1:
+            return "its lists are not all of one length (the data must be a rectangular array)"
+        level = [item for v in lists for item in v]
+    return "it holds a value that is not a number"
 
 
 def _bytes_array(name: str, values) -> np.ndarray:

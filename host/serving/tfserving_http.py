@@ -1,5 +1,6 @@
 """TensorFlow Serving's REST API: its endpoints, ``:predict`` with row (``instances``) or columnar (``inputs``)
-JSON, model status and metadata."""
+JSON that names its input (the signature has two), model status and metadata; ``:classify`` and ``:regress``
+answer as TensorFlow Serving does for a model without those signatures."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from mvu.host.serving.envelope import Endpoint
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.http_io import BodyReader, HttpRoute, json_object, json_response, path_model
 from mvu.host.serving.repository import IMAGES_INPUT, TENSOR_INPUT, ModelRepository, ServedModel
-from mvu.host.serving.tensors import InferenceRequest, InputTensor
+from mvu.host.serving.tensors import InferenceRequest, InputTensor, numeric_array
 from mvu.host.serving.tfserving import PREDICT_METHOD, SIGNATURE, check_signature, signature
 
-__all__ = ["TfServingHttp", "model_metadata", "model_status", "parse_predict"]
+__all__ = ["OTHER_METHODS", "UNNAMED_INPUTS", "UNNAMED_INSTANCES", "TfServingHttp", "model_metadata", "model_status",
+           "parse_predict"]
 
 
 class TfServingHttp:
@@ -34,6 +36,8 @@ class TfServingHttp:
             routes += [HttpRoute(prefix, Endpoint("tf_status", self.status)),
                        HttpRoute(prefix + "/metadata", Endpoint("tf_metadata", self.metadata)),
                        HttpRoute(prefix + ":predict", Endpoint("tf_predict", self.predict), ("POST",))]
+            routes += [HttpRoute(f"{prefix}:{method}", Endpoint(f"tf_{method}", self._no_signature(method)), ("POST",))
+                       for method in OTHER_METHODS]
         return routes
 
     async def status(self, request: Request) -> Response:
@@ -51,6 +55,27 @@ class TfServingHttp:
         scores = result.outputs[0].data.tolist()
         return json_response({"predictions": scores} if rows else {"outputs": scores},
                              headers={"Server-Timing": result.server_timing()})
+
+    def _no_signature(self, method: str):
+        """``:classify`` or ``:regress``, answered as TensorFlow Serving answers for a model whose signature is
+        a predict signature (after it has read the request and found its signature)."""
+        async def answer(request: Request) -> Response:
+            model = path_model(self.repository, request)
+            body = json_object(await self.read_body(request), f"the {method} request")
+            check_signature(model.name, body.get("signature_name", SIGNATURE))
+            raise ServingError(400, f"Expected {OTHER_METHODS[method]} signature method_name to be "
+                                    f"tensorflow/serving/{method}. Was: {PREDICT_METHOD}")
+
+        return answer
+
+
+#: TensorFlow Serving's answers to values that do not name their input, for a signature of several inputs.
+UNNAMED_INSTANCES = ("instances is a plain list, but expecting list of objects as multiple input tensors required "
+                     "as per tensorinfo_map")
+UNNAMED_INPUTS = ("inputs is a plain value/list, but expecting an object as multiple input tensors required as per "
+                  "tensorinfo_map")
+#: The methods that TensorFlow Serving's REST API has besides predict -> what its signature is called.
+OTHER_METHODS = {"classify": "classification", "regress": "regression"}
 
 
 def _image(value, where: str) -> bytes:
@@ -81,44 +106,32 @@ def _images_tensor(values: list, where: str) -> InputTensor:
 
 
 def _float_tensor(values, where: str) -> InputTensor:
-    try:
-        with np.errstate(over="raise", invalid="raise"):  # 1e39: a 400, not inf and a warning
-            array = np.asarray(values, dtype=np.float32)
-    except (TypeError, ValueError, ArithmeticError) as error:
-        raise ServingError(400, f"{where}: not a rectangular array of numbers ({error})") from None
+    array = numeric_array(values, np.dtype(np.float32), f"{where}: not an array of FP32 numbers")
     return InputTensor(TENSOR_INPUT, "FP32", array.shape, array)
 
 
 def _rows(instances: list) -> InputTensor:
     if not instances:
         raise ServingError(400, "'instances' is empty")
-    kinds, values = set(), []
-    for index, instance in enumerate(instances):
-        where = f"instances[{index}]"
-        if isinstance(instance, dict) and not _is_image(instance):
-            name, instance = _named(instance, where)
-            kinds.add(name)
-        else:
-            kinds.add(IMAGES_INPUT if _is_image(instance) else TENSOR_INPUT)
-        values.append(instance)
-    if len(kinds) != 1:
+    if not all(isinstance(instance, dict) and not _is_image(instance) for instance in instances):
+        raise ServingError(400, UNNAMED_INSTANCES)
+    named = [_named(instance, f"instances[{index}]") for index, instance in enumerate(instances)]
+    if len({name for name, _ in named}) != 1:
         raise ServingError(400, "'instances' mixes images and tensors; send one kind per request")
-    if kinds == {IMAGES_INPUT}:
-        return _images_tensor(values, "instances")
-    return _float_tensor(values, "instances")
+    values = [value for _, value in named]
+    return _images_tensor(values, "instances") if named[0][0] == IMAGES_INPUT else _float_tensor(values, "instances")
 
 
 def _columns(inputs) -> InputTensor:
-    name = None
-    if isinstance(inputs, dict) and not _is_image(inputs):
-        name, inputs = _named(inputs, "'inputs'")
-    if _is_image(inputs):
-        inputs = [inputs]
-    if name == IMAGES_INPUT or (isinstance(inputs, list) and inputs and _is_image(inputs[0])):
-        if not isinstance(inputs, list) or not inputs:
-            raise ServingError(400, f"'inputs': '{IMAGES_INPUT}' must be a non-empty list of {{\"b64\": ...}}")
-        return _images_tensor(inputs, "inputs")
-    return _float_tensor(inputs, "inputs")
+    if not isinstance(inputs, dict) or _is_image(inputs):
+        raise ServingError(400, UNNAMED_INPUTS)
+    name, value = _named(inputs, "'inputs'")
+    if name == TENSOR_INPUT:
+        return _float_tensor(value, "inputs")
+    values = [value] if _is_image(value) else value
+    if not isinstance(values, list) or not values:
+        raise ServingError(400, f"'inputs': '{IMAGES_INPUT}' must be a non-empty list of {{\"b64\": ...}}")
+    return _images_tensor(values, "inputs")
 
 
 def parse_predict(body: bytes, model: str, version: str | None) -> tuple[InferenceRequest, bool]:
