@@ -55,3 +55,7 @@ def test_uart():
 
 def test_host_link():
     run_bench("bench_host_link")
+
+
+def test_link_soc():
+    run_bench("bench_link_soc")
