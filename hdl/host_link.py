@@ -6,7 +6,7 @@ from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import exact_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from mvu.hdl.crc32 import RESIDUE, Crc32
 from mvu.hdl.interfaces import READ_REQUEST, CsrBus
@@ -98,7 +98,7 @@ class HostLink(wiring.Component):
         csr_args = args.as_value()
         count = Signal(range(MAX_PAYLOAD + 1))  # bytes of the current field (header, payload, CRC, buffer)
         left = Signal(range(MAX_PAYLOAD + 1))  # bytes still to write to memory or to send after the status
-        cursor = Signal(32)  # memory address, or byte of the reply's data
+        cursor = Signal(max(ceil_log2(self.memory_bytes), 10))  # memory address, or byte of the reply's data
         beat = Signal(8 * B)  # bytes on their way to memory or to the host
         mask = Signal(B)
         have_beat, pending = Signal(), Signal()
