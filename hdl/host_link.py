@@ -95,7 +95,7 @@ class HostLink(wiring.Component):
 
         header = Signal(data.StructLayout({"seq": 8, "cmd": 8, "length": 16}))
         args = Signal(data.StructLayout({"addr": 32, "count": 16}))  # the payload's first six bytes
-        csr_args = args.as_value()
+        args_bits = args.as_value()  # also CSR_WRITE: index, value; CSR_READ: index, count
         count = Signal(range(MAX_PAYLOAD + 1))  # bytes of the current field (header, payload, CRC, buffer)
         left = Signal(range(MAX_PAYLOAD + 1))  # bytes still to write to memory or to send after the status
         cursor = Signal(max(ceil_log2(self.memory_bytes), 10))  # memory address, or byte of the reply's data
@@ -114,8 +114,8 @@ class HostLink(wiring.Component):
             crc.data.eq(Mux(tx.valid, tx.payload, byte)),
             buffer_write.addr.eq(count), buffer_write.data.eq(byte),
             buffer_read.addr.eq(count),
-            csr.addr.eq(csr_args[:8] + cursor[2:]),
-            csr.wdata.eq(csr_args[8:40]),
+            csr.addr.eq(args_bits[:8] + cursor[2:]),
+            csr.wdata.eq(args_bits[8:40]),
             mem.req.p.addr.eq(Cat(Const(0, lane_bits), cursor[lane_bits:])),
             mem.req.p.len.eq(1),
             mem.write.p.data.eq(beat),
@@ -156,7 +156,7 @@ class HostLink(wiring.Component):
                     m.d.comb += [crc.valid.eq(1), buffer_write.en.eq(1)]
                     m.d.sync += count.eq(count + 1)
                     with m.If(count < 6):
-                        m.d.sync += csr_args.word_select(count[:3], 8).eq(byte)
+                        m.d.sync += args_bits.word_select(count[:3], 8).eq(byte)
                     with m.If(count == header.length - 1):
                         m.d.sync += count.eq(0)
                         m.next = "CHECKSUM"
@@ -197,7 +197,7 @@ class HostLink(wiring.Component):
                         m.d.comb += check.eq(Mux(length != 5, LinkStatus.BAD_LENGTH, LinkStatus.OK))
                     with m.Case(Command.CSR_READ):
                         m.d.comb += check.eq(Mux(length != 2, LinkStatus.BAD_LENGTH, LinkStatus.OK))
-                        m.d.sync += left.eq(csr_args[8:16] << 2)
+                        m.d.sync += left.eq(args_bits[8:16] << 2)
                     with m.Default():
                         m.d.comb += check.eq(LinkStatus.UNKNOWN_COMMAND)
                 m.d.sync += [status.eq(check), last_seq.eq(header.seq), seen.eq(1)]
