@@ -145,13 +145,13 @@ def product_of_tensors(tmp_path):
                                                                "needs one constant operand"]
 
 
-def auto_pad_and_ceil_mode(tmp_path):
+def auto_pad_and_dilated_pool(tmp_path):
     def extra(g, x):
         g.nodes[0].attribute.append(helper.make_attribute("auto_pad", "SAME_UPPER"))
         del g.nodes[0].attribute[[a.name for a in g.nodes[0].attribute].index("pads")]
-        return g.node("MaxPool", [x], "pool", kernel_shape=[2, 2], ceil_mode=1)
+        return g.node("MaxPool", [x], "pool", kernel_shape=[2, 2], dilations=[2, 2], ceil_mode=1)
     return save(network(extra=extra), tmp_path / "pads.onnx"), [
-        "cannot quantize 2 nodes: Conv (node 'conv_", "uses auto_pad", "MaxPool (node 'pool_", "uses ceil_mode"]
+        "cannot quantize 2 nodes: Conv (node 'conv_", "uses auto_pad", "MaxPool (node 'pool_", "uses dilations"]
 
 
 def wrong_input_size(tmp_path):
@@ -187,7 +187,7 @@ def qdq_float_island(tmp_path):
 
 CASES = [empty, truncated, a_photo, a_directory, one_channel, channels_last, dynamic_size, several_unsupported_ops,
          external_data_missing, two_outputs, two_inputs, integer_input, not_an_image, old_opset, no_opset,
-         inconsistent_shapes, product_of_tensors, auto_pad_and_ceil_mode, wrong_input_size,
+         inconsistent_shapes, product_of_tensors, auto_pad_and_dilated_pool, wrong_input_size,
          bad_preprocessing_metadata, qdq_float_island]
 
 

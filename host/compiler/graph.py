@@ -2,54 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
+from mvu.host.compiler.ir import Graph, Node
 from mvu.host.compiler.onnx_file import ModelImportError, cause, input_shape, read_onnx
+from mvu.host.compiler.rewrites import fold_pads, fuse_gelu
 
 __all__ = ["Node", "Graph", "ModelImportError", "drop_unused", "import_model", "import_onnx", "refusal",
            "SUPPORTED_OPS", "PREQUANTIZED_OPS"]
 
 SUPPORTED_OPS = frozenset({
     "Conv", "Relu", "Clip", "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul",
-    "Flatten", "Reshape", "Concat", "Softmax", "BatchNormalization", "Identity", "Dropout", "Mul",
+    "Flatten", "Reshape", "Concat", "Softmax", "BatchNormalization", "Identity", "Dropout", "Mul", "Pad",
+    "Transpose", "LayerNormalization", "Gelu",
     *("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearGlobalAveragePool",
       "QGemm", "QLinearAveragePool", "QLinearConcat"),
 })
 #: Operators of models that arrive already quantized (com.microsoft contributes all but the first three).
 PREQUANTIZED_OPS = frozenset({"QuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",
                               "QLinearGlobalAveragePool", "QGemm", "QLinearAveragePool", "QLinearConcat"})
-
-
-@dataclass
-class Node:
-    op: str
-    name: str
-    inputs: list[str]
-    outputs: list[str]
-    attrs: dict = field(default_factory=dict)
-
-
-@dataclass
-class Graph:
-    """Nodes in topological order; ``constants`` holds every initializer and folded value."""
-
-    name: str
-    input: str
-    input_shape: tuple[int, ...]
-    output: str
-    nodes: list[Node]
-    constants: dict[str, np.ndarray]
-    shapes: dict[str, tuple[int, ...]]
-    source_sha256: str
-    opset: int = 17
-
-    def consumers(self, tensor: str) -> list[Node]:
-        return [node for node in self.nodes if tensor in node.inputs]
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
@@ -75,6 +50,8 @@ def import_model(model: onnx.ModelProto, digest: str, label: str) -> Graph:
     nodes = [Node(n.op_type, n.name or f"{n.op_type}_{i}", list(n.input), list(n.output), _attributes(n))
              for i, n in enumerate(model.graph.node)]
     constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    fuse_gelu(nodes, constants)
+    nodes = _used(nodes, model.graph.output[0].name)
     computable = _constant_outputs(nodes, set(constants))
     _refuse(label, [node for node in nodes if node.op not in SUPPORTED_OPS and not set(node.outputs) <= computable])
     contrib = any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
@@ -89,7 +66,8 @@ def import_model(model: onnx.ModelProto, digest: str, label: str) -> Graph:
         dims = info.type.tensor_type.shape.dim
         if dims and all(d.HasField("dim_value") for d in dims):
             shapes[info.name] = tuple(d.dim_value for d in dims)
-    if contrib:  # ONNX's shape inference stops at contributed operators: ask onnxruntime
+    if contrib or _ceil_mode_pool(nodes):  # ONNX's shape inference stops at contributed operators, and keeps a
+        # ceil_mode pool's last window where it starts in the padding (onnxruntime drops it): ask onnxruntime
         shapes.update(_shapes_from_onnxruntime(model, value.name, list(shape), label))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     graph = Graph(name=label, input=value.name, input_shape=shape, output=model.graph.output[0].name, nodes=nodes,
@@ -98,6 +76,7 @@ def import_model(model: onnx.ModelProto, digest: str, label: str) -> Graph:
     _refuse(label, [node for node in graph.nodes if node.op not in SUPPORTED_OPS], ", on values computed from the input")
     _drop_identities(graph)
     _fold_batch_norm(graph)
+    fold_pads(graph)
     drop_unused(graph)
     return graph
 
@@ -159,14 +138,23 @@ def _shapes_from_onnxruntime(model: onnx.ModelProto, input_name: str, shape: lis
     return {o.name: tuple(v.shape) for o, v in zip(session.get_outputs(), values)}
 
 
+def _ceil_mode_pool(nodes: list[Node]) -> bool:
+    return any(node.op in ("MaxPool", "AveragePool") and node.attrs.get("ceil_mode", 0) for node in nodes)
+
+
+def _used(nodes: list[Node], output: str) -> list[Node]:
+    """``nodes`` less those none of whose outputs is read, directly or not, by another or is ``output``."""
+    while True:
+        used = {i for node in nodes for i in node.inputs} | {output}
+        kept = [node for node in nodes if any(o in used for o in node.outputs)]
+        if len(kept) == len(nodes):
+            return kept
+        nodes = kept
+
+
 def drop_unused(graph: Graph) -> None:
     """Remove nodes none of whose outputs is used (e.g. what only fed folded shape arithmetic)."""
-    while True:
-        used = {i for node in graph.nodes for i in node.inputs} | {graph.output}
-        kept = [node for node in graph.nodes if any(o in used for o in node.outputs)]
-        if len(kept) == len(graph.nodes):
-            return
-        graph.nodes = kept
+    graph.nodes = _used(graph.nodes, graph.output)
 
 
 #: Left unevaluated though their inputs are constants: a QDQ model's quantized weights stay quantized.

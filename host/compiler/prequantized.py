@@ -13,6 +13,7 @@ import numpy as np
 
 from mvu.host.compiler.builder import LayerBuilder
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
+from mvu.host.compiler.rewrites import pad_widths
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 
 __all__ = ["HANDLERS", "from_qlinear_graph"]
@@ -159,25 +160,30 @@ def _qgemm(p: _Pass, node: Node) -> None:
 def _maxpool(p: _Pass, node: Node) -> None:
     """On uint8 codes: the maximum keeps the input's scale and zero point."""
     a = node.attrs
-    if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1, 1])):
-        raise ModelImportError(f"{p.graph.name}: MaxPool '{node.name}' with ceil_mode or dilations is not "
-                               f"supported")
+    if any(d != 1 for d in a.get("dilations", [1, 1])):
+        raise ModelImportError(f"{p.graph.name}: MaxPool '{node.name}' with dilations is not supported")
     p.emit(Layer("maxpool", node.name, [node.inputs[0]], node.outputs[0], "host",
-                 {"kernel": list(a["kernel_shape"]), "strides": list(a.get("strides", [1, 1])),
-                  "pads": _padding(p, node)}, {}, p.tensor_q[node.inputs[0]]), node.op)
+                 {**_window(p, node), "count_include_pad": 0}, {}, p.tensor_q[node.inputs[0]]), node.op)
+
+
+def _window(p: _Pass, node: Node) -> dict:
+    """A pool's kernel, strides and pads, and ``ceil_mode`` where it is set."""
+    a = node.attrs
+    window = {"kernel": list(a["kernel_shape"]), "strides": list(a.get("strides", [1, 1])), "pads": _padding(p, node)}
+    return {**window, "ceil_mode": 1} if a.get("ceil_mode", 0) else window
 
 
 def _average_pool(p: _Pass, node: Node) -> None:
     """com.microsoft QLinearAveragePool, on the host (in the post-processor's fixed point: onnxruntime pools the
-    dequantized floats, so results may differ by one code)."""
+    dequantized floats, so results may differ by one code). With ``count_include_pad`` its kernel divides by the
+    whole window, also where ``ceil_mode`` extends it past the pads."""
     a = node.attrs
-    if a.get("ceil_mode", 0) or a.get("channels_last", 0):
-        raise ModelImportError(f"{p.graph.name}: {node.op} '{node.name}' with ceil_mode or channels_last is not "
-                               f"supported")
+    if a.get("channels_last", 0):
+        raise ModelImportError(f"{p.graph.name}: channels-last {node.op} '{node.name}' is not supported")
     p.read(node, node.inputs[0], p.params(node.inputs[1], node.inputs[2]))
     p.emit(Layer("avgpool", node.name, [node.inputs[0]], node.outputs[0], "host",
-                 {"kernel": list(a["kernel_shape"]), "strides": list(a.get("strides", [1, 1])),
-                  "pads": _padding(p, node), "count_include_pad": a.get("count_include_pad", 0)}, {},
+                 {**_window(p, node), "count_include_pad": a.get("count_include_pad", 0),
+                  **({"count_ceil_pad": 1} if a.get("ceil_mode", 0) else {})}, {},
                  p.params(node.inputs[3], node.inputs[4])), node.op)
 
 
@@ -200,6 +206,26 @@ def _clip(p: _Pass, node: Node) -> None:
                  p.tensor_q[node.inputs[0]]), node.op)
 
 
+def _transpose(p: _Pass, node: Node) -> None:
+    """A permutation of the codes' axes other than the batch (a channel shuffle's)."""
+    perm = list(node.attrs.get("perm", []))
+    if not perm or perm[0] != 0:
+        raise ModelImportError(f"{p.graph.name}: Transpose '{node.name}' moves the batch axis; mvu keeps it first")
+    p.emit(Layer("transpose", node.name, [node.inputs[0]], node.outputs[0], "host", {"perm": perm}, {},
+                 p.tensor_q[node.inputs[0]]), node.op)
+
+
+def _pad(p: _Pass, node: Node) -> None:
+    """A Pad of the codes: its constant is a code (onnxruntime's quantizer writes the zero point's for 0)."""
+    begin, end, _, mode = pad_widths(p.graph, node)
+    if mode != "constant" or len(node.inputs) < 3 or not node.inputs[2] or begin[0] or end[0] or min(begin + end) < 0:
+        raise ModelImportError(f"{p.graph.name}: Pad '{node.name}' must pad the codes with a constant code, not the "
+                               f"batch, without cropping")
+    p.emit(Layer("pad", node.name, [node.inputs[0]], node.outputs[0], "host",
+                 {"before": begin, "after": end, "mode": mode, "value": int(p.codes(node.inputs[2]))}, {},
+                 p.tensor_q[node.inputs[0]]), node.op)
+
+
 def _dequantize_linear(p: _Pass, node: Node) -> None:
     """The graph's float output; its quantization is the layer's, not a tensor's that others read."""
     if node.outputs[0] != p.graph.output:
@@ -214,7 +240,8 @@ HANDLERS: dict[str, Callable[[_Pass, Node], None]] = {
     "QuantizeLinear": _quantize_linear, "QLinearConv": _qlinear_conv, "QLinearAdd": _qlinear_add,
     "QLinearGlobalAveragePool": _qlinear_global_average_pool, "Reshape": _reshape, "Flatten": _reshape,
     "QLinearMatMul": _qlinear_matmul, "QGemm": _qgemm, "MaxPool": _maxpool, "DequantizeLinear": _dequantize_linear,
-    "QLinearAveragePool": _average_pool, "QLinearConcat": _concat, "Clip": _clip,
+    "QLinearAveragePool": _average_pool, "QLinearConcat": _concat, "Clip": _clip, "Transpose": _transpose,
+    "Pad": _pad,
 }
 
 

@@ -178,7 +178,7 @@ def _concat(r: _Rewrite, node: Node) -> list[Node]:
 
 
 def _on_codes(r: _Rewrite, node: Node) -> list[Node]:
-    """MaxPool, Reshape, Flatten: the same op on the codes, requantized (:func:`_requantize`) where the
+    """MaxPool, Reshape, Flatten, Transpose: the same op on the codes, requantized (:func:`_requantize`) where the
     QuantizeLinear after it has another scale or zero point than its input: after a MaxPool (onnxruntime's
     float MaxPool commutes with the monotonic requantization), before a Reshape or Flatten (on the image)."""
     if len(node.outputs) > 1 and any(r.graph.consumers(o) for o in node.outputs[1:]):
@@ -193,6 +193,28 @@ def _on_codes(r: _Rewrite, node: Node) -> list[Node]:
                 _requantize(r, replace(x, codes=pooled), y, f"{node.name}_requantize", y.outputs[0])]
     moved = _requantize(r, x, y, f"{node.name}_requantize")
     return [moved, Node(node.op, node.name, [moved.outputs[0], *node.inputs[1:]], y.outputs, dict(node.attrs))]
+
+
+def _pad(r: _Rewrite, node: Node) -> list[Node]:
+    """A Pad of the codes, its constant quantized as the QuantizeLinear after it quantizes it (onnxruntime pads
+    the dequantized floats); refused where that QuantizeLinear requantizes."""
+    x, y = r.activation(node, 0), r.result(node)
+    if not r.same_quantization(x, y):
+        raise _Refused("its output is quantized otherwise than its input")
+    inputs = [x.codes, *node.inputs[1:2]]
+    if len(node.inputs) > 2 and node.inputs[2]:
+        value = node.inputs[2]
+        if value not in r.graph.constants:
+            q = r.operand(node, 2)
+            constants = r.graph.constants
+            value = (np.float32(constants[q.codes]) - np.float32(constants[q.zero])) * np.float32(constants[q.scale])
+        else:
+            value = r.graph.constants[value]
+        inputs.append(r.constant(f"{node.name}_value_code", _code(float(value), r.graph.constants[y.inputs[1]],
+                                                                  r.graph.constants[y.inputs[2]])))
+    else:
+        inputs.append(y.inputs[2])  # a zero constant is the zero point's code
+    return [Node("Pad", node.name, inputs + node.inputs[3:], y.outputs, dict(node.attrs))]
 
 
 def _code(value: float, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
@@ -272,7 +294,7 @@ def _unit_scale(x_scale: np.ndarray, x_zero: np.ndarray, y_scale: np.ndarray, y_
 RULES: dict[str, Callable[[_Rewrite, Node], list[Node]]] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "Add": _add, "GlobalAveragePool": _global_average_pool,
     "AveragePool": _average_pool, "Concat": _concat, "MaxPool": _on_codes, "Reshape": _on_codes,
-    "Flatten": _on_codes, "Relu": _clamp, "Clip": _clamp,
+    "Flatten": _on_codes, "Transpose": _on_codes, "Relu": _clamp, "Clip": _clamp, "Pad": _pad,
 }
 
 _ADVICE = {"BatchNormalization": "fold it into the convolution before quantizing (onnxruntime.quantization."

@@ -10,6 +10,7 @@ type to the function that turns its nodes into layers.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ import onnx
 from mvu.hdl.contract.requantization import Requantization
 from mvu.host.compiler.builder import LayerBuilder
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
+from mvu.host.compiler.rewrites import pad_widths
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 
 __all__ = ["HANDLERS", "LIMITS", "activation_clamp", "calibrate", "check_graph", "quantize_graph"]
@@ -236,6 +238,8 @@ def _pool(p: _Pass, node: Node) -> None:
     attrs = {"kernel": list(node.attrs.get("kernel_shape", [])), "strides": list(node.attrs.get("strides", [1, 1])),
              "pads": list(node.attrs.get("pads", [0, 0, 0, 0])),
              "count_include_pad": node.attrs.get("count_include_pad", 0)}
+    if node.attrs.get("ceil_mode", 0):
+        attrs["ceil_mode"] = 1
     p.emit(Layer(_POOLS[node.op], node.name, [node.inputs[0]], node.outputs[0], "host", attrs, {}, out_q), node.op)
 
 
@@ -243,6 +247,46 @@ def _reshape(p: _Pass, node: Node) -> None:
     """Flatten or Reshape: the same codes in the output's shape."""
     p.emit(Layer("reshape", node.name, [node.inputs[0]], node.outputs[0], "host",
                  {"shape": list(p.shapes[node.outputs[0]])}, {}, p.q_of(node.inputs[0])), node.op)
+
+
+def _pad(p: _Pass, node: Node) -> None:
+    """A Pad that no convolution absorbed: on the host, in the input's quantization, the constant as its code."""
+    begin, end, value, mode = pad_widths(p.graph, node)
+    in_q = p.q_of(node.inputs[0])
+    code = int(np.clip(round(value / in_q.scale) + in_q.zero_point, 0, 255))
+    p.emit(Layer("pad", node.name, [node.inputs[0]], node.outputs[0], "host",
+                 {"before": begin, "after": end, "mode": mode, "value": code}, {}, in_q), f"Pad ({mode})")
+
+
+def _transpose(p: _Pass, node: Node) -> None:
+    """A permutation of the axes other than the batch (a channel shuffle's, NHWC and back), on the codes."""
+    perm = node.attrs.get("perm", list(reversed(range(len(p.shapes[node.inputs[0]])))))
+    p.emit(Layer("transpose", node.name, [node.inputs[0]], node.outputs[0], "host", {"perm": list(perm)}, {},
+                 p.q_of(node.inputs[0])), node.op)
+
+
+def _gelu(p: _Pass, node: Node) -> None:
+    """GELU (a Gelu node, or the Erf form fused on import) as a table of its 256 input codes, on the host."""
+    in_q, out_q = p.q_of(node.inputs[0]), p.out_params(node.outputs[0], "none")
+    x = in_q.dequantize(np.arange(256)).astype(np.float64)
+    if node.attrs.get("approximate", "none") in ("tanh", b"tanh"):
+        y = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    else:
+        y = 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+    p.emit(Layer("lut", node.name, [node.inputs[0]], node.outputs[0], "host", {},
+                 {"table": out_q.quantize(y)}, out_q), "Gelu (table)")
+
+
+def _layer_norm(p: _Pass, node: Node) -> None:
+    """LayerNormalization on the host: dequantized, normalized in float64, quantized with the calibrated scale."""
+    shape = p.shapes[node.inputs[0]]
+    axis = node.attrs.get("axis", -1) % len(shape)
+    arrays = {"gamma": p.graph.constants[node.inputs[1]].astype(np.float32),
+              "beta": _constant_input(p.graph, node, 2)}
+    arrays["beta"] = np.zeros_like(arrays["gamma"]) if arrays["beta"] is None else arrays["beta"].astype(np.float32)
+    p.emit(Layer("layernorm", node.name, [node.inputs[0]], node.outputs[0], "host",
+                 {"axis": axis, "epsilon": node.attrs.get("epsilon", 1e-5)}, arrays,
+                 p.out_params(node.outputs[0], "none")), "LayerNormalization (float)")
 
 
 def _concat(p: _Pass, node: Node) -> None:
@@ -292,7 +336,7 @@ HANDLERS: dict[str, Callable[[_Pass, Node], None]] = {
     "Conv": _conv, "Add": _add, "Sum": _add, "Mul": _affine, "BatchNormalization": _affine,
     "Relu": _clamp, "Clip": _clamp, "MaxPool": _pool, "AveragePool": _pool, "GlobalAveragePool": _pool,
     "Flatten": _reshape, "Reshape": _reshape, "Concat": _concat, "Gemm": _gemm, "MatMul": _matmul,
-    "Softmax": _softmax,
+    "Softmax": _softmax, "Pad": _pad, "Transpose": _transpose, "Gelu": _gelu, "LayerNormalization": _layer_norm,
 }
 
 
@@ -307,9 +351,31 @@ def _one_constant(graph: Graph, node: Node) -> str | None:
 
 
 def _pool_window(graph: Graph, node: Node) -> str | None:
-    if node.attrs.get("ceil_mode", 0):
-        return "uses ceil_mode, which mvu does not support"
+    if any(d != 1 for d in node.attrs.get("dilations", [])):
+        return "uses dilations, which mvu's pooling does not support"
     return _explicit_pads(graph, node)
+
+
+def _pad_limits(graph: Graph, node: Node) -> str | None:
+    begin, end, value, mode = pad_widths(graph, node)
+    if mode not in ("constant", "edge", "reflect"):
+        return f"uses mode {mode!r}; mvu pads with a constant, the edge or a reflection"
+    if value is None:
+        return "pads with a computed value; mvu takes a constant"
+    if begin[0] or end[0] or min(begin + end) < 0:
+        return "pads the batch or crops (negative pads), which mvu does not support"
+    return None
+
+
+def _keeps_batch(graph: Graph, node: Node) -> str | None:
+    perm = node.attrs.get("perm", [])
+    return None if perm and perm[0] == 0 else "moves the batch axis; mvu keeps it first"
+
+
+def _matrix_input(graph: Graph, node: Node) -> str | None:
+    shape = graph.shapes.get(node.inputs[0], ())
+    return None if len(shape) <= 2 else \
+        f"multiplies a {len(shape)}-d tensor (channels-last pointwise layer); mvu takes [N, features] products"
 
 
 def _no_trans_a(graph: Graph, node: Node) -> str | None:
@@ -319,7 +385,7 @@ def _no_trans_a(graph: Graph, node: Node) -> str | None:
 #: Op type -> why a node of it cannot be quantized (None when it can), checked before calibration.
 LIMITS: dict[str, Callable[[Graph, Node], str | None]] = {
     "Conv": _explicit_pads, "Mul": _one_constant, "MaxPool": _pool_window, "AveragePool": _pool_window,
-    "Gemm": _no_trans_a,
+    "Gemm": _no_trans_a, "Pad": _pad_limits, "Transpose": _keeps_batch, "MatMul": _matrix_input,
 }
 
 

@@ -90,6 +90,20 @@ def im2col(x: np.ndarray, kernel, strides, pads, dilations, pad_value: int) -> t
     return windows.reshape(n * ho * wo, kh * kw * c), ho, wo
 
 
+def _pool_pads(size: tuple[int, ...], attrs: dict) -> list[int]:
+    """A pooling layer's pads, the bottom and right ones grown by what ``ceil_mode`` adds: onnxruntime's output
+    size, ``ceil((padded - kernel) / stride) + 1`` less a last window that would start in the end padding."""
+    pads = list(attrs["pads"])
+    if attrs.get("ceil_mode"):
+        for axis, (length, kernel, stride) in enumerate(zip(size, attrs["kernel"], attrs["strides"])):
+            begin, end = pads[axis], pads[axis + 2]
+            out = -(-(length + begin + end - kernel) // stride) + 1
+            if (out - 1) * stride >= length + begin:
+                out -= 1
+            pads[axis + 2] = max(end, (out - 1) * stride + kernel - length - begin)
+    return pads
+
+
 def _channels_first(out: np.ndarray, n: int, ho: int, wo: int) -> np.ndarray:
     """Rows of [N * Ho * Wo, C] as an [N, C, Ho, Wo] tensor: a view, still channels-last in memory."""
     return out.reshape(n, ho, wo, -1).transpose(0, 3, 1, 2)
@@ -376,22 +390,32 @@ class ModelRunner:
     def _maxpool(self, layer: Layer, tensors, stats):
         x = tensors[layer.inputs[0]]
         a = layer.attrs
-        patches, ho, wo = im2col(x, a["kernel"], a["strides"], a["pads"], [1, 1], 0)  # 0 is uint8's minimum
+        pads = _pool_pads(x.shape[2:], a)
+        patches, ho, wo = im2col(x, a["kernel"], a["strides"], pads, [1, 1], 0)  # 0 is uint8's minimum
         kk = a["kernel"][0] * a["kernel"][1]
         return _channels_first(patches.reshape(-1, kk, x.shape[1]).max(axis=1), len(x), ho, wo)
 
     def _avgpool(self, layer: Layer, tensors, stats):
+        """Window sums over the count of taps onnxruntime divides by: inside the image, or also in the
+        explicit pads with ``count_include_pad``, and in what ``ceil_mode`` adds only with ``count_ceil_pad``
+        (QLinearAveragePool's kernel counts them, AveragePool's does not)."""
         x = tensors[layer.inputs[0]]
         a = layer.attrs
         in_q, out_q = self._q(layer.inputs[0]), layer.out_q
         centred = x.astype(np.int64) - in_q.zero_point
-        patches, ho, wo = im2col(centred, a["kernel"], a["strides"], a["pads"], [1, 1], 0)
+        pads = _pool_pads(x.shape[2:], a)
+        patches, ho, wo = im2col(centred, a["kernel"], a["strides"], pads, [1, 1], 0)
         kk = a["kernel"][0] * a["kernel"][1]
         sums = _channels_first(patches.reshape(-1, kk, x.shape[1]).sum(axis=1), len(x), ho, wo)
-        if a["count_include_pad"] or not any(a["pads"]):
+        if not any(pads) or (a["count_include_pad"] and (pads == a["pads"] or a.get("count_ceil_pad"))):
             counts = np.full(sums.shape, kk)
         else:
-            ones, _, _ = im2col(np.ones((1, *x.shape[2:]), np.int64), a["kernel"], a["strides"], a["pads"], [1, 1], 0)
+            counted = np.ones(x.shape[2:], np.int64)
+            if a["count_include_pad"]:
+                top, left, bottom, right = a["pads"]
+                counted = np.pad(counted, ((top, bottom), (left, right)), constant_values=1)
+                pads = [0, 0, pads[2] - bottom, pads[3] - right]
+            ones, _, _ = im2col(counted[None], a["kernel"], a["strides"], pads, [1, 1], 0)
             counts = np.broadcast_to(ones.sum(axis=1).reshape(1, 1, ho, wo), sums.shape)
         out = np.empty(sums.shape, np.uint8)
         for count in np.unique(counts):
@@ -402,6 +426,28 @@ class ModelRunner:
     def _reshape(self, layer: Layer, tensors, stats):
         x = tensors[layer.inputs[0]]
         return x.reshape(len(x), *layer.attrs["shape"][1:])
+
+    def _pad(self, layer: Layer, tensors, stats):
+        a = layer.attrs
+        widths = list(zip(a["before"], a["after"]))
+        if a["mode"] == "constant":
+            return np.pad(tensors[layer.inputs[0]], widths, constant_values=a["value"])
+        return np.pad(tensors[layer.inputs[0]], widths, mode=a["mode"])
+
+    def _transpose(self, layer: Layer, tensors, stats):
+        return tensors[layer.inputs[0]].transpose(layer.attrs["perm"])
+
+    def _lut(self, layer: Layer, tensors, stats):
+        """A unary function of 8-bit codes as its table of 256 output codes."""
+        return layer.arrays["table"][tensors[layer.inputs[0]]]
+
+    def _layernorm(self, layer: Layer, tensors, stats):
+        """Normalized over the axes from ``axis`` on, in float64 from the dequantized codes."""
+        x = self._q(layer.inputs[0]).dequantize(tensors[layer.inputs[0]]).astype(np.float64)
+        axes = tuple(range(layer.attrs["axis"], x.ndim))
+        centred = x - x.mean(axis=axes, keepdims=True)
+        normal = centred / np.sqrt((centred ** 2).mean(axis=axes, keepdims=True) + layer.attrs["epsilon"])
+        return layer.out_q.quantize(normal * layer.arrays["gamma"] + layer.arrays["beta"])
 
     def _concat(self, layer: Layer, tensors, stats):
         out_q = layer.out_q
