@@ -182,24 +182,29 @@ def test_an_erf_outside_gelu_is_still_refused():
 
 
 def convnext_block(g, x, rng, channels=8):
-    """ConvNeXt's block: depthwise 7x7, NHWC LayerNorm, pointwise 4x expansion with GELU, back, residual."""
+    """ConvNeXt's block as PyTorch exports it: depthwise 7x7, to NHWC, LayerNorm, Linear (MatMul + Add) to 4x the
+    channels, GELU, Linear back, the layer scale (a Mul), to NCHW, the residual Add."""
+    def linear(y, inputs, outputs):
+        y = g.node("MatMul", [y, g.constant(rng.normal(0, 0.3, (inputs, outputs)).astype(np.float32), "w")])
+        return g.node("Add", [y, g.constant(rng.normal(0, 0.1, outputs).astype(np.float32), "b")])
     y = g.conv(x, rng.normal(0, 0.2, (channels, 1, 7, 7)), rng.normal(0, 0.1, channels), padding=3, group=channels)
     y = g.node("Transpose", [y], perm=[0, 2, 3, 1])
     y = g.node("LayerNormalization", [y, g.constant(rng.uniform(0.5, 1.5, channels).astype(np.float32), "gamma"),
                                       g.constant(rng.normal(0, 0.1, channels).astype(np.float32), "beta")], axis=-1,
                epsilon=1e-6)
-    y = g.node("Transpose", [y], perm=[0, 3, 1, 2])
-    y = gelu_erf(g, g.conv(y, rng.normal(0, 0.3, (4 * channels, channels, 1, 1)), rng.normal(0, 0.1, 4 * channels)),
-                 False)
-    y = g.conv(y, rng.normal(0, 0.2, (channels, 4 * channels, 1, 1)), rng.normal(0, 0.1, channels))
-    return g.add(x, y)
+    y = linear(gelu_erf(g, linear(y, channels, 4 * channels), False), 4 * channels, channels)
+    y = g.node("Mul", [y, g.constant(rng.uniform(0.5, 1.5, channels).astype(np.float32), "layer_scale")])
+    return g.add(x, g.node("Transpose", [y], perm=[0, 3, 1, 2]))
 
 
-def test_a_convnext_block_with_nhwc_layer_norm_and_gelu():
+def test_a_convnext_block_runs_its_channels_last_linear_layers_on_the_accelerator():
     model = network(convnext_block)
     block = [n.output[0] for n in model.graph.node if n.op_type == "Add"][-1]
     quantized, sqnr = compile_and_run(model, tensor=block)
-    assert {"layernorm", "lut", "transpose"} <= set(kinds(quantized))
+    assert kinds(quantized)[1:] == ["conv", "transpose", "layernorm", "fc_quantized", "lut", "fc_quantized",
+                                    "transpose", "add", "gap", "reshape", "fc"]
+    pointwise = [layer for layer in quantized.layers if layer.attrs.get("pointwise")]
+    assert [layer.placement for layer in pointwise] == ["accelerator"] * 2
     assert sqnr > 32, sqnr
 
 
@@ -219,16 +224,6 @@ def test_layer_normalization_on_the_host(axis):
     quantized, sqnr = compile_and_run(model, tensor=normalized)
     assert "layernorm" in kinds(quantized)
     assert sqnr > 32, sqnr
-
-
-def test_a_channels_last_pointwise_matmul_is_refused_clearly():
-    def body(g, x, rng):
-        y = g.node("Transpose", [x], perm=[0, 2, 3, 1])
-        y = g.node("MatMul", [y, g.constant(rng.normal(0, 0.3, (8, 8)).astype(np.float32), "w")])
-        return g.node("Transpose", [y], perm=[0, 3, 1, 2])
-    graph = import_onnx(network(body))
-    with pytest.raises(ModelImportError, match=r"MatMul \(node 'matmul_.*'\): multiplies a 4-d tensor"):
-        check_graph(graph)
 
 
 @pytest.mark.parametrize("case", ["pad", "ceil_max", "ceil_average", "shuffle"])

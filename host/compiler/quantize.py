@@ -166,18 +166,18 @@ class _Pass(LayerBuilder):
             low = 0.0
         return QuantParams.from_range(low, high)
 
-    def fuse(self, node: Node) -> tuple[str, str]:
-        """``node``'s output after a fusable activation, and the activation ("none" if there is none)."""
-        output, activation = _fused_activation(self.graph, node.outputs[0])
-        if output != node.outputs[0]:
-            self.fused.add(id(self.graph.consumers(node.outputs[0])[0]))
-        self.shapes[output] = self.shapes.get(node.outputs[0], self.shapes.get(output))
+    def fuse(self, tensor: str) -> tuple[str, str]:
+        """``tensor`` after a fusable activation, and the activation ("none" if there is none)."""
+        output, activation = _fused_activation(self.graph, tensor)
+        if output != tensor:
+            self.fused.add(id(self.graph.consumers(tensor)[0]))
+        self.shapes[output] = self.shapes.get(tensor, self.shapes.get(output))
         return output, activation
 
 
 def _conv(p: _Pass, node: Node) -> None:
     """Conv (+ ReLU/ReLU6): on the accelerator with one group, else on the host."""
-    output, activation = p.fuse(node)
+    output, activation = p.fuse(node.outputs[0])
     weight, bias = p.graph.constants[node.inputs[1]], _constant_input(p.graph, node, 2)
     in_q, out_q = p.q_of(node.inputs[0]), p.out_params(output, activation)
     q_weight, w_scale = _weights_int8(weight, bias, in_q.scale)
@@ -197,7 +197,7 @@ def _affine(p: _Pass, node: Node) -> None:
     Add by a constant), on the host."""
     form = _affine_form(p.graph, node)
     source = next(i for i in node.inputs if i not in p.graph.constants)
-    output, activation = p.fuse(node)
+    output, activation = p.fuse(node.outputs[0])
     in_q, out_q = p.q_of(source), p.out_params(output, activation)
     scale, shift_term = (np.broadcast_to(np.asarray(term, np.float64).reshape(-1), (p.shapes[source][1],))
                          for term in form)
@@ -212,7 +212,7 @@ def _add(p: _Pass, node: Node) -> None:
     if _affine_form(p.graph, node) is not None:
         _affine(p, node)
         return
-    output, activation = p.fuse(node)
+    output, activation = p.fuse(node.outputs[0])
     out_q = p.out_params(output, activation)
     p.emit(Layer("add", node.name, list(node.inputs), output, "host",
                  {"activation": activation, "clamp": activation_clamp(out_q, activation)}, {}, out_q), "Add")
@@ -303,28 +303,56 @@ def _gemm(p: _Pass, node: Node) -> None:
 
 
 def _matmul(p: _Pass, node: Node) -> None:
-    _product(p, node, p.graph.constants[node.inputs[1]].astype(np.float64), None)
+    """MatMul by constant weights; of a channels-last tensor ``[N, ..., C]`` (a PyTorch Linear over NHWC, as in
+    ConvNeXt) every position's row is one row of the product, and the Adds and Muls of per-column constants after
+    it (its bias, a layer scale) fold into its bias and weights."""
+    weight = p.graph.constants[node.inputs[1]].astype(np.float64)
+    if len(p.shapes[node.inputs[0]]) <= 2:
+        _product(p, node, weight, None)
+        return
+    bias, tensor = np.zeros(weight.shape[1]), node.outputs[0]
+    while (term := _column_term(p, tensor, weight.shape[1])) is not None:
+        reader, value = term
+        weight, bias = (weight, bias + value) if reader.op == "Add" else (weight * value, bias * value)
+        p.fused.add(id(reader))
+        tensor = reader.outputs[0]
+    _product(p, node, weight, bias, tensor)
 
 
-def _product(p: _Pass, node: Node, weight: np.ndarray, bias: np.ndarray | None) -> None:
-    """``x @ weight + bias`` on the accelerator. Logits (the graph's output, or a Softmax's input) leave it as
-    int32 and are scaled to float on the host; other outputs are requantized like a convolution's."""
+def _column_term(p: _Pass, tensor: str, columns: int) -> tuple[Node, np.ndarray] | None:
+    """``tensor``'s only reader and its constant when it adds or multiplies one value per last-axis column."""
+    readers = p.graph.consumers(tensor)
+    if tensor == p.graph.output or len(readers) != 1 or readers[0].op not in ("Add", "Mul") or \
+            len(readers[0].inputs) != 2:
+        return None
+    value = p.graph.constants.get(next(i for i in readers[0].inputs if i != tensor))
+    if value is None or value.size not in (1, columns) or (value.size > 1 and value.shape[-1] != columns):
+        return None
+    return readers[0], np.broadcast_to(value.astype(np.float64).reshape(-1), (columns,))
+
+
+def _product(p: _Pass, node: Node, weight: np.ndarray, bias: np.ndarray | None, tensor: str | None = None) -> None:
+    """``x @ weight + bias`` on the accelerator, written to ``tensor`` (the node's output unless terms after it were
+    folded in). Logits (the graph's output, or a Softmax's input) leave it as int32 and are scaled to float on the
+    host; other outputs are requantized like a convolution's."""
     bias = None if bias is None else np.broadcast_to(np.asarray(bias, np.float64).reshape(-1), (weight.shape[1],))
     in_q = p.q_of(node.inputs[0])
     q_weight, w_scale = _weights_int8(weight.T, bias, in_q.scale)  # per output column
-    macs = int(weight.size)
-    if all(c.op == "Softmax" for c in p.graph.consumers(node.outputs[0])) or node.outputs[0] == p.graph.output:
+    tensor = tensor or node.outputs[0]
+    rows = p.shapes.get(node.inputs[0], ())[1:-1]  # positions per image of a channels-last product
+    macs, pointwise = int(weight.size * np.prod(rows)), {"pointwise": 1} if rows else {}
+    if all(c.op == "Softmax" for c in p.graph.consumers(tensor)) or tensor == p.graph.output:
         arrays = {"weight": q_weight.T.copy(), "w_scale": w_scale,
                   "bias": _accumulator_bias(bias, in_q.scale * w_scale)}
         p.emit(Layer("fc", node.name, [node.inputs[0]], node.outputs[0], "accelerator",
                      {"in_zero_point": in_q.zero_point}, arrays, None, macs), node.op)
         return
-    output, activation = p.fuse(node)
+    output, activation = p.fuse(tensor)
     out_q = p.out_params(output, activation)
     arrays, clamp = _output_requant(in_q, w_scale, bias, out_q, activation)
     p.emit(Layer("fc_quantized", node.name, [node.inputs[0]], output, "accelerator",
-                 {"in_zero_point": in_q.zero_point, "clamp": clamp}, {"weight": q_weight.T.copy(), **arrays}, out_q,
-                 macs), _with_activation(node.op, activation))
+                 {"in_zero_point": in_q.zero_point, "clamp": clamp, **pointwise},
+                 {"weight": q_weight.T.copy(), **arrays}, out_q, macs), _with_activation(node.op, activation))
 
 
 def _softmax(p: _Pass, node: Node) -> None:
@@ -372,11 +400,6 @@ def _keeps_batch(graph: Graph, node: Node) -> str | None:
     return None if perm and perm[0] == 0 else "moves the batch axis; mvu keeps it first"
 
 
-def _matrix_input(graph: Graph, node: Node) -> str | None:
-    shape = graph.shapes.get(node.inputs[0], ())
-    return None if len(shape) <= 2 else \
-        f"multiplies a {len(shape)}-d tensor (channels-last pointwise layer); mvu takes [N, features] products"
-
 
 def _no_trans_a(graph: Graph, node: Node) -> str | None:
     return "has transA, which mvu does not support" if node.attrs.get("transA", 0) else None
@@ -385,7 +408,7 @@ def _no_trans_a(graph: Graph, node: Node) -> str | None:
 #: Op type -> why a node of it cannot be quantized (None when it can), checked before calibration.
 LIMITS: dict[str, Callable[[Graph, Node], str | None]] = {
     "Conv": _explicit_pads, "Mul": _one_constant, "MaxPool": _pool_window, "AveragePool": _pool_window,
-    "Gemm": _no_trans_a, "Pad": _pad_limits, "Transpose": _keeps_batch, "MatMul": _matrix_input,
+    "Gemm": _no_trans_a, "Pad": _pad_limits, "Transpose": _keeps_batch,
 }
 
 

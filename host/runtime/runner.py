@@ -367,10 +367,12 @@ class ModelRunner:
         return np.where(mirrored, np.uint8(high) - codes, codes)
 
     def _fc_quantized(self, layer: Layer, tensors, stats):
+        """A product of each image's features, or with ``pointwise`` of every position's channels-last row."""
         x = tensors[layer.inputs[0]]
-        x = x.reshape(len(x), -1)
+        rows = x.reshape(-1, x.shape[-1]) if layer.attrs.get("pointwise") else x.reshape(len(x), -1)
         requant = self._layer_requantization(layer)
-        return self.gemm(x, layer.arrays["weight"], layer.attrs["in_zero_point"], requant, stats, (layer.name,))
+        out = self.gemm(rows, layer.arrays["weight"], layer.attrs["in_zero_point"], requant, stats, (layer.name,))
+        return out.reshape(*x.shape[:-1], -1) if layer.attrs.get("pointwise") else out
 
     def _clamp(self, layer: Layer, tensors, stats):
         low, high = layer.attrs["clamp"]
