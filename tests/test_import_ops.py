@@ -6,6 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import TINY
+from onnx import numpy_helper
 
 from mvu.host.compiler.graph import ModelImportError, import_onnx
 from mvu.host.compiler.quantize import calibrate, check_graph, quantize_graph
@@ -141,29 +142,38 @@ def test_a_channel_shuffle_permutes_channels_on_the_host():
     assert sqnr > 36, sqnr
 
 
-def test_a_transpose_of_constants_is_folded_before_the_support_check():
+def test_ops_of_constants_are_folded_before_the_support_check():
+    """A Transpose of weights, and an Erf and an Abs (operators mvu does not take) of constants: folded, not
+    refused."""
     rng = np.random.default_rng(0)
     g = GraphBuilder("folded", (1, 3, SIZE, SIZE))
     x = g.flatten(g.global_average_pool(g.conv("input", rng.normal(0, 0.4, (8, 3, 3, 3)))))
-    weight = g.node("Transpose", [g.constant(rng.normal(0, 0.3, (10, 8)).astype(np.float32), "w")], perm=[1, 0])
+    weight = g.node("Abs", [g.node("Erf", [g.constant(rng.normal(0, 0.3, (10, 8)).astype(np.float32), "w")])])
+    weight = g.node("Transpose", [weight], perm=[1, 0])
     model = g.build(g.node("MatMul", [x, weight]), classes=10)
     graph = import_onnx(model)
     assert [n.op for n in graph.nodes] == ["Conv", "GlobalAveragePool", "Flatten", "MatMul"]
 
 
-def gelu_erf(g, x, half_first):
-    """PyTorch's exports of ``x * 0.5 * (1 + erf(x / sqrt 2))``: nn.GELU's (halving last) or the formula's."""
-    erf = g.node("Erf", [g.node("Div", [x, g.constant(np.float32(np.sqrt(2)), "sqrt2")])])
-    one_plus = g.node("Add", [erf, g.constant(np.float32(1), "one")])
+def gelu_erf(g, x, half_first, constant_nodes=False):
+    """PyTorch's exports of ``x * 0.5 * (1 + erf(x / sqrt 2))``: nn.GELU's (halving last, dividing by sqrt 2) or
+    the formula's (halving first, multiplying by 1 / sqrt 2), constants as initializers or Constant nodes."""
+    def constant(value):
+        value = np.float32(value)
+        return g.node("Constant", [], "c", value=numpy_helper.from_array(value)) if constant_nodes else \
+            g.constant(value)
+    scaled = g.node("Mul", [x, constant(np.sqrt(0.5))]) if half_first else g.node("Div", [x, constant(np.sqrt(2))])
+    one_plus = g.node("Add", [g.node("Erf", [scaled]), constant(1)])
     if half_first:
-        return g.node("Mul", [g.node("Mul", [x, g.constant(np.float32(0.5), "half")]), one_plus])
-    return g.node("Mul", [g.node("Mul", [x, one_plus]), g.constant(np.float32(0.5), "half")])
+        return g.node("Mul", [g.node("Mul", [x, constant(0.5)]), one_plus])
+    return g.node("Mul", [g.node("Mul", [x, one_plus]), constant(0.5)])
 
 
 @pytest.mark.parametrize("half_first", [False, True])
-def test_gelu_in_its_erf_form_is_a_table_on_the_host(half_first):
+@pytest.mark.parametrize("constant_nodes", [False, True])
+def test_gelu_in_its_erf_form_is_a_table_on_the_host(half_first, constant_nodes):
     def body(g, x, rng):
-        x = gelu_erf(g, x, half_first)
+        x = gelu_erf(g, x, half_first, constant_nodes)
         return g.conv(x, rng.normal(0, 0.3, (8, 8, 1, 1)), rng.normal(0, 0.1, 8))
     model = network(body)
     graph = import_onnx(model)
