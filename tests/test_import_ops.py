@@ -91,6 +91,20 @@ def test_a_pad_the_convolution_cannot_absorb_runs_on_the_host(mode, value):
     assert sqnr > 38, sqnr
 
 
+@pytest.mark.parametrize("value", [0.0, 0.25])
+def test_an_opset_10_pad_states_its_pads_as_attributes(value, monkeypatch):
+    monkeypatch.setattr("mvu.models.onnx_builder.OPSET", 10)
+
+    def body(g, x, rng):
+        x = g.node("Pad", [g.relu(x)], mode="constant", pads=[0, 0, 0, 0, 0, 0, 1, 1], value=value)
+        return g.relu(g.conv(x, rng.normal(0, 0.3, (8, 8, 3, 3)), rng.normal(0, 0.1, 8), stride=2))
+    model = network(body)
+    assert model.opset_import[0].version == 10
+    quantized, sqnr = compile_and_run(model)
+    assert ("pad" in kinds(quantized)) == bool(value)
+    assert sqnr > 38, sqnr
+
+
 def test_a_pad_before_max_pooling_pads_with_the_quantized_value():
     def body(g, x, rng):
         return g.max_pool(pad(g, x, [0, 0, 1, 1, 0, 0, 1, 1], -0.5), 3, 2)
