@@ -260,8 +260,8 @@ def _pad(p: _Pass, node: Node) -> None:
 
 def _transpose(p: _Pass, node: Node) -> None:
     """A permutation of the axes other than the batch (a channel shuffle's, NHWC and back), on the codes."""
-    perm = node.attrs.get("perm", list(reversed(range(len(p.shapes[node.inputs[0]])))))
-    p.emit(Layer("transpose", node.name, [node.inputs[0]], node.outputs[0], "host", {"perm": list(perm)}, {},
+    p.emit(Layer("transpose", node.name, [node.inputs[0]], node.outputs[0], "host", {"perm": list(node.attrs["perm"])},
+                 {},
                  p.q_of(node.inputs[0])), node.op)
 
 
@@ -307,7 +307,7 @@ def _matmul(p: _Pass, node: Node) -> None:
     ConvNeXt) every position's row is one row of the product, and the Adds and Muls of per-column constants after
     it (its bias, a layer scale) fold into its bias and weights."""
     weight = p.graph.constants[node.inputs[1]].astype(np.float64)
-    if len(p.shapes[node.inputs[0]]) <= 2:
+    if len(p.shapes.get(node.inputs[0], ())) <= 2:
         _product(p, node, weight, None)
         return
     bias, tensor = np.zeros(weight.shape[1]), node.outputs[0]
@@ -400,6 +400,10 @@ def _keeps_batch(graph: Graph, node: Node) -> str | None:
     return None if perm and perm[0] == 0 else "moves the batch axis; mvu keeps it first"
 
 
+def _constant_terms(graph: Graph, node: Node) -> str | None:
+    return None if all(i in graph.constants for i in node.inputs[1:] if i) else \
+        "has a computed scale or bias; mvu takes constants"
+
 
 def _no_trans_a(graph: Graph, node: Node) -> str | None:
     return "has transA, which mvu does not support" if node.attrs.get("transA", 0) else None
@@ -408,7 +412,7 @@ def _no_trans_a(graph: Graph, node: Node) -> str | None:
 #: Op type -> why a node of it cannot be quantized (None when it can), checked before calibration.
 LIMITS: dict[str, Callable[[Graph, Node], str | None]] = {
     "Conv": _explicit_pads, "Mul": _one_constant, "MaxPool": _pool_window, "AveragePool": _pool_window,
-    "Gemm": _no_trans_a, "Pad": _pad_limits, "Transpose": _keeps_batch,
+    "Gemm": _no_trans_a, "Pad": _pad_limits, "Transpose": _keeps_batch, "LayerNormalization": _constant_terms,
 }
 
 
