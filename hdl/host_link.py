@@ -1,42 +1,17 @@
 """The board's side of the host link (docs/host-link.md): request frames in, memory and CSR accesses, replies out."""
 
-from enum import IntEnum
-
 from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
+from mvu.hdl.contract.host_link import MAX_PAYLOAD, PROTOCOL_VERSION, REPLY, SYNC, Command, LinkStatus
 from mvu.hdl.crc32 import RESIDUE, Crc32
 from mvu.hdl.interfaces import READ_REQUEST, CsrBus
 from mvu.hdl.uart import BYTES
 
-__all__ = ["Command", "LinkStatus", "LinkMemory", "masked_write_beat", "HostLink", "MAX_PAYLOAD", "PROTOCOL_VERSION"]
-
-SYNC = (0xA5, 0x5A)
-PROTOCOL_VERSION = 1
-#: Largest payload of a frame, requests and replies alike.
-MAX_PAYLOAD = 4096
-#: A reply's command is the request's with this bit set.
-REPLY = 0x80
-
-
-class Command(IntEnum):
-    PING = 0x01
-    WRITE = 0x02
-    READ = 0x03
-    CSR_WRITE = 0x04
-    CSR_READ = 0x05
-
-
-class LinkStatus(IntEnum):
-    OK = 0
-    BAD_CRC = 1
-    UNKNOWN_COMMAND = 2
-    OUT_OF_RANGE = 3
-    BAD_LENGTH = 4
-
+__all__ = ["LinkMemory", "masked_write_beat", "HostLink"]
 
 def masked_write_beat(beat_bytes: int) -> data.StructLayout:
     """One beat written to memory at byte address ``addr`` (beat-aligned): byte ``i`` of ``data`` where bit

@@ -14,9 +14,10 @@ from conftest import TINY
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.csr_map import COUNTERS
+from mvu.hdl.contract.host_link import SYNC, Command
 from mvu.host.executors.board import BoardExecutor, written_ranges
 from mvu.host.executors.board_model import PtyStream, SoftwareBoard
-from mvu.host.executors.link import SYNC, Command, LinkError, encode_frame, read_frame
+from mvu.host.executors.link import LinkError, encode_frame, read_frame
 from mvu.host.executors.reference import ReferenceExecutor
 from mvu.host.gemm import GemmProgram, golden_gemm
 from mvu.host.model.package import load_package

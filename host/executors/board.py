@@ -12,9 +12,10 @@ import numpy as np
 
 from mvu.hdl.contract.config import INSTRUCTION_BYTES, HardwareConfig
 from mvu.hdl.contract.csr_map import COUNTERS, MAGIC, Csr, ErrorCode, Status
+from mvu.hdl.contract.host_link import PROTOCOL_VERSION
 from mvu.hdl.contract.isa import Opcode, decode_columns
 from mvu.hdl.contract.program import Program, RunResult, check_program
-from mvu.host.executors.link import PROTOCOL_VERSION, Link, LinkError
+from mvu.host.executors.link import Link, LinkError
 
 __all__ = ["BoardExecutor", "written_ranges", "BLOCK"]
 

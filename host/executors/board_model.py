@@ -15,10 +15,10 @@ import numpy as np
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.csr_map import COUNTERS, MAGIC, Csr, ErrorCode, Status, counter_address
+from mvu.hdl.contract.host_link import MAX_PAYLOAD, PROTOCOL_VERSION, REPLY, Command, LinkStatus
 from mvu.hdl.contract.isa import ProgramError
 from mvu.hdl.contract.program import MemoryImage, Program
-from mvu.host.executors.link import MAX_PAYLOAD, PROTOCOL_VERSION, REPLY, Command, encode_frame, read_frame
-from mvu.host.executors.link import Status as LinkStatus
+from mvu.host.executors.link import encode_frame, read_frame
 from mvu.host.executors.reference import ReferenceExecutor
 
 __all__ = ["SoftwareBoard", "PtyStream"]

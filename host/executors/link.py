@@ -7,36 +7,14 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Protocol
 
-__all__ = ["Command", "Status", "Frame", "Link", "LinkError", "encode_frame", "read_frame", "MAX_PAYLOAD",
-           "PROTOCOL_VERSION"]
+from mvu.hdl.contract.host_link import MAX_PAYLOAD, REPLY, SYNC, Command, LinkStatus
 
-SYNC = b"\xa5\x5a"
-PROTOCOL_VERSION = 1
-#: Largest payload of one frame, requests and replies alike (a reply's status byte included).
-MAX_PAYLOAD = 4096
+__all__ = ["Frame", "Link", "LinkError", "encode_frame", "read_frame"]
+
 _HEADER = struct.Struct("<BBH")  # sequence number, command, payload length
 _CRC = struct.Struct("<I")
-REPLY = 0x80
-
-
-class Command(IntEnum):
-    PING = 0x01       # -> version u8, max payload u16
-    WRITE = 0x02      # address u32, bytes
-    READ = 0x03       # address u32, length u16 -> bytes
-    CSR_WRITE = 0x04  # index u8, value u32
-    CSR_READ = 0x05   # index u8, count u8 -> count values u32
-
-
-class Status(IntEnum):
-    OK = 0
-    BAD_CRC = 1
-    UNKNOWN_COMMAND = 2
-    OUT_OF_RANGE = 3
-    BAD_LENGTH = 4
-
 
 class LinkError(ConnectionError):
     """The board cannot be reached or keeps failing; the message says which and what to check."""
@@ -117,10 +95,10 @@ class Link:
                 failures.append("no answer")
             elif reply.command != command | REPLY or not reply.payload:
                 failures.append("a damaged reply")
-            elif reply.payload[0] == Status.BAD_CRC:
+            elif reply.payload[0] == LinkStatus.BAD_CRC:
                 failures.append("the request arrived damaged")
-            elif reply.payload[0] != Status.OK:
-                raise LinkError(f"{self.name} refused {command.name}: {Status(reply.payload[0]).name}")
+            elif reply.payload[0] != LinkStatus.OK:
+                raise LinkError(f"{self.name} refused {command.name}: {LinkStatus(reply.payload[0]).name}")
             else:
                 return reply.payload[1:]
         if all(failure == "no answer" for failure in failures):
