@@ -7,9 +7,10 @@ import logging
 import pytest
 
 from mvu.host.serving.api_keys import ApiKeys, create_key_file
+from mvu.host.serving.backend import ServingBackend
 from mvu.host.serving.envelope import Call, Endpoint, Envelope
 from mvu.host.serving.errors import ServingError
-from mvu.host.serving.repository import ModelRepository, ModelSpec, ServingLimits
+from mvu.host.serving.repository import ModelRepository, ModelSpec
 
 
 class Transport:
@@ -24,8 +25,8 @@ class Transport:
 
 @pytest.fixture(scope="module")
 def repository(toy_package_path):
-    repository = ModelRepository()
-    repository.load(ModelSpec(toy_package_path), "numpy", ServingLimits())
+    repository = ModelRepository(ServingBackend("numpy"))
+    repository.add(ModelSpec(toy_package_path))
     yield repository
     repository.close()
 

@@ -25,7 +25,8 @@ import urllib3
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.oip_http import parse_infer_request
 from mvu.host.serving.protos import message_class, message_pool
-from mvu.host.serving.repository import ModelRepository, ModelSpec, ServingLimits
+from mvu.host.serving.repository import ModelRepository, ModelSpec
+from mvu.host.serving.served_model import ServingLimits
 from mvu.host.serving.tensors import MAX_ELEMENTS, InputTensor, check_shape
 from mvu.host.serving.tfserving_grpc import tensor_from_proto
 
@@ -504,8 +505,8 @@ def test_top_must_be_ascii_digits(server, http, cat_jpeg, top):
 
 def test_a_request_timeout_can_only_shorten_the_servers(toy_package_path, monkeypatch):
     """Triton's `timeout` parameter once replaced --timeout, so a client could hold a queue slot for years."""
-    repository = ModelRepository()
-    model = repository.load(ModelSpec(toy_package_path), "reference", ServingLimits(timeout=2.0))
+    repository = ModelRepository(limits=ServingLimits(timeout=2.0))
+    model = repository.add(ModelSpec(toy_package_path))
     waited = []
 
     async def submit(images, timeout, arrival=None):

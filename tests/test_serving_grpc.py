@@ -13,15 +13,17 @@ import pytest
 from PIL import Image
 
 from mvu.host.serving.api_keys import create_key_file
+from mvu.host.serving.backend import ServingBackend
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.grpc_server import GrpcSettings, create_grpc_server
 from mvu.host.serving.oip_grpc import infer_request_from_proto
 from mvu.host.serving.protos import message_class, message_pool, service
-from mvu.host.serving.repository import ModelRepository, ModelSpec, ServingLimits
+from mvu.host.serving.repository import ModelRepository, ModelSpec
+from mvu.host.serving.served_model import ServingLimits
 from mvu.host.serving.tfserving_grpc import tensor_from_proto, tensor_to_proto
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
-from tritonclient.grpc import service_pb2  # noqa: E402
+from tritonclient.grpc import model_config_pb2, service_pb2  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 MODEL, CLASSES, SIDE = "toy", 1000, 32  # conftest's toy package
@@ -59,10 +61,15 @@ def _compare(ours, theirs, path=""):
 
 
 def test_inference_messages_match_tritonclient():
-    ours = message_pool().FindFileByName("grpc_service.proto")
-    assert ours.package == "inference" and ours.message_types_by_name
-    for name, message in ours.message_types_by_name.items():
-        _compare(message, service_pb2.DESCRIPTOR.message_types_by_name[name])
+    for file, theirs_file in (("grpc_service.proto", service_pb2.DESCRIPTOR),
+                              ("model_config.proto", model_config_pb2.DESCRIPTOR)):
+        ours = message_pool().FindFileByName(file)
+        assert ours.package == "inference" and ours.message_types_by_name
+        for name, message in ours.message_types_by_name.items():
+            _compare(message, theirs_file.message_types_by_name[name])
+    data_types = message_pool().FindEnumTypeByName("inference.DataType")
+    assert {v.name: v.number for v in data_types.values} == {
+        v.name: v.number for v in model_config_pb2.DESCRIPTOR.enum_types_by_name["DataType"].values}
     theirs = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     for method in service("inference.GRPCInferenceService").methods:
         other = theirs.methods_by_name[method.name]
@@ -186,8 +193,8 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.repository = ModelRepository()
-        self.repository.load(ModelSpec(package), "numpy", ServingLimits(max_batch_size=4))
+        self.repository = ModelRepository(ServingBackend("numpy"), ServingLimits(max_batch_size=4))
+        self.repository.add(ModelSpec(package))
         self.server, self.port = self._call(self._start(settings))
         for model in self.repository:
             assert model.scheduler.ready.wait(60), model.scheduler.failed

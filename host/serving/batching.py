@@ -72,7 +72,7 @@ class BatchScheduler:
 
     def __init__(self, name: str, setup: Callable[[], BatchFunction], *, max_batch_size: int = 8,
                  max_queue_delay: float = 0.0, max_queue_size: int = 64,
-                 on_batch: Callable[[int, int], None] | None = None):
+                 on_batch: Callable[[int, int, float], None] | None = None):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size}")
         if max_queue_delay < 0:
@@ -81,7 +81,7 @@ class BatchScheduler:
             raise ValueError(f"max_queue_size must be at least 1, not {max_queue_size}")
         self.name, self.max_batch_size = name, max_batch_size
         self.max_queue_delay, self.max_queue_size = max_queue_delay, max_queue_size
-        self._setup, self._on_batch = setup, on_batch  # on_batch(images, cycles) after each run
+        self._setup, self._on_batch = setup, on_batch  # on_batch(images, cycles, seconds) after each run
         self._queue: queue.Queue[_Entry | None] = queue.Queue()
         self._queued_images = 0
         self._lock = threading.Lock()
@@ -197,7 +197,7 @@ class BatchScheduler:
         executor = time.perf_counter() - started
         size, offset = sum(len(e.images) for e in live), 0
         if self._on_batch:
-            self._on_batch(size, cycles)
+            self._on_batch(size, cycles, executor)
         for entry in live:
             count = len(entry.images)
             entry.future.set_result(BatchResult(outputs[offset:offset + count], started - entry.enqueued, executor,

@@ -14,7 +14,8 @@ from starlette.responses import Response
 
 from mvu.host.serving.envelope import Endpoint
 from mvu.host.serving.errors import ServingError
-from mvu.host.serving.repository import ModelRepository, ServedModel
+from mvu.host.serving.repository import ModelRepository
+from mvu.host.serving.served_model import ServedModel
 
 __all__ = ["BodyReader", "HttpHandler", "HttpRoute", "json_object", "json_response", "path_model"]
 

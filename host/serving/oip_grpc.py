@@ -6,11 +6,14 @@ from __future__ import annotations
 import math
 
 import grpc
+from google.protobuf.json_format import ParseDict
 from google.protobuf.message import Message
 
 from mvu.host.serving.envelope import Endpoint
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.oip import check_output_parameters, classification, model_metadata, server_metadata
+from mvu.host.serving.oip_repository import EXTENSIONS as MODEL_EXTENSIONS
+from mvu.host.serving.oip_repository import check_repository_parameters, model_config, model_statistics
 from mvu.host.serving.protos import message_class
 from mvu.host.serving.repository import ModelRepository
 from mvu.host.serving.tensors import (
@@ -25,7 +28,7 @@ from mvu.host.serving.tensors import (
 __all__ = ["EXTENSIONS", "INFERENCE_SERVICE", "OipGrpc", "infer_request_from_proto", "infer_response_to_proto"]
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
-EXTENSIONS = ["classification"]
+EXTENSIONS = ["classification", *MODEL_EXTENSIONS]
 
 #: datatype -> the InferTensorContents field that carries it (FP16 has none: raw contents only).
 _CONTENTS_FIELDS = {
@@ -49,7 +52,12 @@ class OipGrpc:
                 "ModelReady": Endpoint("model_ready", self.model_ready),
                 "ServerMetadata": Endpoint("server_metadata", self.server_metadata),
                 "ModelMetadata": Endpoint("model_metadata", self.model_metadata),
-                "ModelInfer": Endpoint("infer", self.model_infer)}
+                "ModelInfer": Endpoint("infer", self.model_infer),
+                "ModelConfig": Endpoint("model_config", self.model_config),
+                "ModelStatistics": Endpoint("statistics", self.model_statistics),
+                "RepositoryIndex": Endpoint("repository_index", self.repository_index),
+                "RepositoryModelLoad": Endpoint("repository_load", self.repository_load),
+                "RepositoryModelUnload": Endpoint("repository_unload", self.repository_unload)}
 
     async def server_live(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
         return message_class("inference.ServerLiveResponse")(live=True)
@@ -69,9 +77,50 @@ class OipGrpc:
             **model_metadata(self.repository, request.name, request.version))
 
     async def model_infer(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
-        model = self.repository.get(request.model_name, request.model_version)
-        result = await model.infer(infer_request_from_proto(request, context.time_remaining()))
+        self.repository.get(request.model_name, request.model_version)  # a 404 before the tensors' 400s
+        result = await self.repository.infer(infer_request_from_proto(request, context.time_remaining()))
         return infer_response_to_proto(result)
+
+
+    async def model_config(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
+        config = ParseDict(model_config(self.repository.get(request.name, request.version)),
+                           message_class("inference.ModelConfig")())
+        return message_class("inference.ModelConfigResponse")(config=config)
+
+    async def model_statistics(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
+        return ParseDict(model_statistics(self.repository, request.name, request.version),
+                         message_class("inference.ModelStatisticsResponse")())
+
+    async def repository_index(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
+        _one_repository(request)
+        response = message_class("inference.RepositoryIndexResponse")()
+        for entry in await self.repository.index(request.ready):
+            response.models.add(**entry)
+        return response
+
+    async def repository_load(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
+        _one_repository(request)
+        check_repository_parameters("load", _parameter_values(request.parameters))
+        await self.repository.load(request.model_name)
+        return message_class("inference.RepositoryModelLoadResponse")()
+
+    async def repository_unload(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
+        _one_repository(request)
+        check_repository_parameters("unload", _parameter_values(request.parameters))
+        await self.repository.unload(request.model_name)
+        return message_class("inference.RepositoryModelUnloadResponse")()
+
+
+def _one_repository(request: Message) -> None:
+    if request.repository_name:
+        raise ServingError(400, f"no model repository {request.repository_name!r}: this server has one; leave "
+                                "repository_name empty")
+
+
+def _parameter_values(parameters) -> dict:
+    """A map of ``ModelRepositoryParameter`` as plain values (None for one with no value set)."""
+    return {name: getattr(value, kind) if (kind := value.WhichOneof("parameter_choice")) else None
+            for name, value in parameters.items()}
 
 
 def infer_request_from_proto(message: Message, timeout: float | None = None) -> InferenceRequest:

@@ -11,6 +11,8 @@ from mvu.host.serving.envelope import Endpoint
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.http_io import BodyReader, HttpRoute, json_object, json_response, path_model
 from mvu.host.serving.oip import check_output_parameters, classification, model_metadata, server_metadata
+from mvu.host.serving.oip_repository import EXTENSIONS as MODEL_EXTENSIONS
+from mvu.host.serving.oip_repository import check_repository_parameters, model_config, model_statistics
 from mvu.host.serving.repository import ModelRepository
 from mvu.host.serving.tensors import InferenceRequest, InferenceResult, InputTensor, RequestedOutput
 
@@ -18,7 +20,7 @@ __all__ = ["EXTENSIONS", "HEADER_LENGTH", "OipHttp", "encode_infer_response", "p
 
 #: The binary extension's header: the length of the JSON part at the start of the body.
 HEADER_LENGTH = "Inference-Header-Content-Length"
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository(read-only)"]
+EXTENSIONS = ["binary_tensor_data", "classification", *MODEL_EXTENSIONS]
 
 
 class OipHttp:
@@ -34,10 +36,16 @@ class OipHttp:
                   HttpRoute("/v2/health/live", Endpoint("live", self.live, self.open_health)),
                   HttpRoute("/v2/health/ready", Endpoint("ready", self.ready, self.open_health)),
                   HttpRoute("/v2/repository/index", Endpoint("repository_index", self.repository_index),
-                            ("POST", "GET"))]
+                            ("POST", "GET")),
+                  HttpRoute("/v2/repository/models/{name}/load", Endpoint("repository_load", self.load), ("POST",)),
+                  HttpRoute("/v2/repository/models/{name}/unload", Endpoint("repository_unload", self.unload),
+                            ("POST",)),
+                  HttpRoute("/v2/models/stats", Endpoint("statistics", self.statistics))]  # before /v2/models/{name}
         for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
             routes += [HttpRoute(prefix, Endpoint("model_metadata", self.model_metadata)),
                        HttpRoute(prefix + "/ready", Endpoint("model_ready", self.model_ready)),
+                       HttpRoute(prefix + "/config", Endpoint("model_config", self.model_config)),
+                       HttpRoute(prefix + "/stats", Endpoint("statistics", self.statistics)),
                        HttpRoute(prefix + "/infer", Endpoint("infer", self.infer), ("POST",))]
         return routes
 
@@ -66,8 +74,9 @@ class OipHttp:
     async def infer(self, request: Request) -> Response:
         model = path_model(self.repository, request)
         body = await self.read_body(request)
-        parsed, binary_default = parse_infer_request(body, _header_length(request), model.name, model.version)
-        result = await model.infer(parsed)
+        parsed, binary_default = parse_infer_request(body, _header_length(request), model.name,
+                                                     request.path_params.get("version"))
+        result = await self.repository.infer(parsed)
         content, header_length = encode_infer_response(result, parsed, binary_default)
         headers = {"Server-Timing": result.server_timing()}
         if header_length is None:
@@ -75,9 +84,35 @@ class OipHttp:
         headers[HEADER_LENGTH] = str(header_length)
         return Response(content, 200, headers, media_type="application/octet-stream")
 
+    async def model_config(self, request: Request) -> Response:
+        return json_response(model_config(path_model(self.repository, request)))
+
+    async def statistics(self, request: Request) -> Response:
+        return json_response(model_statistics(self.repository, request.path_params.get("name", ""),
+                                              request.path_params.get("version")))
+
     async def repository_index(self, request: Request) -> Response:
-        return json_response([{"name": m.name, "version": m.version,
-                               "state": "READY" if m.ready else "UNAVAILABLE"} for m in self.repository])
+        ready = (await self._optional_json(request, "the repository index request")).get("ready", False)
+        if not isinstance(ready, bool):
+            raise ServingError(400, "the repository index request: 'ready' must be true or false")
+        return json_response(await self.repository.index(ready))
+
+    async def load(self, request: Request) -> Response:
+        check_repository_parameters("load", _parameters(await self._optional_json(request, "the load request"),
+                                                        "the load request"))
+        await self.repository.load(request.path_params["name"])
+        return Response()
+
+    async def unload(self, request: Request) -> Response:
+        check_repository_parameters("unload", _parameters(await self._optional_json(request, "the unload request"),
+                                                          "the unload request"))
+        await self.repository.unload(request.path_params["name"])
+        return Response()
+
+    async def _optional_json(self, request: Request, what: str) -> dict:
+        """A body that is a JSON object or empty (as tritonclient sends some)."""
+        body = await self.read_body(request)
+        return json_object(body, what) if body.strip() else {}
 
 
 def _header_length(request: Request) -> str | None:

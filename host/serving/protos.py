@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 __all__ = ["PROTO_DIR", "PROTO_FILES", "message_pool", "message_class", "service"]
 
 PROTO_DIR = Path(__file__).with_name("protos")
-PROTO_FILES = ("grpc_service.proto", "tensorflow.proto", "tensorflow_serving.proto")
+PROTO_FILES = ("model_config.proto", "grpc_service.proto", "tensorflow.proto", "tensorflow_serving.proto")
 
 
 @functools.cache

@@ -1,30 +1,37 @@
-"""The models a server holds, by name and version, and how one of them answers an inference request."""
+"""The models a server holds, by name and version, and how a running server loads and unloads them.
+
+Versions come from packages named on the command line (``NAME@VERSION=PATH``) and from a model repository folder
+in Triton's layout (:mod:`.model_folder`). :meth:`ModelRepository.load` reads a model's versions again: the
+versions present and not loaded are loaded and warmed up (their programs built) while the others answer, and only
+then take requests; the loaded versions no longer present are unloaded. A request without a version goes to the
+newest READY version. Unloading takes a version out of routing at once and waits for its requests in flight
+before it closes the version's executor, so a rolling update (add version N+1, load; remove version N, load)
+fails no request. A version's package is read once: a changed model is a new version.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import re
-import time
+import logging
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from mvu.host.model.package import ModelPackage, load_package
-from mvu.host.runtime.scores import softmax, top_k
-from mvu.host.serving.batching import BatchScheduler
+from mvu.host.model.package import ModelPackage, PackageError, load_package
+from mvu.host.serving.backend import ServingBackend
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.metrics import ServingMetrics
-from mvu.host.serving.tensors import InferenceRequest, InferenceResult, InputTensor, OutputTensor, RequestedOutput
+from mvu.host.serving.model_folder import MODEL_NAME, folder_models, folder_versions
+from mvu.host.serving.served_model import ServedModel, ServingLimits
+from mvu.host.serving.tensors import InferenceRequest, InferenceResult
 
-__all__ = ["ModelSpec", "ServingLimits", "ServedModel", "ModelRepository", "IMAGES_INPUT", "TENSOR_INPUT", "SCORES_OUTPUT"]
+__all__ = ["ModelSpec", "ModelRepository", "version_key"]
 
-IMAGES_INPUT = "images"  # BYTES [N]: encoded JPEG/PNG; the server decodes and preprocesses
-TENSOR_INPUT = "input"  # FP32 [N, 3, H, W]: already preprocessed
-SCORES_OUTPUT = "scores"  # FP32 [N, classes]: softmax probabilities
+log = logging.getLogger("mvu.host.serving")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: How often a load looks whether new versions are warm, and an unload whether requests in flight are answered.
+_POLL_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -42,220 +49,181 @@ class ModelSpec:
             return cls(Path(text))
         name, _, version = label.partition("@")
         for what, value in (("name", name), ("version", version or "1")):
-            if not _NAME.match(value):
+            if not MODEL_NAME.match(value):
                 raise ValueError(f"{text}: bad model {what} {value!r} (letters, digits, '_', '.', '-')")
         return cls(Path(path), name, version or "1")
 
 
-@dataclass
-class ServingLimits:
-    max_batch_size: int = 8
-    max_queue_delay: float = 0.0
-    max_queue_size: int = 64
-    timeout: float = 60.0
-    max_image_pixels: int = 40_000_000  # refused from the image's header, before it is decoded
-
-
-class ServedModel:
-    """One version of one model: its signature, its batch scheduler, and request validation."""
-
-    def __init__(self, name: str, version: str, package: ModelPackage, backend: str, limits: ServingLimits,
-                 metrics: ServingMetrics, preprocess_pool: ThreadPoolExecutor):
-        from mvu.host.runtime.preprocess import PreprocessRecipe
-
-        self.name, self.version, self.package, self.backend = name, version, package, backend
-        self.recipe = PreprocessRecipe.from_dict(package.preprocessing)
-        self.classes = len(package.labels)
-        self.limits, self.metrics, self._pool = limits, metrics, preprocess_pool
-        self.scheduler = BatchScheduler(f"{name}@{version}", self._load_executor,
-                                        max_batch_size=limits.max_batch_size, max_queue_delay=limits.max_queue_delay,
-                                        max_queue_size=limits.max_queue_size,
-                                        on_batch=lambda images, cycles: metrics.observe_batch(name, version, images,
-                                                                                              cycles))
-
-    # Signature ----------------------------------------------------------------
-
-    @property
-    def input_shape(self) -> list[int]:
-        return [-1, *self.recipe.shape[1:]]
-
-    def metadata(self) -> dict:
-        """Open Inference Protocol model metadata."""
-        return {"name": self.name, "versions": [self.version], "platform": f"mvu_{self.backend}",
-                "inputs": [{"name": IMAGES_INPUT, "datatype": "BYTES", "shape": [-1]},
-                           {"name": TENSOR_INPUT, "datatype": "FP32", "shape": self.input_shape}],
-                "outputs": [{"name": SCORES_OUTPUT, "datatype": "FP32", "shape": [-1, self.classes]}]}
-
-    @property
-    def ready(self) -> bool:
-        return self.scheduler.ready.is_set()
-
-    # Execution ----------------------------------------------------------------
-
-    def _load_executor(self):
-        """On the worker thread: the classifier (a Verilator model may take minutes the first time), with the
-        programs of every sub-batch size built now rather than on a request; it runs batches to FP32 scores."""
-        from mvu.host.runtime.classify import Classifier
-
-        classifier = Classifier(self.package, self.backend)
-        classifier.runner.prepare(self.limits.max_batch_size)
-
-        def run(images: np.ndarray) -> tuple[np.ndarray, int]:
-            logits, stats = classifier.logits(images)
-            return softmax(logits).astype(np.float32), stats.cycles
-
-        return run
-
-    async def infer(self, request: InferenceRequest) -> InferenceResult:
-        """Validate, preprocess, queue, run; 4xx errors name the input and the cause."""
-        started, timeout = time.perf_counter(), self._timeout(request)
-        with self.scheduler.arriving() as arrival:
-            images, preprocess_seconds = await self._images(request)
-            outputs_wanted = self._requested_outputs(request)
-            batch = await self.scheduler.submit(images, timeout, arrival)
-        outputs = [OutputTensor(wanted.name, "BYTES", self._classification(batch.outputs, wanted.classification))
-                   if wanted.classification else OutputTensor(wanted.name, "FP32", batch.outputs)
-                   for wanted in outputs_wanted]
-        timings = {"queue": batch.queue_seconds * 1e3, "preprocess": preprocess_seconds * 1e3,
-                   "executor": batch.executor_seconds * 1e3, "total": (time.perf_counter() - started) * 1e3}
-        self.metrics.observe_inference(self.name, self.version, timings)
-        return InferenceResult(self.name, self.version, outputs, request.id, timings,
-                               cycles=batch.cycles, batch_size=batch.batch_size)
-
-    async def score_image(self, image: bytes, top: int, timeout: float | None = None) -> dict:
-        """Raw image bytes -> the top classes with names and scores."""
-        if not 1 <= top <= self.classes:
-            raise ServingError(400, f"top must be between 1 and {self.classes}, not {top}")
-        data = np.empty(1, dtype=object)
-        data[0] = image
-        result = await self.infer(InferenceRequest(self.name, self.version,
-                                                   [InputTensor(IMAGES_INPUT, "BYTES", (1,), data)],
-                                                   timeout=timeout))
-        return {"model_name": self.name, "model_version": self.version,
-                "top": top_k(result.outputs[0].data[0], self.package.labels, top),
-                "cycles": result.cycles // result.batch_size,
-                "modelled_ms": self.package.config.modelled_ms(result.cycles / result.batch_size),
-                "timings_ms": result.timings_ms}
-
-    # Validation ---------------------------------------------------------------
-
-    def _timeout(self, request: InferenceRequest) -> float:
-        """The request's time (a client's deadline, Triton's parameter), which can only shorten the server's."""
-        if request.timeout is None:
-            return self.limits.timeout
-        if request.timeout <= 0:
-            raise ServingError(504, "the client's deadline passed before the request could run")
-        return min(request.timeout, self.limits.timeout)
-
-    async def _images(self, request: InferenceRequest) -> tuple[np.ndarray, float]:
-        if len(request.inputs) != 1:
-            names = [t.name for t in request.inputs]
-            raise ServingError(400, f"model {self.name!r} takes exactly one input, '{IMAGES_INPUT}' (BYTES) or "
-                                    f"'{TENSOR_INPUT}' (FP32), got {len(names)}: {names}")
-        tensor = request.inputs[0]
-        if tensor.name == IMAGES_INPUT:
-            _expect(tensor, "BYTES", "[N] encoded images")
-            if tensor.data.ndim != 1 or tensor.data.size == 0:
-                raise ServingError(400, f"input {IMAGES_INPUT!r}: shape must be [N] with N >= 1, "
-                                        f"got {list(tensor.shape)}")
-            started = time.perf_counter()
-            images = await asyncio.get_running_loop().run_in_executor(self._pool, self._decode_all, tensor.data)
-            return images, time.perf_counter() - started
-        if tensor.name == TENSOR_INPUT:
-            _expect(tensor, "FP32", str(self.input_shape).replace("-1", "N"))
-            if tensor.data.ndim != 4 or tensor.data.shape[0] == 0 or list(tensor.shape[1:]) != self.input_shape[1:]:
-                raise ServingError(400, f"input {TENSOR_INPUT!r}: shape must be "
-                                        f"{str(self.input_shape).replace('-1', 'N')} with N >= 1, got "
-                                        f"{list(tensor.shape)}")
-            if not np.isfinite(tensor.data).all():
-                raise ServingError(400, f"input {TENSOR_INPUT!r}: contains NaN or infinity")
-            return tensor.data.astype(np.float32, copy=False), 0.0
-        raise ServingError(400, f"model {self.name!r} has no input {tensor.name!r}; its inputs are "
-                                f"'{IMAGES_INPUT}' (BYTES) and '{TENSOR_INPUT}' (FP32)")
-
-    def _decode_all(self, encoded: np.ndarray) -> np.ndarray:
-        from mvu.host.runtime.preprocess import ImageDecodeError, preprocess_batch
-
-        try:  # bytes(): an element is image data, never a path to open
-            return preprocess_batch((bytes(data) for data in encoded), self.recipe, name=IMAGES_INPUT,
-                                    max_pixels=self.limits.max_image_pixels)
-        except ImageDecodeError as error:
-            raise ServingError(400, f"input {IMAGES_INPUT!r}: {error}") from None
-
-    def _requested_outputs(self, request: InferenceRequest):
-        for wanted in request.outputs:
-            if wanted.name != SCORES_OUTPUT:
-                raise ServingError(400, f"model {self.name!r} has no output {wanted.name!r}; "
-                                        f"its output is {SCORES_OUTPUT!r}")
-            if not 0 <= wanted.classification <= self.classes:
-                raise ServingError(400, f"output {wanted.name!r}: classification must be between 0 and "
-                                        f"{self.classes}, not {wanted.classification}")
-        return request.outputs or [RequestedOutput(SCORES_OUTPUT)]
-
-    def _classification(self, scores: np.ndarray, k: int) -> np.ndarray:
-        """Triton's classification extension: "score:index:label" strings, best first."""
-        out = np.empty((len(scores), k), dtype=object)
-        for row, probabilities in enumerate(scores):
-            out[row] = [f"{entry['score']:f}:{entry['class']}:{entry['label']}".encode()
-                        for entry in top_k(probabilities, self.package.labels, k)]
-        return out
-
-
-def _expect(tensor, datatype: str, shape: str) -> None:
-    if tensor.datatype != datatype:
-        raise ServingError(400, f"input {tensor.name!r}: datatype must be {datatype} {shape}, not {tensor.datatype}")
-
-
-def _version_key(version: str):
+def version_key(version: str):
+    """Versions in order: numbers by value, then names."""
     return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 
 class ModelRepository:
-    """Models by name and version; a request without a version gets the newest."""
+    """Models by name and version on one backend; a request without a version gets the newest ready one."""
 
-    def __init__(self, metrics: ServingMetrics | None = None):
+    def __init__(self, backend: ServingBackend | None = None, limits: ServingLimits | None = None, *,
+                 folder: Path | None = None, metrics: ServingMetrics | None = None):
+        self.backend, self.limits, self.folder = backend or ServingBackend(), limits or ServingLimits(), folder
         self.metrics = metrics or ServingMetrics()
-        self._models: dict[str, dict[str, ServedModel]] = {}
+        self._models: dict[str, dict[str, ServedModel]] = {}  # loaded versions: warming up, ready or failed
+        self._packages: dict[str, dict[str, Path]] = {}  # the command line's models: name -> version -> package
+        self._failed: dict[tuple[str, str], str] = {}  # versions a load could not load: why
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # one load or unload per model
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mvu-preprocess")
 
-    def load(self, spec: ModelSpec, backend: str, limits: ServingLimits) -> ServedModel:
-        """Load a package (its executor builds in the background); errors name the file."""
+    # Loading at start -----------------------------------------------------------------------------------------
+
+    def add(self, spec: ModelSpec) -> ServedModel:
+        """A package from the command line (its executor builds in the background); errors name the file."""
         package = load_package(spec.path)
         name = spec.name or package.name
-        if not _NAME.match(name):
+        if not MODEL_NAME.match(name):
             raise ValueError(f"{spec.path}: model name {name!r} is not usable in a URL; give one as NAME=PATH")
-        versions = self._models.setdefault(name, {})
-        if spec.version in versions:
+        if self.folder is not None and folder_versions(self.folder, name) is not None:
+            raise ValueError(f"{spec.path}: model {name!r} is also in the model repository {self.folder}")
+        if spec.version in self._models.get(name, {}):
             raise ValueError(f"{spec.path}: model {name!r} version {spec.version} is already served")
-        model = ServedModel(name, spec.version, package, backend, limits, self.metrics, self._pool)
-        versions[spec.version] = model
-        self.metrics.queued.labels(name, spec.version).set_function(lambda: model.scheduler.queued_images)
+        self._packages.setdefault(name, {})[spec.version] = spec.path
+        return self._serve(name, spec.version, package)
+
+    def add_folder(self) -> list[ServedModel]:
+        """Every version in the model repository folder; errors name the file."""
+        models = []
+        for name in folder_models(self.folder):
+            for version, path in sorted(folder_versions(self.folder, name).items(), key=lambda v: version_key(v[0])):
+                models.append(self._serve(name, version, load_package(path)))
+        return models
+
+    def _serve(self, name: str, version: str, package: ModelPackage) -> ServedModel:
+        model = ServedModel(name, version, package, self.backend, self.limits, self.metrics, self._pool)
+        self._models.setdefault(name, {})[version] = model
+        self.metrics.queued.labels(name, version).set_function(lambda: model.scheduler.queued_images)
         return model
 
+    # Loading and unloading while serving ----------------------------------------------------------------------
+
+    async def load(self, name: str) -> None:
+        """Read model ``name``'s versions again: load and warm up those not loaded, then unload those no longer
+        present; 404 for a model the repository does not have, 400 when a version fails to load (the others
+        serve on)."""
+        await _to_the_end(self._load(name))
+
+    async def _load(self, name: str) -> None:
+        async with self._locks[name]:
+            present = await asyncio.to_thread(self._present, name)
+            if present is None:
+                raise ServingError(404, f"no model {name!r} in the model repository; served: {self._names()}")
+            loaded, started = set(self._models.get(name, {})), []
+            for version, path in sorted(present.items(), key=lambda v: version_key(v[0])):
+                if version not in loaded and (model := await self._open(name, version, path)) is not None:
+                    started.append(model)
+            while not all(model.ready or model.scheduler.failed for model in started):
+                await asyncio.sleep(_POLL_SECONDS)
+            for model in started:
+                if model.scheduler.failed:  # its worker thread has ended
+                    self._failed[name, model.version] = model.state[1]
+                    del self._models[name][model.version]
+                    self.metrics.queued.remove(name, model.version)
+                    log.warning("model %s version %s %s", name, model.version, model.state[1])
+                else:
+                    log.info("model %s version %s loaded", name, model.version)
+            gone = [version for version in self._models.get(name, {}) if version not in present]
+            await self._unload([self._models[name].pop(version) for version in gone])
+            if not self._models.get(name):
+                self._models.pop(name, None)
+            self._failed = {key: why for key, why in self._failed.items() if key[0] != name or key[1] in present}
+            failures = [f"version {version} {why}" for (model, version), why in sorted(self._failed.items())
+                        if model == name]
+            if failures or not present:
+                raise ServingError(400, f"model {name!r}: " + ("; ".join(failures) or "no versions to load"))
+
+    async def _open(self, name: str, version: str, path: Path) -> ServedModel | None:
+        """Start version ``version`` from ``path`` (LOADING until its executor is warm); None if its package
+        cannot be read, which is recorded."""
+        try:
+            package = await asyncio.to_thread(load_package, path)
+        except PackageError as error:
+            self._failed[name, version] = f"failed to load: {_package_error(error, path)}"
+            return None
+        self._failed.pop((name, version), None)
+        return self._serve(name, version, package)
+
+    async def unload(self, name: str) -> None:
+        """Unload every version of model ``name`` once its requests in flight are answered."""
+        await _to_the_end(self._unload_model(name))
+
+    async def _unload_model(self, name: str) -> None:
+        async with self._locks[name]:
+            if name not in self._models and await asyncio.to_thread(self._present, name) is None:
+                raise ServingError(404, f"unknown model {name!r}; served: {self._names()}")
+            self._failed = {key: why for key, why in self._failed.items() if key[0] != name}
+            await self._unload(list(self._models.pop(name, {}).values()))
+
+    async def _unload(self, models: list[ServedModel]) -> None:
+        """Close versions already out of routing once no request is in flight on them."""
+        while any(model.in_flight for model in models):
+            await asyncio.sleep(_POLL_SECONDS)
+        for model in models:
+            model.scheduler.close()
+            self.metrics.queued.remove(model.name, model.version)
+            log.info("model %s version %s unloaded", model.name, model.version)
+
+    def _present(self, name: str) -> dict[str, Path] | None:
+        """The versions of model ``name`` where it comes from, None if it comes from nowhere."""
+        if name in self._packages:
+            return self._packages[name]
+        return folder_versions(self.folder, name) if self.folder is not None else None
+
+    async def index(self, ready_only: bool = False) -> list[dict]:
+        """Triton's repository index: every version with its state and why, and the models not loaded."""
+        names = set(self._packages) | set(await asyncio.to_thread(folder_models, self.folder) if self.folder else ())
+        entries = [{"name": model.name, "version": model.version, "state": model.state[0], "reason": model.state[1]}
+                   for model in self]
+        entries += [{"name": name, "version": version, "state": "UNAVAILABLE", "reason": why}
+                    for (name, version), why in self._failed.items()]
+        listed = {entry["name"] for entry in entries}
+        entries += [{"name": name, "version": "", "state": "UNAVAILABLE", "reason": "not loaded"}
+                    for name in names - listed]
+        entries.sort(key=lambda entry: (entry["name"], version_key(entry["version"])))
+        return [entry for entry in entries if entry["state"] == "READY" or not ready_only]
+
+    # Routing --------------------------------------------------------------------------------------------------
+
     def get(self, name: str, version: str | None = None) -> ServedModel:
+        """Version ``version`` of model ``name``, or without one the newest ready version (the newest of all
+        while none is ready)."""
         versions = self._models.get(name)
         if not versions:
-            raise ServingError(404, f"unknown model {name!r}; served: {', '.join(sorted(self._models)) or 'none'}")
+            raise ServingError(404, f"unknown model {name!r}; served: {self._names()}")
         if version is None or version == "":
-            return versions[max(versions, key=_version_key)]
+            ready = [v for v, model in versions.items() if model.ready] or list(versions)
+            return versions[max(ready, key=version_key)]
         if version not in versions:
             raise ServingError(404, f"model {name!r} has no version {version!r}; versions: "
-                                    f"{', '.join(sorted(versions, key=_version_key))}")
+                                    f"{', '.join(sorted(versions, key=version_key))}")
         return versions[version]
+
+    async def infer(self, request: InferenceRequest) -> InferenceResult:
+        """Run ``request`` on the version it names, or the newest ready one, chosen now: a request whose body took
+        a while to arrive goes to the versions loaded by then."""
+        return await self.get(request.model_name, request.model_version).infer(request)
 
     def only(self) -> ServedModel:
         """The model of a server that serves exactly one (for URLs that name none)."""
         if len(self._models) != 1:
-            raise ServingError(404, f"this server has {len(self._models)} models; name one: "
-                                    f"{', '.join(sorted(self._models))}")
+            raise ServingError(404, f"this server has {len(self._models)} models; name one: {self._names()}")
         return self.get(next(iter(self._models)))
+
+    def _names(self) -> str:
+        return ", ".join(sorted(self._models)) or "none"
 
     def __contains__(self, name: str) -> bool:
         return name in self._models
 
     def versions(self, name: str) -> list[ServedModel]:
         self.get(name)
-        return [self._models[name][v] for v in sorted(self._models[name], key=_version_key)]
+        return [self._models[name][v] for v in sorted(self._models[name], key=version_key)]
 
     def __iter__(self):
         for name in sorted(self._models):
@@ -269,3 +237,22 @@ class ModelRepository:
         for model in self:
             model.scheduler.close()
         self._pool.shutdown(wait=False)
+
+
+async def _to_the_end(work) -> None:
+    """Run coroutine ``work`` to its end even when the caller stops waiting (a gRPC client's deadline passed): a
+    load or unload cut short would leave versions half loaded."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # an error nobody awaits any more
+    await asyncio.shield(task)
+
+
+def _package_error(error: PackageError, path: Path) -> str:
+    """Why a version's package could not be read, in the repository's terms: without the server's path or the
+    words of the zip and JSON libraries."""
+    text = str(error).removeprefix(f"{path}: ")
+    if text == "no such file":
+        return f"its folder has no {path.name}"
+    if text.startswith("not an mvu model package"):
+        return f"its {path.name} is not an mvu model package"
+    return f"its {path.name}: {text}"

@@ -28,8 +28,11 @@ class ScoreHttp:
                 for path in ("/score", "/score/{name}", "/score/{name}/versions/{version}")]
 
     async def score(self, request: Request) -> Response:
-        model = path_model(self.repository, request) if "name" in request.path_params else self.repository.only()
-        answer = await model.score_image(await self.read_body(request), _top(request.query_params.get("top", "5")))
+        name = path_model(self.repository, request).name if "name" in request.path_params \
+            else self.repository.only().name  # a 404 before the body
+        version = request.path_params.get("version")
+        image, top = await self.read_body(request), _top(request.query_params.get("top", "5"))
+        answer = await self.repository.get(name, version).score_image(image, top)  # the version ready now
         return json_response(answer, headers={"Server-Timing": server_timing(answer["timings_ms"])})
 
 

@@ -18,9 +18,11 @@ from pathlib import Path
 import uvicorn
 
 from mvu.host.serving.api_keys import ApiKeys, KeyFileError
+from mvu.host.serving.backend import ServingBackend
 from mvu.host.serving.http_app import HttpSettings, create_http_app
 from mvu.host.serving.http_connection import ConnectionLimits, connection_protocol
-from mvu.host.serving.repository import ModelRepository, ModelSpec, ServingLimits
+from mvu.host.serving.repository import ModelRepository, ModelSpec
+from mvu.host.serving.served_model import ServingLimits
 
 __all__ = ["ServerOptions", "main_serve", "run_server"]
 
@@ -178,15 +180,36 @@ def main_serve(args: argparse.Namespace) -> int:
         raise SystemExit("mvu serve: --timeout, --body-timeout and --header-timeout must be positive and "
                          "--max-queue-delay-ms not negative")
     options = options_from_args(args)
-    limits = ServingLimits(args.max_batch_size, args.max_queue_delay_ms / 1e3, args.max_queue_size, args.timeout,
-                           args.max_image_pixels)
-    repository = ModelRepository()
+    repository = ModelRepository(_backend(args), ServingLimits(args.max_batch_size, args.max_queue_delay_ms / 1e3,
+                                                               args.max_queue_size, args.timeout,
+                                                               args.max_image_pixels),
+                                 folder=_model_repository(args))
     try:
-        for text in args.models:
-            model = repository.load(ModelSpec.parse(text), args.backend, limits)
-            log.info("model %s version %s from %s on the %s backend", model.name, model.version, text, args.backend)
+        models = [repository.add(ModelSpec.parse(text)) for text in args.models]
+        models += repository.add_folder() if repository.folder else []
     except (ValueError, FileNotFoundError) as error:  # PackageError is a ValueError
         repository.close()
         raise SystemExit(f"mvu serve: {error}") from None
+    for model in models:
+        log.info("model %s version %s on the %s backend", model.name, model.version, args.backend)
     asyncio.run(run_server(repository, options))
     return 0
+
+
+def _backend(args: argparse.Namespace) -> ServingBackend:
+    """``--backend`` with where a board is (``--board-port``, ``--baud``)."""
+    if args.backend == "board" and not args.board_port:
+        raise SystemExit("mvu serve: --backend board needs --board-port, the board's serial port (e.g. "
+                         "/dev/ttyUSB0); --port is the HTTP port")
+    return ServingBackend(args.backend, {"port": args.board_port, "baud": args.baud})
+
+
+def _model_repository(args: argparse.Namespace) -> Path | None:
+    if args.model_repository is None:
+        if not args.models:
+            raise SystemExit("mvu serve: give model packages, --model-repository DIR, or both")
+        return None
+    folder = Path(args.model_repository)
+    if not folder.is_dir():
+        raise SystemExit(f"mvu serve: --model-repository {folder}: no such folder")
+    return folder

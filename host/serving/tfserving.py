@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mvu.host.serving.errors import ServingError
-from mvu.host.serving.repository import SCORES_OUTPUT, ServedModel
+from mvu.host.serving.served_model import SCORES_OUTPUT, ServedModel
 
 __all__ = ["DTYPES", "DTYPE_OF", "PREDICT_METHOD", "SIGNATURE", "TF_SCORES_OUTPUT", "check_signature", "signature"]
 

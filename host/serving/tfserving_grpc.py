@@ -12,7 +12,8 @@ from google.protobuf.message import Message
 from mvu.host.serving.envelope import Endpoint
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.protos import message_class, message_pool
-from mvu.host.serving.repository import SCORES_OUTPUT, ModelRepository, ServedModel
+from mvu.host.serving.repository import ModelRepository
+from mvu.host.serving.served_model import SCORES_OUTPUT, ServedModel
 from mvu.host.serving.tensors import InferenceRequest, InputTensor, check_shape, numpy_datatype
 from mvu.host.serving.tfserving import (
     DTYPE_OF,

@@ -14,7 +14,8 @@ from starlette.responses import Response
 from mvu.host.serving.envelope import Endpoint
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.http_io import BodyReader, HttpRoute, json_object, json_response, path_model
-from mvu.host.serving.repository import IMAGES_INPUT, TENSOR_INPUT, ModelRepository, ServedModel
+from mvu.host.serving.repository import ModelRepository
+from mvu.host.serving.served_model import IMAGES_INPUT, TENSOR_INPUT, ServedModel
 from mvu.host.serving.tensors import InferenceRequest, InputTensor, numeric_array
 from mvu.host.serving.tfserving import PREDICT_METHOD, SIGNATURE, check_signature, signature
 
@@ -50,8 +51,8 @@ class TfServingHttp:
 
     async def predict(self, request: Request) -> Response:
         model = path_model(self.repository, request)
-        parsed, rows = parse_predict(await self.read_body(request), model.name, model.version)
-        result = await model.infer(parsed)
+        parsed, rows = parse_predict(await self.read_body(request), model.name, request.path_params.get("version"))
+        result = await self.repository.infer(parsed)
         scores = result.outputs[0].data.tolist()
         return json_response({"predictions": scores} if rows else {"outputs": scores},
                              headers={"Server-Timing": result.server_timing()})

@@ -20,11 +20,11 @@ def _executor(args, config: HardwareConfig):
     return make_executor(args.backend, config, port=args.port, baud=args.baud)
 
 
-def _backend_options(default: str) -> argparse.ArgumentParser:
-    """``--backend``, and where the board backend finds its board."""
+def _backend_options(default: str, port_option: str = "--port") -> argparse.ArgumentParser:
+    """``--backend``, and where the board backend finds its board (``port_option``: where --port means more)."""
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--backend", choices=BACKENDS, default=default)
-    options.add_argument("--port", help="the board's serial port, e.g. /dev/ttyUSB0 (--backend board)")
+    options.add_argument(port_option, help="the board's serial port, e.g. /dev/ttyUSB0 (--backend board)")
     options.add_argument("--baud", type=int, default=3_000_000, help="the board link's baud rate (--backend board)")
     return options
 

@@ -34,11 +34,15 @@ def _bench_serving(args: argparse.Namespace) -> int:
 def add_serving_commands(commands, bench_kinds) -> None:
     """Register ``serve``, ``score``, ``keys`` and ``bench serving`` on the top-level parsers."""
     from mvu.host.executors import BACKENDS
+    from mvu.host.tools.cli import _backend_options
 
-    serve = commands.add_parser("serve", help="serve model packages over HTTP (KServe v2, TF Serving) and gRPC")
-    serve.add_argument("models", nargs="+", metavar="[NAME[@VERSION]=]MODEL.mvu",
+    serve = commands.add_parser("serve", parents=[_backend_options("reference", port_option="--board-port")],
+                                help="serve model packages over HTTP (KServe v2, TF Serving) and gRPC")
+    serve.add_argument("models", nargs="*", metavar="[NAME[@VERSION]=]MODEL.mvu",
                        help="packages to serve; the name defaults to the package's, the version to 1")
-    serve.add_argument("--backend", choices=BACKENDS, default="reference")
+    serve.add_argument("--model-repository", metavar="DIR",
+                       help="also serve DIR/NAME/VERSION/model.mvu (Triton's layout); the repository API loads and "
+                            "unloads its models while serving")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free port)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: any free port, -1: no gRPC)")
