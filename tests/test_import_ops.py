@@ -272,7 +272,7 @@ def test_layer_normalization_on_the_host(axis):
     assert sqnr > 32, sqnr
 
 
-@pytest.mark.parametrize("case", ["pad", "ceil_max", "ceil_average", "shuffle"])
+@pytest.mark.parametrize("case", ["pad", "reflect", "ceil_max", "ceil_average", "shuffle"])
 def test_qdq_forms_run_as_onnxruntime_runs_them(case, tmp_path):
     """The ops quantized by onnxruntime (QDQ): Pad, ceil-mode pools and the shuffle run on the codes, bit for bit
     with onnxruntime's QDQ session; average pooling within one code (docs/compiler.md), its ceil-mode window
@@ -283,6 +283,7 @@ def test_qdq_forms_run_as_onnxruntime_runs_them(case, tmp_path):
     from mvu.host.compiler.qdq import fold_qdq
 
     bodies = {"pad": lambda g, x, rng: g.max_pool(pad(g, x, [0, 0, 1, 1, 0, 0, 1, 1], -0.5), 3, 2),
+              "reflect": lambda g, x, rng: g.max_pool(pad(g, x, [0, 0, 1, 2, 0, 0, 2, 1], mode="reflect"), 3, 2),
               "ceil_max": lambda g, x, rng: g.node("MaxPool", [x], kernel_shape=[3, 3], strides=[3, 3], pads=[1] * 4,
                                                    ceil_mode=1),
               "ceil_average": lambda g, x, rng: g.node("AveragePool", [x], kernel_shape=[3, 3], strides=[2, 2],
@@ -291,7 +292,7 @@ def test_qdq_forms_run_as_onnxruntime_runs_them(case, tmp_path):
     size = 8 if case == "ceil_max" else SIZE  # 8: the last ceil-mode window would start in the padding
     path = quantize_qdq(network(bodies[case], size=size), images(8, 1, size), tmp_path)
     model = from_qlinear_graph(fold_qdq(import_onnx(str(path))))
-    kind = {"pad": "pad", "ceil_max": "maxpool", "ceil_average": "avgpool", "shuffle": "transpose"}[case]
+    kind = {"pad": "pad", "reflect": "pad", "ceil_max": "maxpool", "ceil_average": "avgpool", "shuffle": "transpose"}[case]
     layer = next(layer for layer in model.layers if layer.kind == kind)
     probe = onnx.load(path)
     written = layer.output if case == "ceil_average" else model.output  # the pool's QuantizeLinear: its codes

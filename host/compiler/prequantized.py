@@ -216,14 +216,17 @@ def _transpose(p: _Pass, node: Node) -> None:
 
 
 def _pad(p: _Pass, node: Node) -> None:
-    """A Pad of the codes: its constant is a code (onnxruntime's quantizer writes the zero point's for 0)."""
+    """A Pad of the codes: a constant is a code (onnxruntime's quantizer writes the zero point's for 0); the edge
+    and reflections are the same codes as the floats'."""
     begin, end, _, mode = pad_widths(p.graph, node)
-    if mode != "constant" or len(node.inputs) < 3 or not node.inputs[2] or begin[0] or end[0] or min(begin + end) < 0:
-        raise ModelImportError(f"{p.graph.name}: Pad '{node.name}' must pad the codes with a constant code, not the "
-                               f"batch, without cropping")
+    constant = len(node.inputs) > 2 and node.inputs[2] in p.graph.constants
+    if mode not in ("constant", "edge", "reflect") or (mode == "constant" and not constant) or begin[0] or end[0] \
+            or min(begin + end) < 0:
+        raise ModelImportError(f"{p.graph.name}: Pad '{node.name}' must pad the codes with a constant code, the edge "
+                               f"or a reflection, not the batch, without cropping")
     p.emit(Layer("pad", node.name, [node.inputs[0]], node.outputs[0], "host",
-                 {"before": begin, "after": end, "mode": mode, "value": int(p.codes(node.inputs[2]))}, {},
-                 p.tensor_q[node.inputs[0]]), node.op)
+                 {"before": begin, "after": end, "mode": mode, "value": int(p.codes(node.inputs[2])) if constant else 0},
+                 {}, p.tensor_q[node.inputs[0]]), f"Pad ({mode})")
 
 
 def _dequantize_linear(p: _Pass, node: Node) -> None:
