@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import urllib3
 
 from mvu.host.serving.model_folder import PACKAGE_FILE
 
@@ -109,6 +110,15 @@ def test_a_rolling_update_under_steady_load_fails_no_request(start_server, folde
     server = start_server("--model-repository", folder, "--access-log", "off")
     http = httpclient.InferenceServerClient(server.url.split("://")[1])
     grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    readiness, probing = [], threading.Event()
+
+    def probe() -> None:  # a load balancer's readiness probe: a version warming up must not fail it
+        pool = urllib3.PoolManager(retries=False, timeout=10)
+        while not probing.is_set():
+            readiness.append(pool.request("GET", server.url + "/v2/health/ready").status)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
     with SteadyLoad(server, cat_jpeg) as load:
         load.answers_after(0, 10)
         add_version(folder, 2, toy_package_path)
@@ -119,6 +129,9 @@ def test_a_rolling_update_under_steady_load_fails_no_request(start_server, folde
         grpc_client.load_model(MODEL)  # unloads version 1
         retired = time.monotonic()
         load.answers_after(retired, 10)
+    probing.set()
+    prober.join(30)
+    assert len(readiness) > 10 and set(readiness) == {200}
     failures = [outcome for _, _, outcome in load.all if not isinstance(outcome, str)]
     assert not failures, failures[:3]
     assert {outcome for started, _, outcome in load.all if started > switched} == {"2"}

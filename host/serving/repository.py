@@ -231,7 +231,9 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        return all(model.ready for model in self)
+        """Every model has a ready version: a version warming up during a load does not take the server out of
+        a load balancer's rotation."""
+        return all(any(model.ready for model in versions.values()) for versions in self._models.values())
 
     def close(self) -> None:
         for model in self:
