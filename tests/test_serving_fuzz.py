@@ -386,9 +386,11 @@ def test_a_later_request_on_a_kept_alive_connection_has_the_header_deadline_too(
     assert HEADER_TIMEOUT - 0.1 <= waited < HEADER_TIMEOUT + 1.5
 
 
-def test_endless_headers_are_refused_at_64_kib(server):
+def test_endless_headers_are_refused_at_64_kib(server, http):
     answer, _ = _until_closed(server.http_port, b"GET /v2 HTTP/1.1\r\nX-Junk: " + b"a" * 100_000)
     assert _json_answer(answer, 431) == "the request line and headers exceed 65536 bytes"
+    metrics = http.request("GET", server.url + "/metrics").data.decode()
+    assert 'mvu_requests_total{endpoint="connection",protocol="http",status="431"} 1.0' in metrics
 
 
 @pytest.mark.parametrize("framing, message", [

@@ -15,7 +15,8 @@ half-closes its side mid-body gets no answer at all. :func:`connection_protocol`
 
 A new connection that sends nothing is closed without an answer. The end of the client's data inside the
 headers or the body gets a 400 that says so; an invalid request line, header or chunk size gets a 400 in the
-protocols' JSON form. These answers are counted in the metrics as protocol ``http``, endpoint ``connection``.
+protocols' JSON form. Answers before the application has the request count in the metrics as protocol ``http``,
+endpoint ``connection`` (later ones, the application counts).
 """
 
 from __future__ import annotations
@@ -164,13 +165,14 @@ class _Connection(HttpToolsProtocol):
         if cycle is not None and cycle.response_started and not cycle.response_complete:
             self.transport.close()
             return
-        if cycle is not None:
-            cycle.disconnected = True  # the application's answer, if it still makes one, goes nowhere
         body = json.dumps({"error": message}).encode()
         self.transport.write(b"".join([STATUS_LINE[status], b"content-type: application/json\r\n",
                                        b"content-length: %d\r\n" % len(body), b"connection: close\r\n\r\n", body]))
         self.transport.close()
-        self.metrics.requests.labels("http", "connection", str(status)).inc()
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the application, reading the body, counts the request; its answer is lost
+        else:
+            self.metrics.requests.labels("http", "connection", str(status)).inc()
 
     def _set_stage(self, seconds: float | None, action=None) -> None:
         if self._stage is not None:

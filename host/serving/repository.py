@@ -118,16 +118,7 @@ class ModelRepository:
             for version, path in sorted(present.items(), key=lambda v: version_key(v[0])):
                 if version not in loaded and (model := await self._open(name, version, path)) is not None:
                     started.append(model)
-            while not all(model.ready or model.scheduler.failed for model in started):
-                await asyncio.sleep(_POLL_SECONDS)
-            for model in started:
-                if model.scheduler.failed:  # its worker thread has ended
-                    self._failed[name, model.version] = model.state[1]
-                    del self._models[name][model.version]
-                    self.metrics.queued.remove(name, model.version)
-                    log.warning("model %s version %s %s", name, model.version, model.state[1])
-                else:
-                    log.info("model %s version %s loaded", name, model.version)
+            await self._warm_up(started)
             gone = [version for version in self._models.get(name, {}) if version not in present]
             await self._unload([self._models[name].pop(version) for version in gone])
             if not self._models.get(name):
@@ -148,6 +139,19 @@ class ModelRepository:
             return None
         self._failed.pop((name, version), None)
         return self._serve(name, version, package)
+
+    async def _warm_up(self, started: list[ServedModel]) -> None:
+        """Wait until the versions ``started`` are READY; those that fail leave routing, and say why."""
+        while not all(model.ready or model.scheduler.failed for model in started):
+            await asyncio.sleep(_POLL_SECONDS)
+        for model in started:
+            if model.scheduler.failed:  # its worker thread has ended
+                self._failed[model.name, model.version] = model.state[1]
+                del self._models[model.name][model.version]
+                self.metrics.queued.remove(model.name, model.version)
+                log.warning("model %s version %s %s", model.name, model.version, model.state[1])
+            else:
+                log.info("model %s version %s loaded", model.name, model.version)
 
     async def unload(self, name: str) -> None:
         """Unload every version of model ``name`` once its requests in flight are answered."""

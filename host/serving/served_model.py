@@ -103,13 +103,12 @@ class ServedModel:
         self.in_flight += 1
         started = time.perf_counter()
         try:
-            result = await self._infer(request, started)
-        except ServingError:
+            return await self._infer(request, started)
+        except Exception:
             self.statistics.failure(time.perf_counter() - started)
             raise
         finally:
             self.in_flight -= 1
-        return result
 
     async def _infer(self, request: InferenceRequest, started: float) -> InferenceResult:
         timeout = self._timeout(request)
