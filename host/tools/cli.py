@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mvu.host.tools.control_commands import add_control_commands
     from mvu.host.tools.serving_commands import add_serving_commands
 
-    add_serving_commands(commands, bench_kinds)
+    add_serving_commands(commands, bench_kinds, _backend_options)
     add_control_commands(commands)
     return parser
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 __all__ = ["add_serving_commands"]
 
@@ -31,12 +32,12 @@ def _bench_serving(args: argparse.Namespace) -> int:
     return main_bench_serving(args)
 
 
-def add_serving_commands(commands, bench_kinds) -> None:
-    """Register ``serve``, ``score``, ``keys`` and ``bench serving`` on the top-level parsers."""
+def add_serving_commands(commands, bench_kinds, backend_options: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``serve``, ``score``, ``keys`` and ``bench serving`` on the top-level parsers; ``backend_options``
+    makes the command line's ``--backend`` group (for serve, the board's port is --board-port: --port is HTTP's)."""
     from mvu.host.executors import BACKENDS
-    from mvu.host.tools.cli import _backend_options
 
-    serve = commands.add_parser("serve", parents=[_backend_options("reference", port_option="--board-port")],
+    serve = commands.add_parser("serve", parents=[backend_options("reference", port_option="--board-port")],
                                 help="serve model packages over HTTP (KServe v2, TF Serving) and gRPC")
     serve.add_argument("models", nargs="*", metavar="[NAME[@VERSION]=]MODEL.mvu",
                        help="packages to serve; the name defaults to the package's, the version to 1")
