@@ -18,7 +18,7 @@ from mvu.hdl.toolchain import cache_dir
 from mvu.hdl.verilog import SIMULATION_PASSES, generate_verilog
 from mvu.sim.toolchain import tool_environment, verilator_root
 
-__all__ = ["build_model", "model_key"]
+__all__ = ["build_model", "model_key", "hdl_sources"]
 
 _HARNESS = Path(__file__).with_name("harness.cpp")
 VERILATOR_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wno-fatal", "-Wno-lint",
@@ -26,7 +26,7 @@ VERILATOR_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noasse
 CXX_FLAGS = "-fPIC -O2"
 
 
-def _hdl_sources() -> bytes:
+def hdl_sources() -> bytes:
     """Every source of the design and its contract (not the synthesis flow), with its path under hdl/."""
     import mvu.hdl
 
@@ -39,7 +39,7 @@ def model_key(config: HardwareConfig) -> str:
     """Hash of everything the model is built from: design sources, parameters, harness, tools."""
     digest = hashlib.sha256()
     digest.update(json.dumps(config.to_dict(), sort_keys=True).encode())
-    digest.update(_hdl_sources())
+    digest.update(hdl_sources())
     digest.update(_HARNESS.read_bytes())
     digest.update(" ".join(VERILATOR_FLAGS + [CXX_FLAGS, SIMULATION_PASSES]).encode())
     for package in ("amaranth", "verilator"):
