@@ -4,11 +4,13 @@ dependency order on deletion, and no process left behind."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -165,3 +167,44 @@ def test_the_services_commands(manager, capsys):
     with pytest.raises(SystemExit, match="service 'other' does not exist"):
         main(["services", "show", "other", *ws])
     assert main(["services", "delete", "svc", *ws]) == 0
+
+
+def test_a_rolling_update_under_load_fails_no_request(manager, toy_package_path, tmp_path, capsys):
+    import zipfile
+
+    second = tmp_path / "toy-2.mvu"  # the same model, other bytes: a new version
+    with zipfile.ZipFile(toy_package_path) as source, zipfile.ZipFile(second, "w", zipfile.ZIP_STORED) as target:
+        for item in source.infolist():
+            target.writestr(item.filename, source.read(item.filename))
+    manager.registry.register(second, "toy")
+    service, keys = manager.create("svc", ["toy:1"])
+    answers, failures, stop = [], [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            request = urllib.request.Request(f"{service.endpoint}/score/toy", data=_jpeg(),
+                                             headers={"Authorization": f"Bearer {keys['primary']}"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    answers.append((time.monotonic(), json.loads(response.read())["model_version"]))
+            except (urllib.error.URLError, OSError) as error:
+                failures.append(repr(error))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    _until(lambda: len(answers) >= 10)
+    before = time.monotonic()
+    assert main(["services", "update", "svc", "--model", "toy:2", "--workspace", str(manager.workspace.path)]) == 0
+    updated = time.monotonic()
+    _until(lambda: sum(at > updated for at, _ in answers) >= 10)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and len(answers) > 20
+    assert {str(version) for at, version in answers if at < before} == {"1"}
+    assert all(str(version) == "2" for at, version in answers if at > updated)
+    assert manager.get("svc").models == ["toy:2"] and "toy:2" in capsys.readouterr().out
+    manager.registry.delete("toy", 1)  # no longer in use
+    with pytest.raises(WorkspaceError, match="used by service 'svc'"):
+        manager.registry.delete("toy", 2)

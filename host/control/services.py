@@ -10,13 +10,16 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mvu.host.control.registry import ModelRegistry, check_name, parse_reference, utc_now
+from mvu.host.control.registry import ModelRegistry, ModelVersion, check_name, parse_reference, utc_now
 from mvu.host.control.workspace import Workspace, WorkspaceError
 from mvu.host.executors import BACKENDS
 from mvu.host.serving.api_keys import SLOTS, create_key_file, regenerate_key
@@ -123,6 +126,8 @@ class ServiceManager:
         folder = self.folder(name)
         shutil.rmtree(folder, ignore_errors=True)  # left by a create that crashed before its record
         folder.mkdir(parents=True)
+        for version in versions:
+            self._link(name, version)
         keys = create_key_file(folder / "keys.json")
         self._write_secrets(name, keys)
         now = utc_now()
@@ -175,6 +180,59 @@ class ServiceManager:
             time.sleep(0.1)
         return service
 
+    def _link(self, name: str, version: ModelVersion) -> None:
+        """Puts ``version``'s stored package into the service's repository folder (Triton's layout,
+        ``NAME/VERSION/model.mvu``), whole or not at all."""
+        target = self.folder(name) / "repository" / version.name / str(version.version)
+        staged = target.with_name(f".{target.name}.staged")
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
+        (staged / "model.mvu").symlink_to(self.registry.package_path(version))
+        staged.rename(target)
+
+    def _load(self, service: Service, model: str) -> None:
+        """Asks the service's server to (re)load ``model`` from its repository folder; waits for the answer."""
+        keys = self.keys(service.name)
+        context = None
+        if service.tls_cert:  # the control plane's own call on this machine's server
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        request = urllib.request.Request(f"{service.endpoint}/v2/repository/models/{model}/load", data=b"{}",
+                                         headers={"Authorization": f"Bearer {keys['primary']}",
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=600, context=context) as answer:
+                answer.read()
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")[:500]
+            raise WorkspaceError(f"service {service.name!r} could not load {model}: {detail}") from None
+        except OSError as error:
+            raise WorkspaceError(f"service {service.name!r} did not answer at {service.endpoint} ({error})") from None
+
+    def update(self, name: str, models: list[str]) -> Service:
+        """Moves the service to other versions of its models (``NAME:VERSION`` or ``NAME`` for the newest),
+        one model at a time and without a failed request: the new version is loaded and warmed up beside the
+        old one, takes the requests that name no version, and the old one is unloaded once its requests in
+        flight are answered."""
+        service = self.wait_for_deployment(name, 60)
+        served = dict(reference.split(":") for reference in service.models)
+        for reference in models:
+            new = self.registry.get(*parse_reference(reference))
+            if new.name not in served:
+                raise WorkspaceError(f"service {name!r} serves {', '.join(service.models)}, not {new.name}; "
+                                     "create another service for it")
+            if int(served[new.name]) == new.version:
+                continue
+            self._link(name, new)
+            self._load(service, new.name)
+            with self.workspace.transaction() as db:  # from here on the old version is free to delete
+                db.execute("UPDATE service_models SET version = ? WHERE service = ? AND name = ?",
+                           (new.version, name, new.name))
+            shutil.rmtree(self.folder(name) / "repository" / new.name / served[new.name])
+            self._load(service, new.name)
+            served[new.name] = str(new.version)
+        return self.get(name)
+
     # Reading -------------------------------------------------------------------------------------
 
     def get(self, name: str) -> Service:
@@ -186,9 +244,9 @@ class ServiceManager:
             raise WorkspaceError(f"service {name!r} does not exist in {self.workspace.path} (services: {known})")
         if service.state in LIVE_STATES and not self.supervised(name):
             if not (self.folder(name) / "keys.json").is_file():
-                return self.update(name, state="failed", detail="its folder is gone; delete and create it again")
+                return self.set(name, state="failed", detail="its folder is gone; delete and create it again")
             if self._start_supervisor(name):
-                return self.update(name, state="restarting", restarts=service.restarts + 1,
+                return self.set(name, state="restarting", restarts=service.restarts + 1,
                                    detail="its supervisor was gone; started again")
         return service
 
@@ -220,7 +278,7 @@ class ServiceManager:
 
     # Changing ------------------------------------------------------------------------------------
 
-    def update(self, name: str, **fields) -> Service:
+    def set(self, name: str, **fields) -> Service:
         """Sets fields of the record (the supervisor reports its state through this)."""
         fields["updated_at"] = utc_now()
         with self.workspace.transaction() as db:

@@ -38,18 +38,14 @@ def _die_with_parent() -> None:
 
 
 def serve_command(manager: ServiceManager, name: str) -> list[str]:
-    """The `mvu serve` command line of service ``name``."""
+    """The `mvu serve` command line of service ``name``: its models from the service's repository folder."""
     service = manager.get(name)
     folder = manager.folder(name)
-    models = []
-    for reference in service.models:
-        model, version = reference.split(":")
-        found = manager.registry.get(model, int(version))
-        models.append(f"{model}@{version}={manager.registry.package_path(found)}")
     tls = ["--tls-cert", service.tls_cert, "--tls-key", service.tls_key] if service.tls_cert else []
-    return [sys.executable, "-m", "mvu.host.tools.cli", "serve", *models, "--host", service.host,
-            "--port", str(service.port), "--grpc-port", str(service.grpc_port), "--backend", service.backend,
-            "--keys", str(folder / "keys.json"), "--ready-file", str(folder / "ready.json"), *tls]
+    return [sys.executable, "-m", "mvu.host.tools.cli", "serve", "--model-repository", str(folder / "repository"),
+            "--host", service.host, "--port", str(service.port), "--grpc-port", str(service.grpc_port),
+            "--backend", service.backend, "--keys", str(folder / "keys.json"), "--ready-file",
+            str(folder / "ready.json"), *tls]
 
 
 def _run_once(manager: ServiceManager, name: str, stopping: list[bool]) -> tuple[bool, float]:
@@ -62,7 +58,7 @@ def _run_once(manager: ServiceManager, name: str, stopping: list[bool]) -> tuple
     with open(folder / "server.log", "ab") as log:
         server = subprocess.Popen(serve_command(manager, name), stdin=subprocess.DEVNULL, stdout=log,
                                   stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    manager.update(name, state="starting", server_pid=server.pid, detail="")
+    manager.set(name, state="starting", server_pid=server.pid, detail="")
     became_ready = False
     while server.poll() is None:
         if stopping[0] or manager.find(name) is None:
@@ -74,7 +70,7 @@ def _run_once(manager: ServiceManager, name: str, stopping: list[bool]) -> tuple
             break
         if not became_ready and ready.exists():
             became_ready = True
-            manager.update(name, state="healthy", detail="")
+            manager.set(name, state="healthy", detail="")
         time.sleep(_POLL_SECONDS)
     return became_ready, time.monotonic() - started
 
@@ -92,7 +88,7 @@ def supervise(workspace: Path, name: str, lock_fd: int | None = None) -> None:
     # else: the lock came with the inherited descriptor and stays held until this process ends
     if manager.find(name) is None:
         return
-    manager.update(name, supervisor_pid=os.getpid())
+    manager.set(name, supervisor_pid=os.getpid())
     failures = 0
     while not stopping[0] and manager.find(name) is not None:
         became_ready, ran = _run_once(manager, name, stopping)
@@ -100,18 +96,18 @@ def supervise(workspace: Path, name: str, lock_fd: int | None = None) -> None:
             break
         failures = 0 if became_ready and ran >= _STABLE_SECONDS else failures + 1
         if not became_ready and failures >= FAILURES_BEFORE_GIVING_UP:
-            manager.update(name, state="failed", server_pid=None,
+            manager.set(name, state="failed", server_pid=None,
                            detail=f"the server exited {failures} times before it was ready; see its log")
             return
         wait = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS)) - 1] if failures else 0
         restarts = manager.find(name).restarts + 1
-        manager.update(name, state="restarting", server_pid=None, restarts=restarts,
+        manager.set(name, state="restarting", server_pid=None, restarts=restarts,
                        detail=f"the server exited; restart {restarts} in {wait} s")
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and not stopping[0]:
             time.sleep(_POLL_SECONDS)
     if manager.find(name) is not None:
-        manager.update(name, state="stopped", server_pid=None, detail="stopped")
+        manager.set(name, state="stopped", server_pid=None, detail="stopped")
 
 
 if __name__ == "__main__":

@@ -187,6 +187,11 @@ def _service_logs(args) -> int:
     return 0
 
 
+def _service_update(args) -> int:
+    _print_service(_services(args).update(args.name, args.model), False)
+    return 0
+
+
 def _service_delete(args) -> int:
     _services(args).delete(args.name)
     print(f"deleted service {args.name}")
@@ -283,6 +288,11 @@ def add_control_commands(commands) -> None:
     create.add_argument("--timeout", type=float, default=300.0, help="seconds to wait until it serves")
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=_service_create)
+    update = service_actions.add_parser("update", parents=[common],
+                                        help="move a service to other versions of its models, without a failed request")
+    update.add_argument("name")
+    update.add_argument("--model", action="append", required=True, metavar="NAME[:VERSION]")
+    update.set_defaults(handler=_service_update)
     for action, handler, help_ in (("list", _service_list, "every service and its state"),
                                    ("show", _service_show, "one service: state, endpoint, models"),
                                    ("keys", _service_keys, "a service's primary and secondary keys"),

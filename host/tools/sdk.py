@@ -143,5 +143,9 @@ class Service:
                                 access_token=self.get_keys()[0], model_name=service.models[0].split(":")[0],
                                 root_certificates=cacert or service.tls_cert, timeout=timeout)
 
+    def update(self, models: list[Model | str]) -> None:
+        """Moves to other versions of the served models (rolling: no request fails)."""
+        self._manager.update(self.name, [m if isinstance(m, str) else m.record.reference for m in models])
+
     def delete(self) -> None:
         self._manager.delete(self.name)
