@@ -3,12 +3,25 @@ rotate the primary key -> the model in use cannot be deleted -> delete the servi
 
 from __future__ import annotations
 
+import ssl
 import time
 
 import numpy as np
 import pytest
 
+from mvu.host.control.registry import ModelRegistry
 from mvu.host.tools.sdk import Model, PredictionClient, PredictionError, Service, Workspace, WorkspaceError
+
+
+def _recompressed(package, folder):
+    """The same model with other bytes: a new version."""
+    import zipfile
+
+    copy = folder / "toy-2.mvu"
+    with zipfile.ZipFile(package) as source, zipfile.ZipFile(copy, "w", zipfile.ZIP_STORED) as target:
+        for item in source.infolist():
+            target.writestr(item.filename, source.read(item.filename))
+    return copy
 
 
 def test_register_deploy_consume_delete(tmp_path, toy_package_path, tls_files, cat_jpeg):
@@ -43,11 +56,27 @@ def test_register_deploy_consume_delete(tmp_path, toy_package_path, tls_files, c
                                   root_certificates=ca) as c:
                 np.testing.assert_array_equal(c.score_image(cat_jpeg), scores)
 
+        # tritonclient (Open Inference Protocol over HTTPS) with the secondary key
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(service.scoring_uri.removeprefix("https://"), ssl=True,
+                                                  ssl_context_factory=lambda: ssl.create_default_context(cafile=str(ca)))
+        images = httpclient.InferInput("images", [1], "BYTES")
+        images.set_data_from_numpy(np.array([cat_jpeg], dtype=np.object_))
+        triton_scores = client.infer("toy", [images], headers={"Authorization": f"Bearer {secondary}"}).as_numpy("scores")
+        np.testing.assert_array_equal(triton_scores.reshape(-1), scores)
+
+        # a second version: the service moves to it; the first is then free to delete
+        second = Model.register(ws, _recompressed(toy_package_path, tmp_path), "toy")
+        service.update([second])
+        assert service.models == ["toy:2"] and service.run(cat_jpeg, cacert=ca)["model_version"] == "2"
         with pytest.raises(WorkspaceError, match="used by service 'classifier'"):
-            model.delete()
+            second.delete()
+        model.delete()
     finally:
         service.delete()
     with pytest.raises(WorkspaceError, match="service 'classifier' does not exist"):
         Service(ws, "classifier")
-    model.delete()
-    assert Model.list(ws) == [] and ws.store.contents() == set()
+    second.delete()
+    assert Model.list(ws) == []
+    assert ModelRegistry(ws).collect_garbage() == [] and ws.store.contents() == set()
