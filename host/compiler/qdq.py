@@ -312,9 +312,9 @@ def fold_qdq(graph: Graph) -> Graph:
     named in one error. Other graphs keep their float ops; a DequantizeLinear of constant weights becomes the
     float weights."""
     _complete_zero_points(graph)
-    _quantize_constants(graph)
+    _evaluate_constants(graph, "QuantizeLinear")
     if not is_qdq(graph):
-        _dequantize_constants(graph)
+        _evaluate_constants(graph, "DequantizeLinear")
         return graph
     r = _Rewrite(graph)
     nodes, refused = [], []
@@ -368,34 +368,32 @@ def _along(value: np.ndarray, axis: int, ndim: int) -> np.ndarray:
     return value.reshape(shape)
 
 
-def _quantize_constants(graph: Graph) -> None:
-    """Evaluate each QuantizeLinear of constants (float weights in a QDQ model) as onnxruntime does: ``x /
-    scale`` in float32, rounded half to even, plus the zero point, saturated."""
-    kept = []
-    for node in graph.nodes:
-        if node.op != "QuantizeLinear" or not all(i in graph.constants for i in node.inputs):
-            kept.append(node)
-            continue
-        x, scale, zero = (graph.constants[name] for name in node.inputs)
-        axis = node.attrs.get("axis", 1)
-        info = np.iinfo(zero.dtype)
-        codes = np.rint(x.astype(np.float32) / _along(scale.astype(np.float32), axis, x.ndim))
-        codes = codes + _along(zero, axis, x.ndim).astype(np.float32)
-        graph.constants[node.outputs[0]] = np.clip(codes, info.min, info.max).astype(zero.dtype)
-    graph.nodes = kept
+def _quantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int) -> np.ndarray:
+    """QuantizeLinear as onnxruntime computes it: ``x / scale`` in float32, rounded half to even, plus the zero
+    point, saturated."""
+    info = np.iinfo(zero.dtype)
+    codes = np.rint(x.astype(np.float32) / _along(scale.astype(np.float32), axis, x.ndim))
+    codes = codes + _along(zero, axis, x.ndim).astype(np.float32)
+    return np.clip(codes, info.min, info.max).astype(zero.dtype)
 
 
-def _dequantize_constants(graph: Graph) -> None:
-    """Evaluate each DequantizeLinear of constants (weights stored quantized in a float model) as onnxruntime
-    does: ``(codes - zero_point) * scale`` in float32, per tensor or along ``axis``."""
+def _dequantize(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int) -> np.ndarray:
+    """DequantizeLinear as onnxruntime computes it: ``(codes - zero_point) * scale`` in float32."""
+    centred = codes.astype(np.int32) - _along(zero, axis, codes.ndim).astype(np.int32)
+    return centred.astype(np.float32) * _along(scale.astype(np.float32), axis, codes.ndim)
+
+
+_CONSTANT_EVALUATORS = {"QuantizeLinear": _quantize, "DequantizeLinear": _dequantize}
+
+
+def _evaluate_constants(graph: Graph, op: str) -> None:
+    """Replaces each ``op`` node (QuantizeLinear or DequantizeLinear) whose inputs are all constants by its
+    value: float weights quantized in a QDQ model, or quantized weights dequantized in a float model."""
     kept = []
     for node in graph.nodes:
-        if node.op != "DequantizeLinear" or not all(i in graph.constants for i in node.inputs):
+        if node.op != op or not all(i in graph.constants for i in node.inputs):
             kept.append(node)
             continue
-        codes, scale, zero = (graph.constants[name] for name in node.inputs)
-        axis = node.attrs.get("axis", 1)
-        centred = codes.astype(np.int32) - _along(zero, axis, codes.ndim).astype(np.int32)
-        graph.constants[node.outputs[0]] = centred.astype(np.float32) * _along(scale.astype(np.float32), axis,
-                                                                                codes.ndim)
+        value, scale, zero = (graph.constants[name] for name in node.inputs)
+        graph.constants[node.outputs[0]] = _CONSTANT_EVALUATORS[op](value, scale, zero, node.attrs.get("axis", 1))
     graph.nodes = kept
