@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mvu.hdl.contract.config import HardwareConfig
-from mvu.hdl.contract.isa import Buffer, Opcode
+from mvu.hdl.contract.isa import TABLE_BYTES, Buffer, Opcode
 from mvu.hdl.contract.program import InstructionColumns, MemoryImage, Program
 from mvu.hdl.contract.requantization import Requantization, requantization_block
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul
@@ -29,13 +29,16 @@ class GemmError(ValueError):
 
 
 def golden_gemm(a: np.ndarray, w: np.ndarray, act_zero_point: int = 0,
-                requant: Requantization | None = None) -> np.ndarray:
-    """The plain definition, with no tiling: int32 accumulators, or requantized bytes viewed as the output type."""
+                requant: Requantization | None = None, table: np.ndarray | None = None) -> np.ndarray:
+    """The plain definition, with no tiling: int32 accumulators, or requantized bytes (each looked up in the
+    256-byte ``table`` if given) viewed as the output type."""
     acc = centred_matmul(*as_unsigned(np.asarray(a), act_zero_point), w)
     if requant is None:
         return acc
     out = requantize_rows(acc, requant.bias, requant.multiplier, requant.shift, requant.out_zero_point,
                           requant.clamp_min, requant.clamp_max, float32_scale=requant.float32_scale)
+    if table is not None:
+        out = np.asarray(table, dtype=np.uint8)[out]
     return out.view(requant.output_dtype)
 
 
@@ -103,13 +106,14 @@ class GemmProgram:
     outputs ``[M][Np]`` (int32 when raw). LOAD and STORE strides walk their
     rows, so the host writes activations and reads results without reshuffling
     them. After an executor has run :attr:`program`, :meth:`result` reads the
-    ``M x N`` output back. ``memory_bytes_per_cycle`` (default: one beat per
+    ``M x N`` output back. An output ``table`` (256 bytes) is applied to each requantized byte by the STOREs
+    (``lookup``), so an elementwise activation comes with the product. ``memory_bytes_per_cycle`` (default: one beat per
     cycle) tunes the tiling to the memory the program will run against.
     """
 
     def __init__(self, config: HardwareConfig, a: np.ndarray, w: np.ndarray, *, act_zero_point: int = 0,
                  requant: Requantization | None = None, tiling: GemmTiling | None = None,
-                 memory_bytes_per_cycle: float | None = None):
+                 memory_bytes_per_cycle: float | None = None, table: np.ndarray | None = None):
         self.config = config
         a, w = np.asarray(a), np.asarray(w)
         if a.ndim != 2 or w.ndim != 2:
@@ -131,6 +135,9 @@ class GemmProgram:
         if requant is not None and requant.channels != self.n:
             raise GemmError(f"requantization has {requant.channels} channels; the product has {self.n}")
         self.act_zero_point, self.requant = act_zero_point, requant
+        self.table = None if table is None else np.asarray(table, dtype=np.uint8).reshape(-1)
+        if self.table is not None and (requant is None or self.table.size != TABLE_BYTES):
+            raise GemmError(f"an output table needs requantized outputs and {TABLE_BYTES} entries")
         self._check_memory_size()
         self.tiling = tiling or plan_gemm(config, self.m, self.k, self.n,
                                           bytes_per_cycle=memory_bytes_per_cycle or config.mem_bytes)
@@ -175,6 +182,7 @@ class GemmProgram:
         w_pad[:k, :n] = w
         w_base = memory.place(w_pad)
         p_base = memory.allocate(n_tiles * cfg.param_block_bytes)
+        table = {} if self.table is None else dict(table_addr=memory.place(self.table), lookup=True)
         if not raw:
             rq = self.requant
             for nt in range(n_tiles):
@@ -225,8 +233,9 @@ class GemmProgram:
             low, high = (-128, 127) if raw else (self.requant.clamp_min, self.requant.clamp_max)
             program.add(Opcode.STORE, tiles_n, acc_addr=(b % 2) * acc_half + (nt - nt0) * rows, count=rows,
                         dram_addr=self.out_base + m0 * out_pitch + nt * out_row, dram_stride=out_pitch, raw=raw,
-                        clamp_min=low, clamp_max=high, **quantized,
-                        first={"wait_compute": True}, last={"signal_compute": b + 2 < len(blocks)})
+                        clamp_min=low, clamp_max=high, **quantized, **table,
+                        first={"wait_compute": True, "load_table": bool(table) and b == 0},
+                        last={"signal_compute": b + 2 < len(blocks)})
 
         loads(0)
         for c, (b, kt0, tiles_k) in enumerate(chunks):

@@ -157,3 +157,20 @@ def test_centred_products_are_exact_modulo_2_to_the_32(zero_points):
     got = centred_matmul(a, zero_points, w)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, expected.astype(np.int32))
+
+
+@pytest.mark.parametrize("float32", [False, True])
+def test_output_table_is_looked_up_by_the_stores(float32):
+    rng = np.random.default_rng(16)
+    a = rng.integers(0, 256, (37, 21), dtype=np.uint8)
+    w = rng.integers(-128, 128, (21, 11), dtype=np.int8)
+    make = Requantization.from_float32_scales if float32 else Requantization.from_scales
+    requant = make(rng.uniform(1e-3, 1e-2, 11), rng.integers(-500, 500, 11), out_zero_point=3)
+    table = rng.permutation(256).astype(np.uint8)
+    gemm = GemmProgram(TINY, a, w, act_zero_point=7, requant=requant, table=table)
+    ReferenceExecutor(TINY).run(gemm.program)
+    plain = golden_gemm(a, w, 7, requant).view(np.uint8)
+    np.testing.assert_array_equal(gemm.result().view(np.uint8), table[plain])
+    np.testing.assert_array_equal(gemm.result(), golden_gemm(a, w, 7, requant, table))
+    with pytest.raises(GemmError, match="an output table needs requantized outputs"):
+        GemmProgram(TINY, a, w, table=table)

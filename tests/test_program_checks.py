@@ -35,6 +35,13 @@ def good_params():
     ([Store(acc_addr=0, count=1, dram_addr=0, dram_stride=16, raw=True, clamp_min=5, clamp_max=4), Finish()], "clamp_min 5 exceeds clamp_max 4"),
     ([Compute(act_addr=0, count=1, acc_addr=0, wait_load=True), Finish()], "waits for a load to compute token that no earlier instruction signals: the program would deadlock"),
     ([Store(acc_addr=0, count=1, dram_addr=0, dram_stride=16, raw=True, wait_compute=True), Finish()], "compute to store token"),
+    ([Store(acc_addr=0, count=1, dram_addr=0, dram_stride=16, raw=True, table_addr=0, load_table=True,
+            lookup=True), Finish()], "a raw STORE cannot look them up"),
+    ([Store(acc_addr=0, count=1, dram_addr=0, dram_stride=16, raw=True),
+      Store(acc_addr=0, count=1, dram_addr=0, dram_stride=4, param_addr=1024, load_params=True, lookup=True),
+      Finish()], "instruction 1 (STORE): looks up bytes before any STORE of the program loaded a table"),
+    ([Store(acc_addr=0, count=1, dram_addr=0, dram_stride=16, raw=True, table_addr=8160, load_table=True),
+      Finish()], "lookup table bytes 0x1fe0..0x20df lie outside memory"),
     ([Sync()], "end without FINISH"),
     ([Finish(), Sync()], "instruction 1 (SYNC): follows FINISH"),
 ])

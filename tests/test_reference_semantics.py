@@ -20,6 +20,7 @@ def naive_run(config, memory: np.ndarray, instructions) -> None:
     acc = np.zeros((config.acc_depth, config.cols), np.int64)
     bank = np.zeros((config.rows, config.cols), np.int64)
     params = np.zeros((3, config.cols), np.int64)
+    table = np.zeros(256, np.uint8)
     for ins in instructions:
         if isinstance(ins, Load):
             target = act if ins.buffer == Buffer.ACT else wgt
@@ -38,6 +39,8 @@ def naive_run(config, memory: np.ndarray, instructions) -> None:
             if ins.load_params:
                 params = memory[ins.param_addr:ins.param_addr + config.param_block_bytes].view(np.int32)
                 params = params.reshape(3, config.cols).astype(np.int64)
+            if ins.load_table:
+                table = memory[ins.table_addr:ins.table_addr + 256].copy()
             for i in range(ins.count):
                 row = acc[ins.acc_addr + i:ins.acc_addr + i + 1]
                 if ins.raw:
@@ -45,6 +48,7 @@ def naive_run(config, memory: np.ndarray, instructions) -> None:
                 else:
                     out = requantize(row, params[0], params[1], params[2] & 63, ins.out_zero_point,
                                      ins.clamp_min, ins.clamp_max, float32_scale=ins.float32_scale).reshape(-1)
+                    out = table[out] if ins.lookup else out
                 start = ins.dram_addr + i * ins.dram_stride
                 memory[start:start + out.size] = out
 
@@ -59,8 +63,9 @@ def random_program(config, rng: random.Random, length: int) -> Program:
         memory.data[4096 + b * config.param_block_bytes:][:config.param_block_bytes] = requantization_block(
             config, data.integers(-2 ** 20, 2 ** 20, config.cols), data.integers(0, 2 ** 31, config.cols),
             data.integers(0, 64, config.cols))
+    tables = [6144, 6400]  # random bytes, like the rest of memory
     beat = config.mem_bytes
-    instructions, params = [], False
+    instructions, params, table = [], False, False
     for _ in range(length):
         kind = rng.choice("LLCCCCCCS")
         if kind == "L":
@@ -82,14 +87,17 @@ def random_program(config, rng: random.Random, length: int) -> Program:
             count = rng.randint(1, 10)
             load_params = not params or rng.random() < 0.3
             params |= load_params
+            raw, load_table = rng.random() < 0.3, rng.random() < 0.3
+            table |= load_table
             low, high = (rng.randrange(-128, 0), rng.randrange(128)) if rng.random() < 0.7 else (
                 rng.randrange(100), rng.randrange(100, 256))
             instructions.append(Store(
                 acc_addr=rng.randrange(config.acc_depth - count + 1), count=count, dram_addr=beat * rng.randrange(750),
                 dram_stride=beat * rng.choice([0, 1, 4, 8, 16, 32]),
                 param_addr=4096 + config.param_block_bytes * rng.randrange(blocks), load_params=load_params,
-                raw=rng.random() < 0.3, float32_scale=rng.random() < 0.3, out_zero_point=rng.randrange(-50, 50),
-                clamp_min=low, clamp_max=high))
+                raw=raw, float32_scale=rng.random() < 0.3, out_zero_point=rng.randrange(-50, 50),
+                clamp_min=low, clamp_max=high, table_addr=rng.choice(tables), load_table=load_table,
+                lookup=table and not raw and rng.random() < 0.6))
     instructions.append(Finish())
     return Program.place(memory, instructions)
 
@@ -148,6 +156,7 @@ def planned_program(config, rng: random.Random, length: int) -> Program:
         memory.data[params + b * config.param_block_bytes:][:config.param_block_bytes] = requantization_block(
             config, data.integers(-2 ** 20, 2 ** 20, config.cols), data.integers(0, 2 ** 31, config.cols),
             data.integers(0, 64, config.cols))
+    tables = memory.place(data.integers(0, 256, 512, dtype=np.uint8))
     beat, R, chunk, span = config.mem_bytes, config.rows, 8, 8
     act_chunks, wgt_tiles = config.act_depth // chunk, config.wgt_depth // R
     instructions = [Load(Buffer.ACT, c * chunk, chunk, beat * rng.randrange(400), beat * rng.choice([0, 1, 2, 8, 9]))
@@ -155,7 +164,7 @@ def planned_program(config, rng: random.Random, length: int) -> Program:
     instructions += [Load(Buffer.WGT, t * R, R, beat * rng.randrange(400), beat * rng.choice([1, 4, 16]))
                      for t in range(wgt_tiles)]
     instructions.append(Compute(act_addr=0, count=1, acc_addr=0, wgt_addr=0, preload=True))
-    computed, loaded_params = {0: 1}, False
+    computed, loaded_params, loaded_table = {0: 1}, False, False
     for _ in range(length):
         kind = rng.choice("LCCCCS")
         if kind == "L":
@@ -187,11 +196,14 @@ def planned_program(config, rng: random.Random, length: int) -> Program:
             target = memory.allocate(computed[start] * stride)
             load_params = not loaded_params or rng.random() < 0.5
             loaded_params = True
+            load_table = rng.random() < 0.3
+            loaded_table |= load_table
             instructions.append(Store(
                 acc_addr=start, count=computed[start], dram_addr=target, dram_stride=stride,
                 param_addr=params + config.param_block_bytes * rng.randrange(4), load_params=load_params,
                 raw=raw, float32_scale=rng.random() < 0.3, out_zero_point=rng.randrange(-50, 50), clamp_min=-128,
-                clamp_max=127))
+                clamp_max=127, table_addr=tables + 256 * rng.randrange(2), load_table=load_table,
+                lookup=loaded_table and not raw and rng.random() < 0.6))
     instructions.append(Finish())
     return Program.place(memory, instructions)
 

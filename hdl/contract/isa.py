@@ -16,8 +16,11 @@ from mvu.hdl.contract.config import INSTRUCTION_BYTES
 __all__ = [
     "Opcode", "Field", "COMMON_FIELDS", "OPCODE_FIELDS", "Load", "Compute", "Store", "Sync", "Finish",
     "Instruction", "Buffer", "decode", "encode_program", "decode_program", "decode_columns", "encode_columns",
-    "ProgramError",
+    "ProgramError", "TABLE_BYTES",
 ]
+
+#: Bytes of a STORE's lookup table: one output byte for each of the 256 byte values.
+TABLE_BYTES = 256
 
 
 class ProgramError(ValueError):
@@ -93,6 +96,8 @@ OPCODE_FIELDS: dict[Opcode, dict[str, Field]] = {
         "load_params": Field(8, 1),
         "raw": Field(9, 1),
         "float32_scale": Field(10, 1),
+        "load_table": Field(11, 1),
+        "lookup": Field(12, 1),
         "acc_addr": Field(32, 16),
         "count": Field(48, 16),
         "dram_addr": Field(64, 32),
@@ -101,6 +106,7 @@ OPCODE_FIELDS: dict[Opcode, dict[str, Field]] = {
         "out_zero_point": Field(160, 16, signed=True),
         "clamp_min": Field(176, 16, signed=True),
         "clamp_max": Field(192, 16, signed=True),
+        "table_addr": Field(208, 32),
     },
     Opcode.SYNC: {},
     Opcode.FINISH: {},
@@ -117,7 +123,8 @@ _TOKEN_NAMES: dict[Opcode, dict[str, str]] = {
 }
 
 
-_FLAGS = frozenset({"preload", "accumulate", "act_signed", "load_params", "raw", "float32_scale", *(
+_FLAGS = frozenset({"preload", "accumulate", "act_signed", "load_params", "raw", "float32_scale", "load_table",
+                    "lookup", *(
     name for names in _TOKEN_NAMES.values() for name in names.values())})
 
 
@@ -205,7 +212,8 @@ class Store(_Encodable):
     ``raw`` writes the int32 accumulators unchanged (``4 * cols`` bytes per
     entry); otherwise each entry becomes ``cols`` requantized bytes, in
     fixed point or, with ``float32_scale``, in float32 arithmetic.
-    ``load_params`` first reads the per-channel block at ``param_addr``.
+    ``load_params`` first reads the per-channel block at ``param_addr``; ``load_table`` then reads the
+    256-byte table at ``table_addr``, and ``lookup`` replaces each requantized byte ``q`` by ``table[q]``.
     """
 
     opcode: ClassVar[Opcode] = Opcode.STORE
@@ -220,6 +228,9 @@ class Store(_Encodable):
     out_zero_point: int = 0
     clamp_min: int = -128
     clamp_max: int = 127
+    table_addr: int = 0
+    load_table: bool = False
+    lookup: bool = False
     wait_compute: bool = False
     signal_compute: bool = False
 

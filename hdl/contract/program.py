@@ -8,6 +8,7 @@ import numpy as np
 
 from mvu.hdl.contract.config import INSTRUCTION_BYTES, HardwareConfig
 from mvu.hdl.contract.isa import (
+    TABLE_BYTES,
     Buffer,
     Compute,
     Finish,
@@ -182,13 +183,16 @@ def _passes_checks(config: HardwareConfig, data: np.ndarray, c: dict[str, np.nda
                    | np.where(c["act_signed"].astype(bool), (zero_point < -128) | (zero_point > 127),
                               (zero_point < 0) | (zero_point > 255)))
     raw, load_params = c["raw"].astype(bool), c["load_params"].astype(bool) & is_store
+    load_table, lookup = c["load_table"].astype(bool) & is_store, c["lookup"].astype(bool)
     bad_store = (_outside_buffer(c["acc_addr"], count, config.acc_depth)
                  | _outside_memory(c["dram_addr"], count, c["dram_stride"],
                                    np.where(raw, config.acc_entry_bytes, config.cols), beat, size)
                  | (load_params & _outside_memory(c["param_addr"], 1, 0, config.param_block_bytes, beat, size))
                  | (~load_params & ~raw & (np.cumsum(load_params) == 0))
                  | (c["clamp_min"] > c["clamp_max"])
-                 | (~raw & ((c["clamp_min"] < -128) | (c["clamp_max"] > 255))))
+                 | (~raw & ((c["clamp_min"] < -128) | (c["clamp_max"] > 255)))
+                 | (load_table & _outside_memory(c["table_addr"], 1, 0, TABLE_BYTES, beat, size))
+                 | (lookup & (raw | (np.cumsum(load_table) == 0))))
     if (is_load & bad_load | is_compute & bad_compute | is_store & bad_store).any():
         return False
     blocks = data[c["param_addr"][load_params, None] + np.arange(config.param_block_bytes)]
@@ -249,7 +253,7 @@ def _explain(config: HardwareConfig, data: np.ndarray, instructions: list[Instru
             fail(index, f"more than {_TOKEN_LIMIT} {name.replace('_', ' ')} tokens outstanding")
 
     finished = False
-    params_loaded = False
+    params_loaded = table_loaded = False
     for index, ins in enumerate(instructions):
         if finished:
             fail(index, "follows FINISH and would never run")
@@ -286,6 +290,13 @@ def _explain(config: HardwareConfig, data: np.ndarray, instructions: list[Instru
                 fail(index, f"clamp_min {ins.clamp_min} exceeds clamp_max {ins.clamp_max}")
             if not ins.raw and not (-128 <= ins.clamp_min and ins.clamp_max <= 255):
                 fail(index, f"clamp range {ins.clamp_min}..{ins.clamp_max} does not fit a byte")
+            if ins.load_table:
+                check_dram(index, "lookup table", ins.table_addr, 1, 0, TABLE_BYTES)
+            table_loaded |= ins.load_table
+            if ins.lookup and ins.raw:
+                fail(index, "lookup applies to requantized bytes; a raw STORE cannot look them up")
+            if ins.lookup and not table_loaded:
+                fail(index, "looks up bytes before any STORE of the program loaded a table")
         elif isinstance(ins, Finish):
             finished = True
         for flag, action, token in _TOKEN_FLAGS.get(type(ins), ()):

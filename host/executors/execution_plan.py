@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mvu.hdl.contract.config import HardwareConfig
-from mvu.hdl.contract.isa import Opcode
+from mvu.hdl.contract.isa import TABLE_BYTES, Opcode
 from mvu.host.executors.fused_products import FusedProduct, fused_product
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul
 from mvu.host.executors.requantize import requantize_rows
@@ -69,6 +69,7 @@ class _Store:
     out_zero_point: int
     clamp_min: int
     clamp_max: int
+    table: int | None = None  # address of the lookup table applied to the bytes (None: no lookup)
 
 
 @dataclass
@@ -127,6 +128,7 @@ class ExecutionPlan:
                 del self._fused[index]
                 return False
         fused.run(rows.view(memory), where.view(memory))
+        _look_up(memory, store, where)
         return True
 
     @staticmethod
@@ -154,6 +156,7 @@ class ExecutionPlan:
         bias, multiplier, shift = self._parameters(memory, list(blocks), acc.shape[1])
         requantize_rows(acc, bias, multiplier, shift & 63, store.out_zero_point, store.clamp_min, store.clamp_max,
                         float32_scale=store.float32_scale, out=where.view(memory))
+        _look_up(memory, store, where)
 
     def _parameters(self, memory: np.ndarray, blocks: list, channels: int) -> np.ndarray:
         """Bias, multiplier and shift rows [3, channels] from consecutive column tiles' parameter blocks."""
@@ -165,6 +168,13 @@ class ExecutionPlan:
         per_block = [np.zeros((3, cols), np.int32) if address is None else
                      memory[address:address + size].view(np.int32).reshape(3, cols) for address in blocks]
         return np.concatenate(per_block, axis=1)[:, :channels]
+
+
+def _look_up(memory: np.ndarray, store: _Store, where: _Rows) -> None:
+    """Replace the bytes a lookup store wrote at ``where`` by their entries in its table."""
+    if store.table is not None:
+        written = where.view(memory)
+        np.take(memory[store.table:store.table + TABLE_BYTES], written, out=written)
 
 
 def _fusable(product: _Product) -> bool:
@@ -251,14 +261,15 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
     live: dict[int, tuple[int, list[_Term]]] = {}
     tile: _Rows | None = None
     params: int | None = None
+    table: int | None = None
     reads, writes, stores = [], [], []
     names = ("buffer", "sram_addr", "count", "dram_addr", "dram_stride", "act_addr", "acc_addr", "wgt_addr",
              "preload", "accumulate", "act_signed", "act_zero_point", "param_addr", "load_params", "raw",
-             "float32_scale", "out_zero_point", "clamp_min", "clamp_max")
+             "float32_scale", "out_zero_point", "clamp_min", "clamp_max", "table_addr", "load_table", "lookup")
     rows = zip(columns["opcode"].tolist(), *(columns[name].tolist() for name in names))
     for (op, buffer, sram_addr, count, dram_addr, dram_stride, act_addr, acc_addr, wgt_addr, preload, accumulate,
          signed, zero_point, param_addr, load_params, raw, float32_scale, out_zero_point, clamp_min,
-         clamp_max) in rows:
+         clamp_max, table_addr, load_table, lookup) in rows:
         if op == Opcode.LOAD:
             entries = act if buffer == 0 else wgt
             entries.fill(sram_addr, count, dram_addr, dram_stride)
@@ -285,6 +296,9 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
             if load_params:
                 params = param_addr
                 reads.append((param_addr, 1, config.param_block_bytes, 0))
+            if load_table:
+                table = table_addr
+                reads.append((table_addr, 1, TABLE_BYTES, 0))
             if live.get(acc_addr, (0,))[0] == count:
                 terms = tuple(live[acc_addr][1])
             elif owner[acc_addr:acc_addr + count].count(_ZERO) == count:
@@ -292,7 +306,8 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
             else:
                 raise _Unplannable("a store reads accumulator ranges in part")
             stores.append(_Store(terms, count, dram_addr, dram_stride, bool(raw), bool(float32_scale and not raw),
-                                 params if not raw else None, out_zero_point, clamp_min, clamp_max))
+                                 params if not raw else None, out_zero_point, clamp_min, clamp_max,
+                                 table if lookup else None))
             writes.append((dram_addr, count, 4 * C if raw else C, dram_stride))
     return stores, reads, writes
 
@@ -377,8 +392,8 @@ def _single_write(config: HardwareConfig, product: _Product) -> tuple[_Rows, np.
     params: dict[int, int | None] = {}
     for row, column, store in blocks:
         if (store.raw, store.float32_scale, store.out_zero_point, store.clamp_min, store.clamp_max,
-                store.dram_stride) != (first.raw, first.float32_scale, first.out_zero_point, first.clamp_min,
-                                       first.clamp_max, first.dram_stride):
+                store.dram_stride, store.table) != (first.raw, first.float32_scale, first.out_zero_point,
+                                                    first.clamp_min, first.clamp_max, first.dram_stride, first.table):
             return None
         if store.dram_addr != origin + row * store.dram_stride + column * element:
             return None

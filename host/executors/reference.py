@@ -9,7 +9,7 @@ from itertools import islice
 import numpy as np
 
 from mvu.hdl.contract.config import INSTRUCTION_BYTES, HardwareConfig
-from mvu.hdl.contract.isa import Buffer, Opcode
+from mvu.hdl.contract.isa import TABLE_BYTES, Buffer, Opcode
 from mvu.hdl.contract.program import Program, RunResult, check_program
 from mvu.hdl.contract.requantization import requantize
 from mvu.host.executors.execution_plan import ExecutionPlan, build_plan
@@ -28,9 +28,10 @@ _FIELDS = {
     Opcode.COMPUTE: ("act_addr", "count", "acc_addr", "wgt_addr", "preload", "accumulate", "act_signed",
                      "act_zero_point"),
     Opcode.STORE: ("acc_addr", "count", "dram_addr", "dram_stride", "param_addr", "load_params", "raw",
-                   "float32_scale", "out_zero_point", "clamp_min", "clamp_max"),
+                   "float32_scale", "out_zero_point", "clamp_min", "clamp_max", "table_addr", "load_table", "lookup"),
 }
-_RAW, _FLOAT32_SCALE = (_FIELDS[Opcode.STORE].index(name) for name in ("raw", "float32_scale"))
+_RAW, _FLOAT32_SCALE, _LOAD_TABLE, _LOOKUP = (_FIELDS[Opcode.STORE].index(name)
+                                              for name in ("raw", "float32_scale", "load_table", "lookup"))
 #: Distinct accumulator ranges left pending before all of them are computed (bounds the bookkeeping).
 _MAX_PENDING = 64
 
@@ -91,6 +92,7 @@ class _Machine:
         self.acc = np.zeros((config.acc_depth, config.cols), dtype=np.int32)
         self.tile = np.zeros((config.rows, config.cols), dtype=np.int8)  # the active weight bank
         self.params = np.zeros((3, config.cols), dtype=np.int32)
+        self.table = np.zeros(TABLE_BYTES, dtype=np.uint8)
         self.slices: dict[tuple, tuple] = {}  # activation slices read since the last ACT load
         self.pending: dict[tuple[int, int], _Pending] = {}
 
@@ -148,11 +150,14 @@ class _Machine:
             self.acc[rows] = _wrap_int32(part if pending.fresh else self.acc[rows] + part)
 
     def store(self, acc_addr: int, count: int, dram_addr: int, dram_stride: int, param_addr: int, load_params: int,
-              raw: int, float32_scale: int, out_zero_point: int, clamp_min: int, clamp_max: int) -> None:
+              raw: int, float32_scale: int, out_zero_point: int, clamp_min: int, clamp_max: int, table_addr: int,
+              load_table: int, lookup: int) -> None:
         cfg = self.config
         if load_params:
             block = self.memory[param_addr:param_addr + cfg.param_block_bytes]
             self.params = block.view(np.int32).reshape(3, cfg.cols).copy()
+        if load_table:
+            self.table = self.memory[table_addr:table_addr + TABLE_BYTES].copy()
         self.settle(acc_addr, count)
         rows = self.acc[acc_addr:acc_addr + count]
         if raw:
@@ -160,18 +165,21 @@ class _Machine:
         else:
             out = requantize(rows, self.params[0], self.params[1], self.params[2] & 63,
                              out_zero_point, clamp_min, clamp_max, float32_scale=bool(float32_scale))
+            if lookup:
+                out = self.table[out]
         _write_rows(self.memory, dram_addr, dram_stride, out)
 
     def stores(self, rows: list[tuple]) -> None:
         """A run of STOREs: their requantization as one computation, unless one of them loads a parameter
-        block that an earlier one of the run writes, or they mix arithmetic (then one at a time)."""
+        block that an earlier one of the run writes, or they mix arithmetic, or use a table (then one at a time)."""
         arithmetic = {row[_FLOAT32_SCALE] for row in rows if not row[_RAW]}  # of the requantizing STOREs
-        if len(rows) == 1 or self._writes_parameters(rows) or len(arithmetic) > 1:
+        tables = any(row[_LOAD_TABLE] or row[_LOOKUP] for row in rows)
+        if len(rows) == 1 or self._writes_parameters(rows) or len(arithmetic) > 1 or tables:
             for row in rows:
                 self.store(*row)
             return
         cfg, blocks, quantized = self.config, [], []
-        for acc_addr, count, _, _, param_addr, load_params, raw, _, out_zero_point, clamp_min, clamp_max in rows:
+        for acc_addr, count, _, _, param_addr, load_params, raw, _, out_zero_point, clamp_min, clamp_max, *_ in rows:
             self.settle(acc_addr, count)
             if load_params:
                 block = self.memory[param_addr:param_addr + cfg.param_block_bytes]
