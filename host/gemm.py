@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from mvu.hdl.contract.config import HardwareConfig
-from mvu.hdl.contract.isa import TABLE_BYTES, Buffer, Opcode
+from mvu.hdl.contract.isa import OPCODE_FIELDS, TABLE_BYTES, Buffer, Opcode
 from mvu.hdl.contract.program import InstructionColumns, MemoryImage, Program
 from mvu.hdl.contract.requantization import Requantization, requantization_block
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul
 from mvu.host.executors.requantize import requantize_rows
 
-__all__ = ["golden_gemm", "GemmTiling", "plan_gemm", "GemmProgram", "GemmError"]
+__all__ = ["golden_gemm", "GemmTiling", "plan_gemm", "GemmProgram", "GemmError", "ConvolutionInput"]
 
 _ADDRESS_SPACE = 1 << 32
 
@@ -43,6 +43,75 @@ def golden_gemm(a: np.ndarray, w: np.ndarray, act_zero_point: int = 0,
 
 
 @dataclass(frozen=True)
+class ConvolutionInput:
+    """A convolution's activations as a channels-last tensor ``x`` ``[N, H, W, C]`` and the windows it reads.
+
+    The product's rows are the output pixels, image after image, and its K the taps row by row with each tap's
+    channels together, as :func:`mvu.host.runtime.runner.im2col` lays out its patches; but no patch matrix is
+    formed: the program keeps ``x`` in memory, each pixel's channels padded with the zero point to a multiple of
+    ``rows``, and window LOADs (docs/isa.md) read the patches from it. ``pads`` are (top, left, bottom, right).
+    """
+
+    x: np.ndarray
+    kernel: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.x.dtype
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        """Output rows and columns of one image."""
+        _, h, w, _ = self.x.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        top, left, bottom, right = self.pads
+        return (h + top + bottom - dh * (kh - 1) - 1) // sh + 1, (w + left + right - dw * (kw - 1) - 1) // sw + 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The implicit patch matrix's shape, ``(N * Ho * Wo, kh * kw * C)``."""
+        n, _, _, c = self.x.shape
+        ho, wo = self.out_size
+        return n * ho * wo, self.kernel[0] * self.kernel[1] * c
+
+    def padded_channels(self, rows: int) -> int:
+        return -(-self.x.shape[3] // rows) * rows
+
+    def check(self) -> None:
+        """Refuse geometry that window LOADs cannot express, naming the limit."""
+        if self.x.ndim != 4:
+            raise GemmError(f"a convolution's input is a channels-last [N, H, W, C] tensor, not {self.x.shape}")
+        _, h, w, _ = self.x.shape
+        (kh, kw), (dh, dw) = self.kernel, self.dilations
+        top, left = self.pads[:2]
+        if min(self.out_size) < 1 or min(self.kernel) < 1 or min(self.dilations) < 1:
+            raise GemmError(f"convolution of {h} x {w} with kernel {self.kernel}, pads {self.pads} and dilations "
+                            f"{self.dilations} has no output")
+        if not all(1 <= s <= _WINDOW_LIMITS["stride"] for s in self.strides):
+            raise GemmError(f"window LOADs take strides 1..{_WINDOW_LIMITS['stride']}, not {self.strides}")
+        offsets = (-top, -left, (kh - 1) * dh - top, (kw - 1) * dw - left)
+        low, high = _WINDOW_LIMITS["offset"]
+        if not all(low <= o <= high for o in offsets):
+            raise GemmError(f"window LOADs take tap offsets (tap * dilation - pad) {low}..{high}; kernel "
+                            f"{self.kernel}, dilations {self.dilations} and pads {self.pads} need {offsets}")
+        if max(h, w, *self.out_size) > _WINDOW_LIMITS["size"]:
+            raise GemmError(f"window LOADs take images and outputs up to {_WINDOW_LIMITS['size']} pixels a side, "
+                            f"not {h} x {w} -> {self.out_size}")
+
+
+def _window_limits() -> dict:
+    fields = OPCODE_FIELDS[Opcode.LOAD]
+    return {"stride": fields["stride_y"].maximum, "offset": (fields["offset_y"].minimum, fields["offset_y"].maximum),
+            "size": fields["in_h"].maximum}
+
+
+_WINDOW_LIMITS = _window_limits()
+
+
+@dataclass(frozen=True)
 class GemmTiling:
     """How a product is cut up: rows per block, weight tiles per block and per chunk."""
 
@@ -54,6 +123,17 @@ class GemmTiling:
 def _blocks(total: int, size: int):
     for start in range(0, total, size):
         yield start, min(size, total - start)
+
+
+def _image_runs(first: int, count: int, per_image: int):
+    """Rows ``first .. first + count - 1`` of images of ``per_image`` rows each, as ``(offset in the rows,
+    (image, first row within it, rows))`` per image they cross."""
+    offset = 0
+    while offset < count:
+        image, row = divmod(first + offset, per_image)
+        run = min(count - offset, per_image - row)
+        yield offset, (image, row, run)
+        offset += run
 
 
 def _block_sizes(total: int, size: int) -> list[tuple[int, int]]:
@@ -105,18 +185,24 @@ class GemmProgram:
     activations ``[M][Kp]`` (padded with the zero point), weights ``[Kp][Np]``,
     outputs ``[M][Np]`` (int32 when raw). LOAD and STORE strides walk their
     rows, so the host writes activations and reads results without reshuffling
-    them. After an executor has run :attr:`program`, :meth:`result` reads the
+    them. Activations given as a :class:`ConvolutionInput` are stored as its padded tensor instead and read by
+    window LOADs (weights' K rows placed to match). After an executor has run :attr:`program`, :meth:`result` reads the
     ``M x N`` output back. An output ``table`` (256 bytes) is applied to each requantized byte by the STOREs
     (``lookup``), so an elementwise activation comes with the product. ``memory_bytes_per_cycle`` (default: one beat per
     cycle) tunes the tiling to the memory the program will run against.
     """
 
-    def __init__(self, config: HardwareConfig, a: np.ndarray, w: np.ndarray, *, act_zero_point: int = 0,
-                 requant: Requantization | None = None, tiling: GemmTiling | None = None,
+    def __init__(self, config: HardwareConfig, a: np.ndarray | ConvolutionInput, w: np.ndarray, *,
+                 act_zero_point: int = 0, requant: Requantization | None = None, tiling: GemmTiling | None = None,
                  memory_bytes_per_cycle: float | None = None, table: np.ndarray | None = None):
         self.config = config
-        a, w = np.asarray(a), np.asarray(w)
-        if a.ndim != 2 or w.ndim != 2:
+        self.conv = a if isinstance(a, ConvolutionInput) else None
+        if self.conv is None:
+            a = np.asarray(a)
+        else:
+            a.check()
+        w = np.asarray(w)
+        if len(a.shape) != 2 or w.ndim != 2:
             raise GemmError(f"expected 2-D operands, got activations {a.shape} and weights {w.shape}")
         if a.shape[1] != w.shape[0]:
             raise GemmError(f"activations {a.shape} and weights {w.shape} disagree on K")
@@ -132,6 +218,9 @@ class GemmProgram:
             raise GemmError(f"activation zero point {act_zero_point} is outside {low}..{high} for {a.dtype}")
         self.m, self.k = a.shape
         self.n = w.shape[1]
+        R = config.rows
+        self.k_pad = -(-self.k // R) * R if self.conv is None else (
+            self.conv.kernel[0] * self.conv.kernel[1] * self.conv.padded_channels(R))
         if requant is not None and requant.channels != self.n:
             raise GemmError(f"requantization has {requant.channels} channels; the product has {self.n}")
         self.act_zero_point, self.requant = act_zero_point, requant
@@ -139,7 +228,7 @@ class GemmProgram:
         if self.table is not None and (requant is None or self.table.size != TABLE_BYTES):
             raise GemmError(f"an output table needs requantized outputs and {TABLE_BYTES} entries")
         self._check_memory_size()
-        self.tiling = tiling or plan_gemm(config, self.m, self.k, self.n,
+        self.tiling = tiling or plan_gemm(config, self.m, self.k_pad, self.n,
                                           bytes_per_cycle=memory_bytes_per_cycle or config.mem_bytes)
         self._check_tiling()
         self.program = self._build(a, w)
@@ -150,9 +239,11 @@ class GemmProgram:
 
     def _check_memory_size(self):
         cfg = self.config
-        k_tiles, n_tiles = -(-self.k // cfg.rows), -(-self.n // cfg.cols)
+        k_tiles, n_tiles = self.k_pad // cfg.rows, -(-self.n // cfg.cols)
         out_row = cfg.cols * (4 if self.requant is None else 1)
-        needed = (k_tiles * self.m * cfg.rows + n_tiles * k_tiles * cfg.rows * cfg.cols
+        act_bytes = self.m * self.k_pad if self.conv is None else (
+            self.conv.x[..., :1].size * self.conv.padded_channels(cfg.rows))
+        needed = (act_bytes + n_tiles * k_tiles * cfg.rows * cfg.cols
                   + n_tiles * self.m * out_row + n_tiles * cfg.param_block_bytes)
         if needed >= _ADDRESS_SPACE:
             raise GemmError(f"this product needs {needed} bytes of external memory; the memory port "
@@ -169,8 +260,8 @@ class GemmProgram:
 
     def _build(self, a: np.ndarray, w: np.ndarray) -> Program:
         cfg, R, C = self.config, self.config.rows, self.config.cols
-        m, k, n = self.m, self.k, self.n
-        k_tiles, n_tiles = -(-k // R), -(-n // C)
+        m, n = self.m, self.n
+        k_tiles, n_tiles = self.k_pad // R, -(-n // C)
         self.n_tiles = n_tiles
         raw = self.requant is None
         out_row = 4 * C if raw else C
@@ -179,7 +270,7 @@ class GemmProgram:
         k_pad, n_pad = k_tiles * R, n_tiles * C
         a_base = self._a_base = memory.place(self._padded_activations(a))
         w_pad = np.zeros((k_pad, n_pad), dtype=np.int8)
-        w_pad[:k, :n] = w
+        w_pad[self._weight_rows(), :n] = w
         w_base = memory.place(w_pad)
         p_base = memory.allocate(n_tiles * cfg.param_block_bytes)
         table = {} if self.table is None else dict(table_addr=memory.place(self.table), lookup=True)
@@ -206,9 +297,12 @@ class GemmProgram:
             m0, rows, nt0, tiles_n = blocks[b]
             act_base, wgt_base = (c % 2) * act_half, (c % 2) * wgt_half
             j, i = np.arange(tiles_k), np.arange(tiles_n)
-            program.add(Opcode.LOAD, tiles_k, buffer=Buffer.ACT, sram_addr=act_base + j * rows, count=rows,
-                        dram_addr=a_base + m0 * k_pad + (kt0 + j) * R, dram_stride=k_pad,
-                        first={"wait_compute": c >= 2})
+            if self.conv is None:
+                program.add(Opcode.LOAD, tiles_k, buffer=Buffer.ACT, sram_addr=act_base + j * rows, count=rows,
+                            dram_addr=a_base + m0 * k_pad + (kt0 + j) * R, dram_stride=k_pad,
+                            first={"wait_compute": c >= 2})
+            else:
+                self._window_loads(program, a_base, m0, rows, kt0 + j, act_base + j * rows, c >= 2)
             program.add(Opcode.LOAD, tiles_n, buffer=Buffer.WGT, sram_addr=wgt_base + i * tiles_k * R,
                         count=tiles_k * R, dram_addr=w_base + kt0 * R * n_pad + (nt0 + i) * C, dram_stride=n_pad,
                         last={"signal_compute": True})
@@ -249,24 +343,73 @@ class GemmProgram:
         memory.trim()
         return placed
 
-    def _padded_activations(self, a: np.ndarray) -> np.ndarray:
-        """``a`` padded with the zero point to whole ``rows``-wide tiles: ``[M][Kp]``."""
-        k_pad = -(-self.k // self.config.rows) * self.config.rows
-        if k_pad == self.k:
-            return a
-        padded = np.full((self.m, k_pad), self.act_zero_point, dtype=a.dtype)
-        padded[:, :self.k] = a
+    def _window_loads(self, program: InstructionColumns, a_base: int, m0: int, rows: int, k_tiles: np.ndarray,
+                      sram_addr: np.ndarray, wait_compute: bool) -> None:
+        """Window LOADs of rows ``m0 .. m0 + rows - 1`` for K tiles ``k_tiles`` into ``sram_addr``: one per tile
+        and image the rows cross (image by image, tile by tile within an image)."""
+        conv, R = self.conv, self.config.rows
+        images, h, w, _ = conv.x.shape
+        ho, wo = conv.out_size
+        kw, (sh, sw), (dh, dw) = conv.kernel[1], conv.strides, conv.dilations
+        channels = conv.padded_channels(R)
+        tap, part = np.divmod(k_tiles, channels // R)
+        ty, tx = np.divmod(tap, kw)
+        first = {"wait_compute": wait_compute}
+        for placed, (image, pixel, count) in _image_runs(m0, rows, ho * wo):
+            start_y, start_x = divmod(pixel, wo)
+            program.add(Opcode.LOAD, k_tiles.size, buffer=Buffer.ACT, window=True, sram_addr=sram_addr + placed,
+                        count=count, dram_addr=a_base + image * h * w * channels + part * R, dram_stride=channels,
+                        row_stride=w * channels, in_h=h, in_w=w, out_w=wo, start_y=start_y, start_x=start_x,
+                        stride_y=sh, stride_x=sw, offset_y=ty * dh - conv.pads[0], offset_x=tx * dw - conv.pads[1],
+                        fill=self.act_zero_point & 0xFF, first=first)
+            first = {}
+
+    def _weight_rows(self) -> np.ndarray:
+        """Where each of the weights' K rows lies in the padded K: in order, or each tap's channels padded."""
+        if self.conv is None:
+            return np.arange(self.k)
+        taps, channels = self.conv.kernel[0] * self.conv.kernel[1], self.conv.x.shape[3]
+        return (np.arange(taps)[:, None] * self.conv.padded_channels(self.config.rows) + np.arange(channels)).ravel()
+
+    def _activation_region(self) -> np.ndarray:
+        """The activations in the program's memory: ``[M][Kp]``, or the tensor ``[N][H][W][Cp]``."""
+        size = self.m * self.k_pad if self.conv is None else self.conv.x[..., :1].size * self.conv.padded_channels(
+            self.config.rows)
+        region = self.program.memory.data[self._a_base:self._a_base + size]
+        return region.reshape(self.m, self.k_pad) if self.conv is None else region.reshape(
+            *self.conv.x.shape[:3], -1)
+
+    def _padded_activations(self, a: np.ndarray | ConvolutionInput) -> np.ndarray:
+        """``a`` padded with the zero point to whole ``rows``-wide tiles: ``[M][Kp]``; a convolution's tensor with
+        its channels padded to a multiple of ``rows``."""
+        values = a if self.conv is None else a.x
+        width = self.k_pad if self.conv is None else self.conv.padded_channels(self.config.rows)
+        if values.shape[-1] == width:
+            return values
+        padded = np.full((*values.shape[:-1], width), self.act_zero_point, dtype=values.dtype)
+        padded[..., :values.shape[-1]] = values
         return padded
 
-    def load_activations(self, a: np.ndarray) -> None:
-        """New activations of the same shape and type, so that the program can run again; clears the outputs."""
-        a = np.asarray(a)
-        if a.shape != (self.m, self.k) or a.dtype != (np.int8 if self.act_signed else np.uint8):
-            raise GemmError(f"expected {'int8' if self.act_signed else 'uint8'} activations of shape "
-                            f"{(self.m, self.k)}, got {a.dtype} {a.shape}")
-        k_pad = -(-self.k // self.config.rows) * self.config.rows
-        target = self.program.memory.data[self._a_base:self._a_base + self.m * k_pad].reshape(self.m, k_pad)
-        target.view(a.dtype)[:, :self.k] = a  # the padding columns keep the zero point
+    def load_activations(self, a: np.ndarray | ConvolutionInput) -> None:
+        """New activations of the same shape and type (for a convolution: a :class:`ConvolutionInput` of the same
+        geometry), so that the program can run again; clears the outputs."""
+        dtype = np.int8 if self.act_signed else np.uint8
+        if self.conv is None:
+            a = np.asarray(a)
+            if a.shape != (self.m, self.k) or a.dtype != dtype:
+                raise GemmError(f"expected {dtype.__name__} activations of shape {(self.m, self.k)}, "
+                                f"got {a.dtype} {a.shape}")
+            values = a
+        else:
+            if not isinstance(a, ConvolutionInput) or a.x.shape != self.conv.x.shape or a.x.dtype != dtype or (
+                    a.kernel, a.strides, a.pads, a.dilations) != (self.conv.kernel, self.conv.strides, self.conv.pads,
+                                                                  self.conv.dilations):
+                raise GemmError(f"expected a convolution input like the program's: {dtype.__name__} "
+                                f"{self.conv.x.shape}, kernel {self.conv.kernel}, strides {self.conv.strides}, "
+                                f"pads {self.conv.pads}, dilations {self.conv.dilations}")
+            values = a.x
+        target = self._activation_region()
+        target.view(dtype)[..., :values.shape[-1]] = values  # the padding keeps the zero point
         self.program.memory.data[self.out_base:self.out_base + self._out_bytes] = 0
 
     def result(self, *, copy: bool = True) -> np.ndarray:

@@ -77,10 +77,22 @@ COMMON_FIELDS: dict[str, Field] = {
 OPCODE_FIELDS: dict[Opcode, dict[str, Field]] = {
     Opcode.LOAD: {
         "buffer": Field(8, 1),
+        "window": Field(9, 1),
+        "stride_y": Field(10, 4),
+        "stride_x": Field(14, 4),
+        "fill": Field(24, 8),
         "sram_addr": Field(32, 16),
         "count": Field(48, 16),
         "dram_addr": Field(64, 32),
         "dram_stride": Field(96, 32),
+        "row_stride": Field(128, 32),
+        "in_h": Field(160, 16),
+        "in_w": Field(176, 16),
+        "out_w": Field(192, 16),
+        "start_y": Field(208, 16),
+        "start_x": Field(224, 16),
+        "offset_y": Field(240, 8, signed=True),
+        "offset_x": Field(248, 8, signed=True),
     },
     Opcode.COMPUTE: {
         "preload": Field(8, 1),
@@ -123,8 +135,8 @@ _TOKEN_NAMES: dict[Opcode, dict[str, str]] = {
 }
 
 
-_FLAGS = frozenset({"preload", "accumulate", "act_signed", "load_params", "raw", "float32_scale", "load_table",
-                    "lookup", *(
+_FLAGS = frozenset({"window", "preload", "accumulate", "act_signed", "load_params", "raw", "float32_scale",
+                    "load_table", "lookup", *(
     name for names in _TOKEN_NAMES.values() for name in names.values())})
 
 
@@ -169,7 +181,13 @@ class _Encodable:
 
 @dataclass(frozen=True)
 class Load(_Encodable):
-    """Copy ``count`` buffer entries from memory (entry ``i`` from ``dram_addr + i * dram_stride``)."""
+    """Copy ``count`` buffer entries from memory (entry ``i`` from ``dram_addr + i * dram_stride``).
+
+    With ``window`` the entries are the rows of an implicit im2col instead: entry ``i`` is output pixel
+    ``(start_y, start_x)`` advanced ``i`` steps in raster order over ``out_w`` columns, read from input pixel
+    ``(oy * stride_y + offset_y, ox * stride_x + offset_x)`` at ``dram_addr + iy * row_stride + ix * dram_stride``,
+    or ``fill`` in every byte where that pixel lies outside the ``in_h x in_w`` input (docs/isa.md).
+    """
 
     opcode: ClassVar[Opcode] = Opcode.LOAD
     buffer: Buffer
@@ -179,6 +197,18 @@ class Load(_Encodable):
     dram_stride: int
     wait_compute: bool = False
     signal_compute: bool = False
+    window: bool = False
+    row_stride: int = 0
+    in_h: int = 0
+    in_w: int = 0
+    out_w: int = 0
+    start_y: int = 0
+    start_x: int = 0
+    stride_y: int = 0
+    stride_x: int = 0
+    offset_y: int = 0
+    offset_x: int = 0
+    fill: int = 0
 
 
 @dataclass(frozen=True)

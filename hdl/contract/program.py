@@ -22,6 +22,7 @@ from mvu.hdl.contract.isa import (
     encode_columns,
     encode_program,
 )
+from mvu.hdl.contract.window import window_extent
 
 __all__ = ["MemoryImage", "Program", "InstructionColumns", "check_program", "RunResult"]
 
@@ -151,10 +152,22 @@ def check_program(config: HardwareConfig, memory: MemoryImage | np.ndarray, addr
     if end > size:
         raise ProgramError(f"program of {length} instructions at {address:#x} runs past the end of memory ({size} bytes)")
     columns = decode_columns(data[address:end].reshape(length, INSTRUCTION_BYTES))
+    _check_built_in(config, columns)
     if not _passes_checks(config, data, columns):
         _explain(config, data, decode_program(data[address:end].tobytes()))
         raise AssertionError("the vectorized program checks reject what the sequential ones accept")
     return columns
+
+
+def _check_built_in(config: HardwareConfig, c: dict[str, np.ndarray]) -> None:
+    """Refuse what the configuration's hardware leaves out: float32 requantization without ``float32_requant``."""
+    if config.float32_requant:
+        return
+    uses = np.flatnonzero((c["opcode"] == Opcode.STORE) & (c["float32_scale"] != 0) & (c["raw"] == 0))
+    if uses.size:
+        raise ProgramError(f"instruction {uses[0]} (STORE): float32_scale requantization is not built into "
+                           f"this configuration ({config.describe()}); use fixed-point scales or a "
+                           f"configuration with float32_requant")
 
 
 def _outside_buffer(start: np.ndarray, count: np.ndarray, depth) -> np.ndarray:
@@ -173,9 +186,15 @@ def _passes_checks(config: HardwareConfig, data: np.ndarray, c: dict[str, np.nda
         return False
     is_load, is_compute, is_store = op == Opcode.LOAD, op == Opcode.COMPUTE, op == Opcode.STORE
     act = c["buffer"] == Buffer.ACT
+    entry = np.where(act, config.act_entry_bytes, config.wgt_entry_bytes)
+    window = c["window"].astype(bool)
+    in_h, in_w = c["in_h"], c["in_w"]
+    bad_window = ((in_h < 1) | (in_w < 1) | (c["start_x"] >= c["out_w"]) | (c["row_stride"] % beat != 0)
+                  | _outside_memory(c["dram_addr"] + (in_h - 1) * c["row_stride"], in_w, c["dram_stride"], entry,
+                                    beat, size))
     bad_load = (_outside_buffer(c["sram_addr"], count, np.where(act, config.act_depth, config.wgt_depth))
-                | _outside_memory(c["dram_addr"], count, c["dram_stride"],
-                                  np.where(act, config.act_entry_bytes, config.wgt_entry_bytes), beat, size))
+                | np.where(window, bad_window, _outside_memory(c["dram_addr"], count, c["dram_stride"], entry, beat,
+                                                               size)))
     zero_point = c["act_zero_point"]
     bad_compute = (_outside_buffer(c["act_addr"], count, config.act_depth)
                    | _outside_buffer(c["acc_addr"], count, config.acc_depth)
@@ -261,7 +280,10 @@ def _explain(config: HardwareConfig, data: np.ndarray, instructions: list[Instru
             depth = config.act_depth if ins.buffer == Buffer.ACT else config.wgt_depth
             entry = config.act_entry_bytes if ins.buffer == Buffer.ACT else config.wgt_entry_bytes
             check_range(index, f"{ins.buffer.name} buffer", ins.sram_addr, ins.count, depth)
-            check_dram(index, "source", ins.dram_addr, ins.count, ins.dram_stride, entry)
+            if ins.window:
+                _check_window(ins, beat, size, entry, lambda message: fail(index, message))
+            else:
+                check_dram(index, "source", ins.dram_addr, ins.count, ins.dram_stride, entry)
         elif isinstance(ins, Compute):
             check_range(index, "activation", ins.act_addr, ins.count, config.act_depth)
             check_range(index, "accumulator", ins.acc_addr, ins.count, config.acc_depth)
@@ -304,6 +326,21 @@ def _explain(config: HardwareConfig, data: np.ndarray, instructions: list[Instru
                 (pop if action == "pop" else push)(index, token)
     if not finished:
         raise ProgramError(f"the program's {length} instructions end without FINISH")
+
+
+def _check_window(load: Load, beat: int, size: int, entry: int, fail) -> None:
+    """A window LOAD's descriptor: a non-empty input, its first pixel within a row of ``out_w``, beat-aligned
+    strides and the whole ``in_h x in_w`` input rectangle in memory."""
+    if load.in_h < 1 or load.in_w < 1:
+        fail(f"window input {load.in_h} x {load.in_w} is empty")
+    if load.start_x >= load.out_w:
+        fail(f"window start column {load.start_x} is not inside a row of out_w={load.out_w} outputs")
+    if load.dram_addr % beat or load.dram_stride % beat or load.row_stride % beat:
+        fail(f"window address {load.dram_addr:#x}, stride {load.dram_stride} and row stride {load.row_stride} "
+             f"must be multiples of the {beat}-byte memory beat")
+    end = window_extent(load.dram_addr, load.dram_stride, load.row_stride, load.in_h, load.in_w, entry)
+    if end > size:
+        fail(f"window input bytes {load.dram_addr:#x}..{end - 1:#x} lie outside memory ({size} bytes)")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from mvu.hdl.contract.isa import TABLE_BYTES, Opcode
 from mvu.host.executors.fused_products import FusedProduct, fused_product
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul
 from mvu.host.executors.requantize import requantize_rows
+from mvu.host.executors.window_gather import SCRATCH_BASE, WindowGather, layout_windows
 
 __all__ = ["ExecutionPlan", "build_plan"]
 
@@ -92,15 +93,16 @@ class ExecutionPlan:
     repacked when the memory's weights or parameters change.
     """
 
-    def __init__(self, config: HardwareConfig, products: list[_Product]):
-        self.config, self.products = config, products
+    def __init__(self, config: HardwareConfig, products: list[_Product], windows: WindowGather | None = None):
+        self.config, self.products, self.windows = config, products, windows
         self._fused: dict[int, FusedProduct | None] = {i: None for i, p in enumerate(products) if _fusable(p)}
 
     def run(self, memory: np.ndarray) -> None:
+        scratch = None if self.windows is None else self.windows.gather(memory)
         for index, product in enumerate(self.products):
-            if index in self._fused and self._run_fused(memory, index, product):
+            if index in self._fused and self._run_fused(memory, scratch, index, product):
                 continue
-            acc = self._multiply(memory, product)
+            acc = self._multiply(memory, scratch, product)
             if product.output is not None:
                 where, columns = product.output
                 self._store(memory, acc, product.blocks[0][2], columns, where)
@@ -111,7 +113,7 @@ class ExecutionPlan:
                 self._store(memory, block, store, [store.params], _Rows(store.dram_addr, store.rows, width,
                                                                         store.dram_stride))
 
-    def _run_fused(self, memory: np.ndarray, index: int, product: _Product) -> bool:
+    def _run_fused(self, memory: np.ndarray, scratch: np.ndarray | None, index: int, product: _Product) -> bool:
         """Run a fusable product as a :class:`FusedProduct`; ``False`` where onnxruntime cannot (never again
         tried for this product: that depends only on the instructions and the machine)."""
         where, blocks = product.output
@@ -127,15 +129,15 @@ class ExecutionPlan:
             if fused is None:
                 del self._fused[index]
                 return False
-        fused.run(rows.view(memory), where.view(memory))
+        fused.run(_activations(memory, scratch, rows), where.view(memory))
         _look_up(memory, store, where)
         return True
 
     @staticmethod
-    def _multiply(memory: np.ndarray, product: _Product) -> np.ndarray:
+    def _multiply(memory: np.ndarray, scratch: np.ndarray | None, product: _Product) -> np.ndarray:
         parts, zero_points = [], []
         for rows, signed, zero_point in product.act:
-            values = rows.view(memory)
+            values = _activations(memory, scratch, rows)
             values, zero_point = as_unsigned(values.view(np.int8) if signed else values, zero_point)
             parts.append(values)
             zero_points.append(np.full(rows.width, zero_point))
@@ -175,6 +177,13 @@ def _look_up(memory: np.ndarray, store: _Store, where: _Rows) -> None:
     if store.table is not None:
         written = where.view(memory)
         np.take(memory[store.table:store.table + TABLE_BYTES], written, out=written)
+
+
+def _activations(memory: np.ndarray, scratch: np.ndarray | None, rows: _Rows) -> np.ndarray:
+    """Activation rows: from memory, or from the scratch rows window LOADs gathered for this run."""
+    if rows.start < SCRATCH_BASE:
+        return rows.view(memory)
+    return rows._replace(start=rows.start - SCRATCH_BASE).view(scratch)
 
 
 def _fusable(product: _Product) -> bool:
@@ -416,10 +425,17 @@ def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_b
                ) -> ExecutionPlan | None:
     """The plan for a checked program (its decoded ``columns``, its instructions at ``program_bytes`` =
     ``(address, size)``), or ``None`` when the interpreter must run it."""
+    windows, window_reads = None, []
+    if columns["window"].any():
+        laid_out = layout_windows(columns, config.rows)
+        if laid_out is None:
+            return None
+        columns, windows, window_reads = laid_out
     try:
         stores, reads, writes = _trace(config, columns)
     except _Unplannable:
         return None
+    reads += window_reads
     written = _intervals(*_expand(writes))
     if written[0].size and (written[0][1:] < written[1][:-1]).any():
         return None  # stores overwrite each other: their order would matter
@@ -428,4 +444,4 @@ def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_b
         return None  # a store changes what the program reads
     if any(not store.terms for store in stores):
         return None  # a store of accumulators nothing was added to: rare, left to the interpreter
-    return ExecutionPlan(config, _products(config, stores))
+    return ExecutionPlan(config, _products(config, stores), windows)

@@ -12,6 +12,7 @@ from mvu.hdl.contract.config import INSTRUCTION_BYTES, HardwareConfig
 from mvu.hdl.contract.isa import TABLE_BYTES, Buffer, Opcode
 from mvu.hdl.contract.program import Program, RunResult, check_program
 from mvu.hdl.contract.requantization import requantize
+from mvu.hdl.contract.window import WINDOW_FIELDS, read_window
 from mvu.host.executors.execution_plan import ExecutionPlan, build_plan
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul, engine_name
 from mvu.host.executors.kernels import same_bytes
@@ -24,7 +25,7 @@ def _wrap_int32(values: np.ndarray) -> np.ndarray:
 
 
 _FIELDS = {
-    Opcode.LOAD: ("buffer", "sram_addr", "count", "dram_addr", "dram_stride"),
+    Opcode.LOAD: ("buffer", "sram_addr", "count", "dram_addr", "dram_stride", "window", *WINDOW_FIELDS),
     Opcode.COMPUTE: ("act_addr", "count", "acc_addr", "wgt_addr", "preload", "accumulate", "act_signed",
                      "act_zero_point"),
     Opcode.STORE: ("acc_addr", "count", "dram_addr", "dram_stride", "param_addr", "load_params", "raw",
@@ -96,9 +97,13 @@ class _Machine:
         self.slices: dict[tuple, tuple] = {}  # activation slices read since the last ACT load
         self.pending: dict[tuple[int, int], _Pending] = {}
 
-    def load(self, buffer: int, sram_addr: int, count: int, dram_addr: int, dram_stride: int) -> None:
+    def load(self, buffer: int, sram_addr: int, count: int, dram_addr: int, dram_stride: int, window: int,
+             *descriptor: int) -> None:
         target = self.act if buffer == Buffer.ACT else self.wgt
-        target[sram_addr:sram_addr + count] = _read_rows(self.memory, dram_addr, count, dram_stride, target.shape[1])
+        width = target.shape[1]
+        target[sram_addr:sram_addr + count] = (
+            read_window(self.memory, width, count, dram_addr, dram_stride, *descriptor) if window
+            else _read_rows(self.memory, dram_addr, count, dram_stride, width))
         if buffer == Buffer.ACT:
             self.slices.clear()
 

@@ -1,0 +1,118 @@
+"""Window LOADs (implicit im2col): convolutions from a channels-last tensor, equal to host im2col + the golden GEMM
+on the reference (plans and the interpreter) and on the RTL, and the checks on their descriptors."""
+
+import numpy as np
+import pytest
+from conftest import NARROW, TINY
+
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.isa import Buffer, Finish, Load, ProgramError, decode
+from mvu.hdl.contract.program import MemoryImage, Program, check_program
+from mvu.hdl.contract.requantization import Requantization
+from mvu.host.executors import reference
+from mvu.host.executors.reference import ReferenceExecutor
+from mvu.host.gemm import ConvolutionInput, GemmError, GemmProgram, golden_gemm
+from mvu.host.runtime.runner import im2col
+
+#: (batch, channels, height, width, filters, kernel, strides, pads, dilations)
+SHAPES = {
+    "3x3 s1 p1": (1, 8, 7, 6, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    "3x3 s2 p1": (1, 8, 9, 8, 6, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    "1x1 s2": (1, 12, 7, 9, 7, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
+    "7x7 s2 p3": (1, 8, 11, 10, 4, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1)),
+    "3x3 dilation 2": (1, 8, 9, 9, 5, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),
+    "batch 2, odd, uneven pads": (2, 5, 5, 7, 3, (3, 2), (2, 1), (0, 1, 2, 0), (1, 2)),
+}
+
+
+def conv_case(rng, shape, signed=False):
+    n, c, h, w, f, kernel, strides, pads, dilations = shape
+    dtype, low, high = (np.int8, -128, 128) if signed else (np.uint8, 0, 256)
+    x = rng.integers(low, high, (n, h, w, c), dtype=dtype)
+    weights = rng.integers(-128, 128, (kernel[0] * kernel[1] * c, f), dtype=np.int8)
+    zero_point = int(rng.integers(low, high))
+    requant = Requantization.from_scales(rng.uniform(1e-4, 1e-2, f), rng.integers(-3000, 3000, f),
+                                         out_zero_point=int(rng.integers(-5, 5)))
+    conv = ConvolutionInput(x, kernel, strides, pads, dilations)
+    patches, _, _ = im2col(x.transpose(0, 3, 1, 2), kernel, strides, pads, dilations, zero_point)
+    return conv, weights, zero_point, requant, golden_gemm(patches, weights, zero_point, requant)
+
+
+def run(executor, config, conv, weights, zero_point, requant):
+    gemm = GemmProgram(config, conv, weights, act_zero_point=zero_point, requant=requant)
+    assert any(ins.window for ins in gemm.program.instructions() if isinstance(ins, Load))
+    executor.run(gemm.program)
+    return gemm
+
+
+@pytest.mark.parametrize("plan", [True, False], ids=["plan", "interpreter"])
+@pytest.mark.parametrize("config", [TINY, NARROW, HardwareConfig()], ids=["tiny", "narrow", "default"])
+@pytest.mark.parametrize("name", SHAPES)
+def test_convolutions_equal_host_im2col_on_the_reference(name, config, plan, monkeypatch):
+    if not plan:
+        monkeypatch.setattr(reference, "build_plan", lambda *args: None)
+    rng = np.random.default_rng(len(name))
+    case = conv_case(rng, SHAPES[name], signed=name.startswith("batch"))
+    gemm = run(ReferenceExecutor(config), config, *case[:4])
+    assert (gemm.program.notes[ReferenceExecutor._NOTE].plan is not None) == plan
+    np.testing.assert_array_equal(gemm.result(), case[4])
+
+
+def test_a_rerun_reads_new_activations():
+    rng = np.random.default_rng(3)
+    conv, weights, zero_point, requant, _ = conv_case(rng, SHAPES["3x3 s2 p1"])
+    gemm = run(ReferenceExecutor(NARROW), NARROW, conv, weights, zero_point, requant)
+    again, *_ = conv_case(rng, SHAPES["3x3 s2 p1"])
+    gemm.load_activations(again)
+    ReferenceExecutor(NARROW).run(gemm.program)
+    patches, _, _ = im2col(again.x.transpose(0, 3, 1, 2), again.kernel, again.strides, again.pads,
+                           again.dilations, zero_point)
+    np.testing.assert_array_equal(gemm.result(), golden_gemm(patches, weights, zero_point, requant))
+    with pytest.raises(GemmError, match="convolution input like the program's"):
+        gemm.load_activations(ConvolutionInput(again.x, (1, 1)))
+
+
+def test_geometry_beyond_the_descriptor_is_refused():
+    x = np.zeros((1, 4, 4, 8), np.uint8)
+    with pytest.raises(GemmError, match="strides 1..15"):
+        GemmProgram(TINY, ConvolutionInput(x, (1, 1), (16, 1)), np.zeros((8, 4), np.int8))
+    with pytest.raises(GemmError, match="tap offsets"):
+        GemmProgram(TINY, ConvolutionInput(x, (3, 3), (1, 1), (200, 0, 200, 0)), np.zeros((72, 4), np.int8))
+
+
+def window(**fields) -> Load:
+    base = dict(buffer=Buffer.ACT, sram_addr=0, count=6, dram_addr=64, dram_stride=4, window=True, row_stride=16,
+                in_h=3, in_w=4, out_w=3, start_y=0, start_x=1, stride_y=1, stride_x=1, offset_y=-1, offset_x=-1,
+                fill=9)
+    return Load(**(base | fields))
+
+
+def test_window_fields_round_trip():
+    load = window(offset_y=-128, offset_x=127, stride_y=15, fill=255, start_y=65535, row_stride=(1 << 32) - 4)
+    assert decode(load.encode()) == load
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(in_w=0), "window input 3 x 0 is empty"),
+    (dict(start_x=3), "start column 3 is not inside a row of out_w=3"),
+    (dict(row_stride=6), "multiples of the 4-byte memory beat"),
+    (dict(in_h=8), "window input bytes 0x40..0xbf lie outside memory"),
+])
+def test_window_descriptors_are_checked(fields, message):
+    memory = MemoryImage(128)
+    program = Program.place(memory, [window(**fields), Finish()])
+    with pytest.raises(ProgramError, match=message):
+        check_program(TINY, program.memory, program.address, program.length)
+
+
+def test_padded_entries_read_no_memory_beyond_the_input():
+    """A window that only pads may sit at the end of memory: entries outside the input read nothing."""
+    memory = MemoryImage(128)
+    memory.data[64:112] = np.arange(48)
+    program = Program.place(memory, [window(), Finish()])
+    machine = reference._Machine(TINY, program.memory.data)
+    instruction = program.instructions()[0]
+    machine.load(*(getattr(instruction, name) for name in reference._FIELDS[Load.opcode]))
+    # Output pixels (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0): input pixel (oy - 1, ox - 1).
+    expected = [[9] * 4, [9] * 4, [9] * 4, list(range(0, 4)), list(range(4, 8)), [9] * 4]
+    np.testing.assert_array_equal(machine.act[:6], expected)
