@@ -59,15 +59,17 @@ class PostProcessor(wiring.Component):
     product, and ``rint`` rounds that to an integer, each half to even.
 
     ``out_raw`` carries the unmodified accumulators of valid rows with the same latency.
-    The parameters are not pipelined: hold them while rows are in flight.
+    The parameters are not pipelined: hold them while rows are in flight. Built with
+    ``float32=False`` it has only the fixed-point path (``float32_scale`` is ignored), which
+    saves each lane's float32 rounding logic; the multiplier stays.
     """
 
     latency = 6
 
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, *, float32: bool = True):
         if lanes < 1:
             raise ValueError(f"lanes must be at least 1, not {lanes}")
-        self.lanes = lanes
+        self.lanes, self.float32 = lanes, float32
         super().__init__({
             "in_valid": In(1),
             "in_acc": In(ArrayLayout(signed(32), lanes)),
@@ -100,23 +102,21 @@ class PostProcessor(wiring.Component):
             biased = reg(signed(32), "biased")
             stages[0].append(biased.eq(self.in_acc[lane] + self.bias[lane]))
             shift, float32 = self.shift[lane], self.float32_scale
+            factor, product = reg(signed(32), "factor"), reg(signed(64), "product")
 
             # Stage 2. float32: x as a 24-bit significand F * 2**k (sign aside); fixed point: x itself.
-            magnitude = Signal(unsigned(32), name=f"magnitude_{lane}")
-            m.d.comb += magnitude.eq(Mux(biased < 0, -biased, biased))
-            k = _bit_length(m, magnitude[_SIGNIFICAND:], f"k_{lane}")
-            negative = [reg(1, f"negative_{stage}") for stage in (2, 3, 4)]
-            factor, exponent = reg(signed(32), "factor"), reg(range(9), "exponent")
-            stages[1] += [negative[0].eq(biased < 0), exponent.eq(k),
-                          factor.eq(Mux(float32, _round_right(magnitude, k), biased))]
+            if self.float32:
+                significand, floated = self._float32_path(m, stages, lane, biased, product)
+                stages[1].append(factor.eq(Mux(float32, significand, biased)))
+                multiplier = Mux(float32, self.multiplier[lane][:_SIGNIFICAND], self.multiplier[lane])
+            else:
+                stages[1].append(factor.eq(biased))
+                multiplier = self.multiplier[lane]
 
             # Stage 3: one multiplier for both: x * multiplier, or F * S (S: the scale's 24-bit significand).
-            product = reg(signed(64), "product")
-            power = reg(signed(8), "power_3")  # k - shift
-            multiplier = Mux(float32, self.multiplier[lane][:_SIGNIFICAND], self.multiplier[lane])
-            stages[2] += [negative[1].eq(negative[0]), product.eq(factor * multiplier), power.eq(exponent - shift)]
+            stages[2].append(product.eq(factor * multiplier))
 
-            # Stage 4. Fixed point: shift, rounding half up. float32: the product to 24 significant bits T * 2**j.
+            # Stage 4. Fixed point: shift, rounding half up.
             scaled = reg(signed(64), "scaled")
             # 1 << shift >> 1, written as a right shift so no 127-bit intermediate appears.
             rounding = Signal(unsigned(63), name=f"rounding_{lane}")
@@ -124,30 +124,16 @@ class PostProcessor(wiring.Component):
             # |product| < 2**62 and rounding <= 2**62: the sum fits 64 bits (65 would slow Verilator down).
             rounded = Signal(signed(64), name=f"rounded_{lane}")
             m.d.comb += rounded.eq(product + rounding)
-            exact = product[:2 * _SIGNIFICAND + 1]  # F * S < 2**49
-            j = _bit_length(m, exact[_SIGNIFICAND:], f"j_{lane}")
-            kept, kept_power = reg(unsigned(_SIGNIFICAND + 1), "kept"), reg(signed(8), "power_4")
-            stages[3] += [scaled.eq(rounded >> shift), negative[2].eq(negative[1]),
-                          kept.eq(_round_right(exact, j)), kept_power.eq(power + j)]
+            stages[3].append(scaled.eq(rounded >> shift))
 
-            # Stage 5. Fixed point: saturated. float32: T * 2**(j + k - shift), rounded to an integer.
+            # Stage 5. Fixed point: saturated.
             fixed = reg(signed(22), "fixed")
             stages[4].append(fixed.eq(_saturated(scaled)))
-            # kept * 2**kept_power, rounded; kept is at most 2**24, so shifting right by more than 25 gives 0 like 25.
-            right = Signal(range(_SIGNIFICAND + 2), name=f"right_{lane}")
-            m.d.comb += right.eq(Mux(kept_power < -(_SIGNIFICAND + 1), _SIGNIFICAND + 1, -kept_power))
-            whole = _round_right(kept, right)
-            magnitude_out = Mux(kept_power >= 0,
-                                Mux(kept == 0, 0, Mux(kept_power > _SATURATE_BITS, _SATURATE,
-                                                      kept << kept_power[:5])), whole)
-            floated = reg(signed(22), "floated")
-            limited = Signal(unsigned(_SIGNIFICAND + 1 + _SATURATE_BITS), name=f"limited_{lane}")
-            m.d.comb += limited.eq(magnitude_out)
-            stages[4].append(floated.eq(_saturated(Mux(negative[2], -limited.as_signed(), limited.as_signed()))))
+            result = Mux(float32, floated, fixed) if self.float32 else fixed
 
             clamped = reg(signed(16), "clamped")
             shifted = Signal(signed(23), name=f"shifted_{lane}")
-            m.d.comb += shifted.eq(Mux(float32, floated, fixed) + self.out_zero_point)
+            m.d.comb += shifted.eq(result + self.out_zero_point)
             stages[5].append(clamped.eq(Mux(shifted < self.clamp_min, self.clamp_min,
                                             Mux(shifted > self.clamp_max, self.clamp_max, shifted))))
             for stage, assignments in enumerate(stages):
@@ -156,3 +142,39 @@ class PostProcessor(wiring.Component):
             m.d.comb += [self.out_data[lane].eq(clamped[:8]), self.out_raw[lane].eq(raw[-1])]
         m.d.comb += self.out_valid.eq(valid[-1])
         return m
+
+    def _float32_path(self, m: Module, stages: list[list], lane: int, biased: Signal,
+                      product: Signal) -> tuple[Value, Signal]:
+        """The float32 path's own logic in ``stages``: returns the significand F of ``biased`` (stage 2's
+        input) and the register holding ``rint(F * S * 2**(k - shift))``, saturated (stage 5's output),
+        where ``product`` (stage 3) is F * S."""
+        reg = lambda shape, name: Signal(shape, name=f"{name}_{lane}", reset_less=True)
+        magnitude = Signal(unsigned(32), name=f"magnitude_{lane}")
+        m.d.comb += magnitude.eq(Mux(biased < 0, -biased, biased))
+        k = _bit_length(m, magnitude[_SIGNIFICAND:], f"k_{lane}")
+        negative = [reg(1, f"negative_{stage}") for stage in (2, 3, 4)]
+        exponent = reg(range(9), "exponent")
+        stages[1] += [negative[0].eq(biased < 0), exponent.eq(k)]
+
+        power = reg(signed(8), "power_3")  # k - shift
+        stages[2] += [negative[1].eq(negative[0]), power.eq(exponent - self.shift[lane])]
+
+        # Stage 4: the product to 24 significant bits T * 2**j.
+        exact = product[:2 * _SIGNIFICAND + 1]  # F * S < 2**49
+        j = _bit_length(m, exact[_SIGNIFICAND:], f"j_{lane}")
+        kept, kept_power = reg(unsigned(_SIGNIFICAND + 1), "kept"), reg(signed(8), "power_4")
+        stages[3] += [negative[2].eq(negative[1]), kept.eq(_round_right(exact, j)), kept_power.eq(power + j)]
+
+        # Stage 5: T * 2**(j + k - shift), rounded to an integer.
+        # kept * 2**kept_power, rounded; kept is at most 2**24, so shifting right by more than 25 gives 0 like 25.
+        right = Signal(range(_SIGNIFICAND + 2), name=f"right_{lane}")
+        m.d.comb += right.eq(Mux(kept_power < -(_SIGNIFICAND + 1), _SIGNIFICAND + 1, -kept_power))
+        whole = _round_right(kept, right)
+        magnitude_out = Mux(kept_power >= 0,
+                            Mux(kept == 0, 0, Mux(kept_power > _SATURATE_BITS, _SATURATE,
+                                                  kept << kept_power[:5])), whole)
+        floated = reg(signed(22), "floated")
+        limited = Signal(unsigned(_SIGNIFICAND + 1 + _SATURATE_BITS), name=f"limited_{lane}")
+        m.d.comb += limited.eq(magnitude_out)
+        stages[4].append(floated.eq(_saturated(Mux(negative[2], -limited.as_signed(), limited.as_signed()))))
+        return _round_right(magnitude, k), floated

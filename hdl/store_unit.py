@@ -47,7 +47,7 @@ class StoreUnit(wiring.Component):
         m = Module()
         P, C = self.config.mem_bytes, self.config.cols
         param_beats = self.config.param_block_bytes // P
-        m.submodules.ppu = ppu = PostProcessor(C)
+        m.submodules.ppu = ppu = PostProcessor(C, float32=self.config.float32_requant)
         m.submodules.rows = rows = SyncFIFOBuffered(width=32 * C, depth=_ROW_FIFO_DEPTH)
 
         word = self.instr.payload

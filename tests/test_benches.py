@@ -17,6 +17,10 @@ def test_post_processor():
     run_bench("bench_post_processor")
 
 
+def test_post_processor_without_float32():
+    run_bench("bench_post_processor_fixed")
+
+
 def test_load_unit():
     run_bench("bench_load_unit")
 

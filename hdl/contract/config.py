@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["HardwareConfig", "INSTRUCTION_BYTES"]
+__all__ = ["HardwareConfig", "INSTRUCTION_BYTES", "PRESETS", "preset"]
 
 #: Every instruction is 256 bits wide (see docs/isa.md).
 INSTRUCTION_BYTES = 32
@@ -26,6 +26,9 @@ class HardwareConfig:
     array pass covers) and ``cols`` the number of output channels computed at
     once. Buffer depths count entries: an activation entry holds ``rows``
     bytes, a weight entry ``cols`` bytes, an accumulator entry ``cols`` int32.
+    ``float32_requant`` builds the post-processor's float32 requantization
+    (STORE's ``float32_scale``); without it the post-processor is smaller and
+    programs that use it are refused.
     """
 
     rows: int = 32
@@ -36,6 +39,7 @@ class HardwareConfig:
     mem_bytes: int = 32
     queue_depth: int = 16
     clock_mhz: float = 100.0
+    float32_requant: bool = True
 
     def __post_init__(self) -> None:
         for name in ("rows", "cols", "act_depth", "wgt_depth", "acc_depth", "queue_depth"):
@@ -64,6 +68,8 @@ class HardwareConfig:
             raise ValueError(f"queue_depth must be between 2 and 256, not {self.queue_depth}")
         if not (isinstance(self.clock_mhz, (int, float)) and self.clock_mhz > 0):
             raise ValueError(f"clock_mhz must be a positive number, not {self.clock_mhz!r}")
+        if not isinstance(self.float32_requant, bool):
+            raise TypeError(f"float32_requant must be true or false, not {self.float32_requant!r}")
 
     # Derived sizes -------------------------------------------------------
 
@@ -119,10 +125,37 @@ class HardwareConfig:
     @property
     def fingerprint(self) -> int:
         """A 32-bit hash of the configuration, also readable from the hardware's CSRs."""
-        text = json.dumps(self.to_dict(), sort_keys=True).encode()
+        # Options added later count only when they differ from their default, so older
+        # configurations (and the bitstreams and packages built for them) keep their fingerprint.
+        identity = {name: value for name, value in self.to_dict().items()
+                    if not (name in _LATER_OPTIONS and value == _LATER_OPTIONS[name])}
+        text = json.dumps(identity, sort_keys=True).encode()
         return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
 
     def describe(self) -> str:
         return (f"{self.rows}x{self.cols} array, act {self.act_depth}, wgt {self.wgt_depth}, "
                 f"acc {self.acc_depth} entries, {8 * self.mem_bytes}-bit memory port, "
-                f"{self.clock_mhz:g} MHz")
+                f"{self.clock_mhz:g} MHz" + ("" if self.float32_requant else ", no float32 requantization"))
+
+
+#: Options added after the first bitstreams and packages, with the default they had before.
+_LATER_OPTIONS = {"float32_requant": True}
+
+#: Named configurations, each sized to its board's chip (budgets and estimates: hdl/resources.py).
+PRESETS: dict[str, HardwareConfig] = {
+    "default": HardwareConfig(),
+    # LFE5U-85F (156 MULT18X18D): an 8x8 array (64) and an 8-lane fixed-point post-processor (4 each).
+    "ulx3s-85f": HardwareConfig(rows=8, cols=8, act_depth=2048, wgt_depth=1024, acc_depth=1024, mem_bytes=8,
+                                clock_mhz=50.0, float32_requant=False),
+    # iCE40UP5K: the smallest array the contract allows.
+    "icebreaker": HardwareConfig(rows=4, cols=4, act_depth=512, wgt_depth=256, acc_depth=256, mem_bytes=4,
+                                 queue_depth=4, clock_mhz=12.0, float32_requant=False),
+}
+
+
+def preset(name: str) -> HardwareConfig:
+    """The preset ``name``; a ValueError lists the presets when there is none."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"no hardware preset {name!r}; presets: {', '.join(PRESETS)}") from None

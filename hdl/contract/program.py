@@ -152,10 +152,22 @@ def check_program(config: HardwareConfig, memory: MemoryImage | np.ndarray, addr
     if end > size:
         raise ProgramError(f"program of {length} instructions at {address:#x} runs past the end of memory ({size} bytes)")
     columns = decode_columns(data[address:end].reshape(length, INSTRUCTION_BYTES))
+    _check_built_in(config, columns)
     if not _passes_checks(config, data, columns):
         _explain(config, data, decode_program(data[address:end].tobytes()))
         raise AssertionError("the vectorized program checks reject what the sequential ones accept")
     return columns
+
+
+def _check_built_in(config: HardwareConfig, c: dict[str, np.ndarray]) -> None:
+    """Refuse what the configuration's hardware leaves out: float32 requantization without ``float32_requant``."""
+    if config.float32_requant:
+        return
+    uses = np.flatnonzero((c["opcode"] == Opcode.STORE) & (c["float32_scale"] != 0) & (c["raw"] == 0))
+    if uses.size:
+        raise ProgramError(f"instruction {uses[0]} (STORE): float32_scale requantization is not built into "
+                           f"this configuration ({config.describe()}); use fixed-point scales or a "
+                           f"configuration with float32_requant")
 
 
 def _outside_buffer(start: np.ndarray, count: np.ndarray, depth) -> np.ndarray:

@@ -15,14 +15,15 @@ from mvu.sim.benches.runner import pack, start, unpack
 LANES = 4
 LATENCY = PostProcessor.latency
 INT32 = (-(1 << 31), 1 << 31)
+STYLES = ("wide", "scaled", "tiny", "float wide", "float scaled", "float ties")
 
 
 def component() -> PostProcessor:
     return PostProcessor(LANES)
 
 
-def random_burst(rng: np.random.Generator):
-    """Accumulator rows and parameters of one burst, drawn from one of six styles.
+def random_burst(rng: np.random.Generator, styles: tuple[str, ...] = STYLES):
+    """Accumulator rows and parameters of one burst, drawn from one of ``styles``.
 
     Fixed point: ``wide``: any int32 accumulator and bias (sums wrap), any
     multiplier and shift. ``scaled``: random magnitudes with shifts that bring the
@@ -34,7 +35,7 @@ def random_burst(rng: np.random.Generator):
     their order decide the result.
     """
     rows = int(rng.integers(1, 17))
-    style = rng.choice(["wide", "scaled", "tiny", "float wide", "float scaled", "float ties"])
+    style = rng.choice(styles)
     float32_scale = style.startswith("float")
     bias = rng.integers(*INT32, LANES) >> rng.integers(0, 32, LANES)
     if style == "tiny":
@@ -81,10 +82,12 @@ def random_burst(rng: np.random.Generator):
     return acc, params
 
 
-async def check_bursts(dut, rng: np.random.Generator, bursts: int, shift: int | None = None) -> int:
+async def check_bursts(dut, rng: np.random.Generator, bursts: int, shift: int | None = None,
+                       styles: tuple[str, ...] = STYLES, ignored_float32: bool = False) -> int:
     """Stream ``bursts`` random bursts; check ``out_valid`` every cycle, ``out_data`` and ``out_raw`` per row.
 
-    ``shift``, if given, replaces every lane's random shift. Parameters change
+    ``shift``, if given, replaces every lane's random shift. ``ignored_float32``: the block has no
+    float32 path, so ``float32_scale`` is driven at random and the fixed-point result expected. Parameters change
     in the cycle the previous burst's last row comes out, the earliest the
     contract allows; ``in_acc`` carries random values between rows.
     Returns the number of rows checked.
@@ -92,11 +95,14 @@ async def check_bursts(dut, rng: np.random.Generator, bursts: int, shift: int | 
     drive, expect = [], []
     garbage = lambda: pack(rng.integers(*INT32, LANES), 32)
     for _ in range(bursts):
-        acc, params = random_burst(rng)
+        acc, params = random_burst(rng, styles)
+        if ignored_float32:
+            params["float32_scale"] = int(rng.integers(0, 2))
         if shift is not None:
             params["shift"] = np.full(LANES, shift)
         want = requantize(acc, params["bias"], params["multiplier"], params["shift"], params["out_zero_point"],
-                          params["clamp_min"], params["clamp_max"], float32_scale=bool(params["float32_scale"]))
+                          params["clamp_min"], params["clamp_max"],
+                          float32_scale=bool(params["float32_scale"]) and not ignored_float32)
         ports = {"bias": pack(params["bias"], 32), "multiplier": pack(params["multiplier"], 32),
                  "shift": pack(params["shift"], 6),
                  **{name: params[name] for name in ("float32_scale", "out_zero_point", "clamp_min", "clamp_max")}}
