@@ -20,7 +20,7 @@ def scheduler(run_seconds=0.05, fail=False, **limits):
             time.sleep(run_seconds)
             if fail:
                 raise RuntimeError("secret internals")
-            return images * 2, 10 * len(images)
+            return {"double": images * 2, "negated": -images}, 10 * len(images)
         return run
 
     s = BatchScheduler("stand-in", setup, **limits)
@@ -42,8 +42,9 @@ def test_results_return_to_their_requests_and_queued_requests_share_a_batch():
         return await first, await asyncio.gather(*rest)
 
     first, rest = asyncio.run(main())
-    assert first.outputs.tolist() == [[2]] and first.batch_size == 1
-    assert [r.outputs.ravel().tolist() for r in rest] == [[4, 4], [6, 6], [8, 8]]
+    assert first.outputs["double"].tolist() == [[2]] and first.batch_size == 1
+    assert [r.outputs["double"].ravel().tolist() for r in rest] == [[4, 4], [6, 6], [8, 8]]
+    assert [r.outputs["negated"].ravel().tolist() for r in rest] == [[-2, -2], [-3, -3], [-4, -4]]
     assert sizes == [1, 6] and all(r.batch_size == 6 and r.cycles == 60 for r in rest)
     assert all(r.queue_seconds > 0.02 for r in rest)
 
@@ -98,7 +99,7 @@ def test_limits_timeouts_and_failures_are_clear():
     too_big, full, running, queued = asyncio.run(main())
     assert too_big.status == 413 and "at most 4" in too_big.message
     assert full.status == 503 and "overloaded" in full.message
-    assert running.outputs.tolist() == [[2]] and queued.outputs.ravel().tolist() == [0, 2, 4, 6]
+    assert running.outputs["double"].tolist() == [[2]] and queued.outputs["double"].ravel().tolist() == [0, 2, 4, 6]
 
 
 def test_a_timed_out_request_is_dropped_before_it_runs():

@@ -14,6 +14,7 @@ import numpy as np
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
+from mvu.host.model.stages import Stage, model_stages, stages_from_manifest
 
 __all__ = ["FORMAT_VERSION", "PackageError", "ModelPackage", "save_package", "load_package"]
 
@@ -25,13 +26,16 @@ class PackageError(ValueError):
 
 
 class ModelPackage:
-    """A compiled model with what is needed to serve it: preprocessing, labels, hardware configuration."""
+    """A compiled model with what is needed to serve it: preprocessing, labels, hardware configuration, and
+    its stages (preprocessing -> featurizer -> head; see :mod:`mvu.host.model.stages`)."""
 
     def __init__(self, name: str, model: QuantizedModel, config: HardwareConfig, *, preprocessing: dict,
-                 labels: list[str], source_sha256: str, report: list[dict] | None = None):
+                 labels: list[str], source_sha256: str, report: list[dict] | None = None,
+                 stages: list[Stage] | None = None):
         self.name, self.model, self.config = name, model, config
         self.preprocessing, self.labels, self.source_sha256 = preprocessing, labels, source_sha256
         self.report = report if report is not None else model.report
+        self.stages = stages if stages is not None else model_stages(model)
 
 
 def _jsonable(value):
@@ -61,6 +65,7 @@ def save_package(package: ModelPackage, path: str | Path) -> Path:
         "output": model.output,
         "preprocessing": package.preprocessing,
         "labels": package.labels,
+        "stages": [stage.to_dict() for stage in package.stages],
         "tensor_quantization": {k: asdict(v) for k, v in model.tensor_q.items()},
         "shapes": {k: list(v) for k, v in model.shapes.items() if v is not None},
         "layers": [{"kind": l.kind, "name": l.name, "inputs": l.inputs, "output": l.output,
@@ -120,5 +125,9 @@ def load_package(path: str | Path, config: HardwareConfig | None = None) -> Mode
         input_q=QuantParams(**manifest["input"]["quantization"]), output=manifest["output"], layers=layers,
         tensor_q={k: QuantParams(**v) for k, v in manifest["tensor_quantization"].items()},
         shapes={k: tuple(v) for k, v in manifest["shapes"].items()}, report=manifest["report"])
+    try:
+        stages = stages_from_manifest(model, manifest.get("stages"))
+    except (ValueError, TypeError, AttributeError) as error:
+        raise PackageError(f"{path}: bad stages in the manifest ({error})") from None
     return ModelPackage(manifest["name"], model, built_for, preprocessing=manifest["preprocessing"],
-                        labels=manifest["labels"], source_sha256=manifest["source_sha256"])
+                        labels=manifest["labels"], source_sha256=manifest["source_sha256"], stages=stages)

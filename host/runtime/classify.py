@@ -16,6 +16,7 @@ import numpy as np
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.host.model.package import ModelPackage
+from mvu.host.model.stages import features_stage
 from mvu.host.runtime.runner import LayerStats, ModelRunner
 from mvu.host.runtime.scores import softmax, top_k
 
@@ -74,18 +75,39 @@ class Classifier:
         """Preprocessed float32 images [N, 3, crop, crop] -> float logits [N, classes] and the batch's cost.
 
         Values beyond the input's quantized range saturate (silently: a huge finite input is no error)."""
+        logits, _, stats = self.logits_and_features(images, features=False)
+        return logits, stats
+
+    @property
+    def features_tensor(self) -> str | None:
+        """The featurizer stage's output, or None for a package without one."""
+        stage = features_stage(self.package.stages)
+        return stage.output if stage else None
+
+    def logits_and_features(self, images: np.ndarray, *, features: bool = True
+                            ) -> tuple[np.ndarray, np.ndarray | None, BatchStats]:
+        """:meth:`logits`, and with ``features`` the featurizer stage's output [N, features] as float32 (its
+        codes dequantized), from the same run."""
+        cut = self.features_tensor if features else None
+        if features and cut is None:
+            raise ValueError(f"model {self.package.name!r} has no featurizer stage")
         started = time.perf_counter()
         with np.errstate(over="ignore"):
             images_q = self.package.model.input_q.quantize(np.asarray(images, np.float32))
-        logits = self.runner.run_sub_batches(images_q)
+        logits = self.runner.run_sub_batches(images_q, keep=[cut] if cut else [])
+        values = None
+        if cut:
+            codes = self.runner.kept[cut].reshape(len(images_q), -1)
+            values = self.package.model.tensor_q[cut].dequantize(codes)
         total = time.perf_counter() - started
         stats = self.runner.stats
         cycles = sum(s.cycles for s in stats)
         accelerator = sum(s.seconds for s in stats if s.placement == "accelerator")
-        return logits, BatchStats(images=len(logits), cycles=cycles,
-                                  modelled_ms=self.config.modelled_ms(cycles),
-                                  seconds={"accelerator": accelerator, "host": total - accelerator, "total": total},
-                                  layers=list(stats))
+        return logits, values, BatchStats(images=len(logits), cycles=cycles,
+                                          modelled_ms=self.config.modelled_ms(cycles),
+                                          seconds={"accelerator": accelerator, "host": total - accelerator,
+                                                   "total": total},
+                                          layers=list(stats))
 
     def classify_batch(self, sources: Sequence, *, top: int = 5,
                        names: Sequence[str | None] | None = None) -> list[Prediction]:

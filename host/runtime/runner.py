@@ -144,6 +144,7 @@ class ModelRunner:
         self.stats: list[LayerStats] = []
         self.last_output: np.ndarray | None = None
         self.tensors: dict[str, np.ndarray] = {}  # every tensor of the last batch, batch axis first
+        self.kept: dict[str, np.ndarray] = {}  # tensors that run_sub_batches was asked to keep
         # Per product of the model and number of rows (the batch size), least recently used first: a batch
         # size seen before reuses its programs, within ``program_cache_bytes`` of memory images.
         self._programs: OrderedDict[tuple, GemmProgram] = OrderedDict()
@@ -205,16 +206,18 @@ class ModelRunner:
                              f"got {images_q.dtype} {list(images_q.shape)}")
         return images_q
 
-    def run_sub_batches(self, images_q: np.ndarray) -> np.ndarray:
+    def run_sub_batches(self, images_q: np.ndarray, keep: Sequence[str] = ()) -> np.ndarray:
         """:meth:`run_batch` over power-of-two sub-batches (:func:`sub_batch_sizes`): the programs kept are those
         of a few sizes, not of every batch size a caller happens to form. :attr:`stats` sums the sub-batches;
-        :attr:`tensors` are the last one's."""
-        images_q, logits, runs, start = self._checked(images_q), [], [], 0
+        :attr:`tensors` are the last one's, and :attr:`kept` the tensors named in ``keep`` of all of them."""
+        images_q, logits, runs, kept, start = self._checked(images_q), [], [], [], 0
         for size in sub_batch_sizes(len(images_q)):
             logits.append(self.run_batch(images_q[start:start + size]))
             runs.append(self.stats)
+            kept.append([np.array(self.tensors[name]) for name in keep])
             start += size
         self.stats = [LayerStats.total(parts) for parts in zip(*runs)]
+        self.kept = {name: np.concatenate(parts) for name, parts in zip(keep, zip(*kept))}
         self.last_output = np.concatenate(logits)
         return self.last_output
 

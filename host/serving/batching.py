@@ -32,15 +32,15 @@ log = logging.getLogger("mvu.host.serving")
 #: The longest a batch waits for requests still in preprocessing.
 ARRIVAL_WAIT = 0.05
 
-#: ``run(images) -> (outputs with one row per image, cycles)``
-BatchFunction = Callable[[np.ndarray], tuple[np.ndarray, int]]
+#: ``run(images) -> ({output name: array with one row per image}, cycles)``
+BatchFunction = Callable[[np.ndarray], tuple[dict[str, np.ndarray], int]]
 
 
 @dataclass
 class BatchResult:
     """One request's share of a batch run."""
 
-    outputs: np.ndarray
+    outputs: dict[str, np.ndarray]  # by output name, this request's rows
     queue_seconds: float
     executor_seconds: float  # the whole batch's run
     cycles: int  # the whole batch's
@@ -200,6 +200,6 @@ class BatchScheduler:
             self._on_batch(size, cycles, executor)
         for entry in live:
             count = len(entry.images)
-            entry.future.set_result(BatchResult(outputs[offset:offset + count], started - entry.enqueued, executor,
-                                                cycles, size))
+            rows = {name: values[offset:offset + count] for name, values in outputs.items()}
+            entry.future.set_result(BatchResult(rows, started - entry.enqueued, executor, cycles, size))
             offset += count

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.repository import ModelRepository
-from mvu.host.serving.served_model import IMAGES_INPUT, SCORES_OUTPUT, TENSOR_INPUT, ServedModel
+from mvu.host.serving.served_model import IMAGES_INPUT, TENSOR_INPUT, ServedModel
 
 __all__ = ["EXTENSIONS", "check_repository_parameters", "model_config", "model_statistics"]
 
@@ -37,7 +37,7 @@ def model_config(model: ServedModel) -> dict:
             "version_policy": {"all": {}}, "max_batch_size": model.limits.max_batch_size,
             "input": [{"name": IMAGES_INPUT, "data_type": "TYPE_STRING", "dims": [1], "reshape": {"shape": []}},
                       {"name": TENSOR_INPUT, "data_type": "TYPE_FP32", "dims": model.input_shape[1:]}],
-            "output": [{"name": SCORES_OUTPUT, "data_type": "TYPE_FP32", "dims": [model.classes]}],
+            "output": [{"name": name, "data_type": "TYPE_FP32", "dims": shape[1:]} for name, shape in model.outputs.items()],
             "dynamic_batching": {"max_queue_delay_microseconds": round(model.limits.max_queue_delay * 1e6)}}
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mvu.host.model.package import ModelPackage
+from mvu.host.model.stages import features_stage
 from mvu.host.runtime.scores import softmax, top_k
 from mvu.host.serving.backend import ServingBackend
 from mvu.host.serving.batching import BatchScheduler
@@ -19,11 +20,12 @@ from mvu.host.serving.metrics import ServingMetrics
 from mvu.host.serving.statistics import ModelStatistics
 from mvu.host.serving.tensors import InferenceRequest, InferenceResult, InputTensor, OutputTensor, RequestedOutput
 
-__all__ = ["IMAGES_INPUT", "SCORES_OUTPUT", "TENSOR_INPUT", "ServedModel", "ServingLimits"]
+__all__ = ["FEATURES_OUTPUT", "IMAGES_INPUT", "SCORES_OUTPUT", "TENSOR_INPUT", "ServedModel", "ServingLimits"]
 
 IMAGES_INPUT = "images"  # BYTES [N]: encoded JPEG/PNG; the server decodes and preprocesses
 TENSOR_INPUT = "input"  # FP32 [N, 3, H, W]: already preprocessed
 SCORES_OUTPUT = "scores"  # FP32 [N, classes]: softmax probabilities
+FEATURES_OUTPUT = "features"  # FP32 [N, features]: the featurizer stage's output, with `mvu serve --features`
 
 
 @dataclass
@@ -33,6 +35,7 @@ class ServingLimits:
     max_queue_size: int = 64
     timeout: float = 60.0
     max_image_pixels: int = 40_000_000  # refused from the image's header, before it is decoded
+    features: bool = False  # also serve the featurizer stage's output (FEATURES_OUTPUT) where a model has one
 
 
 class ServedModel:
@@ -45,6 +48,11 @@ class ServedModel:
         self.name, self.version, self.package, self.backend = name, version, package, backend
         self.recipe = PreprocessRecipe.from_dict(package.preprocessing)
         self.classes = len(package.labels)
+        stage = features_stage(package.stages) if limits.features else None
+        #: name -> shape of each output, in the order a request without "outputs" gets them
+        self.outputs = {SCORES_OUTPUT: [-1, self.classes]}
+        if stage is not None:
+            self.outputs[FEATURES_OUTPUT] = [-1, int(np.prod(package.model.shapes[stage.output][1:]))]
         self.limits, self.metrics, self._pool = limits, metrics, preprocess_pool
         self.statistics = ModelStatistics()
         self.in_flight = 0  # requests between their first step here and their answer
@@ -67,7 +75,7 @@ class ServedModel:
         return {"name": self.name, "versions": [self.version], "platform": f"mvu_{self.backend.name}",
                 "inputs": [{"name": IMAGES_INPUT, "datatype": "BYTES", "shape": [-1]},
                            {"name": TENSOR_INPUT, "datatype": "FP32", "shape": self.input_shape}],
-                "outputs": [{"name": SCORES_OUTPUT, "datatype": "FP32", "shape": [-1, self.classes]}]}
+                "outputs": [{"name": name, "datatype": "FP32", "shape": shape} for name, shape in self.outputs.items()]}
 
     @property
     def ready(self) -> bool:
@@ -91,9 +99,14 @@ class ServedModel:
                                 executor=self.backend.executor(self.package.config))
         classifier.runner.prepare(self.limits.max_batch_size)
 
-        def run(images: np.ndarray) -> tuple[np.ndarray, int]:
-            logits, stats = classifier.logits(images)
-            return softmax(logits).astype(np.float32), stats.cycles
+        features = FEATURES_OUTPUT in self.outputs
+
+        def run(images: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+            logits, values, stats = classifier.logits_and_features(images, features=features)
+            outputs = {SCORES_OUTPUT: softmax(logits).astype(np.float32)}
+            if features:
+                outputs[FEATURES_OUTPUT] = values.astype(np.float32, copy=False)
+            return outputs, stats.cycles
 
         return run
 
@@ -117,8 +130,9 @@ class ServedModel:
             outputs_wanted = self._requested_outputs(request)
             batch = await self.scheduler.submit(images, timeout, arrival)
         answered = time.perf_counter()
-        outputs = [OutputTensor(wanted.name, "BYTES", self._classification(batch.outputs, wanted.classification))
-                   if wanted.classification else OutputTensor(wanted.name, "FP32", batch.outputs)
+        outputs = [OutputTensor(wanted.name, "BYTES",
+                                self._classification(batch.outputs[wanted.name], wanted.classification))
+                   if wanted.classification else OutputTensor(wanted.name, "FP32", batch.outputs[wanted.name])
                    for wanted in outputs_wanted]
         timings = {"queue": batch.queue_seconds * 1e3, "preprocess": preprocess_seconds * 1e3,
                    "executor": batch.executor_seconds * 1e3, "total": (time.perf_counter() - started) * 1e3}
@@ -135,7 +149,7 @@ class ServedModel:
         data[0] = image
         result = await self.infer(InferenceRequest(self.name, self.version,
                                                    [InputTensor(IMAGES_INPUT, "BYTES", (1,), data)],
-                                                   timeout=timeout))
+                                                   [RequestedOutput(SCORES_OUTPUT)], timeout=timeout))
         return {"model_name": self.name, "model_version": self.version,
                 "top": top_k(result.outputs[0].data[0], self.package.labels, top),
                 "cycles": result.cycles // result.batch_size,
@@ -188,14 +202,19 @@ class ServedModel:
             raise ServingError(400, f"input {IMAGES_INPUT!r}: {error}") from None
 
     def _requested_outputs(self, request: InferenceRequest):
+        """The outputs a request names, or all of them (the Open Inference Protocol's default)."""
         for wanted in request.outputs:
-            if wanted.name != SCORES_OUTPUT:
-                raise ServingError(400, f"model {self.name!r} has no output {wanted.name!r}; "
-                                        f"its output is {SCORES_OUTPUT!r}")
+            if wanted.name not in self.outputs:
+                hint = (f"; start the server with --features to serve {FEATURES_OUTPUT!r}"
+                        if wanted.name == FEATURES_OUTPUT and features_stage(self.package.stages) else "")
+                raise ServingError(400, f"model {self.name!r} has no output {wanted.name!r}; its outputs are "
+                                        f"{', '.join(map(repr, self.outputs))}{hint}")
+            if wanted.classification and wanted.name != SCORES_OUTPUT:
+                raise ServingError(400, f"output {wanted.name!r}: classification applies to {SCORES_OUTPUT!r} only")
             if not 0 <= wanted.classification <= self.classes:
                 raise ServingError(400, f"output {wanted.name!r}: classification must be between 0 and "
                                         f"{self.classes}, not {wanted.classification}")
-        return request.outputs or [RequestedOutput(SCORES_OUTPUT)]
+        return request.outputs or [RequestedOutput(name) for name in self.outputs]
 
     def _classification(self, scores: np.ndarray, k: int) -> np.ndarray:
         """Triton's classification extension: "score:index:label" strings, best first."""

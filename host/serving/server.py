@@ -182,7 +182,7 @@ def main_serve(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     repository = ModelRepository(_backend(args), ServingLimits(args.max_batch_size, args.max_queue_delay_ms / 1e3,
                                                                args.max_queue_size, args.timeout,
-                                                               args.max_image_pixels),
+                                                               args.max_image_pixels, args.features),
                                  folder=_model_repository(args))
     try:
         models = [repository.add(ModelSpec.parse(text)) for text in args.models]

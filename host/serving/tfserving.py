@@ -5,7 +5,8 @@ from __future__ import annotations
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.served_model import SCORES_OUTPUT, ServedModel
 
-__all__ = ["DTYPES", "DTYPE_OF", "PREDICT_METHOD", "SIGNATURE", "TF_SCORES_OUTPUT", "check_signature", "signature"]
+__all__ = ["DTYPES", "DTYPE_OF", "PREDICT_METHOD", "SIGNATURE", "TF_SCORES_OUTPUT", "check_signature", "signature",
+           "tf_name", "oip_name"]
 
 SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -30,9 +31,19 @@ def check_signature(model: str, name: str) -> None:
         raise ServingError(400, f"model {model!r} has no signature {name!r}; its signature is {SIGNATURE!r}")
 
 
+def tf_name(name: str) -> str:
+    """An output's name in TensorFlow Serving's signature (the scores are ``output_alias``)."""
+    return TF_SCORES_OUTPUT if name == SCORES_OUTPUT else name
+
+
+def oip_name(name: str) -> str:
+    """The inverse of :func:`tf_name`; the scores' own name is accepted too."""
+    return SCORES_OUTPUT if name == TF_SCORES_OUTPUT else name
+
+
 def signature(model: ServedModel) -> dict[str, dict[str, tuple[str, list[int]]]]:
     """The signature's "inputs" and "outputs": ``{name: (TensorFlow dtype, shape)}`` each."""
     metadata = model.metadata()
-    return {side: {TF_SCORES_OUTPUT if entry["name"] == SCORES_OUTPUT else entry["name"]:
+    return {side: {tf_name(entry["name"]):
                    (DTYPE_OF[entry["datatype"]], entry["shape"]) for entry in metadata[side]}
             for side in ("inputs", "outputs")}

@@ -13,16 +13,17 @@ from mvu.host.serving.envelope import Endpoint
 from mvu.host.serving.errors import ServingError
 from mvu.host.serving.protos import message_class, message_pool
 from mvu.host.serving.repository import ModelRepository
-from mvu.host.serving.served_model import SCORES_OUTPUT, ServedModel
-from mvu.host.serving.tensors import InferenceRequest, InputTensor, check_shape, numpy_datatype
+from mvu.host.serving.served_model import ServedModel
+from mvu.host.serving.tensors import InferenceRequest, InputTensor, RequestedOutput, check_shape, numpy_datatype
 from mvu.host.serving.tfserving import (
     DTYPE_OF,
     DTYPES,
     PREDICT_METHOD,
     SIGNATURE,
-    TF_SCORES_OUTPUT,
     check_signature,
+    oip_name,
     signature,
+    tf_name,
 )
 
 __all__ = ["MAX_MESSAGE_BYTES", "PREDICTION_SERVICE", "TfServingGrpc", "tensor_from_proto", "tensor_to_proto"]
@@ -57,16 +58,17 @@ class TfServingGrpc:
 
     async def predict(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
         model = self._model(request.model_spec)
-        unknown = [name for name in request.output_filter if name not in (TF_SCORES_OUTPUT, SCORES_OUTPUT)]
+        unknown = [name for name in request.output_filter if oip_name(name) not in model.outputs]
         if unknown:
-            raise ServingError(400, f"model {model.name!r} has no output {unknown[0]!r}; "
-                                    f"its output is {TF_SCORES_OUTPUT!r}")
+            raise ServingError(400, f"model {model.name!r} has no output {unknown[0]!r}; its outputs are "
+                                    f"{', '.join(repr(tf_name(name)) for name in model.outputs)}")
         inputs = [tensor_from_proto(name, tensor, self.max_bytes) for name, tensor in sorted(request.inputs.items())]
-        result = await model.infer(InferenceRequest(model.name, model.version, inputs,  # the one output: scores
+        wanted = [RequestedOutput(oip_name(name)) for name in dict.fromkeys(request.output_filter)]
+        result = await model.infer(InferenceRequest(model.name, model.version, inputs, wanted,
                                                     timeout=context.time_remaining()))
         response = message_class("tensorflow.serving.PredictResponse")(model_spec=_spec(model))
         for output in result.outputs:
-            response.outputs[TF_SCORES_OUTPUT].CopyFrom(tensor_to_proto(output.datatype, output.data))
+            response.outputs[tf_name(output.name)].CopyFrom(tensor_to_proto(output.datatype, output.data))
         return response
 
     async def get_model_metadata(self, request: Message, context: grpc.aio.ServicerContext) -> Message:

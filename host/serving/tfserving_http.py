@@ -17,7 +17,7 @@ from mvu.host.serving.http_io import BodyReader, HttpRoute, json_object, json_re
 from mvu.host.serving.repository import ModelRepository
 from mvu.host.serving.served_model import IMAGES_INPUT, TENSOR_INPUT, ServedModel
 from mvu.host.serving.tensors import InferenceRequest, InputTensor, numeric_array
-from mvu.host.serving.tfserving import PREDICT_METHOD, SIGNATURE, check_signature, signature
+from mvu.host.serving.tfserving import PREDICT_METHOD, SIGNATURE, check_signature, signature, tf_name
 
 __all__ = ["OTHER_METHODS", "UNNAMED_INPUTS", "UNNAMED_INSTANCES", "TfServingHttp", "model_metadata", "model_status",
            "parse_predict"]
@@ -53,9 +53,7 @@ class TfServingHttp:
         model = path_model(self.repository, request)
         parsed, rows = parse_predict(await self.read_body(request), model.name, request.path_params.get("version"))
         result = await self.repository.infer(parsed)
-        scores = result.outputs[0].data.tolist()
-        return json_response({"predictions": scores} if rows else {"outputs": scores},
-                             headers={"Server-Timing": result.server_timing()})
+        return json_response(_answer(result.outputs, rows), headers={"Server-Timing": result.server_timing()})
 
     def _no_signature(self, method: str):
         """``:classify`` or ``:regress``, answered as TensorFlow Serving answers for a model whose signature is
@@ -149,6 +147,18 @@ def parse_predict(body: bytes, model: str, version: str | None) -> tuple[Inferen
             raise ServingError(400, "'instances' must be a list")
         return InferenceRequest(model, version, [_rows(request["instances"])]), True
     return InferenceRequest(model, version, [_columns(request["inputs"])]), False
+
+
+def _answer(outputs: list, rows: bool) -> dict:
+    """TensorFlow Serving's predict answer: one output's values alone, several outputs by name (per row in the
+    row format)."""
+    if len(outputs) == 1:
+        values = outputs[0].data.tolist()
+        return {"predictions": values} if rows else {"outputs": values}
+    named = {tf_name(output.name): output.data.tolist() for output in outputs}
+    if not rows:
+        return {"outputs": named}
+    return {"predictions": [dict(zip(named, row)) for row in zip(*named.values())]}
 
 
 def model_status(models: list[ServedModel]) -> dict:

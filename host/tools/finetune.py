@@ -23,13 +23,13 @@ from mvu.hdl.toolchain import cache_dir
 from mvu.host.compiler.compile import IMAGE_SUFFIXES
 from mvu.host.model.package import ModelPackage
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
+from mvu.host.model.stages import head_input, layers_up_to, model_stages
 from mvu.host.runtime.preprocess import PreprocessRecipe, preprocess_batch
 from mvu.host.runtime.runner import ModelRunner
 
 __all__ = ["Dataset", "read_dataset", "feature_tensor", "extract_features", "train_head", "quantize_head",
            "with_head", "confusion_matrix", "finetune", "FinetuneError"]
 
-_HEAD_KINDS = ("fc", "fc_quantized")
 _BATCH = 16
 
 
@@ -71,31 +71,19 @@ def feature_tensor(model: QuantizedModel, layer: str | None = None) -> str:
     """The tensor the head reads: the input of the model's last classifier layer, or ``layer`` (a layer's
     name, whose output is taken, or a tensor's name)."""
     if layer is None:
-        heads = [entry for entry in model.layers if entry.kind in _HEAD_KINDS]
-        if not heads:
+        cut = head_input(model)
+        if cut is None:
             raise FinetuneError("the featurizer has no classifier layer to replace; name one with --layer")
-        return heads[-1].inputs[0]
+        return cut
     for entry in model.layers:
         if layer in (entry.name, entry.output):
             return entry.output
     raise FinetuneError(f"the featurizer has no layer or tensor {layer!r}")
 
 
-def _layers_up_to(model: QuantizedModel, tensor: str) -> list[Layer]:
-    """The layers that ``tensor`` depends on, in order."""
-    producers = {layer.output: layer for layer in model.layers}
-    needed, pending = set(), [tensor]
-    while pending:
-        name = pending.pop()
-        if name in producers and producers[name].name not in needed:
-            needed.add(producers[name].name)
-            pending += producers[name].inputs
-    return [layer for layer in model.layers if layer.name in needed]
-
-
 def _featurizer_key(package: ModelPackage, cut: str) -> str:
     digest = hashlib.sha256(repr((package.config.to_dict(), package.preprocessing, cut)).encode())
-    for layer in _layers_up_to(package.model, cut):
+    for layer in layers_up_to(package.model, cut):
         digest.update(repr((layer.kind, layer.name, layer.inputs, layer.attrs)).encode())
         for name in sorted(layer.arrays):
             digest.update(np.ascontiguousarray(layer.arrays[name]).tobytes())
@@ -209,7 +197,7 @@ def head_logits(head: Layer, codes: np.ndarray, in_q: QuantParams) -> np.ndarray
 def with_head(package: ModelPackage, cut: str, head: Layer, classes: list[str], name: str) -> ModelPackage:
     """The featurizer up to ``cut`` followed by ``head``, labelled ``classes``."""
     model = package.model
-    layers = _layers_up_to(model, cut)
+    layers = layers_up_to(model, cut)
     head = Layer(head.kind, head.name, [cut], head.output, head.placement, head.attrs, head.arrays, None, head.macs)
     report = [row for row in package.report if row.get("layer") in {layer.name for layer in layers}]
     report.append({"layer": head.name, "op": "Gemm (fine-tuned)", "placement": head.placement, "scale": None,
@@ -219,7 +207,7 @@ def with_head(package: ModelPackage, cut: str, head: Layer, classes: list[str], 
                             {k: v for k, v in model.tensor_q.items() if k in tensors},
                             {k: v for k, v in model.shapes.items() if k in tensors}, report)
     return ModelPackage(name, custom, package.config, preprocessing=package.preprocessing, labels=classes,
-                        source_sha256=package.source_sha256, report=report)
+                        source_sha256=package.source_sha256, report=report, stages=model_stages(custom, cut))
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:

@@ -67,6 +67,9 @@ def add_serving_commands(commands, bench_kinds, backend_options: Callable[..., a
                        help="seconds for a request line and headers to arrive; slower ones get 408")
     serve.add_argument("--max-image-pixels", type=int, default=40_000_000,
                        help="larger images get 400 before they are decoded (decompression bombs)")
+    serve.add_argument("--features", action="store_true",
+                       help="also serve each model's featurizer stage output as an output named 'features' (FP32 "
+                            "[N, features]), for heads of your own")
     serve.add_argument("--access-log", choices=("json", "off"), default="json")
     serve.add_argument("--ready-file", help="write the bound ports here as JSON once serving and the models loaded")
     serve.set_defaults(handler=_serve)
