@@ -6,26 +6,29 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from mvu.hdl.contract.config import HardwareConfig
-from mvu.hdl.contract.isa import Opcode
+from mvu.hdl.contract.isa import TABLE_BYTES, Opcode
 from mvu.hdl.interfaces import INSTRUCTIONS, MemoryReader, TokenPort, buffer_read, write_beat
+from mvu.hdl.lookup_table import LookupTable
 from mvu.hdl.pipeline import delayed, instruction_field
 from mvu.hdl.post_processor import PostProcessor
 
 __all__ = ["StoreUnit"]
 
 # Rows are read only while the FIFO has room for every row in flight (the accumulator read and the
-# post-processor's stages), so it holds those plus a few more to stream one row per cycle.
-_ROW_FIFO_DEPTH = PostProcessor.latency + 4
+# post-processor's and lookup table's stages), so it holds those plus a few more to stream one row per cycle.
+_ROW_FIFO_DEPTH = PostProcessor.latency + LookupTable.latency + 4
 
 
 class StoreUnit(wiring.Component):
     """Executes STORE instructions one at a time.
 
     With ``load_params`` it first reads the per-channel block (bias,
-    multiplier, shift: ``cols`` int32 each) from memory. It then reads one
+    multiplier, shift: ``cols`` int32 each) from memory, and with ``load_table``
+    then the 256-byte lookup table. It then reads one
     accumulator entry per cycle while its row FIFO has room, requantizes it
     (in fixed point or, with ``float32_scale``, float32 arithmetic; or passes
-    the int32 values through for ``raw``) and writes each row as whole
+    the int32 values through for ``raw``), with ``lookup`` replaces each byte
+    by its entry in the table, and writes each row as whole
     memory beats to ``dram_addr + i * dram_stride``. ``prev_tokens`` are its
     tokens with the compute unit. ``idle``: no instruction in progress;
     ``stall_token``: waiting for a token; ``stall_memory``: a beat the memory
@@ -48,6 +51,8 @@ class StoreUnit(wiring.Component):
         P, C = self.config.mem_bytes, self.config.cols
         param_beats = self.config.param_block_bytes // P
         m.submodules.ppu = ppu = PostProcessor(C, float32=self.config.float32_requant)
+        m.submodules.table = table = LookupTable(C, P)
+        table_beats = TABLE_BYTES // P
         m.submodules.rows = rows = SyncFIFOBuffered(width=32 * C, depth=_ROW_FIFO_DEPTH)
 
         word = self.instr.payload
@@ -62,6 +67,10 @@ class StoreUnit(wiring.Component):
         load_params = Signal()
         raw = Signal()
         float32_scale = Signal()
+        table_addr = Signal(32)
+        load_table = Signal()
+        lookup = Signal()
+        table_beat = Signal(range(table_beats))
         waiting = Signal()
         notify = Signal()
         out_zero_point = Signal(signed(16))
@@ -84,6 +93,10 @@ class StoreUnit(wiring.Component):
                         load_params.eq(field("load_params")),
                         raw.eq(field("raw")),
                         float32_scale.eq(field("float32_scale")),
+                        table_addr.eq(field("table_addr")),
+                        load_table.eq(field("load_table")),
+                        lookup.eq(field("lookup")),
+                        table_beat.eq(0),
                         out_zero_point.eq(field("out_zero_point")),
                         clamp_min.eq(field("clamp_min")),
                         clamp_max.eq(field("clamp_max")),
@@ -99,6 +112,8 @@ class StoreUnit(wiring.Component):
                     m.d.comb += tokens.pop.eq(waiting)
                     with m.If(load_params):
                         m.next = "PARAM_REQUEST"
+                    with m.Elif(load_table):
+                        m.next = "TABLE_REQUEST"
                     with m.Else():
                         m.next = "STREAM"
             with m.State("PARAM_REQUEST"):
@@ -113,7 +128,24 @@ class StoreUnit(wiring.Component):
                 with m.If(self.mem.resp.valid):
                     m.d.sync += [params.eq(Cat(params[8 * P:], self.mem.resp.payload)),
                                  param_beat.eq(param_beat + 1)]
-                    with m.If(param_beat == param_beats - 1):
+                    with m.If((param_beat == param_beats - 1) & load_table):
+                        m.next = "TABLE_REQUEST"
+                    with m.Elif(param_beat == param_beats - 1):
+                        m.next = "STREAM"
+            with m.State("TABLE_REQUEST"):
+                m.d.comb += [
+                    self.mem.req.valid.eq(1),
+                    self.mem.req.p.addr.eq(table_addr),
+                    self.mem.req.p.len.eq(table_beats),
+                ]
+                with m.If(self.mem.req.ready):
+                    m.next = "TABLE_RECEIVE"
+            with m.State("TABLE_RECEIVE"):
+                m.d.comb += [table.write_en.eq(self.mem.resp.valid), table.write_beat.eq(table_beat),
+                             table.write_data.eq(self.mem.resp.payload)]
+                with m.If(self.mem.resp.valid):
+                    m.d.sync += table_beat.eq(table_beat + 1)
+                    with m.If(table_beat == table_beats - 1):
                         m.next = "STREAM"
             with m.State("STREAM"):
                 with m.If(writes_left == 0):
@@ -128,7 +160,7 @@ class StoreUnit(wiring.Component):
         m.d.comb += self.acc_read.addr.eq(acc_addr)
         with m.If(issue):
             m.d.sync += [acc_addr.eq(acc_addr + 1), reads_left.eq(reads_left - 1)]
-        m.d.sync += in_flight.eq(in_flight + issue - ppu.out_valid)
+        m.d.sync += in_flight.eq(in_flight + issue - table.out_valid)
 
         for lane in range(C):
             m.d.comb += [
@@ -143,8 +175,12 @@ class StoreUnit(wiring.Component):
             ppu.out_zero_point.eq(out_zero_point),
             ppu.clamp_min.eq(clamp_min),
             ppu.clamp_max.eq(clamp_max),
-            rows.w_en.eq(ppu.out_valid),
-            rows.w_data.eq(Mux(raw, ppu.out_raw.as_value(), ppu.out_data.as_value())),
+            table.in_valid.eq(ppu.out_valid),
+            table.in_data.eq(ppu.out_data),
+            table.enable.eq(lookup),
+            rows.w_en.eq(table.out_valid),
+            rows.w_data.eq(Mux(raw, delayed(m, ppu.out_raw.as_value(), LookupTable.latency, "raw"),
+                               table.out_data.as_value())),
         ]
 
         # Write each row as whole beats.

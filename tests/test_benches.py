@@ -63,3 +63,7 @@ def test_host_link():
 
 def test_link_soc():
     run_bench("bench_link_soc")
+
+
+def test_lookup_table():
+    run_bench("bench_lookup_table")

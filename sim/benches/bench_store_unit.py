@@ -4,7 +4,9 @@ The bench holds random accumulators in a model of the accumulator buffer
 (read a cycle after the address) and the parameter blocks in a memory with
 random latency; the memory takes written beats with random backpressure.
 STOREs write requantized bytes (fixed point or float32 scales) or raw int32
-rows, with parameters near the byte range so that few results clamp.
+rows, with parameters near the byte range so that few results clamp; some
+load one of a few random lookup tables after their parameters, and the
+requantizing ones that follow a table's load often look their bytes up in it.
 """
 
 import random
@@ -15,7 +17,7 @@ import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from mvu.hdl.contract.config import HardwareConfig
-from mvu.hdl.contract.isa import Store
+from mvu.hdl.contract.isa import TABLE_BYTES, Store
 from mvu.hdl.contract.requantization import requantize
 from mvu.hdl.interfaces import INSTRUCTION_BITS, write_beat
 from mvu.hdl.store_unit import StoreUnit
@@ -24,6 +26,7 @@ from mvu.sim.benches.runner import ReadMemory, field, pack, start
 CONFIG = HardwareConfig(rows=4, cols=8, act_depth=64, wgt_depth=32, acc_depth=64, mem_bytes=4)
 C, P = CONFIG.cols, CONFIG.mem_bytes
 MEMORY_BYTES = 16384
+TABLES = 3  # lookup tables, stored after the first MEMORY_BYTES
 WRITE = write_beat(P)
 
 
@@ -33,10 +36,11 @@ def component() -> StoreUnit:
 
 @dataclass
 class Expected:
-    """One STORE and what it must produce: a parameter read (or None) and its written beats (address, data)."""
+    """One STORE and what it must produce: its memory reads (parameters, table; address and beats) and its
+    written beats (address, data)."""
 
     store: Store
-    param_read: tuple[int, int] | None
+    reads: list[tuple[int, int]]
     writes: list[tuple[int, int]]
 
 
@@ -51,11 +55,16 @@ def random_params(rng: np.random.Generator, float32_scale: bool) -> tuple[np.nda
 def random_stores(rng: np.random.Generator, acc: np.ndarray, count: int) -> tuple[list[Expected], bytes]:
     """``count`` random STOREs with what each must do, and the memory holding their parameter blocks."""
     block = CONFIG.param_block_bytes
-    memory = bytearray(rng.integers(0, 256, MEMORY_BYTES, dtype=np.uint8).tobytes())
+    memory = bytearray(rng.integers(0, 256, MEMORY_BYTES + TABLES * TABLE_BYTES, dtype=np.uint8).tobytes())
     free_blocks = list(rng.permutation(MEMORY_BYTES // block))  # each block is read by one STORE
-    params, stores = (), []
+    params, stores, table = (), [], None
     for index in range(count):
         raw, float32_scale = rng.random() < 0.2, rng.random() < 0.4
+        table_addr = MEMORY_BYTES + TABLE_BYTES * int(rng.integers(TABLES))
+        load_table = rng.random() < 0.25
+        if load_table:
+            table = np.frombuffer(memory, np.uint8, TABLE_BYTES, table_addr)
+        lookup = table is not None and not raw and rng.random() < 0.7
         load_params = index == 0 or rng.random() < 0.5  # the first STORE sets the parameters
         param_addr = block * int(free_blocks.pop())
         if load_params:
@@ -69,15 +78,18 @@ def random_stores(rng: np.random.Generator, acc: np.ndarray, count: int) -> tupl
         store = Store(acc_addr=int(rng.integers(0, CONFIG.acc_depth - rows + 1)), count=rows, dram_addr=dram,
                       dram_stride=stride, param_addr=param_addr, load_params=load_params, raw=raw,
                       float32_scale=float32_scale, out_zero_point=int(rng.integers(-128, 256)), clamp_min=low,
-                      clamp_max=high, wait_compute=rng.random() < 0.4, signal_compute=rng.random() < 0.4)
+                      clamp_max=high, table_addr=table_addr, load_table=load_table, lookup=lookup,
+                      wait_compute=rng.random() < 0.4, signal_compute=rng.random() < 0.4)
         sums = acc[store.acc_addr:store.acc_addr + rows]
         data = sums.astype("<i4") if raw else requantize(sums, *params, store.out_zero_point, low, high,
                                                            float32_scale=float32_scale)
+        data = table[data] if lookup else data
         writes = []
         for i in range(rows):
             row = data[i].tobytes()
             writes += [(dram + i * stride + b, int.from_bytes(row[b:b + P], "little")) for b in range(0, entry, P)]
-        stores.append(Expected(store, (param_addr, block // P) if load_params else None, writes))
+        reads = [(param_addr, block // P)] * load_params + [(table_addr, TABLE_BYTES // P)] * load_table
+        stores.append(Expected(store, reads, writes))
     return stores, bytes(memory)
 
 
@@ -143,7 +155,7 @@ async def run_stores(dut, seed: int, count: int, write_chance: float, **memory_t
             break
     else:
         raise AssertionError("the STOREs did not finish")
-    assert port.requests == [e.param_read for e in stores if e.param_read], "parameter reads differ"
+    assert port.requests == [read for e in stores for read in e.reads], "parameter and table reads differ"
     expected = [w for e in stores for w in e.writes]
     first = next((i for i, (a, b) in enumerate(zip(writes, expected)) if a != b), min(len(writes), len(expected)))
     assert writes == expected, f"writes differ from write {first} on ({len(writes)} made, {len(expected)} expected)"
