@@ -1,7 +1,9 @@
-"""The load unit: a DMA engine that copies strided rows of memory into the on-chip buffers."""
+"""The load unit: a DMA engine that copies strided rows of memory, or the windows of an implicit im2col, into the
+on-chip buffers."""
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from mvu.hdl.contract.config import HardwareConfig
@@ -20,7 +22,17 @@ class LoadUnit(wiring.Component):
     arrival order, and reports the instruction done when the last entry is
     written. ``next_tokens`` are its tokens with the compute unit. ``idle``:
     no instruction in progress; ``stall_token``: waiting for a token.
+
+    A ``window`` LOAD first spends two cycles turning its descriptor into a
+    first address and per-step increments (the only multiplications); then
+    counters walk the output pixels, one entry per cycle. An entry whose input
+    pixel is outside the input is written as ``fill`` at once, reading
+    nothing; the others are requested, their buffer addresses kept in a FIFO
+    of :data:`WINDOW_IN_FLIGHT` until their beats come back.
     """
+
+    #: Window entries in flight at most (requested, not yet written).
+    WINDOW_IN_FLIGHT = 64
 
     def __init__(self, config: HardwareConfig):
         self.config = config
@@ -53,6 +65,11 @@ class LoadUnit(wiring.Component):
         word = self.instr.payload
         field = lambda name: instruction_field(word, name, Opcode.LOAD)
         m.d.comb += [self.instr.ready.eq(~busy), self.idle.eq(~busy)]
+        window = Signal()
+        setup = Signal(2)  # window set-up cycles left
+        descriptor = {name: Signal.like(field(name), name=f"window_{name}") for name in (
+            "row_stride", "in_h", "in_w", "out_w", "start_y", "start_x", "stride_y", "stride_x", "offset_y",
+            "offset_x", "fill")}
         with m.If(self.instr.valid & ~busy):
             m.d.sync += [
                 busy.eq(1),
@@ -65,6 +82,9 @@ class LoadUnit(wiring.Component):
                 entries_left.eq(field("count")),
                 sram_addr.eq(field("sram_addr")),
                 beat.eq(0),
+                window.eq(field("window")),
+                setup.eq(Mux(field("window"), 2, 0)),
+                *(register.eq(field(name)) for name, register in descriptor.items()),
             ]
 
         tokens = self.next_tokens
@@ -73,13 +93,41 @@ class LoadUnit(wiring.Component):
             with m.If(tokens.avail):
                 m.d.sync += waiting.eq(0)
 
+        # The window's walk: input pixel (iy, ix) of output column ``column``, its address in req_addr.
+        d = descriptor
+        iy, ix = Signal(signed(24)), Signal(signed(22))
+        column = Signal(16)
+        step_x, step_y, wrap = Signal(32), Signal(32), Signal(32)
+        entry_addr = Signal(16)  # buffer address of the next window entry
+        with m.If(setup == 2):
+            m.d.sync += [
+                iy.eq(d["start_y"] * d["stride_y"] + d["offset_y"]),
+                ix.eq(d["start_x"] * d["stride_x"] + d["offset_x"]),
+                column.eq(d["start_x"]),
+                step_x.eq(d["stride_x"] * stride),
+                step_y.eq(d["stride_y"] * d["row_stride"]),
+                entry_addr.eq(sram_addr),
+            ]
+        with m.If(setup == 1):
+            m.d.sync += [
+                req_addr.eq(req_addr + iy * d["row_stride"] + ix * stride),
+                wrap.eq(step_y - (d["out_w"] - 1) * step_x),
+            ]
+        with m.If(setup != 0):
+            m.d.sync += setup.eq(setup - 1)
+        walking = busy & window & (setup == 0) & ~waiting & (requests_left != 0)
+        inside = (iy >= 0) & (iy < d["in_h"]) & (ix >= 0) & (ix < d["in_w"])
+        in_flight = m.submodules.in_flight = SyncFIFO(width=16, depth=self.WINDOW_IN_FLIGHT)
+
         request = self.mem.req
         m.d.comb += [
-            request.valid.eq(busy & ~waiting & (requests_left != 0)),
+            request.valid.eq(Mux(window, walking & inside & in_flight.w_rdy, busy & ~waiting & (requests_left != 0))),
             request.p.addr.eq(req_addr),
             request.p.len.eq(Mux(to_wgt, beats_wgt, beats_act)),
+            in_flight.w_data.eq(entry_addr),
+            in_flight.w_en.eq(window & request.valid & request.ready),
         ]
-        with m.If(request.valid & request.ready):
+        with m.If(~window & request.valid & request.ready):
             m.d.sync += [req_addr.eq(req_addr + stride), requests_left.eq(requests_left - 1)]
 
         # Entries arrive as whole beats, lowest bytes first.
@@ -97,14 +145,28 @@ class LoadUnit(wiring.Component):
         entry_done = response.valid & last_beat
         with m.If(response.valid):
             m.d.sync += beat.eq(Mux(last_beat, 0, beat + 1))
+        # A window entry outside the input is written at once, in a cycle no arriving entry needs the port.
+        pad = walking & ~inside & ~entry_done
+        with m.If((window & request.valid & request.ready) | pad):
+            m.d.sync += [requests_left.eq(requests_left - 1), entry_addr.eq(entry_addr + 1)]
+            with m.If(column == d["out_w"] - 1):
+                m.d.sync += [column.eq(0), ix.eq(d["offset_x"]), iy.eq(iy + d["stride_y"]),
+                             req_addr.eq(req_addr + wrap)]
+            with m.Else():
+                m.d.sync += [column.eq(column + 1), ix.eq(ix + d["stride_x"]), req_addr.eq(req_addr + step_x)]
+        m.d.comb += in_flight.r_en.eq(window & entry_done)
+        write_addr = Mux(pad, entry_addr, Mux(window, in_flight.r_data, sram_addr))
+        written = entry_done | pad
         m.d.comb += [
-            self.act_write.en.eq(entry_done & ~to_wgt), self.act_write.addr.eq(sram_addr),
-            self.act_write.data.eq(act_entry),
-            self.wgt_write.en.eq(entry_done & to_wgt), self.wgt_write.addr.eq(sram_addr),
-            self.wgt_write.data.eq(wgt_entry),
+            self.act_write.en.eq(written & ~to_wgt), self.act_write.addr.eq(write_addr),
+            self.act_write.data.eq(Mux(pad, Cat(*[d["fill"]] * R), act_entry)),
+            self.wgt_write.en.eq(written & to_wgt), self.wgt_write.addr.eq(write_addr),
+            self.wgt_write.data.eq(Mux(pad, Cat(*[d["fill"]] * C), wgt_entry)),
         ]
         with m.If(entry_done):
-            m.d.sync += [sram_addr.eq(sram_addr + 1), entries_left.eq(entries_left - 1)]
+            m.d.sync += sram_addr.eq(sram_addr + 1)
+        with m.If(written):
+            m.d.sync += entries_left.eq(entries_left - 1)
             with m.If(entries_left == 1):
                 m.d.sync += busy.eq(0)
                 m.d.comb += tokens.push.eq(notify)

@@ -2,7 +2,11 @@
 
 Every buffer write, memory request and token pulse is checked against what
 the instructions ask for. Activation entries take two memory beats and
-weight entries four, so beats are gathered in both widths.
+weight entries four, so beats are gathered in both widths. Window LOADs
+(implicit im2col, padding on every side, strides and dilations of 1 to 3) are
+checked against the contract's definition (:mod:`mvu.hdl.contract.window`):
+the entries inside the input are requested in order, each entry is written
+once (those outside the input, as ``fill``, may overtake others).
 """
 
 import random
@@ -13,6 +17,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import Buffer, Load
+from mvu.hdl.contract.window import window_rows
 from mvu.hdl.interfaces import INSTRUCTION_BITS
 from mvu.hdl.load_unit import LoadUnit
 from mvu.sim.benches.runner import ReadMemory, start
@@ -34,13 +39,42 @@ class Expected:
     writes: list[tuple[Buffer, int, int]]
 
 
-def random_loads(rng: random.Random, memory: bytes, count: int) -> list[Expected]:
-    """``count`` random legal LOADs (beat-aligned, in range) with random token flags."""
+def random_window(rng: random.Random, memory: bytes, buffer: Buffer, entry: int, depth: int, **tokens) -> Expected:
+    """A random legal window LOAD: a small input tensor somewhere in memory, windows that leave it on every side."""
+    P = CONFIG.mem_bytes
+    in_h, in_w = rng.randint(1, 7), rng.randint(1, 7)
+    dram_stride = P * rng.choice([entry // P, entry // P, rng.randint(1, 3 * entry // P)])
+    row_stride = in_w * dram_stride + P * rng.choice([0, 0, rng.randint(1, 4)])
+    extent = (in_h - 1) * row_stride + (in_w - 1) * dram_stride + entry
+    stride_y, stride_x, dilation = rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 2)
+    out_w = rng.randint(1, 6)
+    fields = dict(row_stride=row_stride, in_h=in_h, in_w=in_w, out_w=out_w, start_y=rng.randint(0, 3),
+                  start_x=rng.randint(0, out_w - 1), stride_y=stride_y, stride_x=stride_x,
+                  offset_y=dilation * rng.randint(0, 2) - rng.randint(0, 3),
+                  offset_x=dilation * rng.randint(0, 2) - rng.randint(0, 3), fill=rng.randint(0, 255))
+    entries = rng.randint(1, min(24, depth))
+    dram = P * rng.randint(0, (MEMORY_BYTES - extent) // P)
+    load = Load(buffer=buffer, sram_addr=rng.randint(0, depth - entries), count=entries, dram_addr=dram,
+                dram_stride=dram_stride, window=True, **fields, **tokens)
+    addresses, inside = window_rows(entries, dram, dram_stride, *list(fields.values())[:-1])
+    fill = int.from_bytes(bytes([load.fill]) * entry, "little")
+    return Expected(load, [(int(a), entry // P) for a, i in zip(addresses, inside) if i],
+                    [(buffer, load.sram_addr + n, int.from_bytes(memory[a:a + entry], "little") if i else fill)
+                     for n, (a, i) in enumerate(zip(addresses.tolist(), inside))])
+
+
+def random_loads(rng: random.Random, memory: bytes, count: int, windows: float = 0.0) -> list[Expected]:
+    """``count`` random legal LOADs (beat-aligned, in range) with random token flags; ``windows`` of them (a
+    fraction) window LOADs."""
     P = CONFIG.mem_bytes
     loads = []
     for _ in range(count):
         buffer = rng.choice(list(Buffer))
         entry, depth = (CONFIG.rows, CONFIG.act_depth) if buffer == Buffer.ACT else (CONFIG.cols, CONFIG.wgt_depth)
+        if rng.random() < windows:
+            loads.append(random_window(rng, memory, buffer, entry, depth, wait_compute=rng.random() < 0.4,
+                                       signal_compute=rng.random() < 0.4))
+            continue
         entries = rng.randint(1, 8)
         stride = P * rng.choice([0, 1, entry // P, entry // P, rng.randint(1, 40)])
         dram = P * rng.randint(0, (MEMORY_BYTES - (entries - 1) * stride - entry) // P)
@@ -53,7 +87,7 @@ def random_loads(rng: random.Random, memory: bytes, count: int) -> list[Expected
     return loads
 
 
-async def run_loads(dut, rng: random.Random, count: int, **memory_timing) -> None:
+async def run_loads(dut, rng: random.Random, count: int, windows: float = 0.0, **memory_timing) -> None:
     """Issue ``count`` random LOADs and check the unit cycle by cycle, then in total.
 
     Per cycle: ``idle``/``instr.ready`` low exactly while an instruction is in
@@ -62,11 +96,12 @@ async def run_loads(dut, rng: random.Random, count: int, **memory_timing) -> Non
     LOAD; ``stall_token`` while it waits without a token;
     ``next_tokens.push`` exactly in the cycle that writes the last entry of a
     ``signal_compute`` LOAD.
-    In total: the requests and buffer writes are exactly the expected ones.
+    In total: the requests and buffer writes are exactly the expected ones
+    (a window LOAD's writes in any order).
     """
     memory = rng.randbytes(MEMORY_BYTES)
     port = ReadMemory(dut, memory, CONFIG.mem_bytes, rng, **memory_timing)
-    loads = random_loads(rng, memory, count)
+    loads = random_loads(rng, memory, count, windows)
     queue = list(loads)
     current, waiting, written = None, False, 0  # the LOAD in progress
     writes, offer_at, token = [], 0, 0
@@ -112,7 +147,11 @@ async def run_loads(dut, rng: random.Random, count: int, **memory_timing) -> Non
     else:
         raise AssertionError("the LOADs did not finish")
     assert port.requests == [r for e in loads for r in e.requests], "read requests differ"
-    expected = [w for e in loads for w in e.writes]
+    expected, made = [], iter(writes)
+    for e in loads:  # a window LOAD's writes, in the order they were made
+        own = [w for _, w in zip(e.writes, made)]
+        expected += sorted(e.writes, key=own.index) if e.load.window and sorted(own) == sorted(e.writes) \
+            else e.writes
     first = next((i for i, (a, b) in enumerate(zip(writes, expected)) if a != b), min(len(writes), len(expected)))
     assert writes == expected, \
         f"buffer writes differ from write {first} on ({len(writes)} made, {len(expected)} expected)"
@@ -128,3 +167,16 @@ async def random_timing(dut):
 async def streaming(dut):
     """Random LOADs; a memory that always accepts and answers a beat every cycle after one cycle."""
     await run_loads(dut, random.Random(6), 80, ready_chance=1.0, latency=(1, 1), gap_chance=0.0)
+
+
+@cocotb.test()
+async def windows_random_timing(dut):
+    """Window LOADs among plain ones; memory with backpressure, random latency and gaps between beats."""
+    await run_loads(dut, random.Random(7), 120, windows=0.6)
+
+
+@cocotb.test()
+async def windows_streaming(dut):
+    """Window LOADs among plain ones; a memory that answers a beat every cycle after one cycle, so that entries
+    outside the input meet arriving entries at the buffer port."""
+    await run_loads(dut, random.Random(8), 120, windows=0.6, ready_chance=1.0, latency=(1, 1), gap_chance=0.0)
