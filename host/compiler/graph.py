@@ -10,7 +10,7 @@ from onnx import numpy_helper, shape_inference
 
 from mvu.host.compiler.ir import Graph, Node
 from mvu.host.compiler.onnx_file import ModelImportError, cause, input_shape, read_onnx
-from mvu.host.compiler.rewrites import fold_pads, fuse_gelu
+from mvu.host.compiler.rewrites import fold_pads, fuse_gates, fuse_gelu
 
 __all__ = ["Node", "Graph", "ModelImportError", "drop_unused", "import_model", "import_onnx", "refusal",
            "SUPPORTED_OPS", "PREQUANTIZED_OPS"]
@@ -18,7 +18,7 @@ __all__ = ["Node", "Graph", "ModelImportError", "drop_unused", "import_model", "
 SUPPORTED_OPS = frozenset({
     "Conv", "Relu", "Clip", "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul",
     "Flatten", "Reshape", "Concat", "Softmax", "BatchNormalization", "Identity", "Dropout", "Mul", "Pad",
-    "Transpose", "LayerNormalization", "Gelu",
+    "Transpose", "LayerNormalization", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "Swish",
     *("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearGlobalAveragePool",
       "QGemm", "QLinearAveragePool", "QLinearConcat"),
 })
@@ -51,6 +51,7 @@ def import_model(model: onnx.ModelProto, digest: str, label: str) -> Graph:
              for i, n in enumerate(model.graph.node)]
     constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     fuse_gelu(nodes, constants)
+    fuse_gates(nodes)
     nodes = _used(nodes, model.graph.output[0].name)
     computable = _constant_outputs(nodes, set(constants))
     _refuse(label, [node for node in nodes if node.op not in SUPPORTED_OPS and not set(node.outputs) <= computable])

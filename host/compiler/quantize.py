@@ -19,11 +19,12 @@ import onnx
 
 from mvu.hdl.contract.requantization import Requantization
 from mvu.host.compiler.builder import LayerBuilder
+from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.compiler.rewrites import pad_widths
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 
-__all__ = ["HANDLERS", "LIMITS", "activation_clamp", "calibrate", "check_graph", "quantize_graph"]
+__all__ = ["HANDLERS", "LIMITS", "TABLE_FUNCTIONS", "activation_clamp", "calibrate", "check_graph", "quantize_graph"]
 
 
 def calibrate(model: onnx.ModelProto, graph: Graph, images: np.ndarray, *, progress: bool = True) -> dict:
@@ -265,16 +266,36 @@ def _transpose(p: _Pass, node: Node) -> None:
                  p.q_of(node.inputs[0])), node.op)
 
 
-def _gelu(p: _Pass, node: Node) -> None:
-    """GELU (a Gelu node, or the Erf form fused on import) as a table of its 256 input codes, on the host."""
+def _gelu_values(x: np.ndarray, attrs: dict) -> np.ndarray:
+    if attrs.get("approximate", "none") in ("tanh", b"tanh"):
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * x))  # no overflow for large |x|
+
+
+#: Elementwise op -> its float function of ``x`` and the node's attributes (ONNX's definitions and defaults).
+TABLE_FUNCTIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
+    "Gelu": _gelu_values,
+    "Sigmoid": lambda x, a: _sigmoid(x),
+    "HardSigmoid": lambda x, a: np.clip(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1),
+    "HardSwish": lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
+    "Tanh": lambda x, a: np.tanh(x),
+    "LeakyRelu": lambda x, a: np.where(x >= 0, x, a.get("alpha", 0.01) * x),
+    "Swish": lambda x, a: x * _sigmoid(a.get("alpha", 1.0) * x),  # SiLU, x * Sigmoid(x), fused on import
+}
+
+
+def _table(p: _Pass, node: Node) -> None:
+    """An elementwise function (:data:`TABLE_FUNCTIONS`) as a table of its 256 input codes' output codes, in the
+    calibrated output quantization; on the host, or on the accelerator where :func:`~mvu.host.compiler.fuse_tables.
+    fuse_tables` folds it into the product that feeds it."""
     in_q, out_q = p.q_of(node.inputs[0]), p.out_params(node.outputs[0], "none")
     x = in_q.dequantize(np.arange(256)).astype(np.float64)
-    if node.attrs.get("approximate", "none") in ("tanh", b"tanh"):
-        y = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
-    else:
-        y = 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
     p.emit(Layer("lut", node.name, [node.inputs[0]], node.outputs[0], "host", {},
-                 {"table": out_q.quantize(y)}, out_q), "Gelu (table)")
+                 {"table": out_q.quantize(TABLE_FUNCTIONS[node.op](x, node.attrs))}, out_q), f"{node.op} (table)")
 
 
 def _layer_norm(p: _Pass, node: Node) -> None:
@@ -364,7 +385,8 @@ HANDLERS: dict[str, Callable[[_Pass, Node], None]] = {
     "Conv": _conv, "Add": _add, "Sum": _add, "Mul": _affine, "BatchNormalization": _affine,
     "Relu": _clamp, "Clip": _clamp, "MaxPool": _pool, "AveragePool": _pool, "GlobalAveragePool": _pool,
     "Flatten": _reshape, "Reshape": _reshape, "Concat": _concat, "Gemm": _gemm, "MatMul": _matmul,
-    "Softmax": _softmax, "Pad": _pad, "Transpose": _transpose, "Gelu": _gelu, "LayerNormalization": _layer_norm,
+    "Softmax": _softmax, "Pad": _pad, "Transpose": _transpose, "LayerNormalization": _layer_norm,
+    **dict.fromkeys(TABLE_FUNCTIONS, _table),
 }
 
 
@@ -432,4 +454,4 @@ def quantize_graph(graph: Graph, ranges: dict) -> QuantizedModel:
     for node in graph.nodes:
         if id(node) not in p.fused:
             HANDLERS[node.op](p, node)
-    return p.model(p.tensor_q[graph.input], p.shapes)
+    return fuse_tables(p.model(p.tensor_q[graph.input], p.shapes))

@@ -1,5 +1,6 @@
-"""Import rules that rewrite an ONNX graph into ops mvu takes: GELU's Erf form becomes one Gelu node, and a
-zero Pad before a convolution becomes the convolution's own padding."""
+"""Import rules that rewrite an ONNX graph into ops mvu takes: GELU's Erf form becomes one Gelu node, a gated
+``x * Sigmoid(x)`` (SiLU) one Swish node and ``x * HardSigmoid(x)`` one HardSwish node, and a zero Pad before a
+convolution becomes the convolution's own padding."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from onnx import numpy_helper
 
 from mvu.host.compiler.ir import Graph, Node
 
-__all__ = ["fold_pads", "fuse_gelu", "pad_widths"]
+__all__ = ["fold_pads", "fuse_gates", "fuse_gelu", "pad_widths"]
 
 
 def _constant(nodes: list[Node], constants: dict[str, np.ndarray], name: str) -> np.ndarray | None:
@@ -69,6 +70,28 @@ def _last_mul(nodes: list[Node], constants: dict[str, np.ndarray], product: Node
         return None
     halved = next((n for n in nodes if n.outputs[0] == other and n.op == "Mul" and x in n.inputs), None)
     return product if halved is not None and _is(_constant(nodes, constants, _other(halved, x)), 0.5) else None
+
+
+def _hard_swish_gate(gate: Node) -> bool:
+    """Whether a HardSigmoid is HardSwish's: ``clip(x / 6 + 1/2, 0, 1)``."""
+    return abs(gate.attrs.get("alpha", 0.2) - 1 / 6) < 1e-6 and abs(gate.attrs.get("beta", 0.5) - 0.5) < 1e-6
+
+
+#: Gate op -> (whether it qualifies, the single op that ``x * gate(x)`` becomes).
+_GATES = {"Sigmoid": (lambda gate: True, "Swish"), "HardSigmoid": (_hard_swish_gate, "HardSwish")}
+
+
+def fuse_gates(nodes: list[Node]) -> None:
+    """``Mul(x, Sigmoid(x))`` (SiLU) becomes ``Swish(x)`` and ``Mul(x, HardSigmoid(x))`` with HardSwish's
+    coefficients ``HardSwish(x)``, under the Mul's output name; a gate nothing else reads is dropped later."""
+    producers = {out: n for n in nodes for out in n.outputs}
+    for mul in [n for n in nodes if n.op == "Mul" and len(n.inputs) == 2]:
+        for gated in mul.inputs:
+            gate, x = producers.get(gated), _other(mul, gated)
+            if gate is None or gate.op not in _GATES or gate.inputs[:1] != [x] or not _GATES[gate.op][0](gate):
+                continue
+            mul.op, mul.inputs, mul.attrs = _GATES[gate.op][1], [x], {}
+            break
 
 
 def pad_widths(graph: Graph, node: Node) -> tuple[list[int], list[int], float | None, str]:

@@ -21,7 +21,7 @@ from mvu.host.executors import BACKENDS, make_executor
 from mvu.host.executors.kernels import depthwise_sums, qlinear_add
 from mvu.host.executors.onnxruntime_add import QLinearAdd, add_coefficients, onnxruntime_add
 from mvu.host.executors.requantize import requantize_rows
-from mvu.host.gemm import GemmProgram, golden_gemm
+from mvu.host.gemm import ConvolutionInput, GemmProgram, golden_gemm
 from mvu.host.model.quantized import Layer, QuantizedModel
 from mvu.host.runtime.scores import softmax
 
@@ -41,6 +41,7 @@ class LayerStats:
     seconds: float = 0.0
     im2col_seconds: float = 0.0  # the host's share of lowering a convolution to a GEMM
     counters: dict = field(default_factory=dict)
+    lowering: str = ""  # a convolution's: "windows" (window LOADs read its input tensor) or "im2col" (host patches)
 
     @classmethod
     def total(cls, parts: Sequence["LayerStats"]) -> "LayerStats":
@@ -52,7 +53,7 @@ class LayerStats:
         first = parts[0]
         return cls(first.name, first.kind, first.placement, sum(p.macs for p in parts), sum(p.images for p in parts),
                    sum(p.cycles for p in parts), sum(p.seconds for p in parts),
-                   sum(p.im2col_seconds for p in parts), counters)
+                   sum(p.im2col_seconds for p in parts), counters, first.lowering)
 
 
 def sub_batch_sizes(images: int) -> list[int]:
@@ -90,6 +91,17 @@ def im2col(x: np.ndarray, kernel, strides, pads, dilations, pad_value: int) -> t
     return windows.reshape(n * ho * wo, kh * kw * c), ho, wo
 
 
+def _windowed(config: HardwareConfig, conv: ConvolutionInput) -> bool:
+    """Whether window LOADs read a convolution's input: where they cost no more K tiles, and so no more MACs and
+    cycles, than host patches (each tap's channels padded to ``rows`` vs. a patch row padded once: equal whenever
+    the channels fill whole tiles; the 3-channel stem's 7x7 taps would take 49 tiles instead of 5) and the
+    descriptor can express it. A 1x1, stride-1, unpadded convolution reads its input as plain rows already."""
+    kh, kw = conv.kernel
+    rows, channels = config.rows, conv.x.shape[3]
+    plain = kh == kw == 1 and conv.strides == (1, 1) and not any(conv.pads)
+    return not plain and kh * kw * -(-channels // rows) == -(-kh * kw * channels // rows) and conv.limit() is None
+
+
 def _pool_pads(size: tuple[int, ...], attrs: dict) -> list[int]:
     """A pooling layer's pads, the bottom and right ones grown by what ``ceil_mode`` adds: onnxruntime's output
     size, ``ceil((padded - kernel) / stride) + 1`` less a last window that would start in the end padding."""
@@ -117,9 +129,11 @@ def _rescale(x: np.ndarray, ratio: float, zero_point: int) -> np.ndarray:
 
 def _requantization(layer: Layer, channels: slice) -> Requantization:
     """The post-processor's parameters for ``channels`` of a layer: fixed point, or the float32 scales of a
-    model imported with its own scales (onnxruntime's arithmetic)."""
+    model imported with its own scales (onnxruntime's arithmetic). A layer with a fused table requantizes into the
+    table's input codes (``table_zero_point``)."""
     low, high = layer.attrs["clamp"]
-    limits = dict(out_zero_point=layer.out_q.zero_point, clamp_min=low, clamp_max=high)
+    zero_point = layer.attrs.get("table_zero_point", layer.out_q.zero_point)
+    limits = dict(out_zero_point=zero_point, clamp_min=low, clamp_max=high)
     if layer.attrs.get("rounding") == "float32":
         return Requantization.from_float32_scales(layer.arrays["scale"][channels], layer.arrays["bias"][channels],
                                                   **limits)
@@ -154,19 +168,20 @@ class ModelRunner:
         self._requantizations: dict[str, Requantization] = {}  # per layer, for the layers without groups
         self._adds: dict[str, QLinearAdd | None] = {}  # per Add layer with two inputs
 
-    def gemm(self, a: np.ndarray, w: np.ndarray, zero_point: int, requant: Requantization | None,
-             stats: LayerStats, key: tuple) -> np.ndarray:
+    def gemm(self, a: np.ndarray | ConvolutionInput, w: np.ndarray, zero_point: int, requant: Requantization | None,
+             stats: LayerStats, key: tuple, table: np.ndarray | None = None) -> np.ndarray:
         """``key`` names the product within the model: its program is built once per number of rows (the batch
         size) and rerun on new activations. Raw int32 sums (``requant`` None) come back as a view of the
-        program's memory, valid until the product runs again."""
+        program's memory, valid until the product runs again. A ``table`` (256 bytes) is looked up by the
+        product's STOREs."""
         if self.executor is None:
-            return golden_gemm(a, w, zero_point, requant)
+            return golden_gemm(a, w, zero_point, requant, table)
         key = (*key, a.shape[0])
         program = self._programs.get(key)
         if program is None:
             program = self._programs[key] = GemmProgram(
                 self.config, a, w, act_zero_point=zero_point, requant=requant,
-                memory_bytes_per_cycle=self.executor.memory_bytes_per_cycle)
+                memory_bytes_per_cycle=self.executor.memory_bytes_per_cycle, table=table)
             self._used.append(program)
             self._evict()
         else:
@@ -273,15 +288,25 @@ class ModelRunner:
             return self._depthwise(layer, x)
         for g in range(group):
             part = x[:, g * per_group_in:(g + 1) * per_group_in]
+            channels = slice(g * per_group_out, (g + 1) * per_group_out)
+            w, requant = self._group_operands(layer, g, channels)
+            table = layer.arrays.get("table")
+            windows = ConvolutionInput(part.transpose(0, 2, 3, 1), tuple(a["kernel"]), tuple(a["strides"]),
+                                       tuple(a["pads"]), tuple(a["dilations"]))
+            if layer.placement == "accelerator" and self.executor is not None and _windowed(self.config, windows):
+                stats.lowering = "windows"
+                ho, wo = windows.out_size
+                out = self.gemm(windows, w, a["in_zero_point"], requant, stats, (layer.name, g), table)
+                outputs.append(out.view(np.uint8))
+                continue
+            stats.lowering = "im2col"
             lowering = time.perf_counter()
             patches, ho, wo = im2col(part, a["kernel"], a["strides"], a["pads"], a["dilations"], a["in_zero_point"])
             stats.im2col_seconds += time.perf_counter() - lowering
-            channels = slice(g * per_group_out, (g + 1) * per_group_out)
-            w, requant = self._group_operands(layer, g, channels)
             if layer.placement == "accelerator":
-                out = self.gemm(patches, w, a["in_zero_point"], requant, stats, (layer.name, g))
+                out = self.gemm(patches, w, a["in_zero_point"], requant, stats, (layer.name, g), table)
             else:
-                out = golden_gemm(patches, w, a["in_zero_point"], requant)
+                out = golden_gemm(patches, w, a["in_zero_point"], requant, table)
             outputs.append(out.view(np.uint8))
         return _channels_first(outputs[0] if group == 1 else np.concatenate(outputs, axis=1), len(x), ho, wo)
 
@@ -374,7 +399,8 @@ class ModelRunner:
         x = tensors[layer.inputs[0]]
         rows = x.reshape(-1, x.shape[-1]) if layer.attrs.get("pointwise") else x.reshape(len(x), -1)
         requant = self._layer_requantization(layer)
-        out = self.gemm(rows, layer.arrays["weight"], layer.attrs["in_zero_point"], requant, stats, (layer.name,))
+        out = self.gemm(rows, layer.arrays["weight"], layer.attrs["in_zero_point"], requant, stats, (layer.name,),
+                        layer.arrays.get("table"))
         return out.reshape(*x.shape[:-1], -1) if layer.attrs.get("pointwise") else out
 
     def _clamp(self, layer: Layer, tensors, stats):

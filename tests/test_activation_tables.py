@@ -1,0 +1,126 @@
+"""Elementwise activations as 256-entry tables: imported from float graphs, fused into the STORE of the product
+that feeds them where it alone reads that product (on the accelerator), else run on the host; compared with
+onnxruntime fp32, between the numpy and reference backends, and once with the RTL."""
+
+import numpy as np
+import pytest
+from conftest import TINY
+from test_import_ops import compile_and_run, images, kinds, network
+
+from mvu.host.compiler.fuse_tables import FUSED_TABLE
+from mvu.host.compiler.graph import import_onnx
+from mvu.host.compiler.quantize import TABLE_FUNCTIONS, calibrate, quantize_graph
+from mvu.host.runtime.runner import ModelRunner
+
+
+def silu(g, x):
+    return g.node("Mul", [x, g.node("Sigmoid", [x])])
+
+
+def hard_swish_gated(g, x):
+    return g.node("Mul", [g.node("HardSigmoid", [x], alpha=1 / 6, beta=0.5), x])
+
+
+#: Activation -> (how the graph writes it, the op it imports as, the least SQNR in dB of its output).
+ACTIVATIONS = {
+    "Sigmoid": (lambda g, x: g.node("Sigmoid", [x]), "Sigmoid", 39),
+    "HardSigmoid": (lambda g, x: g.node("HardSigmoid", [x], alpha=0.25, beta=0.4), "HardSigmoid", 39),
+    "HardSwish": (lambda g, x: g.node("HardSwish", [x]), "HardSwish", 33),
+    "x*HardSigmoid(x)": (hard_swish_gated, "HardSwish", 33),
+    "Tanh": (lambda g, x: g.node("Tanh", [x]), "Tanh", 33),
+    "LeakyRelu": (lambda g, x: g.node("LeakyRelu", [x], alpha=0.1), "LeakyRelu", 33),
+    "SiLU": (silu, "Swish", 33),
+}
+
+
+def activation_model(activation, *, fused: bool = True):
+    """The first convolution, then ``activation`` (right after it, or after an Add of it to itself, which keeps the
+    table on the host), a 1x1 convolution, pooling and a classifier; and the activation's output name."""
+    write = ACTIVATIONS[activation][0]
+    names = []
+
+    def body(g, x, rng):
+        y = write(g, x if fused else g.add(x, x))
+        names.append(y)
+        return g.conv(y, rng.normal(0, 0.3, (8, 8, 1, 1)), rng.normal(0, 0.1, 8))
+    return network(body), names[0]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_an_activation_after_a_convolution_runs_in_its_store(activation):
+    model, output = activation_model(activation)
+    graph = import_onnx(model)
+    ops = {n.op for n in graph.nodes}
+    assert ACTIVATIONS[activation][1] in ops
+    if activation in ("SiLU", "x*HardSigmoid(x)"):  # the gate and its Mul became one node
+        assert not {"Mul", "Sigmoid", "HardSigmoid"} & ops, ops
+    quantized, sqnr = compile_and_run(model, tensor=output)
+    print(f"{activation}: SQNR {sqnr:.1f} dB (fused)")
+    assert "lut" not in kinds(quantized)
+    conv = next(layer for layer in quantized.layers if layer.output == output)
+    assert conv.kind == "conv" and conv.placement == "accelerator" and conv.arrays["table"].shape == (256,)
+    row = next(row for row in quantized.report if row["op"] == f"{ACTIVATIONS[activation][1]} (table)")
+    assert row["placement"] == FUSED_TABLE
+    assert sqnr > ACTIVATIONS[activation][2], sqnr
+
+
+@pytest.mark.parametrize("activation", ["Sigmoid", "SiLU"])
+def test_an_activation_that_no_product_alone_feeds_stays_on_the_host(activation):
+    model, output = activation_model(activation, fused=False)
+    quantized, sqnr = compile_and_run(model, tensor=output)
+    print(f"{activation}: SQNR {sqnr:.1f} dB (host)")
+    assert "lut" in kinds(quantized)
+    assert not any("table" in layer.arrays for layer in quantized.layers if layer.kind == "conv")
+    row = next(row for row in quantized.report if row["op"] == f"{ACTIVATIONS[activation][1]} (table)")
+    assert row["placement"] == "host"
+    assert sqnr > ACTIVATIONS[activation][2], sqnr
+
+
+def test_tables_follow_the_onnx_definitions():
+    """Each function at a few points, against the formulas of the ONNX operator specifications."""
+    x = np.array([-8.0, -1.0, 0.0, 0.5, 3.0, 7.0])
+    sigmoid = 1 / (1 + np.exp(-x))
+    expected = {"Sigmoid": sigmoid, "Tanh": np.tanh(x), "Swish": x * sigmoid,
+                "HardSigmoid": np.clip(0.2 * x + 0.5, 0, 1), "HardSwish": x * np.clip(x / 6 + 0.5, 0, 1),
+                "LeakyRelu": np.where(x < 0, 0.01 * x, x)}
+    for op, values in expected.items():
+        np.testing.assert_allclose(TABLE_FUNCTIONS[op](x, {}), values, rtol=1e-12, atol=1e-15, err_msg=op)
+
+
+def test_a_fused_table_is_bit_exact_on_the_rtl(verilator_executors):
+    model, output = activation_model("SiLU")
+    graph = import_onnx(model)
+    quantized = quantize_graph(graph, calibrate(model, graph, images(8, 1, 12), progress=False))
+    batch = quantized.input_q.quantize(images(2, 3, 12))
+    runs = []
+    for backend, executor in (("reference", None), ("verilator", verilator_executors(TINY))):
+        runner = ModelRunner(quantized, TINY, backend, executor)
+        runner.run_batch(batch)
+        runs.append(runner.tensors)
+    for layer in quantized.layers:
+        np.testing.assert_array_equal(runs[1][layer.output], runs[0][layer.output], err_msg=layer.name)
+    assert len(np.unique(runs[1][output])) > 16  # the table's output varies
+
+
+def test_compile_lists_where_each_table_runs(tmp_path, capsys):
+    """`mvu compile -v`: a SiLU fused into its convolution is listed on the accelerator, one after an Add on the
+    host."""
+    import json
+
+    import onnx
+
+    from mvu.host.tools.cli import main
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"resize": 12, "crop": 12, "mean": [127.5] * 3, "std": [64.0] * 3}))
+    listings = {}
+    for fused in (True, False):
+        path = tmp_path / f"silu-{fused}.onnx"
+        onnx.save(activation_model("SiLU", fused=fused)[0], path)
+        labels = tmp_path / "labels.txt"
+        labels.write_text("\n".join(f"class {i}" for i in range(10)))
+        assert main(["compile", str(path), "-o", str(tmp_path / "m.mvu"), "-v", "--preprocess", str(recipe),
+                     "--labels", str(labels)]) == 0
+        listings[fused] = next(line for line in capsys.readouterr().out.splitlines() if "Swish (table)" in line)
+    assert "-> accelerator (fused table)" in listings[True]
+    assert "-> host" in listings[False]
