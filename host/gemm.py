@@ -82,24 +82,31 @@ class ConvolutionInput:
 
     def check(self) -> None:
         """Refuse geometry that window LOADs cannot express, naming the limit."""
+        problem = self.limit()
+        if problem is not None:
+            raise GemmError(problem)
+
+    def limit(self) -> str | None:
+        """What window LOADs cannot express of this convolution, or ``None``."""
         if self.x.ndim != 4:
-            raise GemmError(f"a convolution's input is a channels-last [N, H, W, C] tensor, not {self.x.shape}")
+            return f"a convolution's input is a channels-last [N, H, W, C] tensor, not {self.x.shape}"
         _, h, w, _ = self.x.shape
         (kh, kw), (dh, dw) = self.kernel, self.dilations
         top, left = self.pads[:2]
         if min(self.out_size) < 1 or min(self.kernel) < 1 or min(self.dilations) < 1:
-            raise GemmError(f"convolution of {h} x {w} with kernel {self.kernel}, pads {self.pads} and dilations "
-                            f"{self.dilations} has no output")
+            return (f"convolution of {h} x {w} with kernel {self.kernel}, pads {self.pads} and dilations "
+                    f"{self.dilations} has no output")
         if not all(1 <= s <= _WINDOW_LIMITS["stride"] for s in self.strides):
-            raise GemmError(f"window LOADs take strides 1..{_WINDOW_LIMITS['stride']}, not {self.strides}")
+            return f"window LOADs take strides 1..{_WINDOW_LIMITS['stride']}, not {self.strides}"
         offsets = (-top, -left, (kh - 1) * dh - top, (kw - 1) * dw - left)
         low, high = _WINDOW_LIMITS["offset"]
         if not all(low <= o <= high for o in offsets):
-            raise GemmError(f"window LOADs take tap offsets (tap * dilation - pad) {low}..{high}; kernel "
-                            f"{self.kernel}, dilations {self.dilations} and pads {self.pads} need {offsets}")
+            return (f"window LOADs take tap offsets (tap * dilation - pad) {low}..{high}; kernel {self.kernel}, "
+                    f"dilations {self.dilations} and pads {self.pads} need {offsets}")
         if max(h, w, *self.out_size) > _WINDOW_LIMITS["size"]:
-            raise GemmError(f"window LOADs take images and outputs up to {_WINDOW_LIMITS['size']} pixels a side, "
-                            f"not {h} x {w} -> {self.out_size}")
+            return (f"window LOADs take images and outputs up to {_WINDOW_LIMITS['size']} pixels a side, not "
+                    f"{h} x {w} -> {self.out_size}")
+        return None
 
 
 def _window_limits() -> dict:

@@ -135,3 +135,45 @@ def test_window_loads_do_not_depend_on_memory_timing(verilator_executors):
     executor = verilator_executors(TINY, MemoryModel(latency=97, bytes_per_cycle=1.5, max_outstanding=3))
     case = conv_case(np.random.default_rng(11), SHAPES["batch 2, odd, uneven pads"])
     np.testing.assert_array_equal(run(executor, TINY, *case[:4]).result(), case[4])
+
+
+def test_resnet18_logits_are_unchanged_by_window_loads():
+    """The reference executor with window LOADs gives the logits of host im2col and the golden products."""
+    from mvu.host.compiler.recipes import compile_source, demo_photos
+    from mvu.host.runtime.classify import Classifier
+
+    config = HardwareConfig()
+    package = compile_source("resnet18", config=config, progress=False)
+    logits = {}
+    for backend in ("numpy", "reference"):
+        classifier = Classifier(package, backend)
+        classifier.classify(demo_photos()[1])
+        logits[backend] = classifier.runner.last_output
+        lowering = {s.name: s.lowering for s in classifier.runner.stats if s.kind == "conv"}
+    np.testing.assert_array_equal(logits["reference"], logits["numpy"])
+    convs = [layer for layer in package.model.layers if layer.kind == "conv"]
+    windowed = [layer.name for layer in convs if layer.attrs["kernel"] != [1, 1] or layer.attrs["strides"] != [1, 1]]
+    assert [name for name, how in lowering.items() if how == "windows"] == windowed[1:]  # all but the stem
+    assert lowering[windowed[0]] == "im2col"
+
+
+def test_a_network_on_the_rtl_with_window_loads(verilator_executors):
+    """A small classifier on the RTL: its 3x3 convolution over 8 channels reads windows; logits equal the
+    definition's (host im2col) bit for bit."""
+    from test_compiler import small_network
+
+    from mvu.host.compiler.graph import import_onnx
+    from mvu.host.compiler.quantize import calibrate, quantize_graph
+    from mvu.host.runtime.runner import ModelRunner
+
+    model = small_network()
+    graph = import_onnx(model)
+    images = np.random.default_rng(5).normal(0, 1, (8, 3, 16, 16)).astype(np.float32)
+    quantized = quantize_graph(graph, calibrate(model, graph, images, progress=False))
+    batch = quantized.input_q.quantize(images[:2])
+    outputs = {}
+    for backend, executor in (("numpy", None), ("verilator", verilator_executors(TINY))):
+        runner = ModelRunner(quantized, TINY, backend, executor)
+        outputs[backend] = runner.run_batch(batch)
+    assert "windows" in {s.lowering for s in runner.stats}
+    np.testing.assert_array_equal(outputs["verilator"], outputs["numpy"])

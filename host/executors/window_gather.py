@@ -1,9 +1,10 @@
 """Window LOADs (implicit im2col) for execution plans: their entries gathered from memory in one indexing per run.
 
 A plan treats the entries of the program's window LOADs as rows of a scratch matrix at addresses from
-:data:`SCRATCH_BASE` on, as if plain LOADs had read them there. Each run of consecutive window LOADs that differ only
-in their K tile becomes a band whose rows hold their entries side by side (LOAD ``j`` in columns ``j * rows ..``), so the K
-tiles of a row block read back as one matrix, and the bands of the next row blocks continue it.
+:data:`SCRATCH_BASE` on, as if plain LOADs had read them there. Each run of consecutive window LOADs that differ
+only in their K tile becomes a band whose rows hold their entries side by side (LOAD ``j`` in columns
+``j * rows ..``), so the K tiles of a row block read back as one matrix, and the bands of the next row blocks
+continue it.
 """
 
 from __future__ import annotations
