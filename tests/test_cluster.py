@@ -89,3 +89,41 @@ def test_a_worker_that_dies_has_its_images_run_elsewhere(labelled, toy_package_p
 def test_no_scheduler_is_a_clear_error(toy_package_path, labelled):
     with pytest.raises(ConnectionError, match="no Dask scheduler answers at tcp://127.0.0.1:9"):
         classify_on_cluster("tcp://127.0.0.1:9", toy_package_path, [], backend="numpy", progress=False)
+
+
+def test_bench_network_on_the_cluster_compares_backends_image_by_image(cluster, labelled):
+    from mvu.hdl.contract.config import HardwareConfig
+    from mvu.host.compiler.recipes import cached_package
+    from mvu.host.tools.benchmarks import bench_network_cluster
+
+    config = HardwareConfig()
+    paths = sorted(labelled.glob("*.png"))[:6]
+    report = bench_network_cluster("toy", config, cluster.scheduler_address, images=paths,
+                                   backends=("numpy", "reference"), progress=False)
+    assert report["bit_exact"] and report["images"] == 6 and report["worker_threads"] == 2
+    classifier = Classifier(cached_package("toy", config), "numpy")
+    local = [classifier.classify(path, top=1).top[0]["label"] for path in paths]
+    for entry in report["backends"].values():
+        assert entry["top1"] == local and entry["images_per_second"] > 0
+        assert "cycles_per_image" not in entry  # neither backend counts cycles
+
+
+@pytest.mark.slow
+def test_bench_network_on_the_cluster_reports_rtl_cycles(cluster, labelled):
+    from mvu.hdl.contract.config import HardwareConfig
+    from mvu.host.tools.benchmarks import bench_network_cluster
+
+    config = HardwareConfig()
+    paths = sorted(labelled.glob("*.png"))[:2]
+    report = bench_network_cluster("toy", config, cluster.scheduler_address, images=paths,
+                                   backends=("reference", "verilator"), progress=False)
+    rtl = report["backends"]["verilator"]
+    assert report["bit_exact"] and rtl["cycles_per_image"] > 0 and 0 < rtl["mac_utilization"] <= 1
+
+
+def test_bench_network_names_an_unreachable_cluster(capsys):
+    from mvu.host.tools.cli import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(["bench", "network", "toy", "--cluster", "tcp://127.0.0.1:9", "--count", "1"])
+    assert "no Dask scheduler answers at tcp://127.0.0.1:9" in str(raised.value)

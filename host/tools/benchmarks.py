@@ -108,6 +108,47 @@ def bench_network(recipe: str, config: HardwareConfig, *, image=None, backends=(
     return report
 
 
+def bench_network_cluster(recipe: str, config: HardwareConfig, address: str, *, images: list,
+                          backends=("reference", "verilator"), progress: bool = True) -> dict:
+    """``images`` through a compiled recipe on each backend, spread over the Dask cluster at ``address``:
+    throughput of the whole cluster, cycles and MAC utilization per image, and whether every backend gave
+    every image the same logits (compared by digest)."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from mvu.host.compiler.recipes import cached_package
+    from mvu.host.model.package import save_package
+    from mvu.host.tools.cluster import classify_on_cluster, cluster_threads
+
+    package = cached_package(recipe, config)
+    accelerator_macs = sum(layer.macs for layer in package.model.layers if layer.placement == "accelerator")
+    report = {"model": recipe, "cluster": address, "worker_threads": cluster_threads(address),
+              "images": len(images), "config": config.to_dict(), "accelerator_macs": accelerator_macs,
+              "backends": {}}
+    digests = {}
+    with tempfile.TemporaryDirectory() as folder:
+        path = save_package(package, Path(folder) / f"{recipe}.mvu")
+        for backend in backends:
+            started = time.perf_counter()
+            predictions = classify_on_cluster(address, path, images, backend=backend, config=config.to_dict(),
+                                              top=1, progress=progress, digest=True)
+            wall = time.perf_counter() - started
+            digests[backend] = [prediction["logits_sha256"] for prediction in predictions]
+            entry = {"wall_seconds": wall, "images_per_second": len(images) / wall,
+                     "top1": [prediction["top"][0]["label"] for prediction in predictions]}
+            cycles = [prediction["cycles"] for prediction in predictions]
+            if all(cycles):
+                mean = sum(cycles) / len(cycles)
+                entry.update(cycles_per_image=mean, modelled_ms=config.modelled_ms(mean),
+                             mac_utilization=accelerator_macs / (mean * config.macs_per_cycle),
+                             cluster_macs_per_second=accelerator_macs * len(images) / wall)  # wall: transfers too
+            report["backends"][backend] = entry
+    first = next(iter(digests.values()))
+    report["bit_exact"] = all(other == first for other in digests.values())
+    return report
+
+
 def onnxruntime_int8_comparison(recipe: str, package, image, *, backends=("reference", "numpy"),
                                 repeats: int = 20) -> dict:
     """The same int8 model on onnxruntime and on mvu, timed at batch 1 in one run.

@@ -72,10 +72,58 @@ def _cmd_bench(args) -> int:
 def _cmd_bench_network(args) -> int:
     from mvu.host.tools.benchmarks import bench_network
 
+def _bench_images(folder: str | None, count: int) -> list[Path]:
+    """``count`` images: a folder's (sorted), or the demo photos, repeated in turn as needed."""
+    from itertools import cycle, islice
+
+    from mvu.host.compiler.compile import IMAGE_SUFFIXES
+    from mvu.host.compiler.recipes import demo_photos
+
+    if count < 1:
+        raise SystemExit("mvu bench network: --count must be at least 1")
+    if folder is None:
+        found = demo_photos()
+    elif not Path(folder).is_dir():
+        raise SystemExit(f"mvu bench network: --images {folder}: no such folder")
+    else:
+        found = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise SystemExit(f"mvu bench network: --images {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return list(islice(cycle(found), count))
+
+
+def _cmd_bench_network_cluster(args, config: HardwareConfig) -> int:
+    from mvu.host.tools.benchmarks import bench_network_cluster
+
+    images = _bench_images(args.images, args.count)
+    try:
+        report = bench_network_cluster(args.model, config, args.cluster, images=images,
+                                       backends=tuple(args.backends.split(",")))
+    except ConnectionError as error:
+        raise SystemExit(f"mvu bench network: {error}") from None
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if report["bit_exact"] else 1
+    print(f"{args.model}: {len(images)} images on {args.cluster} ({report['worker_threads']} worker threads), "
+          f"bit_exact={report['bit_exact']} across {args.backends}")
+    for backend, entry in report["backends"].items():
+        line = f"  {backend:<10} {entry['wall_seconds']:7.2f} s wall, {entry['images_per_second']:.2f} images/s"
+        if "cycles_per_image" in entry:
+            line += (f"; {entry['cycles_per_image']:,.0f} cycles per image = {entry['modelled_ms']:.1f} ms "
+                     f"modelled, MAC utilization {entry['mac_utilization']:.1%}, "
+                     f"{entry['cluster_macs_per_second']:.3g} MAC/s simulated by the cluster")
+        print(line)
+    return 0 if report["bit_exact"] else 1
+
+
     config = _load_config(args.config)
     report = bench_network(args.model, config, image=args.image, backends=tuple(args.backends.split(",")),
                            compare_onnxruntime=args.onnxruntime)
     if args.output:
+    if args.cluster:
+        return _cmd_bench_network_cluster(args, config)
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
@@ -331,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--preprocess", help="torchvision, efficientnet-lite, or a JSON file "
                                                "(default: the recipe's own, torchvision for .onnx files)")
     compile_.add_argument("--labels", help="a file of class names, one per line (default: ImageNet)")
+    network.add_argument("--cluster", metavar="tcp://HOST:8786",
+                         help="run --count images on this Dask cluster's workers and report its throughput")
+    network.add_argument("--count", type=int, default=8, help="images to run with --cluster")
+    network.add_argument("--images", metavar="DIR", help="with --cluster: take the images from this folder "
+                                                        "(default: the demo photos), repeated up to --count")
     compile_.add_argument("-v", "--verbose", action="store_true", help="list every layer's placement")
     compile_.set_defaults(handler=_cmd_compile)
 

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["classify_on_cluster", "CHUNK"]
+__all__ = ["classify_on_cluster", "cluster_threads", "CHUNK"]
 
 #: Images per task: small enough to spread a data set over every worker, large enough to amortise a task.
 CHUNK = 4
@@ -35,15 +35,25 @@ def _classifier(package_bytes: bytes, backend: str, config: dict | None):
 
 
 def _classify_chunk(package_bytes: bytes, backend: str, config: dict | None, images: list[tuple[str, bytes]],
-                    top: int) -> list[dict]:
+                    top: int, digest: bool = False) -> list[dict]:
+    """Predictions of a chunk; with ``digest`` each also carries ``logits_sha256``, the SHA-256 of its logits'
+    bytes, so that runs on different backends can be compared bit for bit without shipping the logits."""
     classifier = _classifier(package_bytes, backend, config)
-    return [classifier.classify(data, top=top, name=name).to_dict() for name, data in images]
+    predictions = []
+    for name, data in images:
+        prediction = classifier.classify(data, top=top, name=name).to_dict()
+        if digest:
+            prediction["logits_sha256"] = hashlib.sha256(classifier.runner.last_output.tobytes()).hexdigest()
+        predictions.append(prediction)
+    return predictions
 
 
 def classify_on_cluster(address: str, package_path: str | Path, sources: list[str | Path], *, backend: str,
-                        config: dict | None = None, top: int = 5, progress: bool = True) -> list[dict]:
-    """Each source's prediction (:meth:`Prediction.to_dict`), in order, computed on the cluster at
-    ``address`` (``tcp://HOST:8786``, or a ``distributed.Client``'s scheduler address)."""
+                        config: dict | None = None, top: int = 5, progress: bool = True,
+                        digest: bool = False) -> list[dict]:
+    """Each source's prediction (:meth:`Prediction.to_dict`, with ``logits_sha256`` if ``digest``), in order,
+    computed on the cluster at ``address`` (``tcp://HOST:8786``, or a ``distributed.Client``'s scheduler
+    address)."""
     from distributed import Client, as_completed
 
     try:
@@ -61,7 +71,7 @@ def classify_on_cluster(address: str, package_path: str | Path, sources: list[st
 
         def send(index: int) -> None:
             images = [(str(path), Path(path).read_bytes()) for path in chunks[index]]
-            future = client.submit(_classify_chunk, package, backend, config, images, top, pure=False)
+            future = client.submit(_classify_chunk, package, backend, config, images, top, digest, pure=False)
             order[future.key] = index
             running.add(future)
 
@@ -75,7 +85,18 @@ def classify_on_cluster(address: str, package_path: str | Path, sources: list[st
                 send(sent)
                 sent += 1
             if progress:
-                print(f"\rclassifying on {address}: {done}/{len(sources)}", end="", file=sys.stderr)
+                print(f"\r{backend} on {address}: {done}/{len(sources)} images", end="", file=sys.stderr)
         if progress:
             print(file=sys.stderr)
     return [prediction for chunk in results for prediction in chunk]
+
+
+def cluster_threads(address: str) -> int:
+    """How many worker threads the cluster at ``address`` has now."""
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=30) as client:
+            return sum(client.nthreads().values())
+    except (OSError, TimeoutError) as error:
+        raise ConnectionError(f"no Dask scheduler answers at {address} ({error})") from None
