@@ -3,12 +3,16 @@ that feeds them where it alone reads that product (on the accelerator), else run
 onnxruntime fp32, between the numpy and reference backends, and once with the RTL."""
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from conftest import TINY
+from onnx import TensorProto, helper, numpy_helper
 from test_import_ops import compile_and_run, images, kinds, network
 
 from mvu.host.compiler.fuse_tables import FUSED_TABLE
 from mvu.host.compiler.graph import import_onnx
+from mvu.host.compiler.prequantized import from_qlinear_graph
 from mvu.host.compiler.quantize import TABLE_FUNCTIONS, calibrate, quantize_graph
 from mvu.host.runtime.runner import ModelRunner
 
@@ -107,8 +111,6 @@ def test_compile_lists_where_each_table_runs(tmp_path, capsys):
     host."""
     import json
 
-    import onnx
-
     from mvu.host.tools.cli import main
 
     recipe = tmp_path / "recipe.json"
@@ -124,3 +126,95 @@ def test_compile_lists_where_each_table_runs(tmp_path, capsys):
         listings[fused] = next(line for line in capsys.readouterr().out.splitlines() if "Swish (table)" in line)
     assert "-> accelerator (fused table)" in listings[True]
     assert "-> host" in listings[False]
+
+
+def qoperator_network(signed: bool, seed: int = 0) -> onnx.ModelProto:
+    """QuantizeLinear -> QLinearConv -> QLinearSigmoid (fused into that convolution) -> QLinearConv, QLinearAdd of
+    the two -> QLinearLeakyRelu (on the host: an Add feeds it) -> QLinearGlobalAveragePool -> Reshape ->
+    QLinearMatMul -> DequantizeLinear; int8 or uint8 activations, per-channel int8 weights."""
+    rng = np.random.default_rng(seed)
+    inits = []
+    code = np.int8 if signed else np.uint8
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def scale_zp(prefix, scale, zero):
+        return const(f"{prefix}_s", np.float32(scale)), const(f"{prefix}_z", code(zero - 128 * signed))
+
+    def weights(name, shape, channels, low, high):
+        return (const(name, rng.integers(-127, 128, shape, dtype=np.int8)),
+                const(f"{name}_s", rng.uniform(low, high, channels).astype(np.float32)),
+                const(f"{name}_z", np.zeros(channels, np.int8)))
+
+    x, a, s, b, c, r, g, o = (scale_zp(*args) for args in (
+        ("x", 0.02, 128), ("a", 0.05, 120), ("s", 1 / 255, 0), ("b", 0.04, 100), ("c", 0.06, 50),
+        ("r", 0.05, 30), ("g", 0.03, 10), ("o", 0.1, 120)))
+    shape = const("shape", np.array([1, 8], np.int64))
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", *x], ["xq"]),
+        helper.make_node("QLinearConv", ["xq", *x, *weights("w1", (8, 3, 3, 3), 8, 0.002, 0.01), *a], ["aq"],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("QLinearSigmoid", ["aq", *a, *s], ["sq"], domain="com.microsoft"),
+        helper.make_node("QLinearConv", ["sq", *s, *weights("w2", (8, 8, 1, 1), 8, 0.002, 0.01), *b], ["bq"]),
+        helper.make_node("QLinearAdd", ["sq", *s, "bq", *b, *c], ["cq"], domain="com.microsoft"),
+        helper.make_node("QLinearLeakyRelu", ["cq", *c, *r], ["rq"], domain="com.microsoft", alpha=0.2),
+        helper.make_node("QLinearGlobalAveragePool", ["rq", *r, *g], ["gq"], domain="com.microsoft", channels_last=0),
+        helper.make_node("Reshape", ["gq", shape], ["fq"]),
+        helper.make_node("QLinearMatMul", ["fq", *g, *weights("w3", (8, 10), 10, 0.01, 0.03), *o], ["oq"]),
+        helper.make_node("DequantizeLinear", ["oq", *o], ["logits"]),
+    ]
+    graph = helper.make_graph(nodes, "qoperator", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["uint8", "int8"])
+def test_qoperator_tables_equal_onnxruntime_bit_for_bit(signed, verilator_executors):
+    model = qoperator_network(signed)
+    quantized = from_qlinear_graph(import_onnx(model))
+    assert kinds(quantized) == ["conv", "conv", "add", "lut", "gap", "reshape", "fc_quantized", "dequantize"]
+    assert "table" in quantized.layers[0].arrays
+    placements = {row["op"]: row["placement"] for row in quantized.report}
+    assert placements["QLinearSigmoid (table)"] == FUSED_TABLE and placements["QLinearLeakyRelu (table)"] == "host"
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in ("sq", "rq"))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(4).normal(0, 1, (3, 1, 3, 8, 8)).astype(np.float32)
+    runners = [ModelRunner(quantized, TINY, "numpy"), ModelRunner(quantized, TINY, "reference"),
+               ModelRunner(quantized, TINY, "verilator", verilator_executors(TINY))]
+    for image in images:
+        expected = dict(zip(["logits", "sq", "rq"], session.run(None, {"input": image})))
+        for runner in runners:
+            np.testing.assert_array_equal(runner.run(quantized.input_q.quantize(image)), expected["logits"])
+            for name in ("sq", "rq"):  # the tables' outputs, as codes (int8 ones plus 128)
+                codes = (expected[name].astype(np.int16) + 128 * signed).astype(np.uint8)
+                np.testing.assert_array_equal(runner.tensors[name], codes, err_msg=f"{name} on {runner.backend}")
+
+
+@pytest.mark.parametrize("activation", ["Sigmoid", "LeakyRelu"])
+@pytest.mark.parametrize("codes", ["QUInt8", "QInt8"])
+def test_qdq_tables_equal_onnxruntime_bit_for_bit(activation, codes, tmp_path):
+    """A Sigmoid or LeakyRelu between DequantizeLinear and QuantizeLinear (onnxruntime's quantize_static) becomes
+    its QLinear table, fused into the convolution before it; outputs equal onnxruntime's QDQ session's."""
+    from onnxruntime.quantization import QuantType
+    from qdq_models import quantize_qdq
+
+    from mvu.host.compiler.qdq import fold_qdq
+
+    path = quantize_qdq(activation_model(activation)[0], images(8, 1, 12), tmp_path,
+                        activations=getattr(QuantType, codes))
+    quantized = from_qlinear_graph(fold_qdq(import_onnx(path)))
+    placements = {row["op"]: row["placement"] for row in quantized.report}
+    assert placements[f"QLinear{activation} (table)"] == FUSED_TABLE
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = images(16, 7, 12)
+    expected = np.concatenate([session.run(None, {"input": image[None]})[0] for image in batch])
+    for backend in ("numpy", "reference"):
+        got = ModelRunner(quantized, TINY, backend).run_batch(quantized.input_q.quantize(batch))
+        np.testing.assert_array_equal(got, expected, err_msg=backend)

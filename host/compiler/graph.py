@@ -20,11 +20,12 @@ SUPPORTED_OPS = frozenset({
     "Flatten", "Reshape", "Concat", "Softmax", "BatchNormalization", "Identity", "Dropout", "Mul", "Pad",
     "Transpose", "LayerNormalization", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "Swish",
     *("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearGlobalAveragePool",
-      "QGemm", "QLinearAveragePool", "QLinearConcat"),
+      "QGemm", "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu"),
 })
 #: Operators of models that arrive already quantized (com.microsoft contributes all but the first three).
 PREQUANTIZED_OPS = frozenset({"QuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",
-                              "QLinearGlobalAveragePool", "QGemm", "QLinearAveragePool", "QLinearConcat"})
+                              "QLinearGlobalAveragePool", "QGemm", "QLinearAveragePool", "QLinearConcat",
+                              "QLinearSigmoid", "QLinearLeakyRelu"})
 
 
 def _attributes(node: onnx.NodeProto) -> dict:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from mvu.host.compiler.builder import LayerBuilder
+from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.compiler.rewrites import pad_widths
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
@@ -229,6 +230,37 @@ def _pad(p: _Pass, node: Node) -> None:
                  {}, p.tensor_q[node.inputs[0]]), f"Pad ({mode})")
 
 
+def _onnxruntime_table(p: _Pass, node: Node) -> np.ndarray:
+    """The output code onnxruntime's kernel for the com.microsoft elementwise ``node`` gives each of the 256 input
+    codes, from one run of that kernel on all of them, as uint8 codes (int8 ones plus 128, like :meth:`_Pass.codes`)."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    signed = p.graph.constants[node.inputs[2]].dtype == np.int8
+    codes = np.arange(256) - 128 * signed
+    parameters = [name for name in node.inputs[1:] if name]
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(np.int8 if signed else np.uint8))
+    graph = helper.make_graph(
+        [helper.make_node(node.op, ["x", *node.inputs[1:]], ["y"], domain="com.microsoft", **node.attrs)], "table",
+        [helper.make_tensor_value_info("x", element, [256])], [helper.make_tensor_value_info("y", element, [256])],
+        [numpy_helper.from_array(p.graph.constants[name], name) for name in parameters])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"x": codes.astype(np.int8 if signed else np.uint8)})[0]
+    return (out.astype(np.int16) + 128 * signed).astype(np.uint8)
+
+
+def _qlinear_table(p: _Pass, node: Node) -> None:
+    """QLinearSigmoid, QLinearLeakyRelu (com.microsoft): onnxruntime computes them as a table of the 256 input
+    codes, and so does mvu, with that very table (:func:`_onnxruntime_table`): outputs are onnxruntime's, bit for
+    bit. On the host, or in the STOREs of the product that alone feeds it (``fuse_tables``)."""
+    ins = node.inputs
+    p.read(node, ins[0], p.params(ins[1], ins[2]))
+    p.emit(Layer("lut", node.name, [ins[0]], node.outputs[0], "host", {}, {"table": _onnxruntime_table(p, node)},
+                 p.params(ins[3], ins[4])), f"{node.op} (table)")
+
+
 def _dequantize_linear(p: _Pass, node: Node) -> None:
     """The graph's float output; its quantization is the layer's, not a tensor's that others read."""
     if node.outputs[0] != p.graph.output:
@@ -244,7 +276,7 @@ HANDLERS: dict[str, Callable[[_Pass, Node], None]] = {
     "QLinearGlobalAveragePool": _qlinear_global_average_pool, "Reshape": _reshape, "Flatten": _reshape,
     "QLinearMatMul": _qlinear_matmul, "QGemm": _qgemm, "MaxPool": _maxpool, "DequantizeLinear": _dequantize_linear,
     "QLinearAveragePool": _average_pool, "QLinearConcat": _concat, "Clip": _clip, "Transpose": _transpose,
-    "Pad": _pad,
+    "Pad": _pad, "QLinearSigmoid": _qlinear_table, "QLinearLeakyRelu": _qlinear_table,
 }
 
 
@@ -263,4 +295,4 @@ def from_qlinear_graph(graph: Graph) -> QuantizedModel:
     for layer in p.layers:
         layer.inputs = [graph.input if i == first else i for i in layer.inputs]
     p.tensor_q[graph.input] = p.input_q
-    return p.model(p.input_q, dict(graph.shapes))
+    return fuse_tables(p.model(p.input_q, dict(graph.shapes)))

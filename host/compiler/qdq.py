@@ -5,7 +5,8 @@ onnxruntime's graph optimizer fuses it into, with the pattern's own scales and z
 
 :data:`RULES` maps each float operator to its rewrite: Conv -> QLinearConv, Gemm -> com.microsoft QGemm,
 MatMul -> QLinearMatMul, Add -> QLinearAdd, GlobalAveragePool -> QLinearGlobalAveragePool, AveragePool ->
-QLinearAveragePool, Concat -> QLinearConcat. MaxPool, Reshape and Flatten run on the codes, and Relu or Clip
+QLinearAveragePool, Concat -> QLinearConcat, Sigmoid and LeakyRelu -> com.microsoft QLinearSigmoid and
+QLinearLeakyRelu (tables). MaxPool, Reshape and Flatten run on the codes, and Relu or Clip
 becomes a Clip of the codes. Where a QuantizeLinear has other parameters than the DequantizeLinear before it
 (around a MaxPool, a Relu, a Concat input, or back to back), onnxruntime requantizes in float32; a depthwise
 1x1 QLinearConv does the same (:func:`_requantize`). Weights stored as float with a QuantizeLinear are
@@ -177,6 +178,13 @@ def _concat(r: _Rewrite, node: Node) -> list[Node]:
     return [*nodes, Node("QLinearConcat", node.name, [*y.inputs[1:3], *inputs], y.outputs, dict(node.attrs))]
 
 
+def _table(r: _Rewrite, node: Node) -> list[Node]:
+    """Sigmoid, LeakyRelu: com.microsoft QLinearSigmoid, QLinearLeakyRelu, tables of the input codes."""
+    x, y = r.activation(node, 0), r.result(node)
+    return [Node(f"QLinear{node.op}", node.name, [x.codes, x.scale, x.zero, *y.inputs[1:3]], y.outputs,
+                 dict(node.attrs))]
+
+
 def _on_codes(r: _Rewrite, node: Node) -> list[Node]:
     """MaxPool, Reshape, Flatten, Transpose: the same op on the codes, requantized (:func:`_requantize`) where the
     QuantizeLinear after it has another scale or zero point than its input: after a MaxPool (onnxruntime's
@@ -295,6 +303,7 @@ RULES: dict[str, Callable[[_Rewrite, Node], list[Node]]] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "Add": _add, "GlobalAveragePool": _global_average_pool,
     "AveragePool": _average_pool, "Concat": _concat, "MaxPool": _on_codes, "Reshape": _on_codes,
     "Flatten": _on_codes, "Transpose": _on_codes, "Relu": _clamp, "Clip": _clamp, "Pad": _pad,
+    "Sigmoid": _table, "LeakyRelu": _table,
 }
 
 _ADVICE = {"BatchNormalization": "fold it into the convolution before quantizing (onnxruntime.quantization."
