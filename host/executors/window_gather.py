@@ -1,10 +1,11 @@
 """Window LOADs (implicit im2col) for execution plans: their entries gathered from memory in one indexing per run.
 
-A plan treats the entries of the program's window LOADs as rows of a scratch matrix at addresses from
-:data:`SCRATCH_BASE` on, as if plain LOADs had read them there. Each run of consecutive window LOADs that differ
-only in their K tile becomes a band whose rows hold their entries side by side (LOAD ``j`` in columns
-``j * rows ..``), so the K tiles of a row block read back as one matrix, and the bands of the next row blocks
-continue it.
+A plan treats the entries of the program's window LOADs as cells of scratch matrices at addresses from
+:data:`SCRATCH_BASE` on, as if plain strided LOADs had read them there: one matrix per input tensor (window
+LOADs that share its geometry), a row per (image, output pixel) and a column per (tap offsets, channel offset),
+both in order. For a convolution tiled by :class:`~mvu.host.gemm.GemmProgram` that is its patch matrix, so
+the plan's products read it whole, as they read a host im2col's. A cell's bytes depend only on its row and
+column, so LOADs that read a cell again (another column block's pass) read the same bytes.
 """
 
 from __future__ import annotations
@@ -21,66 +22,71 @@ SCRATCH_BASE = 1 << 48
 
 
 class WindowGather:
-    """The scratch rows: each one's source address in memory, or a fill byte for rows outside the input."""
+    """The scratch cells: each one's source address in memory, or a fill byte for cells outside the input.
+
+    Memory is read as items of the largest size that divides every source address and the width, so one
+    indexing copies whole items (a 32-byte entry is one item at the default configuration).
+    """
 
     def __init__(self, width: int, sources: np.ndarray, inside: np.ndarray, fills: np.ndarray):
         self.width = width
-        self.sources = np.where(inside, sources, 0)
+        sources = np.where(inside, sources, 0)
+        self.unit = int(np.gcd.reduce(np.append(sources, width)))
+        self.items = sources[:, None] // self.unit + np.arange(width // self.unit)
         self.pads = np.flatnonzero(~inside)
         self.fills = fills[self.pads, None]
 
     def gather(self, memory: np.ndarray) -> np.ndarray:
-        """The scratch rows for ``memory``, ``[rows, width]`` bytes."""
-        rows = np.lib.stride_tricks.as_strided(memory, (memory.size - self.width + 1, self.width), (1, 1),
-                                               writeable=False)
-        scratch = rows[self.sources]
+        """The scratch cells for ``memory``, ``[cells, width]`` bytes."""
+        items = memory[:memory.size - memory.size % self.unit].view(f"V{self.unit}")
+        scratch = np.take(items, self.items).view(np.uint8).reshape(-1, self.width)
         scratch[self.pads] = self.fills
         return scratch
 
 
+#: What a window LOAD's bytes depend on besides its entries' pixels, tap offsets and channel offset: its tensor.
+_TENSOR = ("dram_stride", "row_stride", "in_h", "in_w", "out_w", "stride_y", "stride_x", "fill")
+#: A layout at most this many times larger than the entries loaded is left to the interpreter.
+_MOST_CELLS_PER_ENTRY = 4
+
+
 def layout_windows(columns: dict[str, np.ndarray], width: int
                    ) -> tuple[dict[str, np.ndarray], WindowGather, list[tuple[int, int, int, int]]] | None:
-    """``columns`` with each window LOAD turned into a plain LOAD of scratch rows, the gather that fills them and
+    """``columns`` with each window LOAD turned into a plain LOAD of scratch cells, the gather that fills them and
     the memory each reads (its input rectangle, as ``(start, 1, bytes, 0)``); ``None`` when a window LOAD fills
-    the weight buffer (left to the interpreter)."""
+    the weight buffer, or the scratch matrices would be much larger than what is loaded (left to the
+    interpreter)."""
     loads = np.flatnonzero((columns["opcode"] == Opcode.LOAD) & (columns["window"] != 0))
     if (columns["buffer"][loads] != Buffer.ACT).any():
         return None
-    count = columns["count"][loads]
-    total = int(count.sum())
-    sources, inside, fills = np.zeros(total, np.int64), np.zeros(total, bool), np.zeros(total, np.uint8)
+    field = {name: columns[name][loads] for name in ("dram_addr", "count", *WINDOW_FIELDS, *_TENSOR)}
+    _, tensor = np.unique(np.stack([field[name] for name in _TENSOR], axis=1), axis=0, return_inverse=True)
     dram_addr, dram_stride = columns["dram_addr"].copy(), columns["dram_stride"].copy()
+    placed, cells = [], 0  # per tensor: (loads, rows, columns, cell of each load's first entry)
+    for t in range(tensor.max() + 1):
+        mine = np.flatnonzero(tensor.ravel() == t)
+        addr = field["dram_addr"][mine]
+        image, channel = np.divmod(addr - addr.min(), field["in_h"][mine[0]] * field["row_stride"][mine[0]])
+        pixel = field["start_y"][mine] * field["out_w"][mine] + field["start_x"][mine]
+        pixels = int((pixel + field["count"][mine]).max())
+        keys, column = np.unique(np.stack([field["offset_y"][mine], field["offset_x"][mine], channel], axis=1),
+                                 axis=0, return_inverse=True)
+        first = cells + (image * pixels + pixel) * len(keys) + column.ravel()
+        placed.append((mine, len(keys), first))
+        cells += int((image.max() + 1) * pixels * len(keys))
+    if cells > _MOST_CELLS_PER_ENTRY * int(field["count"].sum()) + 1024:
+        return None
+    sources, inside, fills = np.zeros(cells, np.int64), np.zeros(cells, bool), np.zeros(cells, np.uint8)
     reads = []
-    row = 0
-    for band in _bands(columns, loads):
-        entries, lanes = int(count[band[0]]), band.size
-        for lane, index in enumerate(loads[band].tolist()):
-            fields = [int(columns[name][index]) for name in ("dram_addr", "dram_stride", *WINDOW_FIELDS)]
-            where = row + lane + lanes * np.arange(entries)
-            sources[where], inside[where] = window_rows(entries, *fields[:-1])
-            fills[where] = fields[-1]
-            dram_addr[index] = SCRATCH_BASE + (row + lane) * width
-            dram_stride[index] = lanes * width
-            address, stride, row_stride, in_h, in_w = fields[:5]
+    for mine, pitch, first in placed:
+        for load, cell in zip(mine.tolist(), first.tolist()):
+            index, count = int(loads[load]), int(field["count"][load])
+            values = [int(columns[name][index]) for name in ("dram_addr", "dram_stride", *WINDOW_FIELDS)]
+            where = cell + pitch * np.arange(count)
+            sources[where], inside[where] = window_rows(count, *values[:-1])
+            fills[where] = values[-1]
+            dram_addr[index], dram_stride[index] = SCRATCH_BASE + cell * width, pitch * width
+            address, stride, row_stride, in_h, in_w = values[:5]
             reads.append((address, 1, window_extent(address, stride, row_stride, in_h, in_w, width) - address, 0))
-        row += entries * lanes
     return columns | {"dram_addr": dram_addr, "dram_stride": dram_stride}, WindowGather(width, sources, inside,
                                                                                          fills), reads
-
-
-def _bands(columns: dict[str, np.ndarray], loads: np.ndarray) -> list[np.ndarray]:
-    """Runs (positions in ``loads``) of window LOADs that follow each other in the program and differ only in the
-    K tile they read: one entry count and output pixel, a channel offset within the same input pixel (not another
-    image), and evenly spaced buffer entries."""
-    same = ("count", "start_y", "start_x", "dram_stride", "row_stride")
-    bands, start = [], 0
-    for k in range(1, loads.size + 1):
-        this, last, first = (int(loads[i]) for i in (min(k, loads.size - 1), k - 1, start))
-        if k < loads.size and this == last + 1 and all(columns[f][this] == columns[f][first] for f in same) and (
-                abs(columns["dram_addr"][this] - columns["dram_addr"][first]) < columns["dram_stride"][first]) and (
-                k == start + 1 or columns["sram_addr"][this] - columns["sram_addr"][last]
-                == columns["sram_addr"][int(loads[start + 1])] - columns["sram_addr"][first]):
-            continue
-        bands.append(np.arange(start, k))
-        start = k
-    return bands
