@@ -218,3 +218,37 @@ def test_qdq_tables_equal_onnxruntime_bit_for_bit(activation, codes, tmp_path):
     for backend in ("numpy", "reference"):
         got = ModelRunner(quantized, TINY, backend).run_batch(quantized.input_q.quantize(batch))
         np.testing.assert_array_equal(got, expected, err_msg=backend)
+
+
+def mbconv(g, x, rng, channels=8, squeezed=4):
+    """EfficientNet-B0's MBConv block as PyTorch exports it: 1x1 expansion with SiLU, depthwise 3x3 with SiLU,
+    squeeze-excite (global pooling, 1x1 with SiLU, 1x1 with Sigmoid, Mul), 1x1 projection; and the gated tensor."""
+    expanded = 2 * channels
+    y = silu(g, g.conv(x, rng.normal(0, 0.3, (expanded, channels, 1, 1)), rng.normal(0, 0.1, expanded)))
+    y = silu(g, g.conv(y, rng.normal(0, 0.3, (expanded, 1, 3, 3)), rng.normal(0, 0.1, expanded), padding=1,
+                       group=expanded))
+    s = silu(g, g.conv(g.global_average_pool(y), rng.normal(0, 0.5, (squeezed, expanded, 1, 1)),
+                       rng.normal(0, 0.1, squeezed)))
+    s = g.node("Sigmoid", [g.conv(s, rng.normal(0, 0.5, (expanded, squeezed, 1, 1)), rng.normal(0, 0.1, expanded))])
+    y = g.node("Mul", [y, s])
+    return g.conv(y, rng.normal(0, 0.3, (channels, expanded, 1, 1)), rng.normal(0, 0.1, channels)), y
+
+
+def test_a_squeeze_excite_block_scales_channels_on_the_host():
+    names = []
+
+    def body(g, x, rng):
+        names.extend(mbconv(g, x, rng))
+        return names[0]
+    model = network(body)
+    block, gated = names
+    quantized, sqnr = compile_and_run(model, tensor=block)
+    sqnr_gated = compile_and_run(model, tensor=gated)[1]
+    print(f"MBConv with squeeze-excite: SQNR {sqnr_gated:.1f} dB (gated tensor), {sqnr:.1f} dB (block output)")
+    report = {row["layer"]: row for row in quantized.report}
+    gate = next(layer for layer in quantized.layers if layer.kind == "channel_scale")
+    assert report[gate.name]["placement"] == "host" and report[gate.name]["op"] == "Mul (per-channel gate)"
+    tables = [row["placement"] for row in quantized.report if row["op"].endswith("(table)")]
+    # SiLU after the expansion and the squeeze's 1x1 and the gate's Sigmoid fuse; the depthwise one's stays.
+    assert sorted(tables) == [FUSED_TABLE] * 3 + ["host"], tables
+    assert sqnr_gated > 29 and sqnr > 27, (sqnr_gated, sqnr)  # the depthwise SiLU before the gate: 30.3 dB

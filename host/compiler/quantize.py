@@ -95,6 +95,18 @@ def _affine_form(graph: Graph, node: Node) -> tuple | None:
     return (value, 0.0) if node.op == "Mul" else (1.0, value)
 
 
+def _channel_gate(graph: Graph, node: Node) -> tuple[str, str] | None:
+    """``(x, gate)`` when ``node`` multiplies a tensor ``[N, C, H, W]`` by a computed ``[N, C, 1, 1]`` (a
+    squeeze-excite block's gate), else None."""
+    if len(node.inputs) != 2 or any(name in graph.constants for name in node.inputs):
+        return None
+    for x, gate in (node.inputs, node.inputs[::-1]):
+        shape, gate_shape = graph.shapes.get(x, ()), graph.shapes.get(gate, ())
+        if len(shape) == 4 and tuple(gate_shape) == (*shape[:2], 1, 1) and tuple(shape[2:]) != (1, 1):
+            return x, gate
+    return None
+
+
 def _weights_int8(weight: np.ndarray, bias: np.ndarray | None = None,
                   in_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Per-output-channel symmetric int8 weights and their scales.
@@ -206,6 +218,16 @@ def _affine(p: _Pass, node: Node) -> None:
              "offset": np.round(shift_term / out_q.scale).astype(np.int64).tolist()}
     p.emit(Layer("affine", node.name, [source], output, "host", attrs, {}, out_q),
            f"{node.op} (per-channel affine)")
+
+
+def _mul(p: _Pass, node: Node) -> None:
+    """Mul by a constant, an affine step; by a squeeze-excite gate, a per-channel scale on the host."""
+    if _affine_form(p.graph, node) is not None:
+        _affine(p, node)
+        return
+    x, gate = _channel_gate(p.graph, node)
+    p.emit(Layer("channel_scale", node.name, [x, gate], node.outputs[0], "host", {},
+                 {}, p.out_params(node.outputs[0], "none")), "Mul (per-channel gate)")
 
 
 def _add(p: _Pass, node: Node) -> None:
@@ -382,7 +404,7 @@ def _softmax(p: _Pass, node: Node) -> None:
 
 #: Op type -> the handler that turns such a node into layers.
 HANDLERS: dict[str, Callable[[_Pass, Node], None]] = {
-    "Conv": _conv, "Add": _add, "Sum": _add, "Mul": _affine, "BatchNormalization": _affine,
+    "Conv": _conv, "Add": _add, "Sum": _add, "Mul": _mul, "BatchNormalization": _affine,
     "Relu": _clamp, "Clip": _clamp, "MaxPool": _pool, "AveragePool": _pool, "GlobalAveragePool": _pool,
     "Flatten": _reshape, "Reshape": _reshape, "Concat": _concat, "Gemm": _gemm, "MatMul": _matmul,
     "Softmax": _softmax, "Pad": _pad, "Transpose": _transpose, "LayerNormalization": _layer_norm,
@@ -396,8 +418,8 @@ def _explicit_pads(graph: Graph, node: Node) -> str | None:
 
 
 def _one_constant(graph: Graph, node: Node) -> str | None:
-    return None if _affine_form(graph, node) is not None else \
-        "needs one constant operand, a scalar or one value per channel"
+    return None if _affine_form(graph, node) is not None or _channel_gate(graph, node) is not None else \
+        "needs one constant operand, a scalar or one value per channel (or a squeeze-excite gate [N, C, 1, 1])"
 
 
 def _pool_window(graph: Graph, node: Node) -> str | None:

@@ -394,6 +394,14 @@ class ModelRunner:
                            np.where(mirrored, high - low, high))
         return np.where(mirrored, np.uint8(high) - codes, codes)
 
+    def _channel_scale(self, layer: Layer, tensors, stats):
+        """``x * gate`` for a gate ``[N, C, 1, 1]`` (squeeze-excite): the exact product of the centred codes,
+        requantized by ``x_scale * gate_scale / out_scale`` in the post-processor's fixed point (half up)."""
+        x, gate = (tensors[name] for name in layer.inputs)
+        x_q, gate_q = (self._q(name) for name in layer.inputs)
+        product = (x.astype(np.int64) - x_q.zero_point) * (gate.astype(np.int64) - gate_q.zero_point)
+        return _rescale(product, x_q.scale * gate_q.scale / layer.out_q.scale, layer.out_q.zero_point)
+
     def _fc_quantized(self, layer: Layer, tensors, stats):
         """A product of each image's features, or with ``pointwise`` of every position's channels-last row."""
         x = tensors[layer.inputs[0]]
