@@ -169,7 +169,8 @@ def test_the_services_commands(manager, capsys):
     assert main(["services", "delete", "svc", *ws]) == 0
 
 
-def test_a_rolling_update_under_load_fails_no_request(manager, toy_package_path, tmp_path, capsys):
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_rolling_update_under_load_fails_no_request(manager, toy_package_path, tmp_path, capsys, replicas):
     import zipfile
 
     second = tmp_path / "toy-2.mvu"  # the same model, other bytes: a new version
@@ -177,7 +178,7 @@ def test_a_rolling_update_under_load_fails_no_request(manager, toy_package_path,
         for item in source.infolist():
             target.writestr(item.filename, source.read(item.filename))
     manager.registry.register(second, "toy")
-    service, keys = manager.create("svc", ["toy:1"])
+    service, keys = manager.create("svc", ["toy:1"], replicas=replicas)
     answers, failures, stop = [], [], threading.Event()
 
     def client():
@@ -208,3 +209,29 @@ def test_a_rolling_update_under_load_fails_no_request(manager, toy_package_path,
     manager.registry.delete("toy", 1)  # no longer in use
     with pytest.raises(WorkspaceError, match="used by service 'svc'"):
         manager.registry.delete("toy", 2)
+
+
+def test_replicas_share_the_ports_and_one_that_dies_is_started_again(manager):
+    service, keys = manager.create("svc", ["toy"], replicas=2)
+    assert (service.replicas, service.state) == (2, "healthy") and "2 of 2 replicas" in service.detail
+    replicas = manager.running_replicas("svc")
+    assert [r["replica"] for r in replicas] == [0, 1] and len({r["pid"] for r in replicas}) == 2
+    assert {r["http_port"] for r in replicas} == {service.port} and {r["grpc_port"] for r in replicas} == \
+        {service.grpc_port} and len({r["admin_port"] for r in replicas}) == 2
+    assert [_score(service, keys["primary"]) for _ in range(40)] == [200] * 40  # a new connection each
+    folder = manager.folder("svc")
+    assert all((folder / log).read_text().count("/score/toy") > 0 for log in ("server.log", "server-1.log"))
+    os.kill(replicas[1]["pid"], signal.SIGKILL)
+    assert _until(lambda: not _alive(replicas[1]["pid"], "serve"))
+    assert [_score(service, keys["primary"]) for _ in range(10)] == [200] * 10  # the other replica serves
+    assert _until(lambda: len(manager.running_replicas("svc")) == 2 and manager.get("svc").state == "healthy", 60)
+    again = manager.running_replicas("svc")
+    assert again[0]["pid"] == replicas[0]["pid"] and again[1]["pid"] != replicas[1]["pid"]
+    assert manager.get("svc").restarts == 1
+    manager.delete("svc")
+    assert not any(_alive(r["pid"], "serve") for r in again)
+
+
+def test_replicas_are_bounded(manager):
+    with pytest.raises(WorkspaceError, match="--replicas must be between 1 and 16, not 0"):
+        manager.create("svc", ["toy"], replicas=0)

@@ -56,9 +56,12 @@ def _volumes(name: str, tls: bool) -> list[dict]:
     return volumes
 
 
-def manifests(manager: ServiceManager, name: str, image: str, *, replicas: int = 1, max_replicas: int = 4) -> list[dict]:
-    """Every resource of service ``name`` running ``image`` (built by `mvu image build`)."""
+def manifests(manager: ServiceManager, name: str, image: str, *, replicas: int | None = None,
+              max_replicas: int = 4) -> list[dict]:
+    """Every resource of service ``name`` running ``image`` (built by `mvu image build`); ``replicas`` pods
+    (default: as many as the service has server processes here)."""
     service = manager.get(name)
+    replicas = service.replicas if replicas is None else replicas
     tls = bool(service.tls_cert)
     arguments = serve_arguments(manager, name)
     labels = {"app.kubernetes.io/name": "mvu", "app.kubernetes.io/instance": name}

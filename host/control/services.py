@@ -24,12 +24,14 @@ from mvu.host.control.workspace import Workspace, WorkspaceError
 from mvu.host.executors import BACKENDS
 from mvu.host.serving.api_keys import SLOTS, create_key_file, regenerate_key
 
-__all__ = ["Service", "ServiceManager", "LIVE_STATES"]
+__all__ = ["Service", "ServiceManager", "LIVE_STATES", "MAX_REPLICAS", "replica_files"]
 
 #: States in which a supervisor should be running.
 LIVE_STATES = ("creating", "starting", "healthy", "restarting")
 _STOP_SECONDS = 15.0
 _SECRETS = "secrets.json"
+#: The most server processes one service may run on its machine.
+MAX_REPLICAS = 16
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Service:
     restarts: int
     created_at: str
     updated_at: str
+    replicas: int = 1  # server processes sharing the ports
     models: list[str] = field(default_factory=list)
 
     @property
@@ -68,6 +71,12 @@ def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def replica_files(folder: Path, replica: int) -> tuple[Path, Path]:
+    """A replica's ready file (its ports and pid, written by `mvu serve` once it serves) and its log."""
+    suffix = f"-{replica}" if replica else ""
+    return folder / f"ready{suffix}.json", folder / f"server{suffix}.log"
 
 
 def lock_path(folder: Path) -> Path:
@@ -105,10 +114,13 @@ class ServiceManager:
 
     def create(self, name: str, models: list[str], *, host: str = "127.0.0.1", port: int | None = None,
                grpc_port: int | None = None, backend: str = "reference", tls_cert: str | None = None,
-               tls_key: str | None = None, timeout: float = 300.0) -> tuple[Service, dict[str, str]]:
-        """Starts a service of ``models`` (``NAME`` or ``NAME:VERSION`` each), waits until it serves, and
-        returns it with its keys in clear."""
+               tls_key: str | None = None, replicas: int = 1,
+               timeout: float = 300.0) -> tuple[Service, dict[str, str]]:
+        """Starts a service of ``models`` (``NAME`` or ``NAME:VERSION`` each) on ``replicas`` server processes
+        that share its ports, waits until every one serves, and returns it with its keys in clear."""
         check_name(name)
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise WorkspaceError(f"--replicas must be between 1 and {MAX_REPLICAS}, not {replicas}")
         if not models:
             raise WorkspaceError(f"service {name!r}: name at least one model (--model NAME[:VERSION])")
         if backend not in BACKENDS:
@@ -134,9 +146,9 @@ class ServiceManager:
         tls = [str(Path(p).resolve()) if p else None for p in (tls_cert, tls_key)]
         with self.workspace.transaction() as db:
             db.execute("INSERT INTO services (name, host, port, grpc_port, backend, tls_cert, tls_key, state, "
-                       "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?)",
+                       "created_at, updated_at, replicas) VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?)",
                        (name, host, port or _free_port(host), grpc_port or _free_port(host), backend, *tls,
-                        now, now))
+                        now, now, replicas))
             db.executemany("INSERT INTO service_models VALUES (?, ?, ?)",
                            [(name, v.name, v.version) for v in versions])
         self._start_supervisor(name)
@@ -190,24 +202,41 @@ class ServiceManager:
         (staged / "model.mvu").symlink_to(self.registry.package_path(version))
         staged.rename(target)
 
+    def running_replicas(self, name: str) -> list[dict]:
+        """What each serving replica's ready file says: ``replica``, ``pid``, ``http_port``, ``grpc_port`` and
+        ``admin_port`` (the replica's own HTTP port); replicas that are (re)starting are left out."""
+        service, found = self.find(name), []
+        for replica in range(service.replicas if service else 0):
+            ready, _ = replica_files(self.folder(name), replica)
+            try:
+                found.append({"replica": replica, **json.loads(ready.read_text())})
+            except (OSError, ValueError):
+                continue
+        return found
+
     def _load(self, service: Service, model: str) -> None:
-        """Asks the service's server to (re)load ``model`` from its repository folder; waits for the answer."""
+        """Asks every serving replica of the service to (re)load ``model`` from its repository folder, each on
+        its own port, and waits for their answers; a replica that is starting reads the folder as it starts."""
         keys = self.keys(service.name)
         context = None
         if service.tls_cert:  # the control plane's own call on this machine's server
             context = ssl.create_default_context()
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        request = urllib.request.Request(f"{service.endpoint}/v2/repository/models/{model}/load", data=b"{}",
-                                         headers={"Authorization": f"Bearer {keys['primary']}",
-                                                  "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=600, context=context) as answer:
-                answer.read()
-        except urllib.error.HTTPError as error:
-            detail = error.read().decode(errors="replace")[:500]
-            raise WorkspaceError(f"service {service.name!r} could not load {model}: {detail}") from None
-        except OSError as error:
-            raise WorkspaceError(f"service {service.name!r} did not answer at {service.endpoint} ({error})") from None
+        scheme = "https" if service.tls_cert else "http"
+        for replica in self.running_replicas(service.name):
+            address = f"{scheme}://{service.host}:{replica['admin_port']}"
+            request = urllib.request.Request(f"{address}/v2/repository/models/{model}/load", data=b"{}",
+                                             headers={"Authorization": f"Bearer {keys['primary']}",
+                                                      "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=600, context=context) as answer:
+                    answer.read()
+            except urllib.error.HTTPError as error:
+                detail = error.read().decode(errors="replace")[:500]
+                raise WorkspaceError(f"service {service.name!r} could not load {model}: {detail}") from None
+            except OSError as error:
+                raise WorkspaceError(f"service {service.name!r}, replica {replica['replica']}, did not answer at "
+                                     f"{address} ({error})") from None
 
     def update(self, name: str, models: list[str]) -> Service:
         """Moves the service to other versions of its models (``NAME:VERSION`` or ``NAME`` for the newest),
@@ -267,13 +296,14 @@ class ServiceManager:
         return keys[slot]
 
     def logs(self, name: str, lines: int = 50) -> str:
-        """The last ``lines`` lines of the server's and the supervisor's logs."""
-        text = []
-        for log in ("server.log", "supervisor.log"):
-            path = self.folder(name) / log
+        """The last ``lines`` lines of each replica's server log and of the supervisor's log."""
+        folder, text = self.folder(name), []
+        service = self.find(name)
+        replicas = service.replicas if service else 1
+        for path in [replica_files(folder, replica)[1] for replica in range(replicas)] + [folder / "supervisor.log"]:
             if path.is_file():
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
-                text += [f"[{log}] {line}" for line in tail]
+                text += [f"[{path.name}] {line}" for line in tail]
         return "\n".join(text)
 
     # Changing ------------------------------------------------------------------------------------
@@ -289,6 +319,7 @@ class ServiceManager:
     def delete(self, name: str) -> Service:
         """Stops the service's processes, then removes its record and folder."""
         service = self.find(name) or self.get(name)
+        replica_pids = [replica.get("pid") for replica in self.running_replicas(name)]
         with self.workspace.transaction() as db:  # first: a supervisor without its record stops by itself
             db.execute("DELETE FROM services WHERE name = ?", (name,))
         marker = f"supervisor {self.workspace.path} {name}"
@@ -297,7 +328,7 @@ class ServiceManager:
         deadline = time.monotonic() + _STOP_SECONDS
         while self.supervised(name) and time.monotonic() < deadline:
             time.sleep(0.05)
-        for pid in (service.supervisor_pid, service.server_pid):
+        for pid in (service.supervisor_pid, service.server_pid, *replica_pids):
             if _alive(pid, name):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.folder(name), ignore_errors=True)

@@ -1,8 +1,8 @@
-"""The supervisor of one service: runs its `mvu serve`, reports the server's state in the workspace, and
-restarts it when it exits, waiting longer after each quick failure.
+"""The supervisor of one service: runs its `mvu serve` replicas, reports the service's state in the workspace,
+and restarts a replica when it exits, waiting longer after each quick failure.
 
 Run as ``python -m mvu.host.control.supervisor WORKSPACE SERVICE [LOCK_FD]`` (``mvu services create`` does,
-handing over the service's lock held on LOCK_FD); SIGTERM stops the server and then the supervisor.
+handing over the service's lock held on LOCK_FD); SIGTERM stops the servers and then the supervisor.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from mvu.host.control.services import ServiceManager, lock_path
+from mvu.host.control.services import ServiceManager, lock_path, replica_files
 from mvu.host.control.workspace import Workspace
 
 __all__ = ["supervise", "serve_command", "BACKOFF_SECONDS", "FAILURES_BEFORE_GIVING_UP"]
@@ -37,42 +38,83 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def serve_command(manager: ServiceManager, name: str) -> list[str]:
-    """The `mvu serve` command line of service ``name``: its models from the service's repository folder."""
+def serve_command(manager: ServiceManager, name: str, replica: int = 0) -> list[str]:
+    """The `mvu serve` command line of one replica of service ``name``: its models from the service's
+    repository folder, a port of its own (``--admin-port``), and the shared ports with ``--reuse-port`` when the
+    service has several replicas."""
     service = manager.get(name)
     folder = manager.folder(name)
+    ready, _ = replica_files(folder, replica)
     tls = ["--tls-cert", service.tls_cert, "--tls-key", service.tls_key] if service.tls_cert else []
+    shared = ["--reuse-port"] if service.replicas > 1 else []
     return [sys.executable, "-m", "mvu.host.tools.cli", "serve", "--model-repository", str(folder / "repository"),
             "--host", service.host, "--port", str(service.port), "--grpc-port", str(service.grpc_port),
-            "--backend", service.backend, "--keys", str(folder / "keys.json"), "--ready-file",
-            str(folder / "ready.json"), *tls]
+            "--admin-port", "0", *shared, "--backend", service.backend, "--keys", str(folder / "keys.json"),
+            "--ready-file", str(ready), *tls]
 
 
-def _run_once(manager: ServiceManager, name: str, stopping: list[bool]) -> tuple[bool, float]:
-    """Runs the server until it exits or a stop is asked for; returns whether it became ready, and how long
-    it ran."""
-    folder = manager.folder(name)
-    ready = folder / "ready.json"
-    ready.unlink(missing_ok=True)
-    started = time.monotonic()
-    with open(folder / "server.log", "ab") as log:
-        server = subprocess.Popen(serve_command(manager, name), stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    manager.set(name, state="starting", server_pid=server.pid, detail="")
-    became_ready = False
-    while server.poll() is None:
-        if stopping[0] or manager.find(name) is None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-            break
-        if not became_ready and ready.exists():
-            became_ready = True
-            manager.set(name, state="healthy", detail="")
-        time.sleep(_POLL_SECONDS)
-    return became_ready, time.monotonic() - started
+@dataclass
+class _Replica:
+    """One server process of the service, and its restart bookkeeping."""
+
+    index: int
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    ready: bool = False
+    failures: int = 0  # exits in a row without a stable run
+    start_at: float = 0.0  # monotonic time of its next start
+
+    def start(self, manager: ServiceManager, name: str) -> None:
+        ready, log_path = replica_files(manager.folder(name), self.index)
+        ready.unlink(missing_ok=True)
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(serve_command(manager, name, self.index), stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.started, self.ready = time.monotonic(), False
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _state(replicas: list[_Replica]) -> tuple[str, str]:
+    """The service's state and detail from its replicas'."""
+    ready = sum(replica.ready for replica in replicas)
+    if ready == len(replicas):
+        return "healthy", "" if len(replicas) == 1 else f"{ready} of {len(replicas)} replicas serving"
+    waiting = [replica for replica in replicas if replica.process is None]
+    if waiting:
+        wait = max(0, round(min(replica.start_at for replica in waiting) - time.monotonic()))
+        return "restarting", f"the server exited; restart in {wait} s ({ready} of {len(replicas)} replicas serving)"
+    return "starting", "" if len(replicas) == 1 else f"{ready} of {len(replicas)} replicas serving"
+
+
+def _step(manager: ServiceManager, name: str, replicas: list[_Replica]) -> str | None:
+    """One look at every replica: start those due, note those ready, schedule restarts of those that exited
+    (waiting longer after each quick failure). Returns why the service failed, if it did."""
+    now = time.monotonic()
+    for replica in replicas:
+        if replica.process is None:
+            if now >= replica.start_at:
+                replica.start(manager, name)
+            continue
+        if replica.process.poll() is None:
+            if not replica.ready and replica_files(manager.folder(name), replica.index)[0].exists():
+                replica.ready = True
+            continue
+        ran = now - replica.started
+        replica.failures = 0 if replica.ready and ran >= _STABLE_SECONDS else replica.failures + 1
+        if not replica.ready and replica.failures >= FAILURES_BEFORE_GIVING_UP:
+            return f"the server exited {replica.failures} times before it was ready; see its log"
+        wait = BACKOFF_SECONDS[min(replica.failures, len(BACKOFF_SECONDS)) - 1] if replica.failures else 0
+        replica.process, replica.ready, replica.start_at = None, False, now + wait
+        manager.set(name, restarts=manager.find(name).restarts + 1)
+    return None
 
 
 def supervise(workspace: Path, name: str, lock_fd: int | None = None) -> None:
@@ -86,26 +128,28 @@ def supervise(workspace: Path, name: str, lock_fd: int | None = None) -> None:
         except BlockingIOError:
             return
     # else: the lock came with the inherited descriptor and stays held until this process ends
-    if manager.find(name) is None:
+    service = manager.find(name)
+    if service is None:
         return
     manager.set(name, supervisor_pid=os.getpid())
-    failures = 0
-    while not stopping[0] and manager.find(name) is not None:
-        became_ready, ran = _run_once(manager, name, stopping)
-        if stopping[0] or manager.find(name) is None:
-            break
-        failures = 0 if became_ready and ran >= _STABLE_SECONDS else failures + 1
-        if not became_ready and failures >= FAILURES_BEFORE_GIVING_UP:
-            manager.set(name, state="failed", server_pid=None,
-                           detail=f"the server exited {failures} times before it was ready; see its log")
-            return
-        wait = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS)) - 1] if failures else 0
-        restarts = manager.find(name).restarts + 1
-        manager.set(name, state="restarting", server_pid=None, restarts=restarts,
-                       detail=f"the server exited; restart {restarts} in {wait} s")
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and not stopping[0]:
+    replicas = [_Replica(index) for index in range(service.replicas)]
+    reported = None
+    try:
+        while not stopping[0] and manager.find(name) is not None:
+            failed = _step(manager, name, replicas)
+            if failed:
+                for replica in replicas:
+                    replica.stop()
+                manager.set(name, state="failed", server_pid=None, detail=failed)
+                return
+            report = (*_state(replicas), replicas[0].process.pid if replicas[0].process else None)
+            if report != reported and not stopping[0]:
+                state, detail, server_pid = reported = report
+                manager.set(name, state=state, detail=detail, server_pid=server_pid)
             time.sleep(_POLL_SECONDS)
+    finally:
+        for replica in replicas:
+            replica.stop()
     if manager.find(name) is not None:
         manager.set(name, state="stopped", server_pid=None, detail="stopped")
 

@@ -62,6 +62,9 @@ MIGRATIONS: tuple[str, ...] = (
         FOREIGN KEY (name, version) REFERENCES models (name, version) ON DELETE RESTRICT
     );
     """,
+    """
+    ALTER TABLE services ADD COLUMN replicas INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 
 _BUSY_TIMEOUT_S = 30.0

@@ -40,6 +40,7 @@ class GrpcSettings:
     keys: ApiKeys | None = None  # checks the `authorization` metadata; None: no API keys
     open_health: bool = False  # ServerLive and ServerReady need no key
     max_message_bytes: int = MAX_MESSAGE_BYTES  # larger requests get RESOURCE_EXHAUSTED; bounds a filled shape too
+    reuse_port: bool = False  # let other processes (replicas) bind the same port; else a taken port is an error
 
 
 def _model_name(request: Message) -> str:
@@ -106,7 +107,8 @@ class GrpcFrontEnd:
 def create_grpc_server(repository: ModelRepository, settings: GrpcSettings) -> tuple[grpc.aio.Server, int]:
     """A ``grpc.aio`` server (not started) with both services, and the port it is bound to."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.max_message_bytes),
-                                      ("grpc.max_send_message_length", -1)])
+                                      ("grpc.max_send_message_length", -1),
+                                      ("grpc.so_reuseport", int(settings.reuse_port))])
     server.add_generic_rpc_handlers(GrpcFrontEnd(repository, settings).handlers())
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     address = f"{host}:{settings.port}"
@@ -115,7 +117,12 @@ def create_grpc_server(repository: ModelRepository, settings: GrpcSettings) -> t
             raise ValueError("TLS needs both a certificate and its private key")
         credentials = grpc.ssl_server_credentials(
             [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())])
-        port = server.add_secure_port(address, credentials)
+        add = lambda: server.add_secure_port(address, credentials)  # noqa: E731
     else:
-        port = server.add_insecure_port(address)
+        add = lambda: server.add_insecure_port(address)  # noqa: E731
+    try:
+        port = add()
+    except RuntimeError:  # grpc's own text is only "Failed to bind"
+        raise OSError(f"cannot listen on {address} for gRPC: the port is taken or the address is not this "
+                      "machine's") from None
     return server, port

@@ -43,6 +43,8 @@ class ServerOptions:
     ready_file: Path | None = None
     body_timeout: float = 30.0
     header_timeout: float = 10.0
+    reuse_port: bool = False  # replicas share the HTTP and gRPC ports; the kernel spreads connections over them
+    admin_port: int | None = None  # this process's own HTTP port too (0: any free one), e.g. for repository loads
 
 
 def _is_loopback(host: str) -> bool:
@@ -54,10 +56,12 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # Accepted connections inherit this: without it Nagle's algorithm holds a response's body behind its
     # headers until the client's delayed ACK, 40 ms on every kept-alive request.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -91,20 +95,29 @@ async def run_server(repository: ModelRepository, options: ServerOptions) -> Non
                             lifespan="off", loop="uvloop", http=connection, timeout_graceful_shutdown=2,
                             server_header=False, **tls)
     http = _UvicornServer(config)
-    sock = _listen(options.host, options.port)
+    sock = _listen(options.host, options.port, options.reuse_port)
     http_port = sock.getsockname()[1]
+    sockets = [sock]
+    if options.admin_port is not None:
+        sockets.append(_listen(options.host, options.admin_port))
     grpc_server, grpc_port = None, None
     if options.grpc_port >= 0:
         from mvu.host.serving.grpc_server import GrpcSettings, create_grpc_server
 
-        grpc_server, grpc_port = create_grpc_server(repository, GrpcSettings(
-            host=options.host, port=options.grpc_port, tls_cert=options.tls_cert, tls_key=options.tls_key,
-            keys=options.keys, open_health=options.open_health, max_message_bytes=options.max_request_bytes))
+        try:
+            grpc_server, grpc_port = create_grpc_server(repository, GrpcSettings(
+                host=options.host, port=options.grpc_port, tls_cert=options.tls_cert, tls_key=options.tls_key,
+                keys=options.keys, open_health=options.open_health, max_message_bytes=options.max_request_bytes,
+                reuse_port=options.reuse_port))
+        except OSError as error:
+            for listening in sockets:
+                listening.close()
+            raise SystemExit(f"mvu serve: {error}") from None
         await grpc_server.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: setattr(http, "should_exit", True))
-    serving = asyncio.create_task(http.serve(sockets=[sock]))
+    serving = asyncio.create_task(http.serve(sockets=sockets))
     while not http.started and not serving.done():
         await asyncio.sleep(0.01)
     scheme = "https" if options.tls_cert else "http"
@@ -117,7 +130,8 @@ async def run_server(repository: ModelRepository, options: ServerOptions) -> Non
                  f", gRPC on {options.host}:{grpc_port}" if grpc_port else "")
         if options.ready_file:  # written whole, then renamed: a watcher never reads half of it
             partial = options.ready_file.with_name(options.ready_file.name + ".partial")
-            partial.write_text(json.dumps({"http_port": http_port, "grpc_port": grpc_port, "pid": os.getpid()}))
+            partial.write_text(json.dumps({"http_port": http_port, "grpc_port": grpc_port, "pid": os.getpid(),
+                                           "admin_port": sockets[-1].getsockname()[1] if len(sockets) > 1 else None}))
             partial.replace(options.ready_file)
     try:
         await serving
@@ -168,7 +182,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
     return ServerOptions(args.host, args.port, args.grpc_port, Path(args.tls_cert) if args.tls_cert else None,
                          Path(args.tls_key) if args.tls_key else None, keys, args.open_health, args.open_metrics,
                          args.max_request_bytes, Path(args.ready_file) if args.ready_file else None,
-                         args.body_timeout, args.header_timeout)
+                         args.body_timeout, args.header_timeout, args.reuse_port, args.admin_port)
 
 
 def main_serve(args: argparse.Namespace) -> int:

@@ -131,7 +131,8 @@ def _print_service(service, as_json: bool) -> None:
     print(f"  endpoint     {service.endpoint} (HTTP: KServe v2, TF Serving REST, /score)")
     print(f"  gRPC         {service.grpc_endpoint}{' over TLS' if service.tls_cert else ''}")
     print(f"  models       {', '.join(service.models)}")
-    print(f"  backend      {service.backend}; restarts {service.restarts}; created {service.created_at}")
+    print(f"  backend      {service.backend}; {service.replicas} replica{'s' if service.replicas > 1 else ''}; "
+          f"restarts {service.restarts}; created {service.created_at}")
 
 
 def _print_keys(keys: dict[str, str]) -> None:
@@ -142,7 +143,7 @@ def _print_keys(keys: dict[str, str]) -> None:
 def _service_create(args) -> int:
     service, keys = _services(args).create(args.name, args.model, host=args.host, port=args.port,
                                            grpc_port=args.grpc_port, backend=args.backend, tls_cert=args.tls_cert,
-                                           tls_key=args.tls_key, timeout=args.timeout)
+                                           tls_key=args.tls_key, replicas=args.replicas, timeout=args.timeout)
     if args.json:
         print(json.dumps({**service.to_dict(), "keys": keys}, indent=1))
         return 0
@@ -285,6 +286,8 @@ def add_control_commands(commands) -> None:
     create.add_argument("--grpc-port", type=int, help="gRPC port (default: a free one)")
     create.add_argument("--tls-cert", help="PEM certificate chain: HTTPS and gRPC over TLS")
     create.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    create.add_argument("--replicas", type=int, default=1,
+                        help="server processes sharing the ports (the kernel spreads connections over them)")
     create.add_argument("--timeout", type=float, default=300.0, help="seconds to wait until it serves")
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=_service_create)
@@ -325,7 +328,7 @@ def add_control_commands(commands) -> None:
                                        "HorizontalPodAutoscaler, KServe ServingRuntime and InferenceService")
     manifests.add_argument("service")
     manifests.add_argument("--image", required=True, help="the service's image (see `mvu image build`)")
-    manifests.add_argument("--replicas", type=int, default=1)
+    manifests.add_argument("--replicas", type=int, help="pods (default: the service's replicas)")
     manifests.add_argument("--max-replicas", type=int, default=4)
     manifests.add_argument("-o", "--output", help="a YAML file (default: print)")
     manifests.set_defaults(handler=_k8s_manifests)

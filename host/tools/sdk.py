@@ -85,11 +85,12 @@ class Service:
     @classmethod
     def deploy(cls, workspace: Workspace, name: str, models: list[Model | str], *, tls_cert: str | None = None,
                tls_key: str | None = None, backend: str = "reference", port: int | None = None,
-               grpc_port: int | None = None, timeout: float = 300.0) -> "Service":
-        """Starts serving ``models`` (``Model`` objects, or ``NAME[:VERSION]``) and waits until it serves."""
+               grpc_port: int | None = None, replicas: int = 1, timeout: float = 300.0) -> "Service":
+        """Starts serving ``models`` (``Model`` objects, or ``NAME[:VERSION]``) on ``replicas`` server processes
+        and waits until they serve."""
         references = [m if isinstance(m, str) else m.record.reference for m in models]
         ServiceManager(workspace).create(name, references, tls_cert=tls_cert, tls_key=tls_key, backend=backend,
-                                         port=port, grpc_port=grpc_port, timeout=timeout)
+                                         port=port, grpc_port=grpc_port, replicas=replicas, timeout=timeout)
         return cls(workspace, name)
 
     @property

@@ -67,6 +67,12 @@ def add_serving_commands(commands, bench_kinds, backend_options: Callable[..., a
                        help="seconds for a request line and headers to arrive; slower ones get 408")
     serve.add_argument("--max-image-pixels", type=int, default=40_000_000,
                        help="larger images get 400 before they are decoded (decompression bombs)")
+    serve.add_argument("--reuse-port", action="store_true",
+                       help="share the HTTP and gRPC ports with other `mvu serve` processes (replicas): the kernel "
+                            "spreads connections over them")
+    serve.add_argument("--admin-port", type=int,
+                       help="also answer HTTP on this port of its own (0: any free one; the ready file names it), "
+                            "so that one replica of several can be reached, e.g. to load a model")
     serve.add_argument("--features", action="store_true",
                        help="also serve each model's featurizer stage output as an output named 'features' (FP32 "
                             "[N, features]), for heads of your own")
