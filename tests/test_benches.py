@@ -67,3 +67,7 @@ def test_link_soc():
 
 def test_lookup_table():
     run_bench("bench_lookup_table")
+
+
+def test_sdram_controller():
+    run_bench("bench_sdram_controller")
