@@ -85,6 +85,17 @@ def test_default_configuration_gemm(verilator_executors):
     assert counters["mem_write_beats"] == 300 * 16  # 16 column tiles of 32 bytes per output row
 
 
+def test_default_configuration_output_table(verilator_executors):
+    """32 lanes, 32-byte beats: the table arrives in 8 beats and each lane picks its byte out of a 32-byte word."""
+    config = HardwareConfig()
+    rng = np.random.default_rng(32)
+    a, w, zero_point, requant = gemm_case(rng, 70, 100, 45, True, "float32")
+    table = rng.permutation(256).astype(np.uint8)
+    gemm = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant, table=table)
+    verilator_executors(config).run(gemm.program)
+    np.testing.assert_array_equal(gemm.result(), golden_gemm(a, w, zero_point, requant, table))
+
+
 def small_program(instructions, memory_bytes=4096):
     memory = MemoryImage()
     memory.allocate(memory_bytes)
