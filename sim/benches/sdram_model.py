@@ -92,7 +92,7 @@ class SdramModel:
         g = self.geometry
         return (row << (g.bank_bits + g.col_bits)) | (bank << g.col_bits) | column
 
-    def clock(self, cycle: int, *, cke: int, cs: int, ras: int, cas: int, we: int, ba: int, a: int,
+    def clock(self, cycle: int, *, clk_en: int, cs: int, ras: int, cas: int, we: int, ba: int, a: int,
               dq_o: int, dq_oe: int, dqm: int) -> None:
         """The pins in ``cycle``, sampled by the chip at its end."""
         if self.started is None:
@@ -102,13 +102,13 @@ class SdramModel:
         self._check_refresh_and_rows(cycle)
         command = Command((ras << 2) | (cas << 1) | we) if cs else Command.NOP
         if command != Command.NOP:
-            self._command(cycle, command, cke, ba, a)
+            self._command(cycle, command, clk_en, ba, a)
         self._take_write_data(cycle, dq_o, dq_oe, dqm)
 
-    def _command(self, cycle: int, command: Command, cke: int, ba: int, a: int) -> None:
+    def _command(self, cycle: int, command: Command, clk_en: int, ba: int, a: int) -> None:
         name = command.name
         self.counts.commands[name] = self.counts.commands.get(name, 0) + 1
-        if not cke:
+        if not clk_en:
             self._fail(cycle, f"{name} with clock enable low")
         if (cycle - self.started) * self.period < self.timing.t_init:
             self._fail(cycle, f"{name} {(cycle - self.started) * self.period:g} ns after power-up; "
