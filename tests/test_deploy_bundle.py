@@ -67,6 +67,54 @@ def test_the_manifests_validate_and_hold_no_key_in_clear(services, name):
     assert runtime["spec"]["containers"][0]["name"] == "kserve-container"
 
 
+KSERVE_SDK = "kserve==0.21.0"
+
+
+@pytest.fixture(scope="module")
+def kserve_python():
+    """A venv of its own with the KServe SDK (it pins protobuf < 7, mvu needs 7), made once in the build cache."""
+    from mvu.hdl.toolchain import cache_dir
+
+    venv = cache_dir() / f"venv-{KSERVE_SDK.replace('==', '-')}"
+    python = venv / "bin" / "python"
+    if not (venv / ".installed").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        installed = subprocess.run([str(python), "-m", "pip", "install", "--quiet", KSERVE_SDK, "pyyaml"],
+                                   capture_output=True, text=True)
+        if installed.returncode:
+            pytest.skip(f"the KServe SDK could not be installed ({installed.stderr.strip().splitlines()[-1:]})")
+        (venv / ".installed").touch()
+    return python
+
+
+def _kserve_check(python, documents) -> dict:
+    done = subprocess.run([str(python), str(Path(__file__).with_name("kserve_validate.py"))],
+                          input=yaml.safe_dump_all(documents), capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["plain", "secure"])
+def test_the_kserve_resources_are_what_the_kserve_sdk_reads(services, kserve_python, name):
+    report = _kserve_check(kserve_python, manifests(services[0], name, "registry.example/mvu-toy:1"))
+    assert report == {"checked": ["ServingRuntime", "InferenceService"], "errors": []}
+
+
+@pytest.mark.slow
+def test_the_kserve_sdk_check_catches_what_it_should(services, kserve_python):
+    documents = [d for d in manifests(services[0], "plain", "mvu-toy:1") if d["kind"] in KSERVE_KINDS]
+    runtime, inference = documents
+    mistyped = json.loads(json.dumps(runtime))
+    runtime["spec"]["protocolVersion"] = ["v2"]  # not a field: protocolVersions is
+    mistyped["spec"]["supportedModelFormats"][0]["autoSelect"] = "yes"  # a boolean in the SDK's model
+    del inference["spec"]["predictor"]  # required
+    report = _kserve_check(kserve_python, [runtime, mistyped, inference])
+    assert report["checked"] == ["ServingRuntime"] and len(report["errors"]) == 3, report
+    assert ".spec.protocolVersion: not a field" in report["errors"][0]
+    assert "expected bool, got 'yes'" in report["errors"][1] and "`predictor`" in report["errors"][2]
+
+
 def test_a_bad_manifest_is_caught_by_the_schema(services):
     documents = manifests(services[0], "plain", "mvu-toy:1")
     deployment = next(d for d in documents if d["kind"] == "Deployment")
