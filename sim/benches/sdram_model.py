@@ -86,7 +86,7 @@ class SdramModel:
     def _after(self, cycle: int, event: int, ns: float, what: str, rule: str) -> None:
         elapsed = (cycle - event) * self.period
         if elapsed < ns - 1e-9:
-            self._fail(cycle, f"{what} {elapsed:g} ns after; {rule} is {ns:g} ns")
+            self._fail(cycle, f"{what}: {rule} is {ns:g} ns, only {elapsed:.1f} ns passed")
 
     def _address(self, bank: int, row: int, column: int) -> int:
         g = self.geometry
