@@ -18,7 +18,8 @@ __all__ = ["Node", "Graph", "ModelImportError", "drop_unused", "import_model", "
 SUPPORTED_OPS = frozenset({
     "Conv", "Relu", "Clip", "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul",
     "Flatten", "Reshape", "Concat", "Softmax", "BatchNormalization", "Identity", "Dropout", "Mul", "Pad",
-    "Transpose", "LayerNormalization", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "Swish",
+    "Transpose", "LayerNormalization", "LpNormalization", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "LeakyRelu", "Swish",
     *("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearGlobalAveragePool",
       "QGemm", "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu"),
 })

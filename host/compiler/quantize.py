@@ -332,6 +332,22 @@ def _layer_norm(p: _Pass, node: Node) -> None:
                  p.out_params(node.outputs[0], "none")), "LayerNormalization (float)")
 
 
+def _lp_norm(p: _Pass, node: Node) -> None:
+    """LpNormalization (L2, over the channels) on the host in float64 from the dequantized codes, times the
+    per-channel constant of a Mul that alone reads it (SSD's conv4_3 L2Norm with its learned scale), quantized
+    with the calibrated range of what it writes."""
+    output, scale = node.outputs[0], np.ones(p.shapes[node.inputs[0]][1])
+    readers = p.graph.consumers(output)
+    if output != p.graph.output and len(readers) == 1 and readers[0].op == "Mul" and \
+            (form := _affine_form(p.graph, readers[0])) is not None and np.all(np.asarray(form[1]) == 0):
+        scale = scale * np.asarray(form[0]).reshape(-1)
+        p.fused.add(id(readers[0]))
+        output = readers[0].outputs[0]
+        p.shapes[output] = p.shapes.get(node.outputs[0], p.shapes.get(output))
+    p.emit(Layer("l2norm", node.name, [node.inputs[0]], output, "host", {}, {"scale": scale.astype(np.float32)},
+                 p.out_params(output, "none")), "LpNormalization (float)")
+
+
 def _concat(p: _Pass, node: Node) -> None:
     p.emit(Layer("concat", node.name, list(node.inputs), node.outputs[0], "host",
                  {"axis": node.attrs.get("axis", 1)}, {}, p.out_params(node.outputs[0], "none")), node.op)
@@ -408,6 +424,7 @@ HANDLERS: dict[str, Callable[[_Pass, Node], None]] = {
     "Relu": _clamp, "Clip": _clamp, "MaxPool": _pool, "AveragePool": _pool, "GlobalAveragePool": _pool,
     "Flatten": _reshape, "Reshape": _reshape, "Concat": _concat, "Gemm": _gemm, "MatMul": _matmul,
     "Softmax": _softmax, "Pad": _pad, "Transpose": _transpose, "LayerNormalization": _layer_norm,
+    "LpNormalization": _lp_norm,
     **dict.fromkeys(TABLE_FUNCTIONS, _table),
 }
 
@@ -449,6 +466,11 @@ def _constant_terms(graph: Graph, node: Node) -> str | None:
         "has a computed scale or bias; mvu takes constants"
 
 
+def _l2_over_channels(graph: Graph, node: Node) -> str | None:
+    return None if node.attrs.get("p", 2) == 2 and node.attrs.get("axis", -1) == 1 else \
+        "is not an L2 norm over the channels (p 2, axis 1), the one mvu supports"
+
+
 def _no_trans_a(graph: Graph, node: Node) -> str | None:
     return "has transA, which mvu does not support" if node.attrs.get("transA", 0) else None
 
@@ -457,6 +479,7 @@ def _no_trans_a(graph: Graph, node: Node) -> str | None:
 LIMITS: dict[str, Callable[[Graph, Node], str | None]] = {
     "Conv": _explicit_pads, "Mul": _one_constant, "MaxPool": _pool_window, "AveragePool": _pool_window,
     "Gemm": _no_trans_a, "Pad": _pad_limits, "Transpose": _keeps_batch, "LayerNormalization": _constant_terms,
+    "LpNormalization": _l2_over_channels,
 }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.host.compiler.compile import IMAGE_SUFFIXES, compile_model
+from mvu.host.compiler.detection import compile_detector, is_detector
 from mvu.host.compiler.fingerprint import fingerprint
 from mvu.host.compiler.preprocessing import with_preprocessing
 from mvu.host.model.package import ModelPackage, PackageError, load_package, save_package
@@ -29,6 +30,13 @@ def _architecture(name: str):
     return build
 
 
+def _ssd_vgg16():
+    from mvu.host.runtime.preprocess import TORCHVISION
+    from mvu.models.ssd import ssd300_vgg16
+
+    return ssd300_vgg16(), {**TORCHVISION.to_dict(), "resize": 300, "crop": 300}
+
+
 def _toy():
     from mvu.models.toy_classifier import PREPROCESSING, build_toy_classifier
 
@@ -45,7 +53,7 @@ def _stating_preprocessing(build):
 
 #: Recipe name -> a function returning (ONNX model stating its preprocessing, preprocessing dict).
 RECIPES = {name: _stating_preprocessing(build) for name, build in {
-    "efficientnet-lite0": _efficientnet_lite0, "toy": _toy,
+    "efficientnet-lite0": _efficientnet_lite0, "toy": _toy, "ssd-vgg16": _ssd_vgg16,
     **{name: _architecture(name) for name in ("resnet18", "resnet50", "resnet152", "vgg16", "densenet121")}}.items()}
 
 
@@ -89,6 +97,10 @@ def compile_source(source: str, *, config: HardwareConfig, calibration: str | No
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise FileNotFoundError(f"--calibration {calibration}: no images in it")
+    if is_detector(model):
+        return compile_detector(model, config=config, preprocessing=_preprocessing(preprocess, default_recipe),
+                                labels=load_labels(labels) if labels else None, calibration=images, name=name,
+                                progress=progress)
     names = load_labels(labels) if labels else imagenet_labels()
     return compile_model(model, config=config, preprocessing=_preprocessing(preprocess, default_recipe),
                          labels=names, calibration=images, name=name, progress=progress)

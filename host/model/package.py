@@ -31,11 +31,19 @@ class ModelPackage:
 
     def __init__(self, name: str, model: QuantizedModel, config: HardwareConfig, *, preprocessing: dict,
                  labels: list[str], source_sha256: str, report: list[dict] | None = None,
-                 stages: list[Stage] | None = None):
+                 stages: list[Stage] | None = None, detection: dict | None = None):
         self.name, self.model, self.config = name, model, config
+        #: a detector's head tensors and post-processing (``boxes``, ``scores`` and a
+        #: :class:`~mvu.host.runtime.detection.DetectionConfig` dictionary); None for a classifier
+        self.detection = detection
         self.preprocessing, self.labels, self.source_sha256 = preprocessing, labels, source_sha256
         self.report = report if report is not None else model.report
         self.stages = stages if stages is not None else model_stages(model)
+
+    @property
+    def task(self) -> str:
+        """"classification" or "detection"."""
+        return "classification" if self.detection is None else "detection"
 
 
 def _jsonable(value):
@@ -58,6 +66,7 @@ def save_package(package: ModelPackage, path: str | Path) -> Path:
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": package.name,
+        "task": package.task,
         "source_sha256": package.source_sha256,
         "hardware_config": package.config.to_dict(),
         "hardware_fingerprint": package.config.fingerprint,
@@ -66,6 +75,7 @@ def save_package(package: ModelPackage, path: str | Path) -> Path:
         "preprocessing": package.preprocessing,
         "labels": package.labels,
         "stages": [stage.to_dict() for stage in package.stages],
+        **({"detection": package.detection} if package.detection is not None else {}),
         "tensor_quantization": {k: asdict(v) for k, v in model.tensor_q.items()},
         "shapes": {k: list(v) for k, v in model.shapes.items() if v is not None},
         "layers": [{"kind": l.kind, "name": l.name, "inputs": l.inputs, "output": l.output,
@@ -129,5 +139,10 @@ def load_package(path: str | Path, config: HardwareConfig | None = None) -> Mode
         stages = stages_from_manifest(model, manifest.get("stages"))
     except (ValueError, TypeError, AttributeError) as error:
         raise PackageError(f"{path}: bad stages in the manifest ({error})") from None
+    task = manifest.get("task", "classification")
+    if task not in ("classification", "detection") or (task == "detection") != ("detection" in manifest):
+        raise PackageError(f"{path}: task {task!r} with{'out' if 'detection' not in manifest else ''} a detection "
+                           f"entry; mvu packages are classifiers, or detectors with their detection entry")
     return ModelPackage(manifest["name"], model, built_for, preprocessing=manifest["preprocessing"],
-                        labels=manifest["labels"], source_sha256=manifest["source_sha256"], stages=stages)
+                        labels=manifest["labels"], source_sha256=manifest["source_sha256"], stages=stages,
+                        detection=manifest.get("detection"))

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -78,7 +79,8 @@ class DetectionConfig:
     max_detections: int = 100
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON's types (lists, not tuples), as a manifest reads back."""
+        return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def from_dict(cls, data: dict) -> "DetectionConfig":

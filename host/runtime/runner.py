@@ -488,6 +488,14 @@ class ModelRunner:
         normal = centred / np.sqrt((centred ** 2).mean(axis=axes, keepdims=True) + layer.attrs["epsilon"])
         return layer.out_q.quantize(normal * layer.arrays["gamma"] + layer.arrays["beta"])
 
+    def _l2norm(self, layer: Layer, tensors, stats):
+        """``x / ||x||`` over the channels (0 where the norm is 0) times a per-channel scale, in float64 from the
+        dequantized codes."""
+        x = self._q(layer.inputs[0]).dequantize(tensors[layer.inputs[0]]).astype(np.float64)
+        norm = np.sqrt(np.square(x).sum(axis=1, keepdims=True))
+        scale = layer.arrays["scale"].astype(np.float64).reshape(1, -1, *(1,) * (x.ndim - 2))
+        return layer.out_q.quantize(np.divide(x, norm, out=np.zeros_like(x), where=norm > 0) * scale)
+
     def _concat(self, layer: Layer, tensors, stats):
         out_q = layer.out_q
         parts = []
