@@ -188,8 +188,14 @@ def _hold(m: Module, counter: Signal, cycles: int) -> None:
 class SdramController(wiring.Component):
     """The memory port of ``beat_bytes`` (a multiple of 2) on a 16-bit SDR SDRAM clocked at ``clock_hz``.
 
-    ``id_bits``: width of the tag each read request carries back on its beats. ``read_delay``: registers
-    the board top puts on ``dq_i`` (in its I/O cells) beyond the controller's own one.
+    ``id_bits``: width of the tag each read request carries back on its beats.
+
+    Read data: for a READ on the pins from controller edge ``n``, the controller registers ``dq_i`` at its
+    edge ``n + cas_latency + 1 + read_delay``. With ``read_delay = 0`` the chip samples commands at the
+    controller's next edge (its clock leads the controller's by a little, less than tOH) and the data is
+    taken as the chip's next word replaces it; ``-1`` suits a chip clocked by the inverted clock (it samples
+    commands mid-cycle; its data, valid tAC after its edge, is taken one controller edge sooner: right up to
+    about 70 MHz at tAC 6 ns); each register the board top puts on ``dq_i`` adds 1.
 
     Members:
         req: ``In(stream.Signature(...))``: read requests: ``addr`` (byte address, beat-aligned; addresses
@@ -207,6 +213,8 @@ class SdramController(wiring.Component):
                  read_delay: int = 0):
         if beat_bytes < 2 or beat_bytes % 2:
             raise ValueError(f"beat_bytes must be a positive multiple of the 2-byte SDRAM bus, not {beat_bytes}")
+        if read_delay < -1:
+            raise ValueError(f"read_delay must be -1 or more, not {read_delay}")
         self.beat_bytes, self.clock_hz, self.timing, self.geometry = beat_bytes, clock_hz, timing, geometry
         self.cycles, self.burst, self.read_delay = timing.cycles(clock_hz), burst_words(beat_bytes), read_delay
         request = data.StructLayout({"addr": 32, "len": 16, "id": id_bits})

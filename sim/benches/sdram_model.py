@@ -77,7 +77,7 @@ class SdramModel:
 
     def output(self, cycle: int) -> int | None:
         """The word the chip drives on ``dq`` in ``cycle``, or None."""
-        return self.scheduled.pop(cycle, None)
+        return self.scheduled.get(cycle)
 
     # Checks.
     def _fail(self, cycle: int, what: str) -> None:
@@ -97,6 +97,8 @@ class SdramModel:
         """The pins in ``cycle``, sampled by the chip at its end."""
         if self.started is None:
             self.started = cycle
+        for done in [when for when in self.scheduled if when < cycle - 1]:
+            del self.scheduled[done]
         if dq_oe and (cycle in self.scheduled or cycle - 1 in self.scheduled):
             self._fail(cycle, "the controller drives dq while the chip drives it (or the cycle before)")
         self._check_refresh_and_rows(cycle)
