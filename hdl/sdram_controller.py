@@ -25,8 +25,10 @@ PRECHARGE, ACTIVE and READ/WRITE it needs; ``REFRESH`` precharges all banks and 
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import reduce
 
 from amaranth import Array, Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
@@ -253,10 +255,14 @@ class SdramController(wiring.Component):
         all_closed = ~Cat(*is_open).any()
         all_settled = Cat(*(w == 0 for w in act_wait)).all() & Cat(*(w == 0 for w in pre_wait)).all()
 
-        # The command this cycle, registered onto the pins.
-        next_cmd, cmd_ba, cmd_a = Signal(3), Signal(g.bank_bits), Signal(g.row_bits)
+        # The command this cycle (at most one ``issue`` flag), registered onto the pins.
+        issue = {command: Signal(name=f"issue_{command.name.lower()}") for command in Command
+                 if command not in (Command.NOP, Command.BURST_STOP)}
+        cmd_ba, cmd_a = Signal(g.bank_bits), Signal(g.row_bits)
         m.d.comb += [pins.clk_en.eq(1), pins.cs.eq(1)]
-        m.d.sync += [Cat(pins.we, pins.cas, pins.ras).eq(next_cmd), pins.ba.eq(cmd_ba), pins.a.eq(cmd_a)]
+        m.d.sync += [Cat(pins.we, pins.cas, pins.ras).eq(
+                         reduce(operator.or_, (Mux(flag, command, 0) for command, flag in issue.items()))),
+                     pins.ba.eq(cmd_ba), pins.a.eq(cmd_a)]
 
         # Bookkeeping of the command issued.
         for b in range(banks):
@@ -264,39 +270,36 @@ class SdramController(wiring.Component):
                 m.d.sync += counter.eq(Mux(counter == 0, 0, counter - 1))
         for counter in (rrd_wait, cmd_wait, bus_wait):
             m.d.sync += counter.eq(Mux(counter == 0, 0, counter - 1))
-        with m.Switch(next_cmd):
-            with m.Case(Command.ACTIVE):
+        with m.If(issue[Command.ACTIVE]):
+            for b in range(banks):
+                with m.If(bank == b):
+                    _hold(m, rw_wait[b], c.rcd)
+                    _hold(m, pre_wait[b], c.ras)
+                    _hold(m, act_wait[b], c.rc)
+                    m.d.sync += [is_open[b].eq(1), open_row[b].eq(row)]
+            _hold(m, rrd_wait, c.rrd)
+        with m.If(issue[Command.PRECHARGE]):
+            for b in range(banks):
+                with m.If(cmd_a[10] | (bank == b)):
+                    _hold(m, act_wait[b], c.rp)
+                    m.d.sync += is_open[b].eq(0)
+        with m.If(issue[Command.READ] | issue[Command.WRITE]):
+            for b in range(banks):
+                with m.If(bank == b):
+                    _hold(m, pre_wait[b], Mux(writing, BL - 1 + c.wr, BL))
+            _hold(m, cmd_wait, BL)
+        with m.If(issue[Command.READ]):
+            _hold(m, bus_wait, c.cas_latency + BL + 1)
+        for command, cycles in ((Command.REFRESH, c.rfc), (Command.MODE, c.mrd)):
+            with m.If(issue[command]):
                 for b in range(banks):
-                    with m.If(bank == b):
-                        _hold(m, rw_wait[b], c.rcd)
-                        _hold(m, pre_wait[b], c.ras)
-                        _hold(m, act_wait[b], c.rc)
-                        m.d.sync += [is_open[b].eq(1), open_row[b].eq(row)]
-                _hold(m, rrd_wait, c.rrd)
-            with m.Case(Command.PRECHARGE):
-                for b in range(banks):
-                    with m.If(cmd_a[10] | (bank == b)):
-                        _hold(m, act_wait[b], c.rp)
-                        m.d.sync += is_open[b].eq(0)
-            with m.Case(Command.READ, Command.WRITE):
-                for b in range(banks):
-                    with m.If(bank == b):
-                        _hold(m, pre_wait[b], Mux(next_cmd == Command.WRITE, BL - 1 + c.wr, BL))
-                _hold(m, cmd_wait, BL)
-                with m.If(next_cmd == Command.READ):
-                    _hold(m, bus_wait, c.cas_latency + BL + 1)
-            with m.Case(Command.REFRESH):
-                for b in range(banks):
-                    _hold(m, act_wait[b], c.rfc)
-            with m.Case(Command.MODE):
-                for b in range(banks):
-                    _hold(m, act_wait[b], c.mrd)
+                    _hold(m, act_wait[b], cycles)
 
         # Refresh timer.
         refresh_timer = Signal(range(max(c.refresh, c.init) + 1), init=c.init)
         refresh_due = Signal()
         m.d.sync += refresh_timer.eq(Mux(refresh_timer == 0, 0, refresh_timer - 1))
-        with m.If(next_cmd == Command.REFRESH):
+        with m.If(issue[Command.REFRESH]):
             m.d.sync += refresh_timer.eq(c.refresh)
         m.d.comb += refresh_due.eq(refresh_timer == 0)
 
@@ -311,17 +314,17 @@ class SdramController(wiring.Component):
                 with m.If(refresh_due):
                     m.next = "INIT_PRECHARGE"
             with m.State("INIT_PRECHARGE"):
-                m.d.comb += [next_cmd.eq(Command.PRECHARGE), cmd_a[10].eq(1)]
+                m.d.comb += [issue[Command.PRECHARGE].eq(1), cmd_a[10].eq(1)]
                 m.next = "INIT_REFRESH"
             with m.State("INIT_REFRESH"):
                 with m.If(all_settled):
-                    m.d.comb += next_cmd.eq(Command.REFRESH)
+                    m.d.comb += issue[Command.REFRESH].eq(1)
                     m.d.sync += init_refreshes.eq(init_refreshes - 1)
                     with m.If(init_refreshes == 1):
                         m.next = "INIT_MODE"
             with m.State("INIT_MODE"):
                 with m.If(all_settled):
-                    m.d.comb += [next_cmd.eq(Command.MODE), cmd_a.eq(mode_register(BL, c.cas_latency))]
+                    m.d.comb += [issue[Command.MODE].eq(1), cmd_a.eq(mode_register(BL, c.cas_latency))]
                     m.next = "IDLE"
             with m.State("IDLE"):
                 m.d.comb += self.ready.eq(1)
@@ -345,22 +348,22 @@ class SdramController(wiring.Component):
                     m.next = "REFRESH"
                 with m.Elif(hit):
                     with m.If((rw_wait[bank] == 0) & (cmd_wait == 0) & (~writing | (bus_wait == 0))):
-                        m.d.comb += [next_cmd.eq(Mux(writing, Command.WRITE, Command.READ)), cmd_a.eq(col)]
+                        m.d.comb += [issue[Command.WRITE].eq(writing), issue[Command.READ].eq(~writing), cmd_a.eq(col)]
                         m.d.sync += [word.eq(word + BL), bursts.eq(bursts - 1)]
                         with m.If(bursts == 1):
                             m.next = "IDLE"
                 with m.Elif(is_open[bank]):
                     with m.If(pre_wait[bank] == 0):
-                        m.d.comb += next_cmd.eq(Command.PRECHARGE)
+                        m.d.comb += issue[Command.PRECHARGE].eq(1)
                 with m.Elif((act_wait[bank] == 0) & (rrd_wait == 0)):
-                    m.d.comb += [next_cmd.eq(Command.ACTIVE), cmd_a.eq(row)]
+                    m.d.comb += [issue[Command.ACTIVE].eq(1), cmd_a.eq(row)]
             with m.State("REFRESH"):
                 m.d.comb += self.ready.eq(1)
                 with m.If(~all_closed):
                     with m.If(Cat(*(w == 0 for w in pre_wait)).all()):
-                        m.d.comb += [next_cmd.eq(Command.PRECHARGE), cmd_a[10].eq(1)]
+                        m.d.comb += [issue[Command.PRECHARGE].eq(1), cmd_a[10].eq(1)]
                 with m.Elif(all_settled):
-                    m.d.comb += next_cmd.eq(Command.REFRESH)
+                    m.d.comb += issue[Command.REFRESH].eq(1)
                     m.next = "IDLE"
                     with m.If(bursts != 0):  # the job under way goes on
                         m.next = "RUN"
@@ -369,10 +372,10 @@ class SdramController(wiring.Component):
         # Write data: a word a cycle from ``wdata`` after each WRITE, bytes masked where ``wmask`` is clear.
         wr_left = Signal(range(BL))
         m.d.sync += [pins.dq_oe.eq(0), pins.dqm.eq(0)]
-        with m.If((next_cmd == Command.WRITE) | (wr_left != 0)):
+        with m.If(issue[Command.WRITE] | (wr_left != 0)):
             m.d.sync += [pins.dq_o.eq(wdata[:WORD_BITS]), pins.dqm.eq(~wmask[:2]), pins.dq_oe.eq(1),
                          wdata.eq(wdata >> WORD_BITS), wmask.eq(wmask >> 2),
-                         wr_left.eq(Mux(next_cmd == Command.WRITE, BL - 1, wr_left - 1))]
+                         wr_left.eq(Mux(issue[Command.WRITE], BL - 1, wr_left - 1))]
         with m.If(take_write):  # after the shift: the last word of a burst is on its way out already
             m.d.sync += [wdata.eq(self.write.p.data), wmask.eq(self.write.p.mask)]
 
@@ -380,12 +383,12 @@ class SdramController(wiring.Component):
         rd_left, rd_id = Signal(range(BL)), Signal.like(job_id)
         marker = data.StructLayout({"valid": 1, "id": len(job_id)})
         pipe = [Signal(marker, name=f"pipe{k}") for k in range(c.cas_latency + 2 + self.read_delay)]
-        reading = (next_cmd == Command.READ) | (rd_left != 0)
-        with m.If(next_cmd == Command.READ):
+        reading = issue[Command.READ] | (rd_left != 0)
+        with m.If(issue[Command.READ]):
             m.d.sync += [rd_left.eq(BL - 1), rd_id.eq(job_id)]
         with m.Elif(rd_left != 0):
             m.d.sync += rd_left.eq(rd_left - 1)
-        m.d.sync += pipe[0].eq(Cat(reading, Mux(next_cmd == Command.READ, job_id, rd_id)))
+        m.d.sync += pipe[0].eq(Cat(reading, Mux(issue[Command.READ], job_id, rd_id)))
         m.d.sync += [later.eq(earlier) for earlier, later in zip(pipe, pipe[1:])]
         dq_in, gathered, count = Signal(WORD_BITS), Signal(WORD_BITS * words), Signal(range(words))
         beat = Cat(gathered[WORD_BITS:], dq_in)
