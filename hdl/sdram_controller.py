@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from functools import reduce
 
-from amaranth import Array, Cat, Module, Mux, Signal
+from amaranth import Array, Cat, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -105,6 +105,9 @@ class SdramTiming:
     def __post_init__(self):
         if self.cas_latency not in (2, 3):
             raise ValueError(f"cas_latency must be 2 or 3, not {self.cas_latency!r}")
+        for name in ("t_wr_cycles", "t_mrd_cycles", "init_refreshes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
 
     def cycles(self, clock_hz: float) -> SdramCycles:
         """The rules in whole cycles of a ``clock_hz`` clock (each rounded up, at least 1)."""
@@ -182,7 +185,7 @@ class SdramPins(wiring.Signature):
         })
 
 
-def _hold(m: Module, counter: Signal, cycles: int) -> None:
+def _hold(m: Module, counter: Signal, cycles: int | Value) -> None:
     """Let ``counter`` (counting down to 0) reach 0 no sooner than ``cycles`` cycles from now."""
     m.d.sync += counter.eq(Mux(counter > cycles, counter - 1, cycles - 1))
 
