@@ -161,3 +161,18 @@ def cat_jpeg() -> bytes:
     out = io.BytesIO()
     Image.open(demo_photos()[0]).convert("RGB").save(out, "JPEG", quality=90)
     return out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def small_detector_path(tmp_path_factory):
+    """SSD300's structure at an eighth of its channels (a server warms it up in seconds), 6 classes."""
+    from mvu.hdl.contract.config import HardwareConfig
+    from mvu.host.compiler.detection import compile_detector
+    from mvu.host.model.package import save_package
+    from mvu.host.runtime.preprocess import TORCHVISION
+    from mvu.models.ssd import ssd300_vgg16
+
+    package = compile_detector(ssd300_vgg16(width=8, classes=6), config=HardwareConfig(), name="ssd",
+                               preprocessing={**TORCHVISION.to_dict(), "resize": 300, "crop": 300}, labels=None,
+                               progress=False)
+    return save_package(package, tmp_path_factory.mktemp("ssd") / "ssd.mvu")

@@ -20,12 +20,16 @@ from mvu.host.serving.metrics import ServingMetrics
 from mvu.host.serving.statistics import ModelStatistics
 from mvu.host.serving.tensors import InferenceRequest, InferenceResult, InputTensor, OutputTensor, RequestedOutput
 
-__all__ = ["FEATURES_OUTPUT", "IMAGES_INPUT", "SCORES_OUTPUT", "TENSOR_INPUT", "ServedModel", "ServingLimits"]
+__all__ = ["DETECTION_OUTPUTS", "FEATURES_OUTPUT", "IMAGES_INPUT", "SCORES_OUTPUT", "TENSOR_INPUT", "ServedModel",
+           "ServingLimits"]
 
 IMAGES_INPUT = "images"  # BYTES [N]: encoded JPEG/PNG; the server decodes and preprocesses
 TENSOR_INPUT = "input"  # FP32 [N, 3, H, W]: already preprocessed
 SCORES_OUTPUT = "scores"  # FP32 [N, classes]: softmax probabilities
 FEATURES_OUTPUT = "features"  # FP32 [N, features]: the featurizer stage's output, with `mvu serve --features`
+#: A detector's outputs instead of the scores, TF Serving's detection layout (FP32): boxes [N, K, 4] as (ymin, xmin,
+#: ymax, xmax) normalized to the model's input, scores [N, K], class ids [N, K], how many of the K are real [N]
+DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 
 
 @dataclass
@@ -50,7 +54,8 @@ class ServedModel:
         self.classes = len(package.labels)
         stage = features_stage(package.stages) if limits.features else None
         #: name -> shape of each output, in the order a request without "outputs" gets them
-        self.outputs = {SCORES_OUTPUT: [-1, self.classes]}
+        self.outputs = {SCORES_OUTPUT: [-1, self.classes]} if package.detection is None else \
+            _detection_signature(package.detection["max_detections"])
         if stage is not None:
             self.outputs[FEATURES_OUTPUT] = [-1, int(np.prod(package.model.shapes[stage.output][1:]))]
         self.limits, self.metrics, self._pool = limits, metrics, preprocess_pool
@@ -95,6 +100,8 @@ class ServedModel:
         programs of every sub-batch size built now rather than on a request; it runs batches to FP32 scores."""
         from mvu.host.runtime.classify import Classifier
 
+        if self.package.detection is not None:
+            return self._load_detector()
         classifier = Classifier(self.package, self.backend.name,
                                 executor=self.backend.executor(self.package.config))
         classifier.runner.prepare(self.limits.max_batch_size)
@@ -107,6 +114,20 @@ class ServedModel:
             if features:
                 outputs[FEATURES_OUTPUT] = values.astype(np.float32, copy=False)
             return outputs, stats.cycles
+
+        return run
+
+    def _load_detector(self):
+        """:meth:`_load_executor` for a detector: batches to TF Serving's detection outputs."""
+        from mvu.host.runtime.detect import Detector, tf_detection_outputs
+
+        detector = Detector(self.package, self.backend.name, executor=self.backend.executor(self.package.config))
+        detector.runner.prepare(self.limits.max_batch_size)
+        k = self.outputs[DETECTION_OUTPUTS[1]][1]
+
+        def run(images: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+            detections, stats = detector.detect_tensors(images)
+            return tf_detection_outputs(detections, k), stats.cycles
 
         return run
 
@@ -143,6 +164,9 @@ class ServedModel:
 
     async def score_image(self, image: bytes, top: int, timeout: float | None = None) -> dict:
         """Raw image bytes -> the top classes with names and scores."""
+        if self.package.detection is not None:
+            raise ServingError(400, f"model {self.name!r} is a detector; ask for its outputs "
+                                    f"{', '.join(DETECTION_OUTPUTS)} with an inference (predict) request")
         if not 1 <= top <= self.classes:
             raise ServingError(400, f"top must be between 1 and {self.classes}, not {top}")
         data = np.empty(1, dtype=object)
@@ -223,6 +247,10 @@ class ServedModel:
             out[row] = [f"{entry['score']:f}:{entry['class']}:{entry['label']}".encode()
                         for entry in top_k(probabilities, self.package.labels, k)]
         return out
+
+
+def _detection_signature(k: int) -> dict[str, list[int]]:
+    return dict(zip(DETECTION_OUTPUTS, ([-1, k, 4], [-1, k], [-1, k], [-1])))
 
 
 def _expect(tensor, datatype: str, shape: str) -> None:
