@@ -149,17 +149,6 @@ class SdramModel:
         self.write_burst = (bank, row, next_column, left - 1) if left > 1 else None
 
     # Commands.
-    def _open_bank(self, cycle: int, name: str, ba: int) -> _Bank:
-        if self.mode is None:
-            self._fail(cycle, f"{name} before the mode register is loaded")
-        bank = self.banks[ba]
-        if bank.row is None:
-            self._fail(cycle, f"{name} to bank {ba}, which has no open row")
-        self._after(cycle, bank.activated, self.timing.t_rcd, f"{name} to bank {ba}", "tRCD from ACTIVE")
-        if cycle < self.burst_until:
-            self._fail(cycle, f"{name} cuts short the burst under way (it ends at cycle {self.burst_until})")
-        return bank
-
     def _active(self, cycle: int, ba: int, a: int) -> None:
         if self.mode is None:
             self._fail(cycle, "ACTIVE before the mode register is loaded")
@@ -173,7 +162,15 @@ class SdramModel:
         bank.row, bank.activated, self.last_active = a, cycle, cycle
 
     def _column(self, cycle: int, name: str, ba: int, a: int) -> tuple[_Bank, int]:
-        bank = self._open_bank(cycle, name, ba)
+        """The bank and column of a READ or WRITE, once it is allowed."""
+        if self.mode is None:
+            self._fail(cycle, f"{name} before the mode register is loaded")
+        bank = self.banks[ba]
+        if bank.row is None:
+            self._fail(cycle, f"{name} to bank {ba}, which has no open row")
+        self._after(cycle, bank.activated, self.timing.t_rcd, f"{name} to bank {ba}", "tRCD from ACTIVE")
+        if cycle < self.burst_until:
+            self._fail(cycle, f"{name} cuts short the burst under way (it ends at cycle {self.burst_until})")
         if a >> 10 & 1:
             self._fail(cycle, f"{name} with auto precharge (A10), which the model does not have")
         return bank, a & ((1 << self.geometry.col_bits) - 1)
