@@ -69,9 +69,6 @@ def _cmd_bench(args) -> int:
     return 0 if report["bit_exact"] else 1
 
 
-def _cmd_bench_network(args) -> int:
-    from mvu.host.tools.benchmarks import bench_network
-
 def _bench_images(folder: str | None, count: int) -> list[Path]:
     """``count`` images: a folder's (sorted), or the demo photos, repeated in turn as needed."""
     from itertools import cycle, islice
@@ -118,12 +115,15 @@ def _cmd_bench_network_cluster(args, config: HardwareConfig) -> int:
     return 0 if report["bit_exact"] else 1
 
 
+def _cmd_bench_network(args) -> int:
+    from mvu.host.tools.benchmarks import bench_network
+
     config = _load_config(args.config)
+    if args.cluster:
+        return _cmd_bench_network_cluster(args, config)
     report = bench_network(args.model, config, image=args.image, backends=tuple(args.backends.split(",")),
                            compare_onnxruntime=args.onnxruntime)
     if args.output:
-    if args.cluster:
-        return _cmd_bench_network_cluster(args, config)
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
@@ -256,6 +256,10 @@ def _cmd_run(args) -> int:
 
     config = _load_config(args.config)
     package = load_package(args.package, config)
+    if package.detection is not None:
+        from mvu.host.tools.detection_commands import run_detector
+
+        return run_detector(args, package, config, _executor(args, config))
     classifier = Classifier(package, args.backend, config, executor=_executor(args, config))
     results, failed = [], 0
     for image in args.images:
@@ -279,6 +283,12 @@ def _cmd_eval(args) -> int:
 
     config = _load_config(args.config)
     package = load_package(args.package, config)
+    if package.detection is not None:
+        from mvu.host.tools.detection_commands import eval_detector
+
+        return eval_detector(args, package, config, None if args.cluster else _executor(args, config))
+    if not args.labels:
+        raise SystemExit(f"mvu: {args.package} is a classifier: give --labels (CSV with filename,class_index)")
     report = evaluate(package, args.images, args.labels, backend=args.backend, onnx_model=args.onnx,
                       limit=args.limit, config=config, cluster=args.cluster, package_path=args.package,
                       executor=None if args.cluster else _executor(args, config))
@@ -357,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("--onnxruntime", action="store_true",
                          help="also quantize the network with onnxruntime and time that int8 model on "
                               "onnxruntime and on mvu's backends")
+    network.add_argument("--cluster", metavar="tcp://HOST:8786",
+                         help="run --count images on this Dask cluster's workers and report its throughput")
+    network.add_argument("--count", type=int, default=8, help="images to run with --cluster")
+    network.add_argument("--images", metavar="DIR", help="with --cluster: take the images from this folder "
+                                                        "(default: the demo photos), repeated up to --count")
     network.add_argument("--json", action="store_true")
     network.add_argument("--output", help="also write the JSON report to this file")
     network.set_defaults(handler=_cmd_bench_network)
@@ -379,11 +394,6 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--preprocess", help="torchvision, efficientnet-lite, or a JSON file "
                                                "(default: the recipe's own, torchvision for .onnx files)")
     compile_.add_argument("--labels", help="a file of class names, one per line (default: ImageNet)")
-    network.add_argument("--cluster", metavar="tcp://HOST:8786",
-                         help="run --count images on this Dask cluster's workers and report its throughput")
-    network.add_argument("--count", type=int, default=8, help="images to run with --cluster")
-    network.add_argument("--images", metavar="DIR", help="with --cluster: take the images from this folder "
-                                                        "(default: the demo photos), repeated up to --count")
     compile_.add_argument("-v", "--verbose", action="store_true", help="list every layer's placement")
     compile_.set_defaults(handler=_cmd_compile)
 
@@ -391,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    help="accuracy on a labelled folder, optionally against fp32 onnxruntime")
     evaluate.add_argument("package")
     evaluate.add_argument("--images", required=True, help="folder of images")
-    evaluate.add_argument("--labels", required=True, help="CSV with columns filename,class_index")
+    evaluate.add_argument("--labels", help="CSV with columns filename,class_index (classifiers)")
+    evaluate.add_argument("--annotations", help="COCO-style annotations JSON (detectors): reports mAP")
     evaluate.add_argument("--onnx", help="the source model, to compare with onnxruntime running it")
     evaluate.add_argument("--limit", type=int, help="only the first N images")
     evaluate.add_argument("--cluster", metavar="tcp://HOST:8786", help="classify on this Dask cluster's workers")
@@ -422,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", parents=[_backend_options("reference")], help="classify images with a compiled package")
     run.add_argument("package")
     run.add_argument("images", nargs="+")
-    run.add_argument("--top", type=int, default=5)
+    run.add_argument("--top", type=int, default=5, help="classes, or a detector's best detections, per image")
+    run.add_argument("--draw", help="(detectors) draw the boxes and labels into this image file")
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=_cmd_run)
 
