@@ -133,3 +133,34 @@ def test_reference_equals_verilator_on_one_image(package, images):
     print(f"MAC utilization {macs / (cycles * package.config.macs_per_cycle):.3f}")
     for layer in package.model.layers:
         assert np.array_equal(tensors["reference"][layer.output], tensors["verilator"][layer.output]), layer.name
+
+
+def test_an_onnx_export_of_the_same_structure_compiles_to_a_detector(tmp_path, capsys):
+    """`mvu compile` on an .onnx file with the two heads (SSD300 at an eighth of its channels, COCO's classes)."""
+    from mvu.host.compiler.preprocessing import with_preprocessing
+    from mvu.host.model.package import load_package
+    from mvu.host.runtime.preprocess import TORCHVISION
+    from mvu.host.tools.cli import main
+    from mvu.models.ssd import COCO_LABELS, ssd300_vgg16
+
+    source = tmp_path / "ssd.onnx"
+    onnx.save(with_preprocessing(ssd300_vgg16(width=8, seed=4), {**TORCHVISION.to_dict(), "resize": 300,
+                                                                   "crop": 300}), source)
+    assert main(["compile", str(source), "-o", str(tmp_path / "ssd.mvu")]) == 0
+    package = load_package(tmp_path / "ssd.mvu")
+    assert package.task == "detection" and package.labels == COCO_LABELS
+    assert any(layer.kind == "l2norm" for layer in package.model.layers)
+
+
+@pytest.mark.parametrize("attrs", [{"p": 1, "axis": 1}, {"p": 2, "axis": -1}])
+def test_other_lp_normalizations_are_refused(attrs):
+    from mvu.host.compiler.graph import import_onnx
+    from mvu.host.compiler.quantize import check_graph
+    from mvu.models.onnx_builder import GraphBuilder
+
+    builder = GraphBuilder("lp", (1, 3, 8, 8))
+    x = builder.conv(builder.input_name, np.ones((4, 3, 1, 1), np.float32))
+    y = builder.flatten(builder.global_average_pool(builder.node("LpNormalization", [x], **attrs)))
+    model = builder.build(y, classes=4)
+    with pytest.raises(ModelImportError, match="is not an L2 norm over the channels"):
+        check_graph(import_onnx(model))
