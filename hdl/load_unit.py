@@ -26,12 +26,16 @@ class LoadUnit(wiring.Component):
     A ``window`` LOAD first spends two cycles turning its descriptor into a
     first address and per-step increments (the only multiplications); then
     counters walk the output pixels, one entry per cycle. An entry whose input
-    pixel is outside the input is written as ``fill`` at once, reading
-    nothing; the others are requested, their buffer addresses kept in a FIFO
-    of :data:`WINDOW_IN_FLIGHT` until their beats come back.
+    pixel is outside the input reads nothing: its buffer address waits in a
+    FIFO until a cycle in which no arriving entry is written, to be written as
+    ``fill`` (the cycle its walk step left without a request frees such a
+    slot a memory latency later). The others are requested, their buffer
+    addresses kept in a FIFO until their beats come back. Each FIFO holds
+    :data:`WINDOW_IN_FLIGHT` entries; the walk waits while one is full.
     """
 
-    #: Window entries in flight at most (requested, not yet written).
+    #: Window entries waiting at most, of each kind (requested and not yet arrived; outside the input and not
+    #: yet written).
     WINDOW_IN_FLIGHT = 64
 
     def __init__(self, config: HardwareConfig):
@@ -118,6 +122,7 @@ class LoadUnit(wiring.Component):
         walking = busy & window & (setup == 0) & ~waiting & (requests_left != 0)
         inside = (iy >= 0) & (iy < d["in_h"]) & (ix >= 0) & (ix < d["in_w"])
         in_flight = m.submodules.in_flight = SyncFIFO(width=16, depth=self.WINDOW_IN_FLIGHT)
+        padding = m.submodules.padding = SyncFIFO(width=16, depth=self.WINDOW_IN_FLIGHT)
 
         request = self.mem.req
         m.d.comb += [
@@ -145,9 +150,11 @@ class LoadUnit(wiring.Component):
         entry_done = response.valid & last_beat
         with m.If(response.valid):
             m.d.sync += beat.eq(Mux(last_beat, 0, beat + 1))
-        # A window entry outside the input is written at once, in a cycle no arriving entry needs the port.
-        pad = walking & ~inside & ~entry_done
-        with m.If((window & request.valid & request.ready) | pad):
+        # A window entry outside the input is written later, in a cycle no arriving entry needs the port.
+        m.d.comb += [padding.w_data.eq(entry_addr), padding.w_en.eq(walking & ~inside)]
+        pad = padding.r_rdy & ~entry_done
+        m.d.comb += padding.r_en.eq(pad)
+        with m.If((window & request.valid & request.ready) | (padding.w_en & padding.w_rdy)):
             m.d.sync += [requests_left.eq(requests_left - 1), entry_addr.eq(entry_addr + 1)]
             with m.If(column == d["out_w"] - 1):
                 m.d.sync += [column.eq(0), ix.eq(d["offset_x"]), iy.eq(iy + d["stride_y"]),
@@ -155,7 +162,7 @@ class LoadUnit(wiring.Component):
             with m.Else():
                 m.d.sync += [column.eq(column + 1), ix.eq(ix + d["stride_x"]), req_addr.eq(req_addr + step_x)]
         m.d.comb += in_flight.r_en.eq(window & entry_done)
-        write_addr = Mux(pad, entry_addr, Mux(window, in_flight.r_data, sram_addr))
+        write_addr = Mux(pad, padding.r_data, Mux(window, in_flight.r_data, sram_addr))
         written = entry_done | pad
         m.d.comb += [
             self.act_write.en.eq(written & ~to_wgt), self.act_write.addr.eq(write_addr),

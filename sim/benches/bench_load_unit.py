@@ -6,7 +6,8 @@ weight entries four, so beats are gathered in both widths. Window LOADs
 (implicit im2col, padding on every side, strides and dilations of 1 to 3) are
 checked against the contract's definition (:mod:`mvu.hdl.contract.window`):
 the entries inside the input are requested in order, each entry is written
-once (those outside the input, as ``fill``, may overtake others).
+once (those outside the input as ``fill``, in free cycles of the buffer port,
+so in any order with the others).
 """
 
 import random
