@@ -1,12 +1,14 @@
 """Window LOADs (implicit im2col): convolutions from a channels-last tensor, equal to host im2col + the golden GEMM
 on the reference (plans and the interpreter) and on the RTL, and the checks on their descriptors."""
 
+import random
+
 import numpy as np
 import pytest
 from conftest import NARROW, TINY
 
 from mvu.hdl.contract.config import HardwareConfig
-from mvu.hdl.contract.isa import Buffer, Finish, Load, ProgramError, decode
+from mvu.hdl.contract.isa import Buffer, Compute, Finish, Load, ProgramError, Store, decode
 from mvu.hdl.contract.program import MemoryImage, Program, check_program
 from mvu.hdl.contract.requantization import Requantization
 from mvu.host.executors import reference
@@ -177,3 +179,75 @@ def test_a_network_on_the_rtl_with_window_loads(verilator_executors):
         outputs[backend] = runner.run_batch(batch)
     assert "windows" in {s.lowering for s in runner.stats}
     np.testing.assert_array_equal(outputs["verilator"], outputs["numpy"])
+
+
+def window_program(config, rng: random.Random, length: int) -> Program:
+    """Random window LOADs over a random channels-last tensor into 8-entry chunks (one LOAD per chunk, or two, the
+    second usually continuing the first's pixels and K tile), weight tiles, products of whole chunks and raw stores; every
+    chunk and tile loaded first."""
+    memory = MemoryImage()
+    memory.allocate(4096)
+    memory.data[:] = np.random.default_rng(rng.randrange(1 << 30)).integers(0, 256, memory.data.size)
+    R, chunk = config.rows, 8
+    in_h, in_w, channels = rng.randint(1, 6), rng.randint(1, 6), R * rng.randint(1, 3)
+    geometry = dict(dram_stride=channels, row_stride=in_w * channels, in_h=in_h, in_w=in_w, out_w=rng.randint(1, 5),
+                    stride_y=rng.randint(1, 2), stride_x=rng.randint(1, 2), fill=rng.randrange(256))
+    base = config.mem_bytes * rng.randrange((4096 - in_h * in_w * channels) // config.mem_bytes)
+
+    def window(entry: int, count: int, pixel: int, like: Load | None = None) -> Load:
+        """A window LOAD of a random K tile, or of the K tile of ``like``."""
+        start_y, start_x = divmod(pixel, geometry["out_w"])
+        tile = (base + R * rng.randrange(channels // R), rng.randint(-1, 1), rng.randint(-1, 1)) if like is None \
+            else (like.dram_addr, like.offset_y, like.offset_x)
+        return Load(Buffer.ACT, entry, count, tile[0], window=True, start_y=start_y, start_x=start_x,
+                    offset_y=tile[1], offset_x=tile[2], **geometry)
+
+    act_chunks, wgt_tiles = config.act_depth // chunk, config.wgt_depth // R
+    instructions = [window(c * chunk, chunk, rng.randrange(12)) for c in range(act_chunks)]
+    instructions += [Load(Buffer.WGT, t * R, R, config.mem_bytes * rng.randrange(900), config.mem_bytes)
+                     for t in range(wgt_tiles)]
+    computed = set()
+    for _ in range(length):
+        kind = rng.choice("LLWCCS")
+        if kind == "L":
+            c, pixel, half = rng.randrange(act_chunks), rng.randrange(12), rng.choice([chunk, rng.randint(1, 7)])
+            instructions.append(window(c * chunk, half, pixel))
+            if half < chunk:  # the rest of the chunk: usually the next pixels of the same K tile
+                same = rng.random() < 0.8
+                instructions.append(window(c * chunk + half, chunk - half, pixel + half if same else rng.randrange(12),
+                                           instructions[-1] if same else None))
+        elif kind == "W":
+            instructions.append(Load(Buffer.WGT, rng.randrange(wgt_tiles) * R, R, config.mem_bytes * rng.randrange(900),
+                                     config.mem_bytes * rng.choice([1, 4])))
+        elif kind == "C":
+            start = rng.randrange(config.acc_depth // chunk) * chunk
+            instructions.append(Compute(act_addr=rng.randrange(act_chunks) * chunk, count=chunk, acc_addr=start,
+                                        wgt_addr=rng.randrange(wgt_tiles) * R, accumulate=start in computed,
+                                        act_zero_point=rng.randrange(256)))
+            computed.add(start)
+        elif computed:
+            instructions.append(Store(acc_addr=rng.choice(sorted(computed)), count=chunk,
+                                      dram_addr=memory.allocate(chunk * 4 * config.cols), dram_stride=4 * config.cols,
+                                      raw=True))
+    instructions.append(Finish())
+    return Program.place(memory, instructions)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_window_programs_plan_as_they_are_interpreted(seed, monkeypatch):
+    """Plans (scratch matrices per tensor) and the interpreter agree on random window programs; most are planned."""
+    rng = random.Random(seed)
+    planned = 0
+    for _ in range(6):
+        config = rng.choice([TINY, NARROW])
+        program = window_program(config, rng, rng.randint(5, 60))
+        interpreted = program.memory.data.copy()
+        ReferenceExecutor(config).run(program)
+        planned += program.notes[ReferenceExecutor._NOTE].plan is not None
+        with monkeypatch.context() as patch:
+            patch.setattr(reference, "build_plan", lambda *args: None)
+            image = MemoryImage()
+            image.data = interpreted
+            ReferenceExecutor(config).run(Program(image, program.address, program.length))
+        np.testing.assert_array_equal(program.memory.data, interpreted)
+    assert planned >= 2
