@@ -9,7 +9,9 @@ bank and row from the lowest bits up (``word = row : bank : column``): a sequent
 row goes on in the next bank while the row it left stays open.
 
 Each bank keeps its row open until a request needs another row of that bank or a refresh closes all of them
-(open-row policy; docs/boards.md has the measured hit and miss numbers). A refresh is due every
+(open-row policy; docs/boards.md has the measured hit and miss numbers). Command slots the job leaves free
+(between its column commands, and while idle) go to the next job waiting on ``write`` or ``req``: its
+bank is precharged and its row opened ahead, in a bank other than the job's. A refresh is due every
 ``tREFI`` less a margin for closing the banks; it takes precedence over the job under way, which resumes
 after it at the next burst. Every timing rule is a counter of cycles that must pass before a command is
 allowed: per bank before a READ/WRITE (tRCD), a PRECHARGE (tRAS, tWR, a read burst's end) and an ACTIVE
@@ -18,8 +20,9 @@ WRITE after a READ (the read data and one turnaround cycle on ``dq``).
 
 States: ``INIT`` waits ``t_init`` (200 us, shorter in simulation) with NOPs; ``INIT_PRECHARGE`` precharges
 all banks; ``INIT_REFRESH`` issues ``init_refreshes`` auto refreshes; ``INIT_MODE`` loads the mode register
-(burst length, sequential bursts, CAS latency); ``IDLE`` takes the next job; ``RUN`` issues, per burst, the
-PRECHARGE, ACTIVE and READ/WRITE it needs; ``REFRESH`` precharges all banks and issues an auto refresh.
+(burst length, sequential bursts, CAS latency); ``IDLE`` takes the next job (and prepares its row);
+``RUN`` issues, per burst, the PRECHARGE, ACTIVE and READ/WRITE it needs (and prepares the next job's row in
+free slots); ``REFRESH`` precharges all banks and issues an auto refresh.
 """
 
 from __future__ import annotations
@@ -275,20 +278,20 @@ class SdramController(wiring.Component):
             m.d.sync += counter.eq(Mux(counter == 0, 0, counter - 1))
         with m.If(issue[Command.ACTIVE]):
             for b in range(banks):
-                with m.If(bank == b):
+                with m.If(cmd_ba == b):
                     _hold(m, rw_wait[b], c.rcd)
                     _hold(m, pre_wait[b], c.ras)
                     _hold(m, act_wait[b], c.rc)
-                    m.d.sync += [is_open[b].eq(1), open_row[b].eq(row)]
+                    m.d.sync += [is_open[b].eq(1), open_row[b].eq(cmd_a)]
             _hold(m, rrd_wait, c.rrd)
         with m.If(issue[Command.PRECHARGE]):
             for b in range(banks):
-                with m.If(cmd_a[10] | (bank == b)):
+                with m.If(cmd_a[10] | (cmd_ba == b)):
                     _hold(m, act_wait[b], c.rp)
                     m.d.sync += is_open[b].eq(0)
         with m.If(issue[Command.READ] | issue[Command.WRITE]):
             for b in range(banks):
-                with m.If(bank == b):
+                with m.If(cmd_ba == b):
                     _hold(m, pre_wait[b], Mux(writing, BL - 1 + c.wr, BL))
             _hold(m, cmd_wait, BL)
         with m.If(issue[Command.READ]):
@@ -311,6 +314,29 @@ class SdramController(wiring.Component):
         m.d.comb += [self.write.ready.eq(take_write), self.req.ready.eq(take_read)]
         init_refreshes = Signal(range(self.timing.init_refreshes + 1), init=self.timing.init_refreshes)
         hit = is_open[bank] & (open_row[bank] == row)
+        # The next job (a write first), whose bank is made ready while this job's bursts run: its address and
+        # whether its bank's row was its row, as they were a cycle ago. Only a hint: the timing counters and
+        # open banks as they are now decide whether a command is allowed.
+        next_word = Signal.like(word)
+        m.d.comb += next_word.eq(Mux(self.write.valid, self.write.p.addr[1:], self.req.p.addr[1:]))
+        ahead, ahead_valid, ahead_matches = Signal.like(word), Signal(), Signal()
+        m.d.sync += [ahead.eq(next_word), ahead_valid.eq(self.write.valid | self.req.valid),
+                     ahead_matches.eq(open_row[next_word[g.col_bits:g.col_bits + g.bank_bits]]
+                                      == next_word[-g.row_bits:])]
+        ahead_bank, ahead_row = ahead[g.col_bits:g.col_bits + g.bank_bits], ahead[-g.row_bits:]
+        ahead_wanted = ahead_valid & ~(is_open[ahead_bank] & ahead_matches)
+        m.d.comb += cmd_ba.eq(bank)
+
+        def prepare_next(other_bank: bool):
+            """In a free command slot: precharge the next job's bank or open its row (in another bank than the
+            job under way's if ``other_bank``)."""
+            with m.If(ahead_wanted & ((ahead_bank != bank) if other_bank else 1)):
+                m.d.comb += cmd_ba.eq(ahead_bank)
+                with m.If(is_open[ahead_bank]):
+                    with m.If(pre_wait[ahead_bank] == 0):
+                        m.d.comb += issue[Command.PRECHARGE].eq(1)
+                with m.Elif((act_wait[ahead_bank] == 0) & (rrd_wait == 0)):
+                    m.d.comb += [issue[Command.ACTIVE].eq(1), cmd_a.eq(ahead_row)]
 
         with m.FSM():
             with m.State("INIT"):
@@ -333,18 +359,20 @@ class SdramController(wiring.Component):
                 m.d.comb += self.ready.eq(1)
                 with m.If(refresh_due):
                     m.next = "REFRESH"
-                with m.Elif(cmd_wait <= 1):  # the last burst's write data has left ``wdata``
-                    with m.If(self.write.valid):
-                        m.d.comb += take_write.eq(1)
-                        m.d.sync += [word.eq(self.write.p.addr[1:]), bursts.eq(bursts_per_beat), writing.eq(1),
-                                     wdata.eq(self.write.p.data), wmask.eq(self.write.p.mask)]
-                        m.next = "RUN"
-                    with m.Elif(self.req.valid):
-                        m.d.comb += take_read.eq(1)
-                        m.d.sync += [word.eq(self.req.p.addr[1:]), bursts.eq(self.req.p.len * bursts_per_beat),
-                                     writing.eq(0), job_id.eq(self.req.p.id)]
-                        with m.If(self.req.p.len != 0):
+                with m.Else():
+                    prepare_next(other_bank=False)
+                    with m.If(cmd_wait <= 1):  # the last burst's write data has left ``wdata``
+                        with m.If(self.write.valid):
+                            m.d.comb += take_write.eq(1)
+                            m.d.sync += [word.eq(self.write.p.addr[1:]), bursts.eq(bursts_per_beat), writing.eq(1),
+                                         wdata.eq(self.write.p.data), wmask.eq(self.write.p.mask)]
                             m.next = "RUN"
+                        with m.Elif(self.req.valid):
+                            m.d.comb += take_read.eq(1)
+                            m.d.sync += [word.eq(self.req.p.addr[1:]), writing.eq(0), job_id.eq(self.req.p.id),
+                                         bursts.eq(self.req.p.len * bursts_per_beat)]
+                            with m.If(self.req.p.len != 0):
+                                m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.ready.eq(1)
                 with m.If(refresh_due):
@@ -355,6 +383,8 @@ class SdramController(wiring.Component):
                         m.d.sync += [word.eq(word + BL), bursts.eq(bursts - 1)]
                         with m.If(bursts == 1):
                             m.next = "IDLE"
+                    with m.Else():
+                        prepare_next(other_bank=True)
                 with m.Elif(is_open[bank]):
                     with m.If(pre_wait[bank] == 0):
                         m.d.comb += issue[Command.PRECHARGE].eq(1)
@@ -370,7 +400,6 @@ class SdramController(wiring.Component):
                     m.next = "IDLE"
                     with m.If(bursts != 0):  # the job under way goes on
                         m.next = "RUN"
-        m.d.comb += cmd_ba.eq(bank)
 
         # Write data: a word a cycle from ``wdata`` after each WRITE, bytes masked where ``wmask`` is clear.
         wr_left = Signal(range(BL))

@@ -17,10 +17,10 @@ included; latency: cycles from a read request taken to its first beat):
 =============================================  =================  =================  ==================
 variant                                        sequential reads   random reads       sequential writes
 =============================================  =================  =================  ==================
-ulx3s: 8-byte beats, 50 MHz, CAS 2, read -1    1.963 B/c, 8.2 c   1.317 B/c, 10.1 c  1.960 B/c
-narrow: 2-byte beats, 100 MHz, CAS 3           1.847 B/c, 7.1 c   0.321 B/c, 11.2 c  0.982 B/c
-odd: 6-byte beats, 133 MHz, CAS 3              1.918 B/c, 9.2 c   0.596 B/c, 15.1 c  1.473 B/c
-wide: 32-byte beats, 100 MHz, CAS 3, read +1   1.960 B/c, 24.0 c  1.598 B/c, 26.9 c  1.967 B/c
+ulx3s: 8-byte beats, 50 MHz, CAS 2, read -1    1.967 B/c, 8.1 c   1.771 B/c, 8.5 c   1.964 B/c
+narrow: 2-byte beats, 100 MHz, CAS 3           1.849 B/c, 7.0 c   0.434 B/c, 9.6 c   0.985 B/c
+odd: 6-byte beats, 133 MHz, CAS 3              1.918 B/c, 9.2 c   0.891 B/c, 11.7 c  1.473 B/c
+wide: 32-byte beats, 100 MHz, CAS 3, read +1   1.971 B/c, 23.1 c  1.868 B/c, 24.1 c  1.974 B/c
 =============================================  =================  =================  ==================
 
 Sequential reads are requests of 16 beats at consecutive addresses, random reads single beats anywhere
