@@ -51,12 +51,10 @@ class LookupTable(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         P = self.beat_bytes
-        # The table as beats, one write port; a read port per lane (on an FPGA, a block RAM per lane) reads
-        # the beat holding the entry, which a register of the entry's place in the beat then selects. Beats are
-        # read only in cycles with a valid row, so an idle table costs a simulator nothing.
-        m.submodules.table = table = Memory(shape=8 * P, depth=TABLE_BYTES // P, init=[])
-        write = table.write_port()
-        m.d.comb += [write.en.eq(self.write_en), write.addr.eq(self.write_beat), write.data.eq(self.write_data)]
+        # A copy of the table per lane, stored as beats: one write port and one read port each (an FPGA's
+        # distributed or block RAM). A lane reads the beat holding its entry, which a register of the entry's
+        # place in the beat then selects. Beats are read only in cycles with a valid row, so an idle table
+        # costs a simulator nothing.
         place_bits = (P - 1).bit_length()
         passed = Signal(ArrayLayout(unsigned(8), self.lanes), reset_less=True)
         looked_up = Signal(reset_less=True)
@@ -64,9 +62,10 @@ class LookupTable(wiring.Component):
             m.d.sync += [passed.eq(self.in_data), looked_up.eq(self.enable)]
         m.d.sync += self.out_valid.eq(self.in_valid)
         for lane in range(self.lanes):
-            read = table.read_port()
-            entry = self.in_data[lane]
-            m.d.comb += [read.en.eq(self.in_valid & self.enable), read.addr.eq(entry >> place_bits)]
+            m.submodules[f"table_{lane}"] = table = Memory(shape=8 * P, depth=TABLE_BYTES // P, init=[])
+            write, read = table.write_port(), table.read_port()
+            m.d.comb += [write.en.eq(self.write_en), write.addr.eq(self.write_beat), write.data.eq(self.write_data),
+                         read.en.eq(self.in_valid & self.enable), read.addr.eq(self.in_data[lane] >> place_bits)]
             place = passed[lane][:place_bits]
             m.d.comb += self.out_data[lane].eq(Mux(looked_up, read.data.word_select(place, 8), passed[lane]))
         return m
