@@ -64,6 +64,9 @@ def _add_sqnr(quantized, config: HardwareConfig, model: onnx.ModelProto, image: 
     names = [o.name for o in session.get_outputs()]
     reference = dict(zip(names, session.run(None, {session.get_inputs()[0].name: image[None]})))
     by_name = {layer.name: layer for layer in quantized.layers}
+    # A product with a fused table writes the table's output: its SQNR is the table's row's.
+    by_name.update({layer.attrs["table_layer"]: by_name.pop(layer.name) for layer in quantized.layers
+                    if "table_layer" in layer.attrs})
     for row in quantized.report:
         layer = by_name.get(row["layer"])
         if layer is None or row["scale"] is None or layer.output not in reference:

@@ -20,8 +20,9 @@ def fuse_tables(model: QuantizedModel) -> QuantizedModel:
     """Fold each ``lut`` layer into the accelerator product whose output only it reads; returns ``model``.
 
     The product keeps its requantization (into the table's input quantization: ``table_zero_point`` keeps that
-    zero point), gains the ``table`` and writes the table's output tensor in its quantization. The table's row
-    of the report stays, placed :data:`FUSED_TABLE`; tables that stay on the host keep their "host" row.
+    zero point), gains the ``table`` (``table_layer`` names it) and writes the table's output tensor in its
+    quantization. The table's row of the report stays, placed :data:`FUSED_TABLE`; tables that stay on the host
+    keep their "host" row.
     """
     readers = Counter(name for layer in model.layers for name in layer.inputs)
     producers = {layer.output: layer for layer in model.layers}
@@ -31,7 +32,7 @@ def fuse_tables(model: QuantizedModel) -> QuantizedModel:
         if (source is None or source.kind not in _PRODUCTS or source.placement != "accelerator"
                 or readers[source.output] != 1 or source.output == model.output or "table" in source.arrays):
             continue
-        source.attrs["table_zero_point"] = source.out_q.zero_point
+        source.attrs.update(table_zero_point=source.out_q.zero_point, table_layer=table.name)
         source.arrays["table"] = table.arrays["table"]
         source.output, source.out_q = table.output, table.out_q
         producers[source.output] = source
