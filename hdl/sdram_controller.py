@@ -424,9 +424,9 @@ class SdramController(wiring.Component):
         m.d.sync += [later.eq(earlier) for earlier, later in zip(pipe, pipe[1:])]
         dq_in, gathered, count = Signal(WORD_BITS), Signal(WORD_BITS * words), Signal(range(words))
         beat = Cat(gathered[WORD_BITS:], dq_in)
-        m.d.sync += [dq_in.eq(pins.dq_i), self.resp.valid.eq(0)]
+        m.d.sync += dq_in.eq(pins.dq_i)
         with m.If(pipe[-1].valid):
             m.d.sync += [gathered.eq(beat), count.eq(Mux(count == words - 1, 0, count + 1))]
-            with m.If(count == words - 1):
-                m.d.sync += [self.resp.valid.eq(1), self.resp.p.data.eq(beat), self.resp.p.id.eq(pipe[-1].id)]
+        m.d.comb += [self.resp.valid.eq(pipe[-1].valid & (count == words - 1)), self.resp.p.data.eq(beat),
+                     self.resp.p.id.eq(pipe[-1].id)]
         return m

@@ -17,17 +17,16 @@ included; latency: cycles from a read request taken to its first beat):
 =============================================  =================  =================  ==================
 variant                                        sequential reads   random reads       sequential writes
 =============================================  =================  =================  ==================
-ulx3s: 8-byte beats, 50 MHz, CAS 2, read -1    1.967 B/c, 8.1 c   1.771 B/c, 8.5 c   1.964 B/c
-narrow: 2-byte beats, 100 MHz, CAS 3           1.849 B/c, 7.0 c   0.434 B/c, 9.6 c   0.985 B/c
-odd: 6-byte beats, 133 MHz, CAS 3              1.918 B/c, 9.2 c   0.891 B/c, 11.7 c  1.473 B/c
-wide: 32-byte beats, 100 MHz, CAS 3, read +1   1.971 B/c, 23.1 c  1.868 B/c, 24.1 c  1.974 B/c
+ulx3s: 8-byte beats, 50 MHz, CAS 2, read -1    1.967 B/c, 7.1 c   1.771 B/c, 7.5 c   1.964 B/c
+narrow: 2-byte beats, 100 MHz, CAS 3           1.850 B/c, 6.0 c   0.434 B/c, 8.6 c   0.985 B/c
+odd: 6-byte beats, 133 MHz, CAS 3              1.919 B/c, 8.2 c   0.891 B/c, 10.7 c  1.473 B/c
+wide: 32-byte beats, 100 MHz, CAS 3, read +1   1.971 B/c, 22.1 c  1.868 B/c, 23.1 c  1.974 B/c
 =============================================  =================  =================  ==================
 
 Sequential reads are requests of 16 beats at consecutive addresses, random reads single beats anywhere
 in the 32 MB (almost all row misses), sequential writes single beats at consecutive addresses. A row hit's
-first beat comes ``3 + CAS latency + read_delay + words`` cycles after its request is taken (a cycle to
-issue the READ, the command register, CAS latency, the input register, the beat's other words, the
-response register). Beats of
+first beat comes ``2 + CAS latency + read_delay + words`` cycles after its request is taken (a cycle to
+issue the READ, the command register, CAS latency, the input register, the beat's other words). Beats of
 bursts of 1 (2 and 6 bytes) lose a cycle between write beats: a write beat is a job of its own.
 """
 
