@@ -246,7 +246,6 @@ class SdramController(wiring.Component):
         word = Signal(g.row_bits + g.bank_bits + g.col_bits)
         bursts = Signal(16 + ceil_log2(bursts_per_beat + 1))
         writing, job_id = Signal(), Signal.like(self.req.p.id)
-        wdata, wmask = Signal(8 * self.beat_bytes), Signal(self.beat_bytes)
         col, bank, row = word[:g.col_bits], word[g.col_bits:g.col_bits + g.bank_bits], word[-g.row_bits:]
 
         # Bank state and the timing counters (cycles left before a command is allowed).
@@ -361,11 +360,10 @@ class SdramController(wiring.Component):
                     m.next = "REFRESH"
                 with m.Else():
                     prepare_next(other_bank=False)
-                    with m.If(cmd_wait <= 1):  # the last burst's write data has left ``wdata``
+                    with m.If(cmd_wait <= 1):  # the last burst's write data is leaving the write register
                         with m.If(self.write.valid):
                             m.d.comb += take_write.eq(1)
-                            m.d.sync += [word.eq(self.write.p.addr[1:]), bursts.eq(bursts_per_beat), writing.eq(1),
-                                         wdata.eq(self.write.p.data), wmask.eq(self.write.p.mask)]
+                            m.d.sync += [word.eq(self.write.p.addr[1:]), bursts.eq(bursts_per_beat), writing.eq(1)]
                             m.next = "RUN"
                         with m.Elif(self.req.valid):
                             m.d.comb += take_read.eq(1)
@@ -401,26 +399,35 @@ class SdramController(wiring.Component):
                     with m.If(bursts != 0):  # the job under way goes on
                         m.next = "RUN"
 
-        # Write data: a word a cycle from ``wdata`` after each WRITE, bytes masked where ``wmask`` is clear.
-        wr_left = Signal(range(BL))
+        self._write_data(m, issue[Command.WRITE], take_write)
+        self._read_data(m, issue[Command.READ], job_id)
+        return m
+
+    def _write_data(self, m: Module, write: Value, take: Value) -> None:
+        """A word a cycle onto ``dq`` after each ``write`` command, from the beat ``take`` takes from
+        ``self.write``; bytes masked where the beat's mask is clear."""
+        pins, BL = self.sdram, self.burst
+        wdata, wmask, wr_left = Signal(8 * self.beat_bytes), Signal(self.beat_bytes), Signal(range(BL))
         m.d.sync += [pins.dq_oe.eq(0), pins.dqm.eq(0)]
-        with m.If(issue[Command.WRITE] | (wr_left != 0)):
+        with m.If(write | (wr_left != 0)):
             m.d.sync += [pins.dq_o.eq(wdata[:WORD_BITS]), pins.dqm.eq(~wmask[:2]), pins.dq_oe.eq(1),
                          wdata.eq(wdata >> WORD_BITS), wmask.eq(wmask >> 2),
-                         wr_left.eq(Mux(issue[Command.WRITE], BL - 1, wr_left - 1))]
-        with m.If(take_write):  # after the shift: the last word of a burst is on its way out already
+                         wr_left.eq(Mux(write, BL - 1, wr_left - 1))]
+        with m.If(take):  # after the shift: the last word of a burst is on its way out already
             m.d.sync += [wdata.eq(self.write.p.data), wmask.eq(self.write.p.mask)]
 
-        # Read data: each READ marks ``BL`` word cycles, delayed to when the words reach ``dq_in``.
+    def _read_data(self, m: Module, read: Value, job_id: Value) -> None:
+        """Gather the words of each ``read`` command's burst, ``cas_latency + 2 + read_delay`` cycles later,
+        into beats on ``resp``, each with ``job_id`` as it was at the command."""
+        pins, BL, words = self.sdram, self.burst, self.beat_bytes // 2
         rd_left, rd_id = Signal(range(BL)), Signal.like(job_id)
         marker = data.StructLayout({"valid": 1, "id": len(job_id)})
-        pipe = [Signal(marker, name=f"pipe{k}") for k in range(c.cas_latency + 2 + self.read_delay)]
-        reading = issue[Command.READ] | (rd_left != 0)
-        with m.If(issue[Command.READ]):
+        pipe = [Signal(marker, name=f"pipe{k}") for k in range(self.cycles.cas_latency + 2 + self.read_delay)]
+        with m.If(read):
             m.d.sync += [rd_left.eq(BL - 1), rd_id.eq(job_id)]
         with m.Elif(rd_left != 0):
             m.d.sync += rd_left.eq(rd_left - 1)
-        m.d.sync += pipe[0].eq(Cat(reading, Mux(issue[Command.READ], job_id, rd_id)))
+        m.d.sync += pipe[0].eq(Cat(read | (rd_left != 0), Mux(read, job_id, rd_id)))
         m.d.sync += [later.eq(earlier) for earlier, later in zip(pipe, pipe[1:])]
         dq_in, gathered, count = Signal(WORD_BITS), Signal(WORD_BITS * words), Signal(range(words))
         beat = Cat(gathered[WORD_BITS:], dq_in)
@@ -429,4 +436,3 @@ class SdramController(wiring.Component):
             m.d.sync += [gathered.eq(beat), count.eq(Mux(count == words - 1, 0, count + 1))]
         m.d.comb += [self.resp.valid.eq(pipe[-1].valid & (count == words - 1)), self.resp.p.data.eq(beat),
                      self.resp.p.id.eq(pipe[-1].id)]
-        return m
