@@ -8,7 +8,8 @@ parameter blocks and instructions), the bytes a load brings in are still in
 memory when the plan reads them, so the program's whole effect is a set of
 matrix products read straight from memory. Products that share their
 activations, or their weights over adjacent rows, merge into one; stores that
-tile a row-major output become one write.
+tile a row-major output become one write. Window LOADs read scratch matrices
+that one gather per run fills from memory (:mod:`~mvu.host.executors.window_gather`).
 
 Programs the plan cannot express this way (a store that overwrites what is
 read, accumulator ranges used in part, entries read before they are loaded)
