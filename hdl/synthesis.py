@@ -15,7 +15,7 @@ from mvu.hdl.verilog import generate_verilog
 
 __all__ = ["synthesize", "parse_cell_counts"]
 
-_SYNTH_COMMANDS = {"ecp5": "synth_ecp5 -top mvu_core -abc9"}
+_SYNTH_COMMANDS = {"ecp5": "synth_ecp5 -top mvu_core -abc9", "ice40": "synth_ice40 -top mvu_core -dsp -abc9"}
 
 
 def parse_cell_counts(log: str) -> dict[str, int]:

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.board_build import BOARDS
+from mvu.hdl.contract.config import PRESETS, HardwareConfig, preset
 from mvu.host.executors import BACKENDS
 
 __all__ = ["main"]
@@ -30,8 +31,11 @@ def _backend_options(default: str, port_option: str = "--port") -> argparse.Argu
 
 
 def _load_config(path: str | None) -> HardwareConfig:
+    """``--config``: a preset's name, or a JSON file; the default configuration without it."""
     if path is None:
         return HardwareConfig()
+    if path in PRESETS:
+        return preset(path)
     try:
         return HardwareConfig.from_dict(json.loads(Path(path).read_text()))
     except (OSError, json.JSONDecodeError, TypeError, ValueError) as error:
@@ -159,9 +163,27 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_build(args) -> int:
+    if args.board:
+        return _build_board(args)
     from mvu.sim.verilator_model import build_model
 
     print(build_model(_load_config(args.config)))
+    return 0
+
+
+def _build_board(args) -> int:
+    """``mvu build --board B``: the board's bitstream (its preset, or ``--config``) and the build's report."""
+    from mvu.hdl.board_build import BuildError, build_bitstream, format_report
+    from mvu.hdl.resources import ResourceError
+
+    config = _load_config(args.config) if args.config else None
+    try:
+        build = build_bitstream(args.board, config=config, progress=lambda line: print(line, flush=True))
+    except (ResourceError, BuildError) as error:
+        raise SystemExit(f"mvu: {error}") from None
+    print(json.dumps(build, indent=2) if args.json else format_report(build))
+    if build["timing_failures"]:
+        raise SystemExit("mvu: timing not met: " + "; ".join(build["timing_failures"]))
     return 0
 
 
@@ -342,7 +364,8 @@ def _recipe_names() -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvu", description="open matrix-vector-unit accelerator")
-    parser.add_argument("--config", help="hardware configuration JSON (default: the built-in default)")
+    parser.add_argument("--config", help="hardware configuration: a preset (" + ", ".join(PRESETS) + ") or a "
+                                         "JSON file (default: the built-in default)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     bench = commands.add_parser("bench", help="benchmarks")
@@ -378,10 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="print the hardware configuration")
     info.set_defaults(handler=_cmd_info)
-    build = commands.add_parser("build", help="build (or find in the cache) the Verilator model")
+    build = commands.add_parser("build", help="build (or find in the cache) the Verilator model, or with --board "
+                                              "a board's bitstream")
+    build.add_argument("--board", choices=sorted(BOARDS),
+                       help="synthesize, place and route and pack the board's preset (or --config) into a bitstream")
+    build.add_argument("--json", action="store_true", help="print the board build's report as JSON")
     build.set_defaults(handler=_cmd_build)
     synth = commands.add_parser("synth", help="synthesize the design with Yosys and report cells")
-    synth.add_argument("--target", choices=("ecp5",), default="ecp5")
+    synth.add_argument("--target", choices=("ecp5", "ice40"), default="ecp5")
     synth.add_argument("--json", action="store_true")
     synth.set_defaults(handler=_cmd_synth)
     demo = commands.add_parser("demo", help="classify real photos end to end on the RTL model")

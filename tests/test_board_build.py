@@ -1,0 +1,126 @@
+"""Board presets, the resource check before synthesis, the float32 path left out, nextpnr's report, and
+(slow) `mvu build --board`'s bitstreams."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY
+
+from mvu.hdl.board_build import BOARDS
+from mvu.hdl.board_soc import ecp5_pll_dividers
+from mvu.hdl.contract.config import PRESETS, HardwareConfig, preset
+from mvu.hdl.contract.isa import Finish, ProgramError, Store
+from mvu.hdl.contract.program import MemoryImage, Program, check_program
+from mvu.hdl.contract.requantization import Requantization, requantization_block
+from mvu.hdl.resources import CHIPS, ResourceError, check_fits, estimate
+from mvu.host.tools.cli import main
+
+FIXTURES = Path(__file__).with_name("fixtures")
+NO_FLOAT32 = dataclasses.replace(TINY, float32_requant=False)
+
+
+def test_presets_are_named_and_the_default_is_the_default():
+    assert set(PRESETS) >= {"default", "ulx3s-85f", "icebreaker"}
+    assert preset("default") == HardwareConfig()
+    assert not preset("ulx3s-85f").float32_requant
+    with pytest.raises(ValueError, match="no hardware preset 'ulx3s'; presets: default, ulx3s-85f, icebreaker"):
+        preset("ulx3s")
+
+
+def test_a_later_option_at_its_default_keeps_the_fingerprint():
+    """Configurations from before float32_requant existed keep the fingerprint their bitstreams report."""
+    before = {key: value for key, value in HardwareConfig().to_dict().items() if key != "float32_requant"}
+    old = int.from_bytes(hashlib.sha256(json.dumps(before, sort_keys=True).encode()).digest()[:4], "little")
+    assert HardwareConfig().fingerprint == old
+    assert dataclasses.replace(HardwareConfig(), float32_requant=False).fingerprint != old
+    assert HardwareConfig.from_dict(before) == HardwareConfig()
+    with pytest.raises(TypeError, match="float32_requant must be true or false, not 1"):
+        HardwareConfig(float32_requant=1)
+
+
+def test_the_cli_takes_a_preset_wherever_it_takes_a_configuration(capsys):
+    assert main(["--config", "ulx3s-85f", "info"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["rows"], shown["cols"], shown["float32_requant"]) == (8, 8, False)
+    assert shown["fingerprint"] == f"{preset('ulx3s-85f').fingerprint:#010x}"
+
+
+def test_the_estimate_matches_measured_synthesis():
+    """DSP and block RAM counts Yosys 0.70 reported for whole cores (../shared/TOOLCHAIN.md, before the load
+    unit's window set-up added 7 multipliers and a FIFO), and for the ULX3S preset with its 128 KiB memory."""
+    ecp5 = CHIPS["LFE5U-85F"]
+    assert estimate(HardwareConfig(), ecp5)["dsp"] == 1152 + 7
+    measured = HardwareConfig(rows=8, cols=16, act_depth=4096, wgt_depth=2048, acc_depth=2048, mem_bytes=8)
+    assert {kind: estimate(measured, ecp5)[kind] for kind in ("dsp", "bram")} == {"dsp": 192 + 7, "bram": 145 + 2}
+    ulx3s = estimate(preset("ulx3s-85f"), ecp5, memory_bytes=BOARDS["ulx3s"].memory_bytes)
+    assert (ulx3s["dsp"], ulx3s["bram"]) == (103, 108)
+    # Leaving out the float32 path saves logic, not multipliers: they are shared by both paths.
+    fixed = dataclasses.replace(measured, float32_requant=False)
+    assert estimate(fixed, ecp5)["dsp"] == 192 + 7 and estimate(fixed, ecp5)["lut"] < estimate(measured, ecp5)["lut"]
+
+
+def test_a_configuration_that_cannot_fit_is_refused_naming_the_resource():
+    measured = HardwareConfig(rows=8, cols=16, act_depth=4096, wgt_depth=2048, acc_depth=2048, mem_bytes=8)
+    with pytest.raises(ResourceError, match=r"does not fit the LFE5U-85F: it needs about 199 MULT18X18D \(dsp\) "
+                                            r"but the chip has 156"):
+        check_fits(measured, CHIPS["LFE5U-85F"])
+    deep = dataclasses.replace(preset("ulx3s-85f"), acc_depth=8192)
+    with pytest.raises(ResourceError, match=r"DP16KD \(bram\) but the chip has 208"):
+        check_fits(deep, CHIPS["LFE5U-85F"], memory_bytes=BOARDS["ulx3s"].memory_bytes)
+    need = check_fits(preset("ulx3s-85f"), CHIPS["LFE5U-85F"], memory_bytes=BOARDS["ulx3s"].memory_bytes)
+    assert need["dsp"] == 8 * 8 + 4 * 8 + 7
+
+
+def test_building_a_board_that_cannot_fit_fails_before_synthesis():
+    with pytest.raises(SystemExit, match=r"mvu: .* does not fit the iCE40UP5K: it needs about 39 SB_MAC16 "
+                                         r"\(dsp\) but the chip has 8"):
+        main(["build", "--board", "icebreaker"])
+
+
+def test_pll_dividers_are_exact_and_inside_the_vco_range():
+    assert ecp5_pll_dividers(25, 50) == {"CLKI_DIV": 1, "CLKFB_DIV": 2, "CLKOP_DIV": 12}  # as ecppll chooses
+    for mhz in (40, 62.5, 75, 100):
+        dividers = ecp5_pll_dividers(25, mhz)
+        assert 25 / dividers["CLKI_DIV"] * dividers["CLKFB_DIV"] == pytest.approx(mhz)
+        assert 400 <= mhz * dividers["CLKOP_DIV"] <= 800
+    with pytest.raises(ValueError, match="cannot make exactly 33 MHz from 25 MHz"):
+        ecp5_pll_dividers(25, 33)  # 1 MHz steps need a phase detector below its 3.125 MHz
+
+
+def _store_program(config: HardwareConfig, *, float32_scale: bool) -> Program:
+    memory = MemoryImage()
+    memory.allocate(4096)
+    memory.data[1024:1024 + config.param_block_bytes] = requantization_block(config, [0] * 4, [1 << 20] * 4, [31] * 4)
+    return Program.place(memory, [Store(acc_addr=0, count=1, dram_addr=0, dram_stride=16, param_addr=1024,
+                                        load_params=True, float32_scale=float32_scale), Finish()])
+
+
+def test_float32_requantization_is_refused_where_it_is_not_built():
+    program = _store_program(NO_FLOAT32, float32_scale=True)
+    with pytest.raises(ProgramError, match=r"instruction 0 \(STORE\): float32_scale requantization is not built "
+                                           r"into this configuration .*no float32 requantization"):
+        check_program(NO_FLOAT32, program.memory, program.address, program.length)
+    check_program(TINY, program.memory, program.address, program.length)
+    fixed = _store_program(NO_FLOAT32, float32_scale=False)
+    check_program(NO_FLOAT32, fixed.memory, fixed.address, fixed.length)
+
+
+def test_a_core_without_float32_requantizes_bit_exactly(verilator_executors):
+    from mvu.host.executors.reference import ReferenceExecutor
+    from mvu.host.gemm import GemmProgram
+
+    rng = np.random.default_rng(11)
+    a = rng.integers(0, 256, (21, 37), dtype=np.uint8)
+    w = rng.integers(-128, 128, (37, 11), dtype=np.int8)
+    requant = Requantization.from_scales(rng.uniform(1e-4, 1e-3, 11), rng.integers(-500, 500, 11))
+    on_rtl = GemmProgram(NO_FLOAT32, a, w, act_zero_point=128, requant=requant)
+    reference = GemmProgram(NO_FLOAT32, a, w, act_zero_point=128, requant=requant)
+    verilator_executors(NO_FLOAT32).run(on_rtl.program)
+    ReferenceExecutor(NO_FLOAT32).run(reference.program)
+    np.testing.assert_array_equal(on_rtl.result(), reference.result())
