@@ -99,9 +99,9 @@ def _random_case(rng, n, classes):
 def test_batched_nms_equals_per_class_greedy_nms(seed, threshold):
     rng = np.random.default_rng(seed)
     boxes, scores, labels = _random_case(rng, 300, 4)
-    got = batched_nms(boxes, scores, labels, threshold)
     want = _loop_nms(boxes.tolist(), scores.tolist(), labels.tolist(), threshold)
-    assert got.tolist() == want
+    for block in (1, 7, 256):  # one candidate at a time, many blocks, two blocks
+        assert batched_nms(boxes, scores, labels, threshold, block=block).tolist() == want
     kept = set(want)
     n = len(boxes) - 3
     assert {n, n + 1} <= kept if threshold >= 0.5 else n + 1 not in kept  # IoU exactly 0.5 suppresses only above
@@ -113,6 +113,7 @@ def test_batched_nms_limit_and_empty():
     boxes, scores, labels = _random_case(rng, 100, 3)
     full = batched_nms(boxes, scores, labels, 0.45)
     assert batched_nms(boxes, scores, labels, 0.45, limit=5).tolist() == full[:5].tolist()
+    assert batched_nms(boxes, scores, labels, 0.45, limit=5, block=3).tolist() == full[:5].tolist()
     assert batched_nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0), 0.5).size == 0
 
 

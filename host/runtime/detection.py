@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["Detection", "DetectionConfig", "PriorConfig", "batched_nms", "box_iou", "decode_boxes", "postprocess",
-           "prior_boxes", "softmax_scores"]
+__all__ = ["Detection", "DetectionConfig", "PriorConfig", "batched_nms", "box_iou", "decode_boxes", "pairwise_iou",
+           "postprocess", "prior_boxes", "softmax_scores"]
 
 #: torchvision's BoxCoder clamp on dw and dh: boxes at most 1000/16 times their prior.
 _BOX_CLIP = float(np.log(1000.0 / 16))
@@ -131,28 +131,49 @@ def softmax_scores(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one box (x1, y1, x2, y2) with each of ``boxes`` [K, 4]; 0 where the union is 0."""
-    width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU [A, B] of every box of ``a`` [A, 4] with every box of ``b`` [B, 4] (x1, y1, x2, y2); 0 where the union
+    is 0."""
+    width = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    height = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
     inter = width * height
-    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
+    union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None] + ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None] \
+        - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box with each of ``boxes`` [K, 4]."""
+    return pairwise_iou(np.asarray(box)[None], np.asarray(boxes))[0]
+
+
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, threshold: float,
-                limit: int | None = None) -> np.ndarray:
-    """Indices of the boxes per-class NMS keeps, best first (see the module's docstring); at most ``limit``."""
+                limit: int | None = None, block: int = 256) -> np.ndarray:
+    """Indices of the boxes per-class NMS keeps, best first (see the module's docstring); at most ``limit``.
+
+    The candidates go by in blocks of ``block`` in score order: those a box kept from an earlier block suppresses
+    go at once (one IoU matrix), then the block's own greedy pass over its IoU matrix; a limit stops it early."""
     boxes = np.asarray(boxes, np.float64)
     if not len(boxes):
         return np.zeros(0, np.int64)
     shifted = boxes + (np.asarray(classes, np.float64) * (np.floor(boxes.max()) + 1))[:, None]
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    keep = []
-    while order.size and (limit is None or len(keep) < limit):
-        best, order = order[0], order[1:]
-        keep.append(best)
-        order = order[box_iou(shifted[best], shifted[order]) <= threshold]
+    limit = len(order) if limit is None else limit
+    keep: list[int] = []
+    for start in range(0, len(order), block):
+        if len(keep) >= limit:
+            break
+        chunk = order[start:start + block]
+        if keep:
+            chunk = chunk[~(pairwise_iou(shifted[chunk], shifted[keep]) > threshold).any(axis=1)]
+        overlapping = pairwise_iou(shifted[chunk], shifted[chunk]) > threshold
+        alive = np.ones(len(chunk), bool)
+        for i in range(len(chunk)):
+            if alive[i]:
+                keep.append(int(chunk[i]))
+                if len(keep) == limit:
+                    break
+                alive[i + 1:] &= ~overlapping[i, i + 1:]
     return np.array(keep, np.int64)
 
 

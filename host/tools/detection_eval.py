@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mvu.host.model.package import ModelPackage
+from mvu.host.runtime.detection import pairwise_iou
 
 __all__ = ["IOU_THRESHOLDS", "AnnotationError", "average_precision", "evaluate_detector", "read_annotations"]
 
@@ -32,16 +33,6 @@ IOU_THRESHOLDS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2))
 
 class AnnotationError(ValueError):
     """Annotations that cannot be read or do not fit the images or the package; the message says which."""
-
-
-def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` [A, 4] with every box of ``b`` [B, 4], corners (x1, y1, x2, y2)."""
-    width = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    height = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = width * height
-    area = lambda boxes: (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def average_precision(detections: list[tuple[np.ndarray, np.ndarray]], truths: list[np.ndarray],
@@ -55,7 +46,7 @@ def average_precision(detections: list[tuple[np.ndarray, np.ndarray]], truths: l
                enumerate(scores)]
     entries.sort()
     taken = [np.zeros(len(t), bool) for t in truths]
-    overlaps = [_pairwise_iou(boxes, t) if len(t) and len(boxes) else None
+    overlaps = [pairwise_iou(boxes, t) if len(t) and len(boxes) else None
                 for (boxes, _), t in zip(detections, truths)]
     hits = np.zeros(len(entries), bool)
     for index, (_, image, rank) in enumerate(entries):
