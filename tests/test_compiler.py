@@ -238,6 +238,7 @@ def test_compile_verbose_lists_every_layer_with_its_placement(tmp_path, capsys):
     layers = load_package(tmp_path / "toy.mvu").model.layers
     rows = [line for line in lines if " -> " in line and not line.startswith("compiled")]
     assert len(rows) == len(layers) == 5
+    assert "  stages: preprocessing (host, to input), then featurizer (" in lines[-1]
     for layer, row in zip(layers, rows):
         assert row.split()[0] == layer.name and f"-> {layer.placement}" in row
     assert {"gap", "reshape", "fc"} <= {layer.kind for layer in layers}
