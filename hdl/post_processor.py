@@ -114,13 +114,15 @@ class PostProcessor(wiring.Component):
                 multiplier = self.multiplier[lane]
 
             # Stage 3: one multiplier for both: x * multiplier, or F * S (S: the scale's 24-bit significand).
-            stages[2].append(product.eq(factor * multiplier))
+            # Beside it, the rounding term 1 << shift >> 1 (from the held shift), registered so that stage 4
+            # only adds and shifts (a shifter, an adder and a shifter in one stage held an ECP5 under 45 MHz);
+            # written as a right shift so no 127-bit intermediate appears.
+            rounding = reg(unsigned(63), "rounding")
+            stages[2] += [product.eq(factor * multiplier),
+                          rounding.eq(Const(1 << 63, 64) >> (Const(64, 7) - shift)[:7])]
 
             # Stage 4. Fixed point: shift, rounding half up.
             scaled = reg(signed(64), "scaled")
-            # 1 << shift >> 1, written as a right shift so no 127-bit intermediate appears.
-            rounding = Signal(unsigned(63), name=f"rounding_{lane}")
-            m.d.comb += rounding.eq(Const(1 << 63, 64) >> (Const(64, 7) - shift)[:7])
             # |product| < 2**62 and rounding <= 2**62: the sum fits 64 bits (65 would slow Verilator down).
             rounded = Signal(signed(64), name=f"rounded_{lane}")
             m.d.comb += rounded.eq(product + rounding)
