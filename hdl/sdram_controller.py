@@ -90,8 +90,8 @@ class SdramTiming:
     (64 ms / 8192 rows), ``t_wr`` the last write data to PRECHARGE (also at least ``t_wr_cycles``).
     """
 
-    t_rp: float = 20.0
-    t_rcd: float = 20.0
+    t_rp: float = 21.0  # AS4C32M16SB-7 (Alliance datasheet, table 16): 21 ns; the others 20
+    t_rcd: float = 21.0
     t_ras: float = 42.0
     t_ras_max: float = 100_000.0
     t_rc: float = 63.0

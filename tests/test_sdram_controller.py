@@ -9,7 +9,7 @@ from mvu.hdl.sdram_controller import SdramController, SdramGeometry, SdramTiming
 
 def test_cycles_round_each_rule_up():
     at_50, at_133 = SdramTiming().cycles(50e6), SdramTiming(cas_latency=3).cycles(133e6)
-    assert (at_50.rp, at_50.rcd, at_50.ras, at_50.rc, at_50.rfc, at_50.wr, at_50.init) == (1, 1, 3, 4, 4, 2, 10_000)
+    assert (at_50.rp, at_50.rcd, at_50.ras, at_50.rc, at_50.rfc, at_50.wr, at_50.init) == (2, 2, 3, 4, 4, 2, 10_000)
     assert (at_133.rp, at_133.rcd, at_133.ras, at_133.rc, at_133.rrd, at_133.rfc) == (3, 3, 6, 9, 2, 9)
     assert at_133.cas_latency == 3
     # The refresh falls due early enough to close the banks within tREFI (7.8125 us = 390 cycles at 50 MHz).

@@ -8,7 +8,7 @@ from mvu.hdl.sdram_controller import Command, SdramGeometry, SdramTiming, mode_r
 from mvu.sim.benches.sdram_model import SdramModel, SdramViolation
 
 PERIOD = 10.0  # ns: tRP, tRCD, tRRD, tWR 2 cycles, tRAS 5, tRC 8, tRFC 7
-TIMING = SdramTiming(t_init=100.0, t_rc=80.0, init_refreshes=2, cas_latency=2)
+TIMING = SdramTiming(t_init=100.0, t_rp=20.0, t_rcd=20.0, t_rc=80.0, init_refreshes=2, cas_latency=2)
 BURST = 4
 ALL_BANKS = 1 << 10
 
