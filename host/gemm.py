@@ -7,6 +7,7 @@ raw int32 accumulators).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import OPCODE_FIELDS, TABLE_BYTES, Buffer, Opcode
 from mvu.hdl.contract.program import InstructionColumns, MemoryImage, Program
 from mvu.hdl.contract.requantization import Requantization, requantization_block
+from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul
 from mvu.host.executors.requantize import requantize_rows
 
@@ -29,14 +31,18 @@ class GemmError(ValueError):
 
 
 def golden_gemm(a: np.ndarray, w: np.ndarray, act_zero_point: int = 0,
-                requant: Requantization | None = None, table: np.ndarray | None = None) -> np.ndarray:
-    """The plain definition, with no tiling: int32 accumulators, or requantized bytes (each looked up in the
-    256-byte ``table`` if given) viewed as the output type."""
+                requant: Requantization | None = None, table: np.ndarray | None = None,
+                addend: np.ndarray | None = None, residual: ResidualAdd | None = None) -> np.ndarray:
+    """The plain definition, with no tiling: int32 accumulators, or requantized bytes (with ``residual`` added to
+    the uint8 ``addend`` [M, N], then each looked up in the 256-byte ``table`` if given) viewed as the output
+    type."""
     acc = centred_matmul(*as_unsigned(np.asarray(a), act_zero_point), w)
     if requant is None:
         return acc
     out = requantize_rows(acc, requant.bias, requant.multiplier, requant.shift, requant.out_zero_point,
                           requant.clamp_min, requant.clamp_max, float32_scale=requant.float32_scale)
+    if residual is not None:
+        out = residual(out, addend)
     if table is not None:
         out = np.asarray(table, dtype=np.uint8)[out]
     return out.view(requant.output_dtype)
@@ -195,13 +201,16 @@ class GemmProgram:
     them. Activations given as a :class:`ConvolutionInput` are stored as its padded tensor instead and read by
     window LOADs (weights' K rows placed to match). After an executor has run :attr:`program`, :meth:`result` reads the
     ``M x N`` output back. An output ``table`` (256 bytes) is applied to each requantized byte by the STOREs
-    (``lookup``), so an elementwise activation comes with the product. ``memory_bytes_per_cycle`` (default: one beat per
-    cycle) tunes the tiling to the memory the program will run against.
+    (``lookup``), so an elementwise activation comes with the product. A ``residual`` add (its ``addend_offset``
+    is set here) adds the uint8 ``addend`` [M, N], stored like the outputs, to each requantized row before the
+    lookup (the STOREs' ``add``). ``memory_bytes_per_cycle`` (default: one beat per cycle) tunes the tiling to the
+    memory the program will run against.
     """
 
     def __init__(self, config: HardwareConfig, a: np.ndarray | ConvolutionInput, w: np.ndarray, *,
                  act_zero_point: int = 0, requant: Requantization | None = None, tiling: GemmTiling | None = None,
-                 memory_bytes_per_cycle: float | None = None, table: np.ndarray | None = None):
+                 memory_bytes_per_cycle: float | None = None, table: np.ndarray | None = None,
+                 addend: np.ndarray | None = None, residual: ResidualAdd | None = None):
         self.config = config
         self.conv = a if isinstance(a, ConvolutionInput) else None
         if self.conv is None:
@@ -234,11 +243,16 @@ class GemmProgram:
         self.table = None if table is None else np.asarray(table, dtype=np.uint8).reshape(-1)
         if self.table is not None and (requant is None or self.table.size != TABLE_BYTES):
             raise GemmError(f"an output table needs requantized outputs and {TABLE_BYTES} entries")
+        self.residual = residual
+        if residual is not None and (requant is None or requant.clamp_min < 0 or addend is None
+                                     or np.shape(addend) != (self.m, self.n) or np.asarray(addend).dtype != np.uint8):
+            raise GemmError(f"a residual add needs uint8 requantized outputs and a uint8 addend of shape "
+                            f"{(self.m, self.n)}")
         self._check_memory_size()
         self.tiling = tiling or plan_gemm(config, self.m, self.k_pad, self.n,
                                           bytes_per_cycle=memory_bytes_per_cycle or config.mem_bytes)
         self._check_tiling()
-        self.program = self._build(a, w)
+        self.program = self._build(a, w, addend)
 
     @property
     def macs(self) -> int:
@@ -251,7 +265,8 @@ class GemmProgram:
         act_bytes = self.m * self.k_pad if self.conv is None else (
             self.conv.x[..., :1].size * self.conv.padded_channels(cfg.rows))
         needed = (act_bytes + n_tiles * k_tiles * cfg.rows * cfg.cols
-                  + n_tiles * self.m * out_row + n_tiles * cfg.param_block_bytes)
+                  + n_tiles * self.m * out_row * (1 if self.residual is None else 2)
+                  + n_tiles * (cfg.param_block_bytes + ADD_BLOCK_BYTES))
         if needed >= _ADDRESS_SPACE:
             raise GemmError(f"this product needs {needed} bytes of external memory; the memory port "
                             f"addresses {_ADDRESS_SPACE} bytes")
@@ -265,7 +280,7 @@ class GemmProgram:
         if t.m_block * t.n_block > cfg.acc_depth // 2:
             raise GemmError(f"{t.m_block} rows x {t.n_block} tiles overflow half the accumulator buffer")
 
-    def _build(self, a: np.ndarray, w: np.ndarray) -> Program:
+    def _build(self, a: np.ndarray, w: np.ndarray, addend: np.ndarray | None) -> Program:
         cfg, R, C = self.config, self.config.rows, self.config.cols
         m, n = self.m, self.n
         k_tiles, n_tiles = self.k_pad // R, -(-n // C)
@@ -279,17 +294,26 @@ class GemmProgram:
         w_pad = np.zeros((k_pad, n_pad), dtype=np.int8)
         w_pad[self._weight_rows(), :n] = w
         w_base = memory.place(w_pad)
-        p_base = memory.allocate(n_tiles * cfg.param_block_bytes)
+        block_bytes = cfg.param_block_bytes + (0 if self.residual is None else ADD_BLOCK_BYTES)
+        p_base = memory.allocate(n_tiles * block_bytes)
         table = {} if self.table is None else dict(table_addr=memory.place(self.table), lookup=True)
         if not raw:
             rq = self.requant
             for nt in range(n_tiles):
                 cols = slice(nt * C, min(n, (nt + 1) * C))
-                memory.data[p_base + nt * cfg.param_block_bytes:][:cfg.param_block_bytes] = requantization_block(
+                memory.data[p_base + nt * block_bytes:][:cfg.param_block_bytes] = requantization_block(
                     cfg, rq.bias[cols], rq.multiplier[cols], rq.shift[cols])
         out_pitch = n_tiles * out_row  # bytes per output row
         self._out_bytes = m * out_pitch
         self.out_base = memory.allocate(self._out_bytes)
+        added = {}
+        if self.residual is not None:
+            self._addend_base = memory.allocate(self._out_bytes)
+            self._addend_region(memory.data)[...] = addend
+            block = dataclasses.replace(self.residual, addend_offset=self._addend_base - self.out_base).block()
+            for nt in range(n_tiles):
+                memory.data[p_base + nt * block_bytes + cfg.param_block_bytes:][:ADD_BLOCK_BYTES] = block
+            added = dict(add=True)
 
         t = self.tiling
         act_half, acc_half, wgt_half = cfg.act_depth // 2, cfg.acc_depth // 2, cfg.wgt_depth // 2
@@ -328,7 +352,7 @@ class GemmProgram:
         def stores(b: int) -> None:
             m0, rows, nt0, tiles_n = blocks[b]
             nt = nt0 + np.arange(tiles_n)
-            quantized = {} if raw else dict(param_addr=p_base + nt * cfg.param_block_bytes, load_params=True,
+            quantized = {} if raw else dict(param_addr=p_base + nt * block_bytes, load_params=True, **added,
                                             out_zero_point=self.requant.out_zero_point,
                                             float32_scale=self.requant.float32_scale)
             low, high = (-128, 127) if raw else (self.requant.clamp_min, self.requant.clamp_max)
@@ -418,6 +442,18 @@ class GemmProgram:
         target = self._activation_region()
         target.view(dtype)[..., :values.shape[-1]] = values  # the padding keeps the zero point
         self.program.memory.data[self.out_base:self.out_base + self._out_bytes] = 0
+
+    def _addend_region(self, data: np.ndarray) -> np.ndarray:
+        """The addend ``[M, N]`` in the program's memory ``data`` (rows laid out like the outputs')."""
+        region = data[self._addend_base:self._addend_base + self._out_bytes]
+        return region.reshape(self.m, -1)[:, :self.n]
+
+    def load_addend(self, addend: np.ndarray) -> None:
+        """A new uint8 addend ``[M, N]`` for a program with a residual add, so that it can run again."""
+        addend = np.asarray(addend)
+        if self.residual is None or addend.shape != (self.m, self.n) or addend.dtype != np.uint8:
+            raise GemmError(f"expected a uint8 addend of shape {(self.m, self.n)} for a program with a residual add")
+        self._addend_region(self.program.memory.data)[...] = addend
 
     def result(self, *, copy: bool = True) -> np.ndarray:
         """The ``M x N`` output the program wrote: int32 when raw, else int8/uint8. With ``copy=False``, a view

@@ -69,5 +69,9 @@ def test_lookup_table():
     run_bench("bench_lookup_table")
 
 
+def test_residual_add():
+    run_bench("bench_residual_add")
+
+
 def test_sdram_controller():
     run_bench("bench_sdram_controller")

@@ -72,3 +72,38 @@ def test_program_placement_errors():
         check_program(TINY, memory, 8, 1)
     with pytest.raises(ProgramError, match="unknown opcode 0"):
         check_program(TINY, np.zeros(64, np.uint8), 0, 1)
+
+
+def _add_program(add, *, count=1, raw=False, load_params=True):
+    """A STORE with ``add`` whose parameter block (and the add block after it) lies at 1024."""
+    from mvu.hdl.contract.residual_add import ResidualAdd
+
+    block = np.concatenate([good_params(), ResidualAdd(*add).block() if isinstance(add, tuple) else add])
+    loaded = [] if load_params else [Store(acc_addr=0, count=1, dram_addr=0, dram_stride=4, param_addr=1024,
+                                           load_params=True)]
+    return placed([*loaded, Store(acc_addr=0, count=count, dram_addr=0, dram_stride=4, param_addr=1024,
+                                  load_params=load_params, raw=raw, add=True), Finish()], params=block)
+
+
+@pytest.mark.parametrize("add, options, message", [
+    ((1, 1, 0, 0, False, 0, 255, 2048), {"raw": True}, "add needs requantized bytes"),
+    ((1, 1, 0, 0, False, 0, 255, 2048), {"load_params": False}, "add needs requantized bytes"),
+    ((1, 1, 0, 0, False, 0, 255, 1 << 20), {"count": 2}, "addend rows 0x100000..0x100007 (offset 1048576)"),
+    ((1, 1, 0, 0, False, 0, 255, 2050), {}, "must be 4-byte aligned"),
+])
+def test_residual_adds_are_checked(add, options, message):
+    program = _add_program(add, **options)
+    with pytest.raises(ProgramError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_program(TINY, program.memory, program.address, program.length)
+
+
+def test_add_blocks_are_checked_in_memory():
+    from mvu.hdl.contract.residual_add import ResidualAdd
+
+    block = ResidualAdd(1, 1, 0, 0).block()
+    block[28] = 70  # the shift
+    program = _add_program(block)
+    with pytest.raises(ProgramError, match="add block at 0x430: the add's shift 70"):
+        check_program(TINY, program.memory, program.address, program.length)
+    good = _add_program((1, 1, 0, 0, False, 0, 255, 2048), count=3)
+    assert good.length == 2 and check_program(TINY, good.memory, good.address, good.length)["add"][0] == 1

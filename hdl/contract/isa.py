@@ -110,6 +110,7 @@ OPCODE_FIELDS: dict[Opcode, dict[str, Field]] = {
         "float32_scale": Field(10, 1),
         "load_table": Field(11, 1),
         "lookup": Field(12, 1),
+        "add": Field(13, 1),
         "acc_addr": Field(32, 16),
         "count": Field(48, 16),
         "dram_addr": Field(64, 32),
@@ -136,7 +137,7 @@ _TOKEN_NAMES: dict[Opcode, dict[str, str]] = {
 
 
 _FLAGS = frozenset({"window", "preload", "accumulate", "act_signed", "load_params", "raw", "float32_scale",
-                    "load_table", "lookup", *(
+                    "load_table", "lookup", "add", *(
     name for names in _TOKEN_NAMES.values() for name in names.values())})
 
 
@@ -244,6 +245,9 @@ class Store(_Encodable):
     fixed point or, with ``float32_scale``, in float32 arithmetic.
     ``load_params`` first reads the per-channel block at ``param_addr``; ``load_table`` then reads the
     256-byte table at ``table_addr``, and ``lookup`` replaces each requantized byte ``q`` by ``table[q]``.
+    ``add`` (with ``load_params``) also reads the add block after the parameter block and adds each row's addend
+    (``cols`` bytes ``addend_offset`` after the row's place) to the requantized bytes before the lookup
+    (:mod:`~mvu.hdl.contract.residual_add`).
     """
 
     opcode: ClassVar[Opcode] = Opcode.STORE
@@ -261,6 +265,7 @@ class Store(_Encodable):
     table_addr: int = 0
     load_table: bool = False
     lookup: bool = False
+    add: bool = False
     wait_compute: bool = False
     signal_compute: bool = False
 

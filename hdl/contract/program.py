@@ -22,6 +22,7 @@ from mvu.hdl.contract.isa import (
     encode_columns,
     encode_program,
 )
+from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
 from mvu.hdl.contract.window import window_extent
 
 __all__ = ["MemoryImage", "Program", "InstructionColumns", "check_program", "RunResult"]
@@ -203,6 +204,7 @@ def _passes_checks(config: HardwareConfig, data: np.ndarray, c: dict[str, np.nda
                               (zero_point < 0) | (zero_point > 255)))
     raw, load_params = c["raw"].astype(bool), c["load_params"].astype(bool) & is_store
     load_table, lookup = c["load_table"].astype(bool) & is_store, c["lookup"].astype(bool)
+    add = c["add"].astype(bool) & is_store
     bad_store = (_outside_buffer(c["acc_addr"], count, config.acc_depth)
                  | _outside_memory(c["dram_addr"], count, c["dram_stride"],
                                    np.where(raw, config.acc_entry_bytes, config.cols), beat, size)
@@ -211,8 +213,13 @@ def _passes_checks(config: HardwareConfig, data: np.ndarray, c: dict[str, np.nda
                  | (c["clamp_min"] > c["clamp_max"])
                  | (~raw & ((c["clamp_min"] < -128) | (c["clamp_max"] > 255)))
                  | (load_table & _outside_memory(c["table_addr"], 1, 0, TABLE_BYTES, beat, size))
-                 | (lookup & (raw | (np.cumsum(load_table) == 0))))
+                 | (lookup & (raw | (np.cumsum(load_table) == 0)))
+                 | (add & (raw | ~load_params | _outside_memory(c["param_addr"] + config.param_block_bytes, 1, 0,
+                                                                ADD_BLOCK_BYTES, beat, size))))
     if (is_load & bad_load | is_compute & bad_compute | is_store & bad_store).any():
+        return False
+    if add.any() and not all(_addend_fits(config, data, *row) for row in zip(
+            *(c[name][add].tolist() for name in ("param_addr", "dram_addr", "count", "dram_stride")))):
         return False
     blocks = data[c["param_addr"][load_params, None] + np.arange(config.param_block_bytes)]
     blocks = blocks.view(np.int32).reshape(-1, 3, config.cols)
@@ -319,6 +326,8 @@ def _explain(config: HardwareConfig, data: np.ndarray, instructions: list[Instru
                 fail(index, "lookup applies to requantized bytes; a raw STORE cannot look them up")
             if ins.lookup and not table_loaded:
                 fail(index, "looks up bytes before any STORE of the program loaded a table")
+            if ins.add:
+                _check_add(config, data, ins, lambda message: fail(index, message))
         elif isinstance(ins, Finish):
             finished = True
         for flag, action, token in _TOKEN_FLAGS.get(type(ins), ()):
@@ -326,6 +335,38 @@ def _explain(config: HardwareConfig, data: np.ndarray, instructions: list[Instru
                 (pop if action == "pop" else push)(index, token)
     if not finished:
         raise ProgramError(f"the program's {length} instructions end without FINISH")
+
+
+def _add_problem(config: HardwareConfig, data: np.ndarray, store: Store) -> str | None:
+    """What is wrong with a STORE's ``add``: its flags, its add block or its addend rows (None: nothing)."""
+    if store.raw or not store.load_params:
+        return "add needs requantized bytes and the parameter block it is read with (load_params, not raw)"
+    block_addr, beat = store.param_addr + config.param_block_bytes, config.mem_bytes
+    if block_addr + ADD_BLOCK_BYTES > data.size:
+        return f"add block {block_addr:#x}..{block_addr + ADD_BLOCK_BYTES - 1:#x} lies outside memory ({data.size} bytes)"
+    try:
+        add = ResidualAdd.from_block(data[block_addr:block_addr + ADD_BLOCK_BYTES])
+    except ValueError as error:
+        return f"add block at {block_addr:#x}: {error}"
+    start = store.dram_addr + add.addend_offset
+    end = start + (store.count - 1) * store.dram_stride + config.cols
+    if start % beat or start < 0 or end > data.size:
+        return (f"addend rows {start:#x}..{end - 1:#x} (offset {add.addend_offset}) must be {beat}-byte aligned "
+                f"and inside memory ({data.size} bytes)")
+    return None
+
+
+def _addend_fits(config: HardwareConfig, data: np.ndarray, param_addr: int, dram_addr: int, count: int,
+                 dram_stride: int) -> bool:
+    store = Store(acc_addr=0, count=count, dram_addr=dram_addr, dram_stride=dram_stride, param_addr=param_addr,
+                  load_params=True, add=True)
+    return _add_problem(config, data, store) is None
+
+
+def _check_add(config: HardwareConfig, data: np.ndarray, store: Store, fail) -> None:
+    problem = _add_problem(config, data, store)
+    if problem is not None:
+        fail(problem)
 
 
 def _check_window(load: Load, beat: int, size: int, entry: int, fail) -> None:

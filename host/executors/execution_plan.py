@@ -426,6 +426,8 @@ def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_b
                ) -> ExecutionPlan | None:
     """The plan for a checked program (its decoded ``columns``, its instructions at ``program_bytes`` =
     ``(address, size)``), or ``None`` when the interpreter must run it."""
+    if columns["add"].any():
+        return None  # STOREs with a residual add: the interpreter runs them
     windows, window_reads = None, []
     if columns["window"].any():
         laid_out = layout_windows(columns, config.rows)

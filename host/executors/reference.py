@@ -12,6 +12,7 @@ from mvu.hdl.contract.config import INSTRUCTION_BYTES, HardwareConfig
 from mvu.hdl.contract.isa import TABLE_BYTES, Buffer, Opcode
 from mvu.hdl.contract.program import Program, RunResult, check_program
 from mvu.hdl.contract.requantization import requantize
+from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
 from mvu.hdl.contract.window import WINDOW_FIELDS, read_window
 from mvu.host.executors.execution_plan import ExecutionPlan, build_plan
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul, engine_name
@@ -29,10 +30,10 @@ _FIELDS = {
     Opcode.COMPUTE: ("act_addr", "count", "acc_addr", "wgt_addr", "preload", "accumulate", "act_signed",
                      "act_zero_point"),
     Opcode.STORE: ("acc_addr", "count", "dram_addr", "dram_stride", "param_addr", "load_params", "raw",
-                   "float32_scale", "out_zero_point", "clamp_min", "clamp_max", "table_addr", "load_table", "lookup"),
+                   "float32_scale", "out_zero_point", "clamp_min", "clamp_max", "table_addr", "load_table", "lookup", "add"),
 }
-_RAW, _FLOAT32_SCALE, _LOAD_TABLE, _LOOKUP = (_FIELDS[Opcode.STORE].index(name)
-                                              for name in ("raw", "float32_scale", "load_table", "lookup"))
+_RAW, _FLOAT32_SCALE, _LOAD_TABLE, _LOOKUP, _ADD = (_FIELDS[Opcode.STORE].index(name) for name in (
+    "raw", "float32_scale", "load_table", "lookup", "add"))
 #: Distinct accumulator ranges left pending before all of them are computed (bounds the bookkeeping).
 _MAX_PENDING = 64
 
@@ -156,7 +157,7 @@ class _Machine:
 
     def store(self, acc_addr: int, count: int, dram_addr: int, dram_stride: int, param_addr: int, load_params: int,
               raw: int, float32_scale: int, out_zero_point: int, clamp_min: int, clamp_max: int, table_addr: int,
-              load_table: int, lookup: int) -> None:
+              load_table: int, lookup: int, add: int) -> None:
         cfg = self.config
         if load_params:
             block = self.memory[param_addr:param_addr + cfg.param_block_bytes]
@@ -170,15 +171,21 @@ class _Machine:
         else:
             out = requantize(rows, self.params[0], self.params[1], self.params[2] & 63,
                              out_zero_point, clamp_min, clamp_max, float32_scale=bool(float32_scale))
+            if add:
+                block = param_addr + cfg.param_block_bytes
+                residual = ResidualAdd.from_block(self.memory[block:block + ADD_BLOCK_BYTES])
+                out = residual(out, _read_rows(self.memory, dram_addr + residual.addend_offset, count, dram_stride,
+                                               cfg.cols))
             if lookup:
                 out = self.table[out]
         _write_rows(self.memory, dram_addr, dram_stride, out)
 
     def stores(self, rows: list[tuple]) -> None:
         """A run of STOREs: their requantization as one computation, unless one of them loads a parameter
-        block that an earlier one of the run writes, or they mix arithmetic, or use a table (then one at a time)."""
+        block that an earlier one of the run writes, or they mix arithmetic, or use a table or an add (then one
+        at a time)."""
         arithmetic = {row[_FLOAT32_SCALE] for row in rows if not row[_RAW]}  # of the requantizing STOREs
-        tables = any(row[_LOAD_TABLE] or row[_LOOKUP] for row in rows)
+        tables = any(row[_LOAD_TABLE] or row[_LOOKUP] or row[_ADD] for row in rows)
         if len(rows) == 1 or self._writes_parameters(rows) or len(arithmetic) > 1 or tables:
             for row in rows:
                 self.store(*row)

@@ -1,0 +1,96 @@
+"""The STOREs' requantizing residual add: the integer model against onnxruntime's float32 arithmetic, and GEMMs
+with an addend (and a table) on the reference and the RTL against the definition."""
+
+import numpy as np
+import pytest
+from conftest import TINY
+
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.requantization import Requantization
+from mvu.hdl.contract.residual_add import ResidualAdd, round_significant
+from mvu.host.executors.kernels import qlinear_add
+from mvu.host.executors.onnxruntime_add import add_coefficients
+from mvu.host.executors.reference import ReferenceExecutor
+from mvu.host.gemm import GemmProgram, golden_gemm
+
+
+def random_quantizations(rng, count=3):
+    return [(float(rng.uniform(1e-3, 0.3)), int(rng.integers(0, 256))) for _ in range(count)]
+
+
+def test_integer_model_is_onnxruntimes_float32_add():
+    """Both operand orders, with a clamp, on random quantizations: the same codes as the float32 kernel."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        quantizations = random_quantizations(rng)
+        (ratio_a, ratio_b), start = add_coefficients(quantizations[:2], quantizations[2])
+        a, b = (rng.integers(0, 256, 257, dtype=np.uint8) for _ in range(2))
+        low, high = sorted(int(x) for x in rng.integers(0, 256, 2))
+        want = qlinear_add(a, b, ratio_a, ratio_b, start, low, high)
+        as_a = ResidualAdd.from_float32(ratio_a, ratio_b, start, low=low, high=high)
+        as_b = ResidualAdd.from_float32(ratio_b, ratio_a, start, q_inner=True, low=low, high=high)
+        np.testing.assert_array_equal(as_a(a, b), want)
+        np.testing.assert_array_equal(as_b(b, a), want)
+
+
+def test_exact_ties_round_half_to_even():
+    """0.5 * q - 0.25 lands on halves and on quarters: rint takes halves to even."""
+    add = ResidualAdd.from_float32(0.5, 0.0, -0.25)
+    q = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(add(q, np.zeros(256, np.uint8)), np.clip(np.rint(q * 0.5 - 0.25), 0, 255))
+    assert round_significant(np.int64((1 << 25) + 1)) == 1 << 25  # a tie in float32 rounding: to even
+    assert round_significant(np.int64((1 << 25) + 3)) == (1 << 25) + 4
+
+
+def test_coefficients_outside_the_grid_are_refused():
+    with pytest.raises(ValueError, match="fraction bits"):
+        ResidualAdd.from_float32(np.float32(2.0 ** -70), 1.0, 0.0)
+    with pytest.raises(ValueError, match="below 2\\*\\*52"):
+        ResidualAdd.from_float32(np.float32(2.0 ** 40), np.float32(2.0 ** -20), 0.0)
+    block = ResidualAdd.from_float32(0.75, 1.5, -3.125, q_inner=True, low=4, high=200, addend_offset=-64).block()
+    assert ResidualAdd.from_block(block) == ResidualAdd.from_float32(0.75, 1.5, -3.125, q_inner=True, low=4,
+                                                                     high=200, addend_offset=-64)
+
+
+def residual_gemm(rng, m, k, n, *, float32, table):
+    """Operands of a uint8-output GEMM with an addend and a real add's coefficients (and maybe a table)."""
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    w = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    make = Requantization.from_float32_scales if float32 else Requantization.from_scales
+    requant = make(rng.uniform(1e-4, 1e-3, n), rng.integers(-3000, 3000, n), out_zero_point=int(rng.integers(0, 256)),
+                   clamp_min=0, clamp_max=255)
+    quantizations = random_quantizations(rng)
+    (ratio_a, ratio_b), start = add_coefficients(quantizations[:2], quantizations[2])
+    q_inner = bool(rng.integers(0, 2))
+    ratios = (ratio_b, ratio_a) if q_inner else (ratio_a, ratio_b)
+    add = ResidualAdd.from_float32(*ratios, start, q_inner=q_inner, low=int(rng.integers(0, 60)), high=255)
+    addend = rng.integers(0, 256, (m, n), dtype=np.uint8)
+    lookup = rng.integers(0, 256, 256, dtype=np.uint8) if table else None
+    return dict(a=a, w=w, act_zero_point=int(rng.integers(0, 256)), requant=requant, table=lookup, addend=addend,
+                residual=add)
+
+
+def golden(case):
+    return golden_gemm(case["a"], case["w"], case["act_zero_point"], case["requant"], case["table"], case["addend"],
+                       case["residual"])
+
+
+@pytest.mark.parametrize("config", [TINY, HardwareConfig()], ids=["tiny", "default"])
+def test_reference_gemms_with_an_addend_follow_the_definition(config):
+    rng = np.random.default_rng(3)
+    for trial in range(8):
+        m, k, n = (int(x) for x in rng.integers(1, 80, 3))
+        case = residual_gemm(rng, m, k, n, float32=bool(trial % 2), table=trial % 4 >= 2)
+        gemm = GemmProgram(config, case["a"], case["w"], act_zero_point=case["act_zero_point"],
+                           requant=case["requant"], table=case["table"], addend=case["addend"],
+                           residual=case["residual"])
+        ReferenceExecutor(config).run(gemm.program)
+        want = golden(case)
+        np.testing.assert_array_equal(gemm.result(), want)
+        # The addend changes the outputs (the add is not a no-op), and a new addend reruns the program.
+        assert (want != golden(case | {"residual": None, "addend": None})).any()
+        case["addend"] = rng.integers(0, 256, (m, n), dtype=np.uint8)
+        gemm.load_activations(case["a"])
+        gemm.load_addend(case["addend"])
+        ReferenceExecutor(config).run(gemm.program)
+        np.testing.assert_array_equal(gemm.result(), golden(case))
