@@ -234,9 +234,7 @@ class GemmProgram:
             raise GemmError(f"activation zero point {act_zero_point} is outside {low}..{high} for {a.dtype}")
         self.m, self.k = a.shape
         self.n = w.shape[1]
-        R = config.rows
-        self.k_pad = -(-self.k // R) * R if self.conv is None else (
-            self.conv.kernel[0] * self.conv.kernel[1] * self.conv.padded_channels(R))
+        self.k_pad = self._padded_k()
         if requant is not None and requant.channels != self.n:
             raise GemmError(f"requantization has {requant.channels} channels; the product has {self.n}")
         self.act_zero_point, self.requant = act_zero_point, requant
@@ -333,7 +331,8 @@ class GemmProgram:
                             dram_addr=a_base + m0 * k_pad + (kt0 + j) * R, dram_stride=k_pad,
                             first={"wait_compute": c >= 2})
             else:
-                self._window_loads(program, a_base, m0, rows, kt0 + j, act_base + j * rows, c >= 2)
+                self._window_loads(program, a_base, m0, rows, self._activation_tiles(kt0 + j, nt0),
+                                   act_base + j * rows, c >= 2)
             program.add(Opcode.LOAD, tiles_n, buffer=Buffer.WGT, sram_addr=wgt_base + i * tiles_k * R,
                         count=tiles_k * R, dram_addr=w_base + kt0 * R * n_pad + (nt0 + i) * C, dram_stride=n_pad,
                         last={"signal_compute": True})
@@ -394,6 +393,17 @@ class GemmProgram:
                         stride_y=sh, stride_x=sw, offset_y=ty * dh - conv.pads[0], offset_x=tx * dw - conv.pads[1],
                         fill=self.act_zero_point & 0xFF, first=first)
             first = {}
+
+    def _padded_k(self) -> int:
+        """K as the program stores it: padded to whole ``rows``-wide tiles, or each tap's channels padded."""
+        R = self.config.rows
+        return -(-self.k // R) * R if self.conv is None else (
+            self.conv.kernel[0] * self.conv.kernel[1] * self.conv.padded_channels(R))
+
+    def _activation_tiles(self, k_tiles: np.ndarray, n_tile: int) -> np.ndarray:
+        """The K tiles of the activation tensor that the product's K tiles ``k_tiles`` read for column tile ``n_tile``:
+        the same ones (a depthwise program's column tiles read their own channels)."""
+        return k_tiles
 
     def _weight_rows(self) -> np.ndarray:
         """Where each of the weights' K rows lies in the padded K: in order, or each tap's channels padded."""

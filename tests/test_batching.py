@@ -122,8 +122,10 @@ def test_run_batch_refuses_wrong_shapes(package):
             runner.run_batch(bad)
 
 
+@pytest.mark.parametrize("placement, backend", [("host", "numpy"), ("accelerator", "reference")])
 @pytest.mark.parametrize("rounding", ["fixed", "float32"])
-def test_depthwise_matches_one_gemm_per_channel(rounding):
+def test_depthwise_matches_one_gemm_per_channel(rounding, placement, backend):
+    """On the host, and on the accelerator as a depthwise program."""
     rng = np.random.default_rng(7)
     n, c = 2, 5
     x = rng.integers(0, 256, (n, c, 11, 9), dtype=np.uint8)
@@ -132,8 +134,10 @@ def test_depthwise_matches_one_gemm_per_channel(rounding):
     arrays = {"weight": rng.integers(-127, 128, (c, 1, 3, 5), dtype=np.int8), "bias": rng.integers(-999, 999, c),
               "multiplier": rng.integers(1 << 29, 1 << 30, c), "shift": rng.integers(36, 40, c),
               "scale": rng.uniform(2e-3, 2e-2, c).astype(np.float32)}
-    layer = Layer("conv", "dw", ["x"], "y", "host", attrs, arrays, QuantParams(0.1, 9))
-    got = ModelRunner(None, TINY, "numpy")._depthwise(layer, x)
+    layer = Layer("conv", "dw", ["x"], "y", placement, attrs, arrays, QuantParams(0.1, 9))
+    stats = LayerStats("dw", "conv", placement, 0)
+    got = ModelRunner(None, TINY, backend)._depthwise(layer, x, stats)
+    assert stats.placement == placement
     for channel in range(c):
         patches, ho, wo = im2col(x[:, channel:channel + 1], attrs["kernel"], attrs["strides"], attrs["pads"],
                                  attrs["dilations"], attrs["in_zero_point"])

@@ -10,7 +10,15 @@ from __future__ import annotations
 from mvu.host.compiler.graph import Graph
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 
-__all__ = ["LayerBuilder"]
+__all__ = ["LayerBuilder", "conv_placement"]
+
+
+def conv_placement(group: int, weight_shape: tuple[int, ...]) -> str:
+    """Where a convolution with ``group`` groups and weights ``[C_out, C_in / group, kh, kw]`` runs: one group, or
+    one channel per group (depthwise: :class:`mvu.host.depthwise.DepthwiseProgram`), on the accelerator; other
+    grouped convolutions on the host."""
+    depthwise = weight_shape[0] == group and weight_shape[1] == 1
+    return "accelerator" if group == 1 or depthwise else "host"
 
 
 class LayerBuilder:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mvu.host.compiler.builder import LayerBuilder
+from mvu.host.compiler.builder import LayerBuilder, conv_placement
 from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.compiler.rewrites import pad_widths
@@ -82,7 +82,7 @@ def _padding(p: _Pass, node: Node) -> list[int]:
 
 
 def _qlinear_conv(p: _Pass, node: Node) -> None:
-    """On the accelerator with one group, else on the host; requantized in float32 like onnxruntime."""
+    """Placed by :func:`conv_placement`; requantized in float32 like onnxruntime."""
     ins = node.inputs
     in_q, out_q = p.params(ins[1], ins[2]), p.params(ins[6], ins[7])
     weight = p.weights(node, ins[3], ins[5])
@@ -95,7 +95,7 @@ def _qlinear_conv(p: _Pass, node: Node) -> None:
              "activation": "none", "rounding": "float32"}
     macs = int(np.prod(p.graph.shapes[node.outputs[0]][1:]) * np.prod(weight.shape[1:]))
     arrays = {"weight": weight, "bias": bias, **_scale(in_q.scale, p.w_scale(ins[4], channels), out_q.scale)}
-    p.emit(Layer("conv", node.name, [ins[0]], node.outputs[0], "accelerator" if group == 1 else "host", attrs,
+    p.emit(Layer("conv", node.name, [ins[0]], node.outputs[0], conv_placement(group, weight.shape), attrs,
                  arrays, out_q, macs), "QLinearConv")
 
 

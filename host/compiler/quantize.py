@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from mvu.hdl.contract.requantization import Requantization
-from mvu.host.compiler.builder import LayerBuilder
+from mvu.host.compiler.builder import LayerBuilder, conv_placement
 from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.compiler.rewrites import pad_widths
@@ -189,7 +189,7 @@ class _Pass(LayerBuilder):
 
 
 def _conv(p: _Pass, node: Node) -> None:
-    """Conv (+ ReLU/ReLU6): on the accelerator with one group, else on the host."""
+    """Conv (+ ReLU/ReLU6): placed by :func:`conv_placement`."""
     output, activation = p.fuse(node.outputs[0])
     weight, bias = p.graph.constants[node.inputs[1]], _constant_input(p.graph, node, 2)
     in_q, out_q = p.q_of(node.inputs[0]), p.out_params(output, activation)
@@ -201,7 +201,7 @@ def _conv(p: _Pass, node: Node) -> None:
              "kernel": list(weight.shape[2:]), "in_zero_point": in_q.zero_point, "clamp": clamp,
              "activation": activation}
     macs = int(np.prod(p.shapes[output][1:]) * np.prod(weight.shape[1:]))
-    p.emit(Layer("conv", node.name, [node.inputs[0]], output, "accelerator" if group == 1 else "host", attrs,
+    p.emit(Layer("conv", node.name, [node.inputs[0]], output, conv_placement(group, weight.shape), attrs,
                  {"weight": q_weight, **arrays}, out_q, macs), _with_activation("Conv", activation))
 
 

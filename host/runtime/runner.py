@@ -17,6 +17,7 @@ import numpy as np
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.requantization import Requantization, float32_significand, quantize_multiplier, requantize
+from mvu.host.depthwise import DepthwiseProgram, depthwise_limit
 from mvu.host.executors import BACKENDS, make_executor
 from mvu.host.executors.kernels import depthwise_sums, qlinear_add
 from mvu.host.executors.onnxruntime_add import QLinearAdd, add_coefficients, onnxruntime_add
@@ -169,17 +170,17 @@ class ModelRunner:
         self._adds: dict[str, QLinearAdd | None] = {}  # per Add layer with two inputs
 
     def gemm(self, a: np.ndarray | ConvolutionInput, w: np.ndarray, zero_point: int, requant: Requantization | None,
-             stats: LayerStats, key: tuple, table: np.ndarray | None = None) -> np.ndarray:
-        """``key`` names the product within the model: its program is built once per number of rows (the batch
-        size) and rerun on new activations. Raw int32 sums (``requant`` None) come back as a view of the
-        program's memory, valid until the product runs again. A ``table`` (256 bytes) is looked up by the
-        product's STOREs."""
+             stats: LayerStats, key: tuple, table: np.ndarray | None = None, kind: type = GemmProgram) -> np.ndarray:
+        """``key`` names the product within the model: its program (a ``kind``, made from the same arguments) is
+        built once per number of rows (the batch size) and rerun on new activations. Raw int32 sums (``requant``
+        None) come back as a view of the program's memory, valid until the product runs again. A ``table`` (256
+        bytes) is looked up by the product's STOREs."""
         if self.executor is None:
             return golden_gemm(a, w, zero_point, requant, table)
         key = (*key, a.shape[0])
         program = self._programs.get(key)
         if program is None:
-            program = self._programs[key] = GemmProgram(
+            program = self._programs[key] = kind(
                 self.config, a, w, act_zero_point=zero_point, requant=requant,
                 memory_bytes_per_cycle=self.executor.memory_bytes_per_cycle, table=table)
             self._used.append(program)
@@ -285,7 +286,7 @@ class ModelRunner:
         outputs = []
         per_group_in, per_group_out = x.shape[1] // group, c_out // group
         if group > 1 and per_group_in == per_group_out == 1:
-            return self._depthwise(layer, x)
+            return self._depthwise(layer, x, stats)
         for g in range(group):
             part = x[:, g * per_group_in:(g + 1) * per_group_in]
             channels = slice(g * per_group_out, (g + 1) * per_group_out)
@@ -325,22 +326,31 @@ class ModelRunner:
             self._requantizations[layer.name] = _requantization(layer, slice(None))
         return self._requantizations[layer.name]
 
-    def _depthwise(self, layer: Layer, x: np.ndarray) -> np.ndarray:
-        """One filter per channel, on the host: the GEMM's integer sums (exact in int32), channels last."""
+    def _depthwise(self, layer: Layer, x: np.ndarray, stats: LayerStats) -> np.ndarray:
+        """One filter per channel: on the accelerator, as a :class:`DepthwiseProgram` (window LOADs, diagonal weight
+        tiles), when the layer is placed there and the hardware can express it; else on the host, the same integer
+        sums (exact in int32) and requantization. Channels last in memory either way."""
         a = layer.attrs
         n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["strides"], a["dilations"]
-        top, left, bottom, right = a["pads"]
-        ho, wo = _output_size(h + top + bottom, kh, sh, dh), _output_size(w + left + right, kw, sw, dw)
-        weight = layer.arrays["weight"].reshape(c, kh, kw).transpose(1, 2, 0)
+        windows = ConvolutionInput(x.transpose(0, 2, 3, 1), tuple(a["kernel"]), tuple(a["strides"]), tuple(a["pads"]),
+                                   tuple(a["dilations"]))
+        ho, wo = windows.out_size
+        weight, table = layer.arrays["weight"].reshape(c, *a["kernel"]), layer.arrays.get("table")
         rq = self._layer_requantization(layer)
+        if layer.placement == "accelerator" and self.executor is not None and depthwise_limit(
+                self.config, windows) is None:
+            stats.lowering = "windows"
+            out = self.gemm(windows, weight, a["in_zero_point"], rq, stats, (layer.name,), table, DepthwiseProgram)
+            return _channels_first(out.view(np.uint8), n, ho, wo)
+        stats.placement = "host"
         outputs = []
-        for image in x.transpose(0, 2, 3, 1):
-            acc = depthwise_sums(image, weight, a["in_zero_point"], (sh, sw), (dh, dw),
-                                 (top, left), (ho, wo))
+        for image in windows.x:
+            acc = depthwise_sums(image, weight.transpose(1, 2, 0), a["in_zero_point"], windows.strides,
+                                 windows.dilations, windows.pads[:2], (ho, wo))
             outputs.append(requantize_rows(acc, rq.bias, rq.multiplier, rq.shift, rq.out_zero_point, rq.clamp_min,
                                            rq.clamp_max, float32_scale=rq.float32_scale))
-        return np.stack(outputs).transpose(0, 3, 1, 2)  # a view, channels-last in memory like the convolutions'
+        out = np.stack(outputs)
+        return (out if table is None else table[out]).transpose(0, 3, 1, 2)
 
     def _add(self, layer: Layer, tensors, stats):
         """Sum of requantized inputs, with onnxruntime's QLinearAdd arithmetic (float32 fused multiply-adds,
