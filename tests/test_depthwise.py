@@ -4,6 +4,7 @@ definition and to the host path on the reference and the RTL; placement, refusal
 import numpy as np
 import pytest
 from conftest import NARROW, TINY
+from test_prequantized import SHARED
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.requantization import Requantization
@@ -157,3 +158,29 @@ def test_efficientnet_lite0_logits_are_unchanged_with_depthwise_on_the_accelerat
     placed = {s.name: (s.placement, s.lowering, s.counters.get("compute", 0) > 0) for s in classifier.runner.stats}
     assert all(placed[name] == ("accelerator", "windows", True) for name in depthwise), placed
     np.testing.assert_array_equal(logits["reference"], logits["numpy"])
+
+
+MOBILENET = SHARED / "models" / "mobilenetv2-12-int8.onnx"
+
+
+@pytest.mark.skipif(not MOBILENET.is_file(), reason=f"shared data absent ({MOBILENET} not found)")
+def test_mobilenetv2_int8_with_depthwise_on_the_accelerator_still_agrees_with_onnxruntime():
+    """The pre-quantized model (onnxruntime's float32 scales): its 17 depthwise convolutions as programs on the
+    reference executor give the host path's logits bit for bit, and onnxruntime's top-1 on 8 shared images."""
+    from mvu.host.compiler.recipes import compile_source
+    from mvu.host.runtime.classify import Classifier
+    from mvu.host.tools.evaluation import evaluate
+
+    package = compile_source(str(MOBILENET), config=HardwareConfig(), progress=False)
+    depthwise = [layer for layer in package.model.layers if layer.kind == "conv" and layer.attrs["group"] > 1]
+    assert len(depthwise) == 17 and {layer.placement for layer in depthwise} == {"accelerator"}
+    image = sorted((SHARED / "images").glob("*.jpg"))[0]
+    logits = {}
+    for backend in ("numpy", "reference"):
+        classifier = Classifier(package, backend)
+        classifier.classify(image)
+        logits[backend] = classifier.runner.last_output
+    np.testing.assert_array_equal(logits["reference"], logits["numpy"])
+    report = evaluate(package, SHARED / "images", SHARED / "images" / "labels.csv", backend="reference",
+                      onnx_model=MOBILENET, limit=8, progress=False)
+    assert report["agreement_top1"] == 1.0, report
