@@ -7,16 +7,21 @@ from amaranth.lib.wiring import In, Out
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import TABLE_BYTES, Opcode
+from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES
 from mvu.hdl.interfaces import INSTRUCTIONS, MemoryReader, TokenPort, buffer_read, write_beat
 from mvu.hdl.lookup_table import LookupTable
 from mvu.hdl.pipeline import delayed, instruction_field
 from mvu.hdl.post_processor import PostProcessor
+from mvu.hdl.residual_add import ResidualAdd
 
 __all__ = ["StoreUnit"]
 
 # Rows are read only while the FIFO has room for every row in flight (the accumulator read and the
-# post-processor's and lookup table's stages), so it holds those plus a few more to stream one row per cycle.
-_ROW_FIFO_DEPTH = PostProcessor.latency + LookupTable.latency + 4
+# post-processor's, residual add's and lookup table's stages), so it holds those plus a few more to stream one row
+# per cycle.
+_ROW_FIFO_DEPTH = PostProcessor.latency + ResidualAdd.latency + LookupTable.latency + 4
+# Addend rows are requested while this FIFO has room for them: it covers the memory's latency as well.
+_ADDEND_FIFO_DEPTH = 16
 
 
 class StoreUnit(wiring.Component):
@@ -24,10 +29,12 @@ class StoreUnit(wiring.Component):
 
     With ``load_params`` it first reads the per-channel block (bias,
     multiplier, shift: ``cols`` int32 each) from memory, and with ``load_table``
-    then the 256-byte lookup table. It then reads one
-    accumulator entry per cycle while its row FIFO has room, requantizes it
+    then the 256-byte lookup table; with ``add`` the parameter block is followed by the add block. It then reads
+    one accumulator entry per cycle while its row FIFO has room (and, with ``add``, its addend row has arrived:
+    addend rows are requested ahead, one request of ``cols`` bytes per row), requantizes it
     (in fixed point or, with ``float32_scale``, float32 arithmetic; or passes
-    the int32 values through for ``raw``), with ``lookup`` replaces each byte
+    the int32 values through for ``raw``), with ``add`` adds the addend row
+    (:class:`~mvu.hdl.residual_add.ResidualAdd`), with ``lookup`` replaces each byte
     by its entry in the table, and writes each row as whole
     memory beats to ``dram_addr + i * dram_stride``. ``prev_tokens`` are its
     tokens with the compute unit. ``idle``: no instruction in progress;
@@ -54,6 +61,9 @@ class StoreUnit(wiring.Component):
         m.submodules.table = table = LookupTable(C, P)
         table_beats = TABLE_BYTES // P
         m.submodules.rows = rows = SyncFIFOBuffered(width=32 * C, depth=_ROW_FIFO_DEPTH)
+        m.submodules.residual = residual = ResidualAdd(C)
+        m.submodules.addends = addends = SyncFIFOBuffered(width=8 * C, depth=_ADDEND_FIFO_DEPTH)
+        add_beats, row_beats = ADD_BLOCK_BYTES // P, C // P
 
         word = self.instr.payload
         tokens = self.prev_tokens
@@ -62,6 +72,8 @@ class StoreUnit(wiring.Component):
         reads_left = Signal(17)
         writes_left = Signal(17)
         row_addr = Signal(32)
+        addend_addr = Signal(32)
+        addend_reqs_left = Signal(17)
         stride = Signal(32)
         param_addr = Signal(32)
         load_params = Signal()
@@ -70,6 +82,8 @@ class StoreUnit(wiring.Component):
         table_addr = Signal(32)
         load_table = Signal()
         lookup = Signal()
+        add = Signal()
+        add_block = Signal(8 * ADD_BLOCK_BYTES)
         table_beat = Signal(range(table_beats))
         waiting = Signal()
         notify = Signal()
@@ -77,7 +91,7 @@ class StoreUnit(wiring.Component):
         clamp_min = Signal(signed(16))
         clamp_max = Signal(signed(16))
         params = Signal(8 * self.config.param_block_bytes)
-        param_beat = Signal(range(param_beats + 1))
+        param_beat = Signal(range(param_beats + add_beats + 1))
 
         with m.FSM(name="store") as fsm:
             with m.State("IDLE"):
@@ -88,6 +102,8 @@ class StoreUnit(wiring.Component):
                         reads_left.eq(field("count")),
                         writes_left.eq(field("count")),
                         row_addr.eq(field("dram_addr")),
+                        addend_addr.eq(field("dram_addr")),
+                        addend_reqs_left.eq(field("count")),
                         stride.eq(field("dram_stride")),
                         param_addr.eq(field("param_addr")),
                         load_params.eq(field("load_params")),
@@ -96,6 +112,7 @@ class StoreUnit(wiring.Component):
                         table_addr.eq(field("table_addr")),
                         load_table.eq(field("load_table")),
                         lookup.eq(field("lookup")),
+                        add.eq(field("add")),
                         table_beat.eq(0),
                         out_zero_point.eq(field("out_zero_point")),
                         clamp_min.eq(field("clamp_min")),
@@ -120,17 +137,21 @@ class StoreUnit(wiring.Component):
                 m.d.comb += [
                     self.mem.req.valid.eq(1),
                     self.mem.req.p.addr.eq(param_addr),
-                    self.mem.req.p.len.eq(param_beats),
+                    self.mem.req.p.len.eq(param_beats + Mux(add, add_beats, 0)),
                 ]
                 with m.If(self.mem.req.ready):
                     m.next = "PARAM_RECEIVE"
             with m.State("PARAM_RECEIVE"):
+                last_beat = param_beat == Mux(add, param_beats + add_beats, param_beats) - 1
                 with m.If(self.mem.resp.valid):
-                    m.d.sync += [params.eq(Cat(params[8 * P:], self.mem.resp.payload)),
-                                 param_beat.eq(param_beat + 1)]
-                    with m.If((param_beat == param_beats - 1) & load_table):
+                    m.d.sync += param_beat.eq(param_beat + 1)
+                    with m.If(param_beat < param_beats):
+                        m.d.sync += params.eq(Cat(params[8 * P:], self.mem.resp.payload))
+                    with m.Else():
+                        m.d.sync += add_block.eq(Cat(add_block[8 * P:], self.mem.resp.payload))
+                    with m.If(last_beat & load_table):
                         m.next = "TABLE_REQUEST"
-                    with m.Elif(param_beat == param_beats - 1):
+                    with m.Elif(last_beat):
                         m.next = "STREAM"
             with m.State("TABLE_REQUEST"):
                 m.d.comb += [
@@ -152,11 +173,36 @@ class StoreUnit(wiring.Component):
                     m.d.comb += tokens.push.eq(notify)
                     m.next = "IDLE"
 
-        # Read one accumulator entry per cycle while the row FIFO has room for it.
+        # With add: request each row's addend ahead while the addend FIFO has room for it.
+        addend_offset = add_block[192:224].as_signed()
+        requested = Signal(range(_ADDEND_FIFO_DEPTH + 1))  # rows requested, not all their beats arrived
+        request = Signal()
+        m.d.comb += request.eq(fsm.ongoing("STREAM") & add & (addend_reqs_left != 0)
+                               & (requested + addends.level < _ADDEND_FIFO_DEPTH))
+        with m.If(request):
+            m.d.comb += [self.mem.req.valid.eq(1), self.mem.req.p.addr.eq(addend_addr + addend_offset),
+                         self.mem.req.p.len.eq(row_beats)]
+        requested_now = request & self.mem.req.ready
+        with m.If(requested_now):
+            m.d.sync += [addend_addr.eq(addend_addr + stride), addend_reqs_left.eq(addend_reqs_left - 1)]
+        addend_beat = Signal(range(row_beats))
+        addend_row = Signal(8 * C)
+        assembled = Cat(addend_row[8 * P:], self.mem.resp.payload)
+        arrived = fsm.ongoing("STREAM") & self.mem.resp.valid & (addend_beat == row_beats - 1)
+        with m.If(fsm.ongoing("STREAM") & self.mem.resp.valid):
+            m.d.sync += [addend_row.eq(assembled), addend_beat.eq(Mux(addend_beat == row_beats - 1, 0,
+                                                                        addend_beat + 1))]
+        m.d.comb += [addends.w_en.eq(arrived), addends.w_data.eq(assembled)]
+        m.d.sync += requested.eq(requested + requested_now - arrived)
+
+        # Read one accumulator entry per cycle while the row FIFO has room for it (and, with add, an addend row
+        # that no earlier entry claimed has arrived).
         in_flight = Signal(range(_ROW_FIFO_DEPTH + 1))
+        claimed = Signal(range(_ADDEND_FIFO_DEPTH + 1))  # addend rows of entries read, not yet added
         issue = Signal()
         m.d.comb += issue.eq(fsm.ongoing("STREAM") & (reads_left != 0)
-                             & (in_flight + rows.level < _ROW_FIFO_DEPTH))
+                             & (in_flight + rows.level < _ROW_FIFO_DEPTH) & (~add | (addends.level > claimed)))
+        m.d.sync += claimed.eq(claimed + (issue & add) - addends.r_en)
         m.d.comb += self.acc_read.addr.eq(acc_addr)
         with m.If(issue):
             m.d.sync += [acc_addr.eq(acc_addr + 1), reads_left.eq(reads_left - 1)]
@@ -175,12 +221,24 @@ class StoreUnit(wiring.Component):
             ppu.out_zero_point.eq(out_zero_point),
             ppu.clamp_min.eq(clamp_min),
             ppu.clamp_max.eq(clamp_max),
-            table.in_valid.eq(ppu.out_valid),
-            table.in_data.eq(ppu.out_data),
+            residual.in_valid.eq(ppu.out_valid),
+            residual.in_data.eq(ppu.out_data),
+            residual.addend.eq(addends.r_data),
+            residual.enable.eq(add),
+            addends.r_en.eq(ppu.out_valid & add),
+            residual.ratio_q.eq(add_block[0:64]),
+            residual.ratio_b.eq(add_block[64:128]),
+            residual.start.eq(add_block[128:192]),
+            residual.shift.eq(add_block[224:230]),
+            residual.q_inner.eq(add_block[232]),
+            residual.low.eq(add_block[240:248]),
+            residual.high.eq(add_block[248:256]),
+            table.in_valid.eq(residual.out_valid),
+            table.in_data.eq(residual.out_data),
             table.enable.eq(lookup),
             rows.w_en.eq(table.out_valid),
-            rows.w_data.eq(Mux(raw, delayed(m, ppu.out_raw.as_value(), LookupTable.latency, "raw"),
-                               table.out_data.as_value())),
+            rows.w_data.eq(Mux(raw, delayed(m, ppu.out_raw.as_value(), ResidualAdd.latency + LookupTable.latency,
+                                            "raw"), table.out_data.as_value())),
         ]
 
         # Write each row as whole beats.

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mvu.host.compiler.graph import ModelImportError, Node, import_onnx
 from mvu.host.compiler.prequantized import from_qlinear_graph
+from mvu.host.runtime.fused_adds import FUSED_ADD
 from mvu.host.runtime.runner import ModelRunner
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -138,3 +139,6 @@ def test_a_model_quantized_by_onnxruntime_runs_bit_exact(tmp_path):
         for image in rng.normal(0, 1, (3, 1, 3, 16, 16)).astype(np.float32):
             expected = session.run(None, {"input": image})[0]
             np.testing.assert_array_equal(runner.run(model.input_q.quantize(image)), expected)
+        # The QLinearAdd reads the second convolution's output alone: its STOREs add (not on the numpy backend).
+        placements = [stats.placement for stats in runner.stats if stats.kind == "add"]
+        assert placements == ["host" if backend == "numpy" else FUSED_ADD], placements

@@ -94,3 +94,39 @@ def test_reference_gemms_with_an_addend_follow_the_definition(config):
         gemm.load_addend(case["addend"])
         ReferenceExecutor(config).run(gemm.program)
         np.testing.assert_array_equal(gemm.result(), golden(case))
+
+
+@pytest.mark.parametrize("config", [TINY, HardwareConfig()], ids=["tiny", "default"])
+def test_rtl_gemms_with_an_addend_are_bit_exact(config, verilator_executors):
+    """The RTL, the reference and the definition agree on GEMMs whose STOREs add an addend (half with a table)."""
+    executor = verilator_executors(config)
+    rng = np.random.default_rng(11)
+    for trial in range(4):
+        m, k, n = (int(x) for x in rng.integers(1, 70, 3))
+        case = residual_gemm(rng, m, k, n, float32=bool(trial % 2), table=trial >= 2)
+        programs = [GemmProgram(config, case["a"], case["w"], act_zero_point=case["act_zero_point"],
+                                requant=case["requant"], table=case["table"], addend=case["addend"],
+                                residual=case["residual"]) for _ in range(2)]
+        executor.run(programs[0].program)
+        ReferenceExecutor(config).run(programs[1].program)
+        np.testing.assert_array_equal(programs[0].result(), golden(case))
+        np.testing.assert_array_equal(programs[1].result(), golden(case))
+
+
+def test_resnet18_adds_run_in_the_stores_with_identical_logits():
+    """ResNet-18 (compiled from its recipe) on the reference: every Add comes out of its convolution's STOREs, and
+    the logits equal those of the host's adds bit for bit."""
+    from mvu.host.compiler.recipes import compile_source, demo_photos
+    from mvu.host.runtime.classify import Classifier
+    from mvu.host.runtime.fused_adds import FUSED_ADD
+
+    config = HardwareConfig()
+    package = compile_source("resnet18", config=config, progress=False)
+    fused, host = Classifier(package, "reference"), Classifier(package, "reference")
+    host.runner._fused_adds = {}
+    for classifier in (fused, host):
+        classifier.classify(demo_photos()[1])
+    adds = [stats for stats in fused.runner.stats if stats.kind == "add"]
+    assert len(adds) == 8 and all(stats.placement == FUSED_ADD for stats in adds)
+    assert all(stats.placement != FUSED_ADD for stats in host.runner.stats)
+    np.testing.assert_array_equal(fused.runner.last_output, host.runner.last_output)

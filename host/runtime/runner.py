@@ -24,6 +24,7 @@ from mvu.host.executors.onnxruntime_add import QLinearAdd, add_coefficients, onn
 from mvu.host.executors.requantize import requantize_rows
 from mvu.host.gemm import ConvolutionInput, GemmProgram, golden_gemm
 from mvu.host.model.quantized import Layer, QuantizedModel
+from mvu.host.runtime.fused_adds import FUSED_ADD, FusedAdd, fused_adds
 from mvu.host.runtime.scores import softmax
 
 __all__ = ["LayerStats", "ModelRunner", "im2col", "sub_batch_sizes"]
@@ -103,6 +104,14 @@ def _windowed(config: HardwareConfig, conv: ConvolutionInput) -> bool:
     return not plain and kh * kw * -(-channels // rows) == -(-kh * kw * channels // rows) and conv.limit() is None
 
 
+def _conv_out_size(size: tuple[int, int], attrs: dict) -> tuple[int, int]:
+    """A convolution's output height and width for an input of ``size``."""
+    top, left, bottom, right = attrs["pads"]
+    return tuple(_output_size(extent + before + after, kernel, stride, dilation) for extent, before, after, kernel,
+                 stride, dilation in zip(size, (top, left), (bottom, right), attrs["kernel"], attrs["strides"],
+                                         attrs["dilations"]))
+
+
 def _pool_pads(size: tuple[int, ...], attrs: dict) -> list[int]:
     """A pooling layer's pads, the bottom and right ones grown by what ``ceil_mode`` adds: onnxruntime's output
     size, ``ceil((padded - kernel) / stride) + 1`` less a last window that would start in the end padding."""
@@ -168,26 +177,34 @@ class ModelRunner:
         self._operands: dict[tuple, tuple] = {}  # per convolution group: weight matrix, requantization
         self._requantizations: dict[str, Requantization] = {}  # per layer, for the layers without groups
         self._adds: dict[str, QLinearAdd | None] = {}  # per Add layer with two inputs
+        # Per convolution whose STOREs do an Add layer, found at its first run (the products' backends only: the
+        # numpy backend keeps every tensor, which the compiler's per-layer SQNR reads).
+        self._fused_adds: dict[str, FusedAdd] | None = None
+        self._added: dict[str, str] = {}  # per Add layer done by the last batch's STOREs: the convolution's output
 
     def gemm(self, a: np.ndarray | ConvolutionInput, w: np.ndarray, zero_point: int, requant: Requantization | None,
-             stats: LayerStats, key: tuple, table: np.ndarray | None = None, kind: type = GemmProgram) -> np.ndarray:
+             stats: LayerStats, key: tuple, table: np.ndarray | None = None, kind: type = GemmProgram,
+             **residual) -> np.ndarray:
         """``key`` names the product within the model: its program (a ``kind``, made from the same arguments) is
         built once per number of rows (the batch size) and rerun on new activations. Raw int32 sums (``requant``
         None) come back as a view of the program's memory, valid until the product runs again. A ``table`` (256
-        bytes) is looked up by the product's STOREs."""
+        bytes) is looked up by the product's STOREs, after a ``residual`` add of an ``addend`` if given (see
+        :class:`GemmProgram`)."""
         if self.executor is None:
-            return golden_gemm(a, w, zero_point, requant, table)
+            return golden_gemm(a, w, zero_point, requant, table, **residual)
         key = (*key, a.shape[0])
         program = self._programs.get(key)
         if program is None:
             program = self._programs[key] = kind(
                 self.config, a, w, act_zero_point=zero_point, requant=requant,
-                memory_bytes_per_cycle=self.executor.memory_bytes_per_cycle, table=table)
+                memory_bytes_per_cycle=self.executor.memory_bytes_per_cycle, table=table, **residual)
             self._used.append(program)
             self._evict()
         else:
             self._programs.move_to_end(key)
             program.load_activations(a)
+            if residual:
+                program.load_addend(residual["addend"])
             self._used.append(program)
         run = self.executor.run(program.program)
         stats.cycles += run.counters.get("cycles", 0)
@@ -287,6 +304,7 @@ class ModelRunner:
         per_group_in, per_group_out = x.shape[1] // group, c_out // group
         if group > 1 and per_group_in == per_group_out == 1:
             return self._depthwise(layer, x, stats)
+        residual = self._residual(layer, tensors, (len(x), c_out, *_conv_out_size(x.shape[2:], a))) if group == 1 else {}
         for g in range(group):
             part = x[:, g * per_group_in:(g + 1) * per_group_in]
             channels = slice(g * per_group_out, (g + 1) * per_group_out)
@@ -297,7 +315,7 @@ class ModelRunner:
             if layer.placement == "accelerator" and self.executor is not None and _windowed(self.config, windows):
                 stats.lowering = "windows"
                 ho, wo = windows.out_size
-                out = self.gemm(windows, w, a["in_zero_point"], requant, stats, (layer.name, g), table)
+                out = self.gemm(windows, w, a["in_zero_point"], requant, stats, (layer.name, g), table, **residual)
                 outputs.append(out.view(np.uint8))
                 continue
             stats.lowering = "im2col"
@@ -305,7 +323,7 @@ class ModelRunner:
             patches, ho, wo = im2col(part, a["kernel"], a["strides"], a["pads"], a["dilations"], a["in_zero_point"])
             stats.im2col_seconds += time.perf_counter() - lowering
             if layer.placement == "accelerator":
-                out = self.gemm(patches, w, a["in_zero_point"], requant, stats, (layer.name, g), table)
+                out = self.gemm(patches, w, a["in_zero_point"], requant, stats, (layer.name, g), table, **residual)
             else:
                 out = golden_gemm(patches, w, a["in_zero_point"], requant, table)
             outputs.append(out.view(np.uint8))
@@ -352,9 +370,26 @@ class ModelRunner:
         out = np.stack(outputs)
         return (out if table is None else table[out]).transpose(0, 3, 1, 2)
 
+    def _residual(self, layer: Layer, tensors, shape: tuple[int, ...]) -> dict:
+        """The ``addend`` and ``residual`` add (as :meth:`gemm` takes them) of a convolution whose STOREs do an Add
+        layer, noted in :attr:`_added`; none where its other input is not a uint8 tensor of the output's ``shape``."""
+        if self._fused_adds is None:
+            self._fused_adds = fused_adds(self.model) if self.executor is not None else {}
+        fused = self._fused_adds.get(layer.name)
+        addend = None if fused is None else tensors[fused.addend]
+        if addend is None or addend.dtype != np.uint8 or addend.shape != shape:
+            return {}
+        self._added[fused.add.name] = layer.output
+        return {"addend": np.ascontiguousarray(addend.transpose(0, 2, 3, 1)).reshape(-1, shape[1]),
+                "residual": fused.residual}
+
     def _add(self, layer: Layer, tensors, stats):
         """Sum of requantized inputs, with onnxruntime's QLinearAdd arithmetic (float32 fused multiply-adds,
-        rounding half to even), so that pre-quantized models follow their reference closely."""
+        rounding half to even), so that pre-quantized models follow their reference closely. An Add done by the
+        STOREs of the convolution before it (:mod:`~mvu.host.runtime.fused_adds`) takes that product's output."""
+        if layer.name in self._added:
+            stats.placement = FUSED_ADD
+            return tensors.pop(self._added.pop(layer.name))
         values = [tensors[name] if name in tensors else layer.arrays[name] for name in layer.inputs]
         low, high = layer.attrs["clamp"]
         add = self._onnxruntime_add(layer) if len(values) == 2 else None

@@ -7,8 +7,11 @@ STOREs write requantized bytes (fixed point or float32 scales) or raw int32
 rows, with parameters near the byte range so that few results clamp; some
 load one of a few random lookup tables after their parameters, and the
 requantizing ones that follow a table's load often look their bytes up in it.
+Some requantizing STOREs that load parameters also add an addend (a random add
+block after the parameter block, addend rows in their own area of memory).
 """
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -19,14 +22,18 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import TABLE_BYTES, Store
 from mvu.hdl.contract.requantization import requantize
+from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES
 from mvu.hdl.interfaces import INSTRUCTION_BITS, write_beat
 from mvu.hdl.store_unit import StoreUnit
+from mvu.sim.benches.bench_residual_add import random_add
 from mvu.sim.benches.runner import ReadMemory, field, pack, start
 
 CONFIG = HardwareConfig(rows=4, cols=8, act_depth=64, wgt_depth=32, acc_depth=64, mem_bytes=4)
 C, P = CONFIG.cols, CONFIG.mem_bytes
 MEMORY_BYTES = 16384
 TABLES = 3  # lookup tables, stored after the first MEMORY_BYTES
+ADDENDS = MEMORY_BYTES + TABLES * TABLE_BYTES  # then the addends' area, ADDEND_BYTES long
+ADDEND_BYTES = 4096
 WRITE = write_beat(P)
 
 
@@ -54,9 +61,9 @@ def random_params(rng: np.random.Generator, float32_scale: bool) -> tuple[np.nda
 
 def random_stores(rng: np.random.Generator, acc: np.ndarray, count: int) -> tuple[list[Expected], bytes]:
     """``count`` random STOREs with what each must do, and the memory holding their parameter blocks."""
-    block = CONFIG.param_block_bytes
-    memory = bytearray(rng.integers(0, 256, MEMORY_BYTES + TABLES * TABLE_BYTES, dtype=np.uint8).tobytes())
-    free_blocks = list(rng.permutation(MEMORY_BYTES // block))  # each block is read by one STORE
+    block, slot = CONFIG.param_block_bytes, CONFIG.param_block_bytes + ADD_BLOCK_BYTES
+    memory = bytearray(rng.integers(0, 256, ADDENDS + ADDEND_BYTES, dtype=np.uint8).tobytes())
+    free_blocks = list(rng.permutation(MEMORY_BYTES // slot))  # each block (and add block) is read by one STORE
     params, stores, table = (), [], None
     for index in range(count):
         raw, float32_scale = rng.random() < 0.2, rng.random() < 0.4
@@ -66,7 +73,8 @@ def random_stores(rng: np.random.Generator, acc: np.ndarray, count: int) -> tupl
             table = np.frombuffer(memory, np.uint8, TABLE_BYTES, table_addr)
         lookup = table is not None and not raw and rng.random() < 0.7
         load_params = index == 0 or rng.random() < 0.5  # the first STORE sets the parameters
-        param_addr = block * int(free_blocks.pop())
+        param_addr = slot * int(free_blocks.pop())
+        add = load_params and not raw and rng.random() < 0.4
         if load_params:
             params = random_params(rng, float32_scale)
             memory[param_addr:param_addr + block] = np.concatenate(params).astype("<i4").tobytes()
@@ -75,20 +83,29 @@ def random_stores(rng: np.random.Generator, acc: np.ndarray, count: int) -> tupl
         stride = P * int(rng.choice([entry // P, entry // P, 0, rng.integers(1, 40)]))
         dram = P * int(rng.integers(0, (MEMORY_BYTES - (rows - 1) * stride - entry) // P))
         low, high = [(-128, 127), (0, 255), (-128, 255), (0, 6)][rng.integers(4)]
+        addend_addr = ADDENDS + P * int(rng.integers(0, (ADDEND_BYTES - (rows - 1) * stride - C) // P))
+        residual = random_add(rng)
+        residual = dataclasses.replace(residual, addend_offset=addend_addr - dram)
+        if add:
+            memory[param_addr + block:param_addr + slot] = residual.block().tobytes()
         store = Store(acc_addr=int(rng.integers(0, CONFIG.acc_depth - rows + 1)), count=rows, dram_addr=dram,
-                      dram_stride=stride, param_addr=param_addr, load_params=load_params, raw=raw,
+                      dram_stride=stride, param_addr=param_addr, load_params=load_params, raw=raw, add=add,
                       float32_scale=float32_scale, out_zero_point=int(rng.integers(-128, 256)), clamp_min=low,
                       clamp_max=high, table_addr=table_addr, load_table=load_table, lookup=lookup,
                       wait_compute=rng.random() < 0.4, signal_compute=rng.random() < 0.4)
         sums = acc[store.acc_addr:store.acc_addr + rows]
         data = sums.astype("<i4") if raw else requantize(sums, *params, store.out_zero_point, low, high,
                                                            float32_scale=float32_scale)
+        addends = [np.frombuffer(memory, np.uint8, C, addend_addr + i * stride) for i in range(rows)]
+        data = residual(data, np.array(addends)) if add else data
         data = table[data] if lookup else data
         writes = []
         for i in range(rows):
             row = data[i].tobytes()
             writes += [(dram + i * stride + b, int.from_bytes(row[b:b + P], "little")) for b in range(0, entry, P)]
-        reads = [(param_addr, block // P)] * load_params + [(table_addr, TABLE_BYTES // P)] * load_table
+        reads = ([(param_addr, (slot if add else block) // P)] * load_params
+                 + [(table_addr, TABLE_BYTES // P)] * load_table
+                 + [(addend_addr + i * stride, C // P) for i in range(rows)] * add)
         stores.append(Expected(store, reads, writes))
     return stores, bytes(memory)
 
