@@ -76,3 +76,19 @@ def test_qlinear_add_kernel_matches_the_numpy_path(seed):
     np.testing.assert_array_equal(fused, runner._add(layer, mixed, None))
     np.testing.assert_array_equal(fused, runner._add(layer, {"a": a, "b": b}, None))
     assert fused.strides == channels_last["a"].strides  # the result keeps its inputs' layout
+
+
+@pytest.mark.parametrize("taps, n", [(1, 4), (9, 32), (25, 16)])
+def test_diagonal_sums_equal_the_product_with_diagonal_blocks(taps, n):
+    from mvu.host.executors.intmatmul import centred_matmul
+    from mvu.host.executors.kernels import diagonal_sums
+
+    rng = np.random.default_rng(taps)
+    a = rng.integers(0, 256, (37, taps * n), dtype=np.uint8)
+    diagonals = rng.integers(-128, 128, (taps, n), dtype=np.int8)
+    diagonals[0, :2] = (-128, 127)
+    w = np.zeros((taps, n, n), np.int8)
+    w[:, np.arange(n), np.arange(n)] = diagonals
+    for zero_point in (0, 255, int(rng.integers(1, 255))):
+        np.testing.assert_array_equal(diagonal_sums(a, zero_point, diagonals),
+                                      centred_matmul(a, zero_point, w.reshape(taps * n, n)))

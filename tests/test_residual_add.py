@@ -84,8 +84,15 @@ def test_reference_gemms_with_an_addend_follow_the_definition(config):
         gemm = GemmProgram(config, case["a"], case["w"], act_zero_point=case["act_zero_point"],
                            requant=case["requant"], table=case["table"], addend=case["addend"],
                            residual=case["residual"])
-        ReferenceExecutor(config).run(gemm.program)
+        executor = ReferenceExecutor(config)
+        executor.run(gemm.program)
         want = golden(case)
+        np.testing.assert_array_equal(gemm.result(), want)
+        # That ran the program's plan; the interpreter (STORE by STORE) agrees.
+        prepared = gemm.program.notes[ReferenceExecutor._NOTE]
+        assert prepared.plan is not None
+        gemm.load_activations(case["a"])
+        executor._interpret(prepared.columns, gemm.program.memory.data)
         np.testing.assert_array_equal(gemm.result(), want)
         # The addend changes the outputs (the add is not a no-op), and a new addend reruns the program.
         assert (want != golden(case | {"residual": None, "addend": None})).any()

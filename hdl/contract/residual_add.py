@@ -16,11 +16,12 @@ bits of an integer, so the integer model equals the float32 definition exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["ADD_BLOCK_BYTES", "RATIO_LIMIT", "START_LIMIT", "ResidualAdd", "residual_add", "round_significant",
-           "round_shift"]
+__all__ = ["ADD_BLOCK_BYTES", "RATIO_LIMIT", "START_LIMIT", "ResidualAdd", "add_table", "residual_add",
+           "round_significant", "round_shift"]
 
 #: Bytes of a STORE's add block, read after its parameter block.
 ADD_BLOCK_BYTES = 32
@@ -119,7 +120,18 @@ class ResidualAdd:
                    int(f["low"]), int(f["high"]), int(f["addend_offset"]))
 
     def __call__(self, q: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return residual_add(q, b, self)
+        """:func:`residual_add` of ``q`` and ``b`` (uint8 arrays of one shape), looked up in :func:`add_table`."""
+        q, b = np.asarray(q, np.uint8), np.asarray(b, np.uint8)
+        index = (q.astype(np.uint16) << 8) | b
+        return np.take(add_table(self).reshape(-1), index)
+
+
+@lru_cache(maxsize=256)
+def add_table(add: ResidualAdd) -> np.ndarray:
+    """Every sum of the add: uint8 ``[256, 256]`` indexed ``[q, b]`` (a byte pair has 65,536 values, so one
+    evaluation of :func:`residual_add` each is the fastest exact way to add whole tensors)."""
+    codes = np.arange(256, dtype=np.uint8)
+    return residual_add(codes[:, None], codes[None, :], add)
 
 
 def residual_add(q: np.ndarray, b: np.ndarray, add: ResidualAdd) -> np.ndarray:

@@ -26,9 +26,11 @@ import numpy as np
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import TABLE_BYTES, Opcode
+from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
 from mvu.host.executors.fused_products import FusedProduct, fused_product
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul
 from mvu.host.executors.requantize import requantize_rows
+from mvu.host.executors.residual_add import add_rows
 from mvu.host.executors.window_gather import SCRATCH_BASE, WindowGather, layout_windows
 
 __all__ = ["ExecutionPlan", "build_plan"]
@@ -72,6 +74,7 @@ class _Store:
     clamp_min: int
     clamp_max: int
     table: int | None = None  # address of the lookup table applied to the bytes (None: no lookup)
+    add: bool = False  # the add block after the parameter block adds an addend before the lookup
 
 
 @dataclass
@@ -131,6 +134,7 @@ class ExecutionPlan:
                 del self._fused[index]
                 return False
         fused.run(_activations(memory, scratch, rows), where.view(memory))
+        self._residual(memory, store, list(blocks), where)
         _look_up(memory, store, where)
         return True
 
@@ -159,7 +163,22 @@ class ExecutionPlan:
         bias, multiplier, shift = self._parameters(memory, list(blocks), acc.shape[1])
         requantize_rows(acc, bias, multiplier, shift & 63, store.out_zero_point, store.clamp_min, store.clamp_max,
                         float32_scale=store.float32_scale, out=where.view(memory))
+        self._residual(memory, store, list(blocks), where)
         _look_up(memory, store, where)
+
+    def _residual(self, memory: np.ndarray, store: _Store, blocks: list, where: _Rows) -> None:
+        """Add the addends of an ``add`` store to the bytes it wrote at ``where``, with each column tile's add
+        block (after its parameter block ``blocks``), all at once where the tiles' add blocks are one."""
+        if not store.add:
+            return
+        cols, first = self.config.cols, self.config.param_block_bytes
+        adds = [ResidualAdd.from_block(memory[block + first:block + first + ADD_BLOCK_BYTES]) for block in blocks]
+        tiles = [(where, adds[0])] if len(set(adds)) == 1 else [
+            (where._replace(start=where.start + t * cols, width=min(cols, where.width - t * cols)), add)
+            for t, add in enumerate(adds)]
+        for rows, add in tiles:
+            written = rows.view(memory)
+            written[...] = add_rows(add, written, rows._replace(start=rows.start + add.addend_offset).view(memory))
 
     def _parameters(self, memory: np.ndarray, blocks: list, channels: int) -> np.ndarray:
         """Bias, multiplier and shift rows [3, channels] from consecutive column tiles' parameter blocks."""
@@ -275,11 +294,11 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
     reads, writes, stores = [], [], []
     names = ("buffer", "sram_addr", "count", "dram_addr", "dram_stride", "act_addr", "acc_addr", "wgt_addr",
              "preload", "accumulate", "act_signed", "act_zero_point", "param_addr", "load_params", "raw",
-             "float32_scale", "out_zero_point", "clamp_min", "clamp_max", "table_addr", "load_table", "lookup")
+             "float32_scale", "out_zero_point", "clamp_min", "clamp_max", "table_addr", "load_table", "lookup", "add")
     rows = zip(columns["opcode"].tolist(), *(columns[name].tolist() for name in names))
     for (op, buffer, sram_addr, count, dram_addr, dram_stride, act_addr, acc_addr, wgt_addr, preload, accumulate,
          signed, zero_point, param_addr, load_params, raw, float32_scale, out_zero_point, clamp_min,
-         clamp_max, table_addr, load_table, lookup) in rows:
+         clamp_max, table_addr, load_table, lookup, add) in rows:
         if op == Opcode.LOAD:
             entries = act if buffer == 0 else wgt
             entries.fill(sram_addr, count, dram_addr, dram_stride)
@@ -305,7 +324,7 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
         elif op == Opcode.STORE:
             if load_params:
                 params = param_addr
-                reads.append((param_addr, 1, config.param_block_bytes, 0))
+                reads.append((param_addr, 1, config.param_block_bytes + (ADD_BLOCK_BYTES if add else 0), 0))
             if load_table:
                 table = table_addr
                 reads.append((table_addr, 1, TABLE_BYTES, 0))
@@ -317,7 +336,7 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
                 raise _Unplannable("a store reads accumulator ranges in part")
             stores.append(_Store(terms, count, dram_addr, dram_stride, bool(raw), bool(float32_scale and not raw),
                                  params if not raw else None, out_zero_point, clamp_min, clamp_max,
-                                 table if lookup else None))
+                                 table if lookup else None, bool(add)))
             writes.append((dram_addr, count, 4 * C if raw else C, dram_stride))
     return stores, reads, writes
 
@@ -402,8 +421,9 @@ def _single_write(config: HardwareConfig, product: _Product) -> tuple[_Rows, np.
     params: dict[int, int | None] = {}
     for row, column, store in blocks:
         if (store.raw, store.float32_scale, store.out_zero_point, store.clamp_min, store.clamp_max,
-                store.dram_stride, store.table) != (first.raw, first.float32_scale, first.out_zero_point,
-                                                    first.clamp_min, first.clamp_max, first.dram_stride, first.table):
+                store.dram_stride, store.table, store.add) != (
+                    first.raw, first.float32_scale, first.out_zero_point, first.clamp_min, first.clamp_max,
+                    first.dram_stride, first.table, first.add):
             return None
         if store.dram_addr != origin + row * store.dram_stride + column * element:
             return None
@@ -422,12 +442,14 @@ def _single_write(config: HardwareConfig, product: _Product) -> tuple[_Rows, np.
     return _Rows(origin, rows, width, first.dram_stride), np.array([params[c] for c in columns], dtype=object)
 
 
-def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_bytes: tuple[int, int]
-               ) -> ExecutionPlan | None:
+def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_bytes: tuple[int, int],
+               memory: np.ndarray | None = None) -> ExecutionPlan | None:
     """The plan for a checked program (its decoded ``columns``, its instructions at ``program_bytes`` =
-    ``(address, size)``), or ``None`` when the interpreter must run it."""
-    if columns["add"].any():
-        return None  # STOREs with a residual add: the interpreter runs them
+    ``(address, size)``), or ``None`` when the interpreter must run it. STOREs that ``add`` need the ``memory``
+    holding their add blocks (where their addends lie); the plan assumes the blocks stay as they are."""
+    addend_reads = _addend_reads(config, columns, memory)
+    if addend_reads is None:
+        return None
     windows, window_reads = None, []
     if columns["window"].any():
         laid_out = layout_windows(columns, config.rows)
@@ -438,7 +460,7 @@ def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_b
         stores, reads, writes = _trace(config, columns)
     except _Unplannable:
         return None
-    reads += window_reads
+    reads += window_reads + addend_reads
     written = _intervals(*_expand(writes))
     if written[0].size and (written[0][1:] < written[1][:-1]).any():
         return None  # stores overwrite each other: their order would matter
@@ -448,3 +470,18 @@ def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_b
     if any(not store.terms for store in stores):
         return None  # a store of accumulators nothing was added to: rare, left to the interpreter
     return ExecutionPlan(config, _products(config, stores), windows)
+
+
+def _addend_reads(config: HardwareConfig, columns: dict[str, np.ndarray], memory: np.ndarray | None) -> list | None:
+    """The addend rows the ``add`` STOREs read, as ``(address, count, width, stride)``; ``None`` where some add but
+    no ``memory`` says where their addends lie."""
+    adds = np.flatnonzero((columns["opcode"] == Opcode.STORE) & (columns["add"] != 0))
+    if adds.size and memory is None:
+        return None
+    reads = []
+    for i in adds.tolist():
+        block = int(columns["param_addr"][i]) + config.param_block_bytes
+        offset = ResidualAdd.from_block(memory[block:block + ADD_BLOCK_BYTES]).addend_offset
+        reads.append((int(columns["dram_addr"][i]) + offset, int(columns["count"][i]), config.cols,
+                      int(columns["dram_stride"][i])))
+    return reads

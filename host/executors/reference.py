@@ -17,6 +17,7 @@ from mvu.hdl.contract.window import WINDOW_FIELDS, read_window
 from mvu.host.executors.execution_plan import ExecutionPlan, build_plan
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul, engine_name
 from mvu.host.executors.kernels import same_bytes
+from mvu.host.executors.residual_add import add_rows
 
 __all__ = ["ReferenceExecutor"]
 
@@ -174,8 +175,8 @@ class _Machine:
             if add:
                 block = param_addr + cfg.param_block_bytes
                 residual = ResidualAdd.from_block(self.memory[block:block + ADD_BLOCK_BYTES])
-                out = residual(out, _read_rows(self.memory, dram_addr + residual.addend_offset, count, dram_stride,
-                                               cfg.cols))
+                out = add_rows(residual, out, _read_rows(self.memory, dram_addr + residual.addend_offset, count,
+                                                         dram_stride, cfg.cols))
             if lookup:
                 out = self.table[out]
         _write_rows(self.memory, dram_addr, dram_stride, out)
@@ -286,7 +287,7 @@ class ReferenceExecutor:
         size = program.length * INSTRUCTION_BYTES
         prepared = _Prepared(self.config, data[program.address:program.address + size].copy(), data.size, columns,
                              _counters(self.config, columns),
-                             build_plan(self.config, columns, (program.address, size)))
+                             build_plan(self.config, columns, (program.address, size), data))
         program.notes[self._NOTE] = prepared
         return prepared
 
