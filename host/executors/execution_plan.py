@@ -29,6 +29,7 @@ from mvu.hdl.contract.isa import TABLE_BYTES, Opcode
 from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
 from mvu.host.executors.fused_products import FusedProduct, fused_product
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul
+from mvu.host.executors.kernels import diagonal_sums
 from mvu.host.executors.requantize import requantize_rows
 from mvu.host.executors.residual_add import add_rows
 from mvu.host.executors.window_gather import SCRATCH_BASE, WindowGather, layout_windows
@@ -152,6 +153,9 @@ class ExecutionPlan:
         w = [np.concatenate([p.view(memory) for p in row], axis=1) if len(row) > 1 else row[0].view(memory)
              for row in product.wgt]
         w = w[0] if len(w) == 1 else np.concatenate(w)
+        diagonals = _diagonals(w.view(np.int8))
+        if diagonals is not None and np.ndim(zero_point) == 0:
+            return diagonal_sums(a, zero_point, diagonals)
         return centred_matmul(a, zero_point, w.view(np.int8))
 
     def _store(self, memory: np.ndarray, acc: np.ndarray, store: _Store, blocks, where: _Rows) -> None:
@@ -190,6 +194,19 @@ class ExecutionPlan:
         per_block = [np.zeros((3, cols), np.int32) if address is None else
                      memory[address:address + size].view(np.int32).reshape(3, cols) for address in blocks]
         return np.concatenate(per_block, axis=1)[:, :channels]
+
+
+def _diagonals(w: np.ndarray) -> np.ndarray | None:
+    """The diagonals ``[T, n]`` of weights ``[T * n, n]`` made of T diagonal blocks (a depthwise program's), else
+    ``None``; dense weights are told by their first block."""
+    n = w.shape[1]
+    if n < 2 or w.shape[0] % n:
+        return None
+    blocks = w.reshape(-1, n, n)
+    diagonals = np.diagonal(blocks, axis1=1, axis2=2)
+    if np.count_nonzero(blocks[0]) != np.count_nonzero(diagonals[0]):
+        return None
+    return diagonals if np.count_nonzero(blocks) == np.count_nonzero(diagonals) else None
 
 
 def _look_up(memory: np.ndarray, store: _Store, where: _Rows) -> None:
