@@ -111,14 +111,16 @@ def _build_key(board: Board, config: HardwareConfig) -> str:
 
 
 def parse_nextpnr_report(report: dict, family: Family) -> dict:
-    """Resources used and available (``lut``, ``ff``, ``dsp``, ``bram``) and Fmax per clock (MHz, achieved
-    and constraint) from nextpnr's ``--report`` JSON."""
+    """Resources used and available (``lut``, ``ff``, ``dsp``, ``bram``), Fmax per clock (MHz, achieved
+    and constraint) and the cells at the ends of the slowest path from nextpnr's ``--report`` JSON."""
     used = report["utilization"]
     resources = {kind: {"used": used[name]["used"], "available": used[name]["available"]}
                  for kind, name in family.report_names.items() if name in used}
     clocks = {name.removeprefix("$glbnet$"): {"achieved": value["achieved"], "constraint": value["constraint"]}
               for name, value in report["fmax"].items()}
-    return {"resources": resources, "fmax": clocks}
+    paths = [path["path"] for path in report.get("critical_paths", []) if path["path"]]
+    slowest = {"from": paths[0][0]["from"]["cell"], "to": paths[0][-1]["to"]["cell"]} if paths else None
+    return {"resources": resources, "fmax": clocks, "critical_path": slowest}
 
 
 def _run(command: list[str], work: Path, stage: str) -> None:
@@ -210,6 +212,8 @@ def format_report(build: dict) -> str:
     for name, clock in build["fmax"].items():
         verdict = "met" if clock["achieved"] >= clock["constraint"] else "NOT MET"
         lines.append(f"  Fmax {name}: {clock['achieved']:.1f} MHz (target {clock['constraint']:.1f} MHz, {verdict})")
+    if build.get("critical_path"):
+        lines.append(f"  slowest path: {build['critical_path']['from']} -> {build['critical_path']['to']}")
     lines.append(f"  bitstream: {build['bitstream']}")
     lines.append(f"  program:   {build['program']}")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import TINY
 
-from mvu.hdl.board_build import BOARDS
+from mvu.hdl.board_build import BOARDS, FAMILIES, build_bitstream, format_report, parse_nextpnr_report
 from mvu.hdl.board_soc import ecp5_pll_dividers
 from mvu.hdl.contract.config import PRESETS, HardwareConfig, preset
 from mvu.hdl.contract.isa import Finish, ProgramError, Store
@@ -124,3 +124,36 @@ def test_a_core_without_float32_requantizes_bit_exactly(verilator_executors):
     verilator_executors(NO_FLOAT32).run(on_rtl.program)
     ReferenceExecutor(NO_FLOAT32).run(reference.program)
     np.testing.assert_array_equal(on_rtl.result(), reference.result())
+
+
+def test_nextpnr_report_is_parsed_into_resources_and_fmax():
+    """A report nextpnr-ecp5 wrote for the ULX3S build (tests/fixtures/nextpnr_ulx3s_report.json)."""
+    report = json.loads((FIXTURES / "nextpnr_ulx3s_report.json").read_text())
+    parsed = parse_nextpnr_report(report, FAMILIES["ecp5"])
+    assert set(parsed["resources"]) == {"lut", "ff", "dsp", "bram"}
+    assert parsed["resources"]["dsp"] == {"used": report["utilization"]["MULT18X18D"]["used"], "available": 156}
+    assert parsed["resources"]["bram"]["available"] == 208
+    (clock, fmax), = parsed["fmax"].items()
+    assert fmax["constraint"] == pytest.approx(50.0) and fmax["achieved"] == pytest.approx(56.82, abs=0.01)
+    assert parsed["critical_path"]["to"].startswith("soc.core.store.ppu.product_")
+    build = {"board": "ulx3s", "chip": "LFE5U-85F", "config_description": "8x8", "estimate": {
+        "dsp": 96, "bram": 106, "lut": 1, "ff": 1}, "bitstream": "top.bit", "program": "openFPGALoader top.bit",
+        **parsed}
+    text = format_report(build)
+    assert f"Fmax {clock}: {fmax['achieved']:.1f} MHz (target 50.0 MHz" in text
+    assert "openFPGALoader top.bit" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("board", ["ulx3s"])
+def test_board_bitstream_builds_and_meets_its_clock(board, capsys):
+    """About 18 minutes for the ULX3S on a 2-core machine (place and route 17 of them); then the CLI finds it
+    in the cache."""
+    build = build_bitstream(board, progress=print)
+    assert main(["build", "--board", board]) == 0
+    assert "cached build" in capsys.readouterr().out
+    assert not build["timing_failures"], build["timing_failures"]
+    bitstream = Path(build["bitstream"])
+    assert bitstream.stat().st_size > 100_000
+    assert build["resources"]["dsp"]["used"] <= build["estimate"]["dsp"]
+    assert all(clock["achieved"] >= 50 for clock in build["fmax"].values())
