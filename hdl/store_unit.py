@@ -20,8 +20,10 @@ __all__ = ["StoreUnit"]
 # post-processor's, residual add's and lookup table's stages), so it holds those plus a few more to stream one row
 # per cycle.
 _ROW_FIFO_DEPTH = PostProcessor.latency + ResidualAdd.latency + LookupTable.latency + 4
-# Addend rows are requested while this FIFO has room for them: it covers the memory's latency as well.
-_ADDEND_FIFO_DEPTH = 16
+# Addend rows are requested while this FIFO has room for them, so it covers the memory's latency too (a row a
+# cycle needs as many rows in flight as the latency's cycles: 40 in the simulation's memory model; 16 rows held
+# ResNet-50 to 0.4 rows a cycle in the STOREs that add).
+_ADDEND_FIFO_DEPTH = 64
 
 
 class StoreUnit(wiring.Component):
