@@ -137,3 +137,40 @@ def test_resnet18_adds_run_in_the_stores_with_identical_logits():
     assert len(adds) == 8 and all(stats.placement == FUSED_ADD for stats in adds)
     assert all(stats.placement != FUSED_ADD for stats in host.runner.stats)
     np.testing.assert_array_equal(fused.runner.last_output, host.runner.last_output)
+
+
+def _block_model(*, conv_clamp=(0, 255), readers=1, table=False, group=1, late_shortcut=False):
+    """input -> conv "s" (the shortcut) and conv "c" -> add(c, s): the residual block the runner fuses."""
+    from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
+
+    q = {name: QuantParams(0.05 + 0.01 * i, 10 * i) for i, name in enumerate(["x", "s", "c", "y", "z"])}
+    conv = lambda name, source, clamp: Layer("conv", name, [source], name, "accelerator",
+                                             {"group": group if name == "c" else 1, "clamp": clamp},
+                                             {"table": np.arange(256, dtype=np.uint8)} if table and name == "c" else {},
+                                             q[name])
+    shortcut, main = conv("s", "x", (0, 255)), conv("c", "x", conv_clamp)
+    layers = [main, shortcut] if late_shortcut else [shortcut, main]
+    layers.append(Layer("add", "y", ["c", "s"], "y", "host", {"clamp": (10, 255)}, {}, q["y"]))
+    if readers > 1:
+        layers.append(Layer("add", "z", ["c", "y"], "z", "host", {"clamp": (0, 255)}, {}, q["z"]))
+    return QuantizedModel("x", (1, 3, 8, 8), q["x"], layers[-1].output, layers, q, {}, [])
+
+
+@pytest.mark.parametrize("options, fused", [
+    ({}, "c"),
+    ({"conv_clamp": (-128, 127)}, None),  # int8 codes
+    ({"readers": 2}, None),  # the convolution's output is read twice
+    ({"table": True}, None),  # its table would come after the add
+    ({"group": 2}, None),  # grouped
+    ({"late_shortcut": True}, "s"),  # the shortcut is computed after the convolution: the shortcut's STOREs add
+])
+def test_which_adds_the_stores_take(options, fused):
+    """Only the later of the two convolutions can add (its addend must exist), and only when it qualifies."""
+    from mvu.host.runtime.fused_adds import fused_adds
+
+    found = fused_adds(_block_model(**options))
+    assert list(found) == ([] if fused is None else [fused])
+    if fused is not None:
+        add = found[fused]
+        assert add.addend == ("s" if fused == "c" else "c") and add.residual.q_inner == (fused == "s")
+        assert (add.residual.low, add.residual.high) == (10, 255)
