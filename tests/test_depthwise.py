@@ -124,6 +124,9 @@ def test_the_runner_places_depthwise_layers(placement, stride, where):
     np.testing.assert_array_equal(runner.run_batch(x), expected)
     (stats,) = runner.stats
     assert stats.placement == where and (stats.counters.get("compute", 0) > 0) == (where == "accelerator")
+    definition = ModelRunner(depthwise_model(placement, stride), TINY, "numpy")  # products from their definition
+    definition.run_batch(x)
+    assert definition.stats[0].placement == where
 
 
 def test_bad_depthwise_operands_are_refused_by_name():

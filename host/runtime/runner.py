@@ -346,8 +346,9 @@ class ModelRunner:
 
     def _depthwise(self, layer: Layer, x: np.ndarray, stats: LayerStats) -> np.ndarray:
         """One filter per channel: on the accelerator, as a :class:`DepthwiseProgram` (window LOADs, diagonal weight
-        tiles), when the layer is placed there and the hardware can express it; else on the host, the same integer
-        sums (exact in int32) and requantization. Channels last in memory either way."""
+        tiles), when the layer is placed there and window LOADs can express it (else its ``stats`` say ``host``); on
+        the host, or without an executor, the same integer sums (exact in int32) and requantization. Channels last in
+        memory either way."""
         a = layer.attrs
         n, c, h, w = x.shape
         windows = ConvolutionInput(x.transpose(0, 2, 3, 1), tuple(a["kernel"]), tuple(a["strides"]), tuple(a["pads"]),
@@ -355,12 +356,12 @@ class ModelRunner:
         ho, wo = windows.out_size
         weight, table = layer.arrays["weight"].reshape(c, *a["kernel"]), layer.arrays.get("table")
         rq = self._layer_requantization(layer)
-        if layer.placement == "accelerator" and self.executor is not None and depthwise_limit(
-                self.config, windows) is None:
+        if layer.placement == "accelerator" and depthwise_limit(self.config, windows) is not None:
+            stats.placement = "host"
+        if stats.placement == "accelerator" and self.executor is not None:
             stats.lowering = "windows"
             out = self.gemm(windows, weight, a["in_zero_point"], rq, stats, (layer.name,), table, DepthwiseProgram)
             return _channels_first(out.view(np.uint8), n, ho, wo)
-        stats.placement = "host"
         outputs = []
         for image in windows.x:
             acc = depthwise_sums(image, weight.transpose(1, 2, 0), a["in_zero_point"], windows.strides,
