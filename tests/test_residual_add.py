@@ -174,3 +174,35 @@ def test_which_adds_the_stores_take(options, fused):
         add = found[fused]
         assert add.addend == ("s" if fused == "c" else "c") and add.residual.q_inner == (fused == "s")
         assert (add.residual.low, add.residual.high) == (10, 255)
+
+
+def test_a_residual_block_with_a_table_after_its_add_is_bit_exact_on_the_rtl(verilator_executors):
+    """Conv, 1x1 Conv, Add of the two, Sigmoid: the Add runs in the 1x1 Conv's STOREs and the Sigmoid's table on the
+    host after it; numpy (host adds), reference and RTL give the same tensors and logits."""
+    from conftest import TINY as config
+    from test_import_ops import SIZE, images, network
+
+    from mvu.host.compiler.graph import import_onnx
+    from mvu.host.compiler.quantize import calibrate, quantize_graph
+    from mvu.host.runtime.fused_adds import FUSED_ADD
+    from mvu.host.runtime.runner import ModelRunner
+
+    def body(g, x, rng):
+        added = g.add(g.conv(x, rng.normal(0, 0.3, (8, 8, 1, 1)), rng.normal(0, 0.1, 8)), x)
+        return g.node("Sigmoid", [added])
+
+    model = network(body)
+    graph = import_onnx(model)
+    quantized = quantize_graph(graph, calibrate(model, graph, images(16, 1, SIZE), progress=False))
+    assert [layer.kind for layer in quantized.layers][:4] == ["conv", "conv", "add", "lut"]
+    batch = quantized.input_q.quantize(images(3, 2, SIZE))
+    runners = {backend: ModelRunner(quantized, config, backend, executor) for backend, executor in (
+        ("numpy", None), ("reference", None), ("verilator", verilator_executors(config)))}
+    logits = {backend: runner.run_batch(batch) for backend, runner in runners.items()}
+    for backend in ("reference", "verilator"):
+        np.testing.assert_array_equal(logits[backend], logits["numpy"])
+        stats = {s.kind: s.placement for s in runners[backend].stats}
+        assert stats["add"] == FUSED_ADD and stats["lut"] == "host"
+        for name, tensor in runners[backend].tensors.items():
+            np.testing.assert_array_equal(tensor, runners["numpy"].tensors[name], err_msg=name)
+    assert quantized.layers[1].output not in runners["verilator"].tensors  # the fused convolution's own output
