@@ -91,5 +91,5 @@ def test_diagonal_sums_equal_the_product_with_diagonal_blocks(taps, n):
     w = np.zeros((taps, n, n), np.int8)
     w[:, np.arange(n), np.arange(n)] = diagonals
     for zero_point in (0, 255, int(rng.integers(1, 255))):
-        np.testing.assert_array_equal(diagonal_sums(a, zero_point, diagonals),
+        np.testing.assert_array_equal(diagonal_sums(a.reshape(37, taps, n).transpose(1, 0, 2), zero_point, diagonals),
                                       centred_matmul(a, zero_point, w.reshape(taps * n, n)))

@@ -141,6 +141,14 @@ class ExecutionPlan:
 
     @staticmethod
     def _multiply(memory: np.ndarray, scratch: np.ndarray | None, product: _Product) -> np.ndarray:
+        w = [np.concatenate([p.view(memory) for p in row], axis=1) if len(row) > 1 else row[0].view(memory)
+             for row in product.wgt]
+        w = (w[0] if len(w) == 1 else np.concatenate(w)).view(np.int8)
+        diagonals = _diagonals(w)
+        kinds = {(rows.count, rows.width, signed, zero_point) for rows, signed, zero_point in product.act}
+        if diagonals is not None and len(product.act) == len(diagonals) and len(kinds) == 1 \
+                and next(iter(kinds))[1] == w.shape[1]:  # one n-wide part per diagonal block, all alike
+            return diagonal_sums(*_taps(memory, scratch, product.act), diagonals)
         parts, zero_points = [], []
         for rows, signed, zero_point in product.act:
             values = _activations(memory, scratch, rows)
@@ -150,13 +158,7 @@ class ExecutionPlan:
         a = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         zero_point = zero_points[0][0] if len({int(z[0]) for z in zero_points}) == 1 \
             else np.concatenate(zero_points)
-        w = [np.concatenate([p.view(memory) for p in row], axis=1) if len(row) > 1 else row[0].view(memory)
-             for row in product.wgt]
-        w = w[0] if len(w) == 1 else np.concatenate(w)
-        diagonals = _diagonals(w.view(np.int8))
-        if diagonals is not None and np.ndim(zero_point) == 0:
-            return diagonal_sums(a, zero_point, diagonals)
-        return centred_matmul(a, zero_point, w.view(np.int8))
+        return centred_matmul(a, zero_point, w)
 
     def _store(self, memory: np.ndarray, acc: np.ndarray, store: _Store, blocks, where: _Rows) -> None:
         """Write what a store writes to ``where``: raw int32, or requantized with each column tile's
@@ -207,6 +209,20 @@ def _diagonals(w: np.ndarray) -> np.ndarray | None:
     if np.count_nonzero(blocks[0]) != np.count_nonzero(diagonals[0]):
         return None
     return diagonals if np.count_nonzero(blocks) == np.count_nonzero(diagonals) else None
+
+
+def _taps(memory: np.ndarray, scratch: np.ndarray | None, act: list) -> tuple[np.ndarray, int]:
+    """K parts of one row count, signedness and zero point as ``[parts, rows, width]`` uint8 and the zero point:
+    one strided view where the parts lie evenly spaced in one buffer (window LOADs' scratch rows), else a copy."""
+    (first, signed, zero_point), last = act[0], act[-1][0]
+    spacing = (last.start - first.start) // max(len(act) - 1, 1)
+    even = all(rows == first._replace(start=first.start + t * spacing) for t, (rows, _, _) in enumerate(act))
+    if even and (first.start < SCRATCH_BASE) == (last.start < SCRATCH_BASE):
+        buffer, start = (memory, first.start) if first.start < SCRATCH_BASE else (scratch, first.start - SCRATCH_BASE)
+        taps = np.ndarray((len(act), first.count, first.width), np.uint8, buffer, start, (spacing, first.step, 1))
+    else:
+        taps = np.stack([_activations(memory, scratch, rows) for rows, _, _ in act])
+    return as_unsigned(taps.view(np.int8) if signed else taps, zero_point)
 
 
 def _look_up(memory: np.ndarray, store: _Store, where: _Rows) -> None:

@@ -115,24 +115,24 @@ def depthwise_sums(image: np.ndarray, weight: np.ndarray, zero_point: int, strid
 
 
 @njit(**_JIT)
-def _diagonal_sums(a, zero_point, diagonals, out):
-    taps, n = diagonals.shape
+def _diagonal_sums(taps, zero_point, diagonals, out):
+    count, rows, n = taps.shape
     total = np.zeros(n, np.int64)
-    for i in range(a.shape[0]):
+    for i in range(rows):
         total[:] = 0
-        for t in range(taps):
+        for t in range(count):
             for j in range(n):
-                total[j] += (np.int64(a[i, t * n + j]) - zero_point) * diagonals[t, j]
+                total[j] += (np.int64(taps[t, i, j]) - zero_point) * diagonals[t, j]
         for j in range(n):
             out[i, j] = np.int32(total[j])  # wraps like the accumulators
 
 
-def diagonal_sums(a: np.ndarray, zero_point: int, diagonals: np.ndarray) -> np.ndarray:
-    """``(a - zero_point) @ w`` wrapped to int32 for uint8 ``a`` [M, T * n] and a ``w`` [T * n, n] of T diagonal
-    ``n x n`` blocks, given as their ``diagonals`` [T, n] (a depthwise program's product): ``T * n``
-    multiply-adds a row instead of ``T * n * n``."""
-    out = np.empty((a.shape[0], diagonals.shape[1]), np.int32)
-    _diagonal_sums(a, np.int64(zero_point), np.ascontiguousarray(diagonals, dtype=np.int64), out)
+def diagonal_sums(taps: np.ndarray, zero_point: int, diagonals: np.ndarray) -> np.ndarray:
+    """``sum_t (taps[t] - zero_point) @ diag(diagonals[t])`` wrapped to int32 for uint8 ``taps`` [T, M, n] (any
+    strides) and int8 ``diagonals`` [T, n]: a depthwise program's product, ``T * n`` multiply-adds a row instead
+    of the ``T * n * n`` of its diagonal weight tiles."""
+    out = np.empty(taps.shape[1:], np.int32)
+    _diagonal_sums(taps, np.int64(zero_point), np.ascontiguousarray(diagonals, dtype=np.int64), out)
     return out
 
 
