@@ -187,3 +187,26 @@ def test_mobilenetv2_int8_with_depthwise_on_the_accelerator_still_agrees_with_on
     report = evaluate(package, SHARED / "images", SHARED / "images" / "labels.csv", backend="reference",
                       onnx_model=MOBILENET, limit=8, progress=False)
     assert report["agreement_top1"] == 1.0, report
+
+
+@pytest.mark.parametrize("attrs, on_array", [
+    ({"kernel": [2, 2], "strides": [2, 2], "pads": [0, 0, 0, 0], "count_include_pad": 0}, True),
+    ({"kernel": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1], "count_include_pad": 1}, True),
+    ({"kernel": [3, 3], "strides": [2, 2], "pads": [0, 0, 0, 0], "count_include_pad": 0, "ceil_mode": 1}, False),
+    ({"kernel": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1], "count_include_pad": 0}, False),
+], ids=["2x2 s2", "3x3 pads counted", "ceil mode", "pads not counted"])
+def test_average_pools_with_one_count_run_as_depthwise_programs(attrs, on_array):
+    """An AveragePool whose windows all divide by the whole kernel is a depthwise program of unit weights, in the
+    host path's fixed point bit for bit; the others keep the host's per-window counts."""
+    from mvu.host.runtime.runner import uniform_pool
+
+    assert uniform_pool((10, 10), attrs) == on_array
+    x = np.random.default_rng(2).integers(0, 256, (2, 6, 10, 10), dtype=np.uint8)
+    q = QuantParams(0.05, 17)
+    layer = Layer("avgpool", "pool", ["x"], "y", "accelerator" if on_array else "host", attrs, {}, QuantParams(0.04, 9))
+    model = QuantizedModel("x", (1, 6, 10, 10), q, "y", [layer], {"x": q, "y": layer.out_q}, {}, [])
+    expected = ModelRunner(model, TINY, "numpy").run_batch(x)
+    runner = ModelRunner(model, TINY, "reference")
+    np.testing.assert_array_equal(runner.run_batch(x), expected)
+    assert (runner.stats[0].counters.get("compute", 0) > 0) == on_array
+    assert len(np.unique(expected)) > 20

@@ -16,6 +16,7 @@ from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.compiler.rewrites import pad_widths
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
+from mvu.host.runtime.runner import uniform_pool
 
 __all__ = ["HANDLERS", "from_qlinear_graph"]
 
@@ -175,16 +176,19 @@ def _window(p: _Pass, node: Node) -> dict:
 
 
 def _average_pool(p: _Pass, node: Node) -> None:
-    """com.microsoft QLinearAveragePool, on the host (in the post-processor's fixed point: onnxruntime pools the
+    """com.microsoft QLinearAveragePool, on the accelerator where its windows all divide by the whole kernel, else
+    on the host (in the post-processor's fixed point either way: onnxruntime pools the
     dequantized floats, so results may differ by one code). With ``count_include_pad`` its kernel divides by the
     whole window, also where ``ceil_mode`` extends it past the pads."""
     a = node.attrs
     if a.get("channels_last", 0):
         raise ModelImportError(f"{p.graph.name}: channels-last {node.op} '{node.name}' is not supported")
     p.read(node, node.inputs[0], p.params(node.inputs[1], node.inputs[2]))
-    p.emit(Layer("avgpool", node.name, [node.inputs[0]], node.outputs[0], "host",
-                 {**_window(p, node), "count_include_pad": a.get("count_include_pad", 0),
-                  **({"count_ceil_pad": 1} if a.get("ceil_mode", 0) else {})}, {},
+    attrs = {**_window(p, node), "count_include_pad": a.get("count_include_pad", 0),
+             **({"count_ceil_pad": 1} if a.get("ceil_mode", 0) else {})}
+    shape = p.graph.shapes.get(node.inputs[0])
+    placement = "accelerator" if shape is not None and uniform_pool(shape[2:], attrs) else "host"
+    p.emit(Layer("avgpool", node.name, [node.inputs[0]], node.outputs[0], placement, attrs, {},
                  p.params(node.inputs[3], node.inputs[4])), node.op)
 
 

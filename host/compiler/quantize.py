@@ -23,6 +23,7 @@ from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.compiler.rewrites import pad_widths
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
+from mvu.host.runtime.runner import uniform_pool
 
 __all__ = ["HANDLERS", "LIMITS", "TABLE_FUNCTIONS", "activation_clamp", "calibrate", "check_graph", "quantize_graph"]
 
@@ -255,7 +256,8 @@ _POOLS = {"MaxPool": "maxpool", "AveragePool": "avgpool", "GlobalAveragePool": "
 
 
 def _pool(p: _Pass, node: Node) -> None:
-    """Pooling on the host; MaxPool keeps its input's quantization."""
+    """Pooling on the host, but for an AveragePool whose windows all divide by the whole kernel (a depthwise
+    program of unit weights on the accelerator); MaxPool keeps its input's quantization."""
     in_q = p.q_of(node.inputs[0])
     out_q = in_q if node.op == "MaxPool" else p.out_params(node.outputs[0], "none")
     attrs = {"kernel": list(node.attrs.get("kernel_shape", [])), "strides": list(node.attrs.get("strides", [1, 1])),
@@ -263,7 +265,10 @@ def _pool(p: _Pass, node: Node) -> None:
              "count_include_pad": node.attrs.get("count_include_pad", 0)}
     if node.attrs.get("ceil_mode", 0):
         attrs["ceil_mode"] = 1
-    p.emit(Layer(_POOLS[node.op], node.name, [node.inputs[0]], node.outputs[0], "host", attrs, {}, out_q), node.op)
+    shape = p.shapes.get(node.inputs[0])
+    on_array = node.op == "AveragePool" and shape is not None and uniform_pool(shape[2:], attrs)
+    p.emit(Layer(_POOLS[node.op], node.name, [node.inputs[0]], node.outputs[0], "accelerator" if on_array else "host",
+                 attrs, {}, out_q), node.op)
 
 
 def _reshape(p: _Pass, node: Node) -> None:

@@ -27,7 +27,7 @@ from mvu.host.model.quantized import Layer, QuantizedModel
 from mvu.host.runtime.fused_adds import FUSED_ADD, FusedAdd, fused_adds
 from mvu.host.runtime.scores import softmax
 
-__all__ = ["LayerStats", "ModelRunner", "im2col", "sub_batch_sizes"]
+__all__ = ["LayerStats", "ModelRunner", "im2col", "sub_batch_sizes", "uniform_pool"]
 
 
 @dataclass
@@ -124,6 +124,13 @@ def _pool_pads(size: tuple[int, ...], attrs: dict) -> list[int]:
                 out -= 1
             pads[axis + 2] = max(end, (out - 1) * stride + kernel - length - begin)
     return pads
+
+
+def uniform_pool(size: tuple[int, ...], attrs: dict) -> bool:
+    """Whether every window of an average pool over ``size`` divides by the whole kernel: no pads (after
+    ``ceil_mode``), or pads counted (``count_include_pad``, and ``ceil_mode``'s only with ``count_ceil_pad``)."""
+    pads = _pool_pads(size, attrs)
+    return not any(pads) or bool(attrs["count_include_pad"] and (pads == attrs["pads"] or attrs.get("count_ceil_pad")))
 
 
 def _channels_first(out: np.ndarray, n: int, ho: int, wo: int) -> np.ndarray:
@@ -487,12 +494,16 @@ class ModelRunner:
         x = tensors[layer.inputs[0]]
         a = layer.attrs
         in_q, out_q = self._q(layer.inputs[0]), layer.out_q
-        centred = x.astype(np.int64) - in_q.zero_point
         pads = _pool_pads(x.shape[2:], a)
-        patches, ho, wo = im2col(centred, a["kernel"], a["strides"], pads, [1, 1], 0)
         kk = a["kernel"][0] * a["kernel"][1]
+        if stats.placement == "accelerator":
+            pooled = self._pool_program(layer, x, tuple(pads), in_q.scale / (out_q.scale * kk), stats)
+            if pooled is not None:
+                return pooled
+        centred = x.astype(np.int64) - in_q.zero_point
+        patches, ho, wo = im2col(centred, a["kernel"], a["strides"], pads, [1, 1], 0)
         sums = _channels_first(patches.reshape(-1, kk, x.shape[1]).sum(axis=1), len(x), ho, wo)
-        if not any(pads) or (a["count_include_pad"] and (pads == a["pads"] or a.get("count_ceil_pad"))):
+        if uniform_pool(x.shape[2:], a):
             counts = np.full(sums.shape, kk)
         else:
             counted = np.ones(x.shape[2:], np.int64)
@@ -507,6 +518,27 @@ class ModelRunner:
             mask = counts == count
             out[mask] = _rescale(sums[mask], in_q.scale / (out_q.scale * count), out_q.zero_point)
         return out
+
+    def _pool_program(self, layer: Layer, x: np.ndarray, pads: tuple, ratio: float, stats: LayerStats
+                      ) -> np.ndarray | None:
+        """An average pool placed on the accelerator (the compiler places those whose windows all divide by the
+        whole kernel) as a :class:`DepthwiseProgram` of unit weights, requantized by ``ratio`` in fixed point like
+        :func:`_rescale`; ``None`` without an executor, or where window LOADs cannot express it (its ``stats`` then
+        say ``host``)."""
+        n, c = x.shape[:2]
+        kernel = tuple(layer.attrs["kernel"])
+        windows = ConvolutionInput(x.transpose(0, 2, 3, 1), kernel, tuple(layer.attrs["strides"]), pads)
+        if depthwise_limit(self.config, windows) is not None:
+            stats.placement = "host"
+        if stats.placement != "accelerator" or self.executor is None:
+            return None
+        multiplier, shift = quantize_multiplier(ratio)
+        requant = Requantization(np.zeros(c, np.int64), np.full(c, multiplier), np.full(c, shift),
+                                 out_zero_point=layer.out_q.zero_point, clamp_min=0, clamp_max=255)
+        stats.lowering = "windows"
+        out = self.gemm(windows, np.ones((c, *kernel), np.int8), self._q(layer.inputs[0]).zero_point, requant, stats,
+                        (layer.name,), kind=DepthwiseProgram)
+        return _channels_first(out.view(np.uint8), n, *windows.out_size)
 
     def _reshape(self, layer: Layer, tensors, stats):
         x = tensors[layer.inputs[0]]
