@@ -54,9 +54,10 @@ class ResidualAdd(wiring.Component):
 
     The coefficients are not pipelined: hold them while rows are in flight.
 
-    Cost: each lane's two 53 x 9-bit products take DSP multipliers; Yosys (synth_ecp5 -abc9) maps the
-    ULX3S preset's core (8 lanes) to 152 MULT18X18D of the LFE5U-85F's 156 with this block (99 in the board
-    build before it), 21.3 k LUT4 and 19.6 k FF.
+    Cost: each lane's two 53 x 9-bit products take 6 MULT18X18D, and its three 63-bit roundings most of the
+    logic. Yosys (synth_ecp5 -abc9) of the ULX3S preset's core (8 lanes): 104 -> 152 MULT18X18D (of the
+    LFE5U-85F's 156), 13.7 k -> 21.3 k LUT4, 3.3 k -> 6.9 k CCU2C, 15.4 k -> 19.6 k FF, 42 -> 44 DP16KD
+    (before: the store unit without it).
     """
 
     latency = 5
