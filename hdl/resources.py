@@ -46,16 +46,17 @@ CHIPS = {
 }
 
 # Logic per part (``lut``: LUT4s with carry and RAM halves, nextpnr's TRELLIS_COMB), calibrated on the
-# ULX3S build (8x8, fixed point: 23.2 k LUT and 14.7 k FF) and Yosys 0.70 runs of larger cores
+# ULX3S builds (8x8, fixed point: 20.4 k LUT and 15.7 k FF; 40.3 k and 19.9 k with the residual add) and
+# Yosys 0.70 runs of larger cores
 # (../shared/TOOLCHAIN.md); the float32 path's share is the roughest. An array cell registers its
-# activation, two weights, its product and a 32-bit partial sum and adds; a post-processor lane pipelines
-# six stages of 32- to 64-bit values; the rest (command processor, load and store units, CSRs, host
+# activation, two weights, its product and a 32-bit partial sum and adds; a lane pipelines six
+# post-processor stages of 32- to 64-bit values and the residual add's; the rest (command processor, load and store units, CSRs, host
 # link, UART) grows with the memory port.
 #: The load unit's window set-up multiplies addresses (measured: 7 MULT18X18D); its request FIFO and the
 #: host link take block RAM beside the buffers (measured: 2 DP16KD).
 _WINDOW_DSPS, _FIFO_BRAMS = 7, 2
 _CELL = {"lut": 60, "ff": 94}
-_LANE = {"lut": 1200, "ff": 700}
+_LANE = {"lut": 3400, "ff": 1220}
 _FLOAT32_LANE = {"lut": 650, "ff": 690}  # the README: ~18 k LUT4 and ~22 k FF over 32 lanes
 _CONTROL = {"lut": 8000, "ff": 3000}
 _PER_PORT_BYTE = {"lut": 200, "ff": 90}
@@ -70,10 +71,13 @@ def estimate(config: HardwareConfig, chip: Chip, *, memory_bytes: int = 0) -> di
     """Rough need of each of :data:`RESOURCES` for the core (and ``memory_bytes`` of on-chip memory
     beside it, as a board without external memory has)."""
     cells, lanes = config.rows * config.cols, config.cols
-    multipliers = ceil(32 / chip.multiplier_width) ** 2  # one post-processor lane's 32 x 32 product
+    w = chip.multiplier_width
+    # a lane's post-processor product (32 x 32) and residual add products (two of 53 x 9 bits)
+    multipliers = ceil(32 / w) ** 2 + 2 * ceil(53 / w) * ceil(9 / w)
     memories = [(8 * config.rows, config.act_depth), (8 * config.cols, config.wgt_depth),
                 # the accumulators have two read ports (accumulate, store): two copies
-                (32 * config.cols, config.acc_depth), (32 * config.cols, config.acc_depth)]
+                (32 * config.cols, config.acc_depth), (32 * config.cols, config.acc_depth),
+                (8 * config.cols, 64)]  # the store unit's addend FIFO
     # (the store unit's lookup tables, 256 bytes per lane, go to LUT RAM)
     if memory_bytes:
         memories.append((8 * config.mem_bytes, memory_bytes // config.mem_bytes))
