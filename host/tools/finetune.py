@@ -141,7 +141,7 @@ def _loss(x, y, w, b, weights, l2) -> float:
 
 
 def train_head(x: np.ndarray, y: np.ndarray, classes: int, *, validation_fraction: float = 0.2, seed: int = 0,
-               l2: float = 1e-4, learning_rate: float = 0.05, max_epochs: int = 2000,
+               l2: float = 1e-4, learning_rate: float = 0.003, max_epochs: int = 2000,
                patience: int = 50) -> dict:
     """Multinomial logistic regression on float features (Adam, full batch), class-balanced, early-stopped
     on the validation loss (the training loss without a validation split). Returns ``weight`` [F, C],
