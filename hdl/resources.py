@@ -56,7 +56,8 @@ CHIPS = {
 #: host link take block RAM beside the buffers (measured: 2 DP16KD).
 _WINDOW_DSPS, _FIFO_BRAMS = 7, 2
 _CELL = {"lut": 60, "ff": 94}
-_LANE = {"lut": 3400, "ff": 1220}
+_LANE = {"lut": 910, "ff": 700}
+_RESIDUAL_LANE = {"lut": 2490, "ff": 520}  # the ULX3S builds with and without it, over 8 lanes
 _FLOAT32_LANE = {"lut": 650, "ff": 690}  # the README: ~18 k LUT4 and ~22 k FF over 32 lanes
 _CONTROL = {"lut": 8000, "ff": 3000}
 _PER_PORT_BYTE = {"lut": 200, "ff": 90}
@@ -73,7 +74,7 @@ def estimate(config: HardwareConfig, chip: Chip, *, memory_bytes: int = 0) -> di
     cells, lanes = config.rows * config.cols, config.cols
     w = chip.multiplier_width
     # a lane's post-processor product (32 x 32) and residual add products (two of 53 x 9 bits)
-    multipliers = ceil(32 / w) ** 2 + 2 * ceil(53 / w) * ceil(9 / w)
+    multipliers = ceil(32 / w) ** 2 + (2 * ceil(53 / w) * ceil(9 / w) if config.residual_add else 0)
     memories = [(8 * config.rows, config.act_depth), (8 * config.cols, config.wgt_depth),
                 # the accumulators have two read ports (accumulate, store): two copies
                 (32 * config.cols, config.acc_depth), (32 * config.cols, config.acc_depth),
@@ -84,7 +85,8 @@ def estimate(config: HardwareConfig, chip: Chip, *, memory_bytes: int = 0) -> di
     need = {"dsp": cells + multipliers * lanes + _WINDOW_DSPS,
             "bram": sum(_blocks(chip, w, d) for w, d in memories) + _FIFO_BRAMS}
     for kind in ("lut", "ff"):
-        lane = _LANE[kind] + (_FLOAT32_LANE[kind] if config.float32_requant else 0)
+        lane = (_LANE[kind] + (_FLOAT32_LANE[kind] if config.float32_requant else 0)
+                + (_RESIDUAL_LANE[kind] if config.residual_add else 0))
         need[kind] = (_CELL[kind] * cells + lane * lanes + _CONTROL[kind]
                       + _PER_PORT_BYTE[kind] * config.mem_bytes)
     return need

@@ -114,7 +114,7 @@ class StoreUnit(wiring.Component):
                         table_addr.eq(field("table_addr")),
                         load_table.eq(field("load_table")),
                         lookup.eq(field("lookup")),
-                        add.eq(field("add")),
+                        add.eq(field("add") if self.config.residual_add else 0),  # else its logic is dead
                         table_beat.eq(0),
                         out_zero_point.eq(field("out_zero_point")),
                         clamp_min.eq(field("clamp_min")),

@@ -206,3 +206,26 @@ def test_a_residual_block_with_a_table_after_its_add_is_bit_exact_on_the_rtl(ver
         for name, tensor in runners[backend].tensors.items():
             np.testing.assert_array_equal(tensor, runners["numpy"].tensors[name], err_msg=name)
     assert quantized.layers[1].output not in runners["verilator"].tensors  # the fused convolution's own output
+
+
+def test_a_configuration_without_the_residual_add_refuses_it_and_adds_on_the_host():
+    """The ULX3S preset leaves the residual add out (its 48 multipliers and its timing): a program that adds is
+    refused naming the option, and the runner keeps every Add on the host there."""
+    import dataclasses
+
+    from mvu.hdl.contract.isa import ProgramError
+    from mvu.host.compiler.recipes import compile_source, demo_photos
+    from mvu.host.runtime.classify import Classifier
+
+    config = dataclasses.replace(TINY, residual_add=False)
+    case = residual_gemm(np.random.default_rng(5), 9, 20, 7, float32=False, table=False)
+    gemm = GemmProgram(config, case["a"], case["w"], act_zero_point=case["act_zero_point"], requant=case["requant"],
+                       addend=case["addend"], residual=case["residual"])
+    with pytest.raises(ProgramError, match="the residual add is not built into this configuration"):
+        ReferenceExecutor(config).run(gemm.program)
+    config = dataclasses.replace(HardwareConfig(), residual_add=False)
+    package = compile_source("resnet18", config=config, progress=False)
+    classifier = Classifier(package, "reference")
+    classifier.classify(demo_photos()[1])
+    adds = [stats for stats in classifier.runner.stats if stats.kind == "add"]
+    assert len(adds) == 8 and all(stats.placement == "host" for stats in adds)

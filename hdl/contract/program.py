@@ -161,14 +161,21 @@ def check_program(config: HardwareConfig, memory: MemoryImage | np.ndarray, addr
 
 
 def _check_built_in(config: HardwareConfig, c: dict[str, np.ndarray]) -> None:
-    """Refuse what the configuration's hardware leaves out: float32 requantization without ``float32_requant``."""
-    if config.float32_requant:
-        return
-    uses = np.flatnonzero((c["opcode"] == Opcode.STORE) & (c["float32_scale"] != 0) & (c["raw"] == 0))
-    if uses.size:
-        raise ProgramError(f"instruction {uses[0]} (STORE): float32_scale requantization is not built into "
-                           f"this configuration ({config.describe()}); use fixed-point scales or a "
-                           f"configuration with float32_requant")
+    """Refuse what the configuration's hardware leaves out: float32 requantization without ``float32_requant``,
+    the residual add without ``residual_add``."""
+    stores = c["opcode"] == Opcode.STORE
+    if not config.float32_requant:
+        uses = np.flatnonzero(stores & (c["float32_scale"] != 0) & (c["raw"] == 0))
+        if uses.size:
+            raise ProgramError(f"instruction {uses[0]} (STORE): float32_scale requantization is not built into "
+                               f"this configuration ({config.describe()}); use fixed-point scales or a "
+                               f"configuration with float32_requant")
+    if not config.residual_add:
+        uses = np.flatnonzero(stores & (c["add"] != 0))
+        if uses.size:
+            raise ProgramError(f"instruction {uses[0]} (STORE): the residual add is not built into this "
+                               f"configuration ({config.describe()}); add on the host or use a configuration "
+                               f"with residual_add")
 
 
 def _outside_buffer(start: np.ndarray, count: np.ndarray, depth) -> np.ndarray:

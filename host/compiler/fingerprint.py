@@ -12,7 +12,7 @@ from typing import Iterable
 __all__ = ["COMPILER_PACKAGES", "compiler_sources", "fingerprint"]
 
 #: The packages whose sources decide a package's contents (the compiler's layer and all below it).
-COMPILER_PACKAGES = ("mvu.host.compiler", "mvu.host.runtime", "mvu.host.model", "mvu.host.gemm",
+COMPILER_PACKAGES = ("mvu.host.compiler", "mvu.host.runtime", "mvu.host.model", "mvu.host.gemm", "mvu.host.depthwise",
                      "mvu.host.executors", "mvu.hdl.contract", "mvu.models")
 
 

@@ -382,7 +382,8 @@ class ModelRunner:
         """The ``addend`` and ``residual`` add (as :meth:`gemm` takes them) of a convolution whose STOREs do an Add
         layer, noted in :attr:`_added`; none where its other input is not a uint8 tensor of the output's ``shape``."""
         if self._fused_adds is None:
-            self._fused_adds = fused_adds(self.model) if self.executor is not None else {}
+            built = self.executor is not None and self.config.residual_add
+            self._fused_adds = fused_adds(self.model) if built else {}
         fused = self._fused_adds.get(layer.name)
         addend = None if fused is None else tensors[fused.addend]
         if addend is None or addend.dtype != np.uint8 or addend.shape != shape:
