@@ -8,11 +8,10 @@ rewritten only once the previous burst has come out.
 
 import cocotb
 import numpy as np
-from cocotb.triggers import ReadOnly, RisingEdge
 
 from mvu.hdl.contract.isa import TABLE_BYTES
 from mvu.hdl.lookup_table import LookupTable
-from mvu.sim.benches.runner import pack, start, unpack
+from mvu.sim.benches.runner import drive_rows, pack, start
 
 LANES, BEAT = 5, 4
 LATENCY = LookupTable.latency
@@ -58,22 +57,9 @@ async def random_tables_and_rows(dut):
     drive = [{"write_en": 1, "write_beat": b, "write_data": pack(table[b * BEAT:(b + 1) * BEAT], 8), "in_valid": 0}
              for b in range(TABLE_BYTES // BEAT)]
     expect = [None] * len(drive)
-    looked_up = 0
     for _ in range(100):
         more, wanted = random_round(rng, table)
         drive += more
         expect += wanted
-    for t, inputs in enumerate(drive):
-        await RisingEdge(dut.clk)
-        for name, value in inputs.items():
-            getattr(dut, name).value = value
-        await ReadOnly()
-        if t < LATENCY:
-            continue
-        row = expect[t - LATENCY]
-        assert int(dut.out_valid.value) == (row is not None), f"cycle {t}: out_valid"
-        if row is not None:
-            got = unpack(int(dut.out_data.value), 8, LANES)
-            assert got == row, f"cycle {t}: out_data {got}, expected {row}"
-            looked_up += 1
+    looked_up = await drive_rows(dut, drive, expect, LATENCY, LANES)
     assert looked_up > 1000

@@ -11,11 +11,10 @@ counts those ties.
 
 import cocotb
 import numpy as np
-from cocotb.triggers import ReadOnly, RisingEdge
 
 from mvu.hdl.contract.residual_add import RATIO_LIMIT, START_LIMIT, ResidualAdd, residual_add, round_significant
 from mvu.hdl.residual_add import ResidualAdd as ResidualAddBlock
-from mvu.sim.benches.runner import pack, start, unpack
+from mvu.sim.benches.runner import drive_rows, pack, start
 
 LANES = 4
 LATENCY = ResidualAddBlock.latency
@@ -94,19 +93,6 @@ async def random_adds(dut):
         drive += more
         expect += wanted
         ties += tied
-    checked = 0
-    for t, inputs in enumerate(drive):
-        await RisingEdge(dut.clk)
-        for name, value in inputs.items():
-            getattr(dut, name).value = value
-        await ReadOnly()
-        if t < LATENCY:
-            continue
-        row = expect[t - LATENCY]
-        assert int(dut.out_valid.value) == (row is not None), f"cycle {t}: out_valid"
-        if row is not None:
-            got = unpack(int(dut.out_data.value), 8, LANES)
-            assert got == row, f"cycle {t}: out_data {got}, expected {row}"
-            checked += 1
+    checked = await drive_rows(dut, drive, expect, LATENCY, LANES)
     assert checked > 3000 and ties > 100, (checked, ties)
 

@@ -18,11 +18,11 @@ from unittest import mock
 
 from amaranth.lib.data import StructLayout
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from mvu.hdl.interfaces import READ_REQUEST
 
-__all__ = ["run_bench", "start", "pack", "unpack", "pack_fields", "field", "ReadMemory"]
+__all__ = ["run_bench", "start", "drive_rows", "pack", "unpack", "pack_fields", "field", "ReadMemory"]
 
 
 def run_bench(name: str) -> None:
@@ -83,6 +83,27 @@ def unpack(vector: int, bits: int, count: int, signed: bool = False) -> list[int
     mask, sign = (1 << bits) - 1, 1 << (bits - 1)
     values = [(vector >> (bits * i)) & mask for i in range(count)]
     return [v - (v & sign) * 2 for v in values] if signed else values
+
+
+async def drive_rows(dut, drive: list[dict], expect: list, latency: int, lanes: int) -> int:
+    """Apply ``drive[t]`` (port name to value) at cycle ``t`` and check that a fixed-latency block's output
+    ``latency`` cycles later is ``expect[t]``: ``out_valid`` low for ``None``, else ``out_data`` holding those
+    ``lanes`` bytes. Returns how many rows came out."""
+    rows = 0
+    for t, inputs in enumerate(drive):
+        await RisingEdge(dut.clk)
+        for name, value in inputs.items():
+            getattr(dut, name).value = value
+        await ReadOnly()
+        if t < latency:
+            continue
+        row = expect[t - latency]
+        assert int(dut.out_valid.value) == (row is not None), f"cycle {t}: out_valid"
+        if row is not None:
+            got = unpack(int(dut.out_data.value), 8, lanes)
+            assert got == row, f"cycle {t}: out_data {got}, expected {row}"
+            rows += 1
+    return rows
 
 
 def pack_fields(layout: StructLayout, **values: int) -> int:
