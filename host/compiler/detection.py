@@ -46,10 +46,11 @@ def _heads(model: onnx.ModelProto, config: DetectionConfig, where: str) -> tuple
     boxes, scores = model.graph.output
     b, s = _dims(boxes), _dims(scores)
     priors = config.priors.count
-    expected = (f"a detector has two outputs, box regressions [N, {priors}, 4] then class logits "
-                f"[N, {priors}, classes >= 2] (background first), one row per prior box of SSD300")
+    expected = (f"mvu takes one output (a classifier's) or a detector's two: box regressions [N, {priors}, 4] "
+                f"then class logits [N, {priors}, classes >= 2] (background first), one row per prior box of SSD300")
     if len(b) != 3 or len(s) != 3 or b[1:] != [priors, 4] or s[1] != priors or s[2] is None or s[2] < 2:
-        raise ModelImportError(f"{where}: {expected}; its outputs are '{boxes.name}' {b} and '{scores.name}' {s}")
+        raise ModelImportError(f"{where}: it has 2 outputs ('{boxes.name}', '{scores.name}'); {expected}; they are "
+                               f"'{boxes.name}' {b} and '{scores.name}' {s}")
     return boxes.name, scores.name, s[2]
 
 
@@ -70,7 +71,7 @@ def compile_detector(source: str | Path | onnx.ModelProto, *, config: HardwareCo
     COCO's when there are 81)."""
     from mvu.models.ssd import COCO_LABELS
 
-    where = name or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
+    where = str(source) if not isinstance(source, onnx.ModelProto) else name or "model"
     model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
     boxes, scores, classes = _heads(model, detection, where)
     if labels is None:

@@ -95,6 +95,9 @@ async def run_server(repository: ModelRepository, options: ServerOptions) -> Non
                             lifespan="off", loop="uvloop", http=connection, timeout_graceful_shutdown=2,
                             server_header=False, **tls)
     http = _UvicornServer(config)
+    if options.reuse_port:  # a replica joins the shared ports only once it can answer, else it takes connections
+        while not all(model.ready or model.scheduler.failed for model in repository):  # it could only refuse
+            await asyncio.sleep(0.01)
     sock = _listen(options.host, options.port, options.reuse_port)
     http_port = sock.getsockname()[1]
     sockets = [sock]
