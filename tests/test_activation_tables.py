@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from conftest import TINY
 from onnx import TensorProto, helper, numpy_helper
-from test_import_ops import compile_and_run, images, kinds, network
+from test_import_ops import compile_and_run, gelu_erf, images, kinds, network
 
 from mvu.host.compiler.fuse_tables import FUSED_TABLE
 from mvu.host.compiler.graph import import_onnx
@@ -252,3 +252,64 @@ def test_a_squeeze_excite_block_scales_channels_on_the_host():
     # SiLU after the expansion, the depthwise and the squeeze's 1x1, and the gate's Sigmoid fuse.
     assert tables == [FUSED_TABLE] * 4, tables
     assert sqnr_gated > 29 and sqnr > 27, (sqnr_gated, sqnr)  # the depthwise SiLU before the gate: 30.3 dB
+
+
+#: Activations onnxruntime has no QLinear kernel for -> (how the graph writes it, its opset).
+QDQ_REGIONS = {
+    "HardSigmoid": (ACTIVATIONS["HardSigmoid"][0], 17),
+    "HardSwish": (ACTIVATIONS["HardSwish"][0], 17),  # inlined by quant_pre_process: HardSigmoid, QDQ, Mul
+    "Tanh": (ACTIVATIONS["Tanh"][0], 17),
+    "GELU (Erf, halving last)": (lambda g, x: gelu_erf(g, x, False), 17),  # Add and Muls quantized inside
+    "GELU (Erf, halving first)": (lambda g, x: gelu_erf(g, x, True), 17),
+    "Gelu": (lambda g, x: g.node("Gelu", [x]), 20),
+    "Gelu (tanh)": (lambda g, x: g.node("Gelu", [x], approximate="tanh"), 20),
+}
+
+
+def qdq_region_model(activation: str, codes: str, folder, monkeypatch):
+    """``activation`` after the first convolution, quantized by onnxruntime's quantize_static (QDQ)."""
+    from onnxruntime.quantization import QuantType
+    from qdq_models import quantize_qdq
+
+    write, opset = QDQ_REGIONS[activation]
+    monkeypatch.setattr("mvu.models.onnx_builder.OPSET", opset)
+    model = network(lambda g, x, rng: g.conv(write(g, x), rng.normal(0, 0.3, (8, 8, 1, 1)), rng.normal(0, 0.1, 8)))
+    return quantize_qdq(model, images(8, 1, 12), folder, activations=getattr(QuantType, codes))
+
+
+@pytest.mark.parametrize("activation", QDQ_REGIONS)
+@pytest.mark.parametrize("codes", ["QUInt8", "QInt8"])
+def test_qdq_regions_are_onnxruntimes_tables(activation, codes, tmp_path, monkeypatch):
+    """Float ops between a DequantizeLinear and a QuantizeLinear that onnxruntime has no QLinear kernel for
+    become one table of onnxruntime's results (QuantizeLinear/DequantizeLinear pairs inside included), fused into
+    the convolution before it; outputs equal onnxruntime's QDQ session's."""
+    from mvu.host.compiler.qdq import fold_qdq
+
+    path = qdq_region_model(activation, codes, tmp_path, monkeypatch)
+    quantized = from_qlinear_graph(fold_qdq(import_onnx(path)))
+    tables = [row for row in quantized.report if row["op"].endswith("(QDQ table)")]
+    assert [row["placement"] for row in tables] == [FUSED_TABLE], quantized.report
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = images(16, 7, 12)
+    expected = np.concatenate([session.run(None, {"input": image[None]})[0] for image in batch])
+    for backend in ("numpy", "reference"):
+        got = ModelRunner(quantized, TINY, backend).run_batch(quantized.input_q.quantize(batch))
+        np.testing.assert_array_equal(got, expected, err_msg=backend)
+
+
+def test_a_qdq_table_is_bit_exact_on_the_rtl(verilator_executors, tmp_path, monkeypatch):
+    """The inlined HardSwish's table, in its convolution's STORE: every layer equal on reference and verilator."""
+    from mvu.host.compiler.qdq import fold_qdq
+
+    quantized = from_qlinear_graph(fold_qdq(import_onnx(qdq_region_model("HardSwish", "QUInt8", tmp_path,
+                                                                         monkeypatch))))
+    table = next(layer for layer in quantized.layers if "table" in layer.arrays)
+    batch = quantized.input_q.quantize(images(2, 3, 12))
+    runs = []
+    for backend, executor in (("reference", None), ("verilator", verilator_executors(TINY))):
+        runner = ModelRunner(quantized, TINY, backend, executor)
+        runner.run_batch(batch)
+        runs.append(runner.tensors)
+    for layer in quantized.layers:
+        np.testing.assert_array_equal(runs[1][layer.output], runs[0][layer.output], err_msg=layer.name)
+    assert len(np.unique(runs[1][table.output])) > 16  # the table's output varies

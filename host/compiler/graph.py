@@ -10,6 +10,7 @@ from onnx import numpy_helper, shape_inference
 
 from mvu.host.compiler.ir import Graph, Node
 from mvu.host.compiler.onnx_file import ModelImportError, cause, input_shape, read_onnx
+from mvu.host.compiler.qdq_tables import TABLE_OP, fuse_qdq_tables
 from mvu.host.compiler.rewrites import fold_pads, fuse_gates, fuse_gelu
 
 __all__ = ["Node", "Graph", "ModelImportError", "drop_unused", "import_model", "import_onnx", "refusal",
@@ -27,6 +28,8 @@ SUPPORTED_OPS = frozenset({
 PREQUANTIZED_OPS = frozenset({"QuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",
                               "QLinearGlobalAveragePool", "QGemm", "QLinearAveragePool", "QLinearConcat",
                               "QLinearSigmoid", "QLinearLeakyRelu"})
+#: What the import takes: the operators models may use, and the tables QDQ regions become (qdq_tables).
+_TAKEN = SUPPORTED_OPS | {TABLE_OP}
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
@@ -52,11 +55,12 @@ def import_model(model: onnx.ModelProto, digest: str, label: str) -> Graph:
     nodes = [Node(n.op_type, n.name or f"{n.op_type}_{i}", list(n.input), list(n.output), _attributes(n))
              for i, n in enumerate(model.graph.node)]
     constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    fuse_qdq_tables(nodes, constants, list(model.opset_import), model.ir_version)
     fuse_gelu(nodes, constants)
     fuse_gates(nodes)
     nodes = _used(nodes, model.graph.output[0].name)
     computable = _constant_outputs(nodes, set(constants))
-    _refuse(label, [node for node in nodes if node.op not in SUPPORTED_OPS and not set(node.outputs) <= computable])
+    _refuse(label, [node for node in nodes if node.op not in _TAKEN and not set(node.outputs) <= computable])
     contrib = any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
     try:
         model = shape_inference.infer_shapes(model, strict_mode=not contrib)
@@ -76,7 +80,7 @@ def import_model(model: onnx.ModelProto, digest: str, label: str) -> Graph:
     graph = Graph(name=label, input=value.name, input_shape=shape, output=model.graph.output[0].name, nodes=nodes,
                   constants=constants, shapes=shapes, source_sha256=digest, opset=opset)
     _fold_constants(graph)
-    _refuse(label, [node for node in graph.nodes if node.op not in SUPPORTED_OPS], ", on values computed from the input")
+    _refuse(label, [node for node in graph.nodes if node.op not in _TAKEN], ", on values computed from the input")
     _drop_identities(graph)
     _fold_batch_norm(graph)
     fold_pads(graph)

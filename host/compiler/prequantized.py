@@ -14,6 +14,7 @@ import numpy as np
 from mvu.host.compiler.builder import LayerBuilder, conv_placement
 from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
+from mvu.host.compiler.qdq_tables import TABLE_OP
 from mvu.host.compiler.rewrites import pad_widths
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 from mvu.host.runtime.runner import uniform_pool
@@ -257,12 +258,18 @@ def _onnxruntime_table(p: _Pass, node: Node) -> np.ndarray:
 
 def _qlinear_table(p: _Pass, node: Node) -> None:
     """QLinearSigmoid, QLinearLeakyRelu (com.microsoft): onnxruntime computes them as a table of the 256 input
-    codes, and so does mvu, with that very table (:func:`_onnxruntime_table`): outputs are onnxruntime's, bit for
-    bit. On the host, or in the STOREs of the product that alone feeds it (``fuse_tables``)."""
+    codes, and so does mvu, with that very table (:func:`_onnxruntime_table`); a QDQ region of float elementwise
+    ops brings the table onnxruntime made for it (:data:`~mvu.host.compiler.qdq_tables.TABLE_OP`): outputs are
+    onnxruntime's, bit for bit. On the host, or in the STOREs of the product that alone feeds it
+    (``fuse_tables``)."""
     ins = node.inputs
     p.read(node, ins[0], p.params(ins[1], ins[2]))
-    p.emit(Layer("lut", node.name, [ins[0]], node.outputs[0], "host", {}, {"table": _onnxruntime_table(p, node)},
-                 p.params(ins[3], ins[4])), f"{node.op} (table)")
+    if node.op == TABLE_OP:
+        table, description = p.graph.constants[ins[5]], f"{', '.join(node.attrs['ops'])} (QDQ table)"
+    else:
+        table, description = _onnxruntime_table(p, node), f"{node.op} (table)"
+    p.emit(Layer("lut", node.name, [ins[0]], node.outputs[0], "host", {}, {"table": table},
+                 p.params(ins[3], ins[4])), description)
 
 
 def _dequantize_linear(p: _Pass, node: Node) -> None:
@@ -280,7 +287,7 @@ HANDLERS: dict[str, Callable[[_Pass, Node], None]] = {
     "QLinearGlobalAveragePool": _qlinear_global_average_pool, "Reshape": _reshape, "Flatten": _reshape,
     "QLinearMatMul": _qlinear_matmul, "QGemm": _qgemm, "MaxPool": _maxpool, "DequantizeLinear": _dequantize_linear,
     "QLinearAveragePool": _average_pool, "QLinearConcat": _concat, "Clip": _clip, "Transpose": _transpose,
-    "Pad": _pad, "QLinearSigmoid": _qlinear_table, "QLinearLeakyRelu": _qlinear_table,
+    "Pad": _pad, "QLinearSigmoid": _qlinear_table, "QLinearLeakyRelu": _qlinear_table, TABLE_OP: _qlinear_table,
 }
 
 

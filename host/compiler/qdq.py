@@ -6,7 +6,8 @@ onnxruntime's graph optimizer fuses it into, with the pattern's own scales and z
 :data:`RULES` maps each float operator to its rewrite: Conv -> QLinearConv, Gemm -> com.microsoft QGemm,
 MatMul -> QLinearMatMul, Add -> QLinearAdd, GlobalAveragePool -> QLinearGlobalAveragePool, AveragePool ->
 QLinearAveragePool, Concat -> QLinearConcat, Sigmoid and LeakyRelu -> com.microsoft QLinearSigmoid and
-QLinearLeakyRelu (tables). MaxPool, Reshape and Flatten run on the codes, and Relu or Clip
+QLinearLeakyRelu (tables); other elementwise ops between a DequantizeLinear and a QuantizeLinear arrive as
+tables already (:mod:`~mvu.host.compiler.qdq_tables`). MaxPool, Reshape and Flatten run on the codes, and Relu or Clip
 becomes a Clip of the codes. Where a QuantizeLinear has other parameters than the DequantizeLinear before it
 (around a MaxPool, a Relu, a Concat input, or back to back), onnxruntime requantizes in float32; a depthwise
 1x1 QLinearConv does the same (:func:`_requantize`). Weights stored as float with a QuantizeLinear are
@@ -21,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mvu.host.compiler.graph import Graph, Node, drop_unused, refusal
+from mvu.host.compiler.qdq_tables import TABLE_OP
 
 __all__ = ["RULES", "fold_qdq", "is_qdq"]
 
@@ -303,7 +305,7 @@ RULES: dict[str, Callable[[_Rewrite, Node], list[Node]]] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "Add": _add, "GlobalAveragePool": _global_average_pool,
     "AveragePool": _average_pool, "Concat": _concat, "MaxPool": _on_codes, "Reshape": _on_codes,
     "Flatten": _on_codes, "Transpose": _on_codes, "Relu": _clamp, "Clip": _clamp, "Pad": _pad,
-    "Sigmoid": _table, "LeakyRelu": _table,
+    "Sigmoid": _table, "LeakyRelu": _table, TABLE_OP: lambda r, node: [node],  # made on import, already on codes
 }
 
 _ADVICE = {"BatchNormalization": "fold it into the convolution before quantizing (onnxruntime.quantization."

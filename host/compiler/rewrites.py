@@ -9,10 +9,10 @@ from onnx import numpy_helper
 
 from mvu.host.compiler.ir import Graph, Node
 
-__all__ = ["fold_pads", "fuse_gates", "fuse_gelu", "pad_widths"]
+__all__ = ["constant_value", "fold_pads", "fuse_gates", "fuse_gelu", "pad_widths"]
 
 
-def _constant(nodes: list[Node], constants: dict[str, np.ndarray], name: str) -> np.ndarray | None:
+def constant_value(nodes: list[Node], constants: dict[str, np.ndarray], name: str) -> np.ndarray | None:
     """``name``'s value if it is an initializer or a Constant node's tensor (before constant folding)."""
     if name in constants:
         return constants[name]
@@ -44,12 +44,12 @@ def fuse_gelu(nodes: list[Node], constants: dict[str, np.ndarray]) -> None:
         scaled = next((n for n in nodes if n.outputs[0] == erf.inputs[0] and n.op in ("Div", "Mul")), None)
         if scaled is None or len(scaled.inputs) != 2:
             continue
-        x = next((i for i in scaled.inputs if _constant(nodes, constants, i) is None), None)
-        factor = _constant(nodes, constants, _other(scaled, x)) if x else None
+        x = next((i for i in scaled.inputs if constant_value(nodes, constants, i) is None), None)
+        factor = constant_value(nodes, constants, _other(scaled, x)) if x else None
         if not (_is(factor, np.sqrt(2)) if scaled.op == "Div" else _is(factor, np.sqrt(0.5))):
             continue
         plus = _readers(nodes, erf.outputs[0])
-        if len(plus) != 1 or plus[0].op != "Add" or not _is(_constant(nodes, constants, _other(plus[0], erf.outputs[0])), 1):
+        if len(plus) != 1 or plus[0].op != "Add" or not _is(constant_value(nodes, constants, _other(plus[0], erf.outputs[0])), 1):
             continue
         product = _readers(nodes, plus[0].outputs[0])
         if len(product) != 1 or product[0].op != "Mul":
@@ -65,11 +65,11 @@ def _last_mul(nodes: list[Node], constants: dict[str, np.ndarray], product: Node
     other = _other(product, one_plus)
     if other == x:
         half = _readers(nodes, product.outputs[0])
-        if len(half) == 1 and half[0].op == "Mul" and _is(_constant(nodes, constants, _other(half[0], product.outputs[0])), 0.5):
+        if len(half) == 1 and half[0].op == "Mul" and _is(constant_value(nodes, constants, _other(half[0], product.outputs[0])), 0.5):
             return half[0]
         return None
     halved = next((n for n in nodes if n.outputs[0] == other and n.op == "Mul" and x in n.inputs), None)
-    return product if halved is not None and _is(_constant(nodes, constants, _other(halved, x)), 0.5) else None
+    return product if halved is not None and _is(constant_value(nodes, constants, _other(halved, x)), 0.5) else None
 
 
 def _hard_swish_gate(gate: Node) -> bool:
