@@ -94,10 +94,10 @@ def test_import_errors_name_the_cause(tmp_path):
 
 def test_every_op_the_import_takes_has_a_handler():
     from mvu.host.compiler import prequantized, quantize
-    from mvu.host.compiler.qdq_tables import TABLE_OP
+    from mvu.host.compiler.ir import INTERNAL_OPS
 
     dropped = {"Identity", "Dropout"}  # removed on import
-    assert set(quantize.HANDLERS) | set(prequantized.HANDLERS) | dropped == SUPPORTED_OPS | {TABLE_OP}
+    assert set(quantize.HANDLERS) | set(prequantized.HANDLERS) | dropped == SUPPORTED_OPS | INTERNAL_OPS
 
 
 def test_quantization_names_every_unsupported_op_at_once():

@@ -307,3 +307,36 @@ def test_qdq_forms_run_as_onnxruntime_runs_them(case, tmp_path):
         assert np.abs(runners[0].tensors[layer.output].astype(int) - expected).max() <= 1
     else:
         np.testing.assert_array_equal(outputs[0], expected)
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_qdq_layer_normalization_runs_on_the_host_within_one_code_of_onnxruntime(axis, tmp_path):
+    """onnxruntime's QDQ session dequantizes, normalizes in float32 and quantizes; mvu normalizes in float64 on the
+    host: the normalization's codes within one of onnxruntime's. (Per-tensor weights where the scale spans C, H
+    and W: onnxruntime's per-channel quantizer fails on such a scale.)"""
+    from qdq_models import quantize_qdq
+
+    from mvu.host.compiler.prequantized import from_qlinear_graph
+    from mvu.host.compiler.qdq import fold_qdq
+
+    def body(g, x, rng):
+        shape = (8, SIZE, SIZE) if axis == 1 else (8,)
+        if axis == -1:
+            x = g.node("Transpose", [x], perm=[0, 2, 3, 1])
+        x = g.node("LayerNormalization", [x, g.constant(rng.uniform(0.5, 1.5, shape).astype(np.float32), "gamma"),
+                                          g.constant(rng.normal(0, 0.1, shape).astype(np.float32), "beta")],
+                   axis=axis)
+        return x if axis == 1 else g.node("Transpose", [x], perm=[0, 3, 1, 2])
+    path = quantize_qdq(network(body), images(8, 1, SIZE), tmp_path, per_channel=axis == -1)
+    model = from_qlinear_graph(fold_qdq(import_onnx(str(path))))
+    layer = next(layer for layer in model.layers if layer.kind == "layernorm")
+    assert layer.placement == "host"
+    probe = onnx.load(path)
+    probe.graph.output.append(onnx.ValueInfoProto(name=layer.output))  # its QuantizeLinear's codes
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    tests = images(4, 2, SIZE)
+    expected = np.concatenate([session.run([layer.output], {"input": image[None]})[0] for image in tests])
+    runners = [ModelRunner(model, TINY, backend) for backend in ("numpy", "reference")]
+    outputs = [runner.run_batch(model.input_q.quantize(tests)) for runner in runners]
+    np.testing.assert_array_equal(outputs[1], outputs[0])
+    assert np.abs(runners[0].tensors[layer.output].astype(int) - expected).max() <= 1

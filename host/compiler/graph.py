@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from mvu.host.compiler.ir import Graph, Node
+from mvu.host.compiler.ir import TABLE_OP, Graph, Node
 from mvu.host.compiler.onnx_file import ModelImportError, cause, input_shape, read_onnx
-from mvu.host.compiler.qdq_tables import TABLE_OP, fuse_qdq_tables
+from mvu.host.compiler.qdq_tables import fuse_qdq_tables
 from mvu.host.compiler.rewrites import fold_pads, fuse_gates, fuse_gelu
 
 __all__ = ["Node", "Graph", "ModelImportError", "drop_unused", "import_model", "import_onnx", "refusal",

@@ -6,7 +6,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Graph", "Node"]
+__all__ = ["Graph", "Node", "INTERNAL_OPS", "LAYER_NORM_OP", "TABLE_OP"]
+
+#: A QDQ region of elementwise ops made one table (compiler/qdq_tables.py): inputs ``x, x_scale, x_zero_point,
+#: y_scale, y_zero_point, table`` (the table as uint8 output codes, int8 ones plus 128, indexed by the input code
+#: as uint8, int8 ones plus 128).
+TABLE_OP = "QLinearTable"
+#: A QDQ LayerNormalization on the codes (compiler/qdq.py): inputs ``x, x_scale, x_zero_point, scale, bias,
+#: y_scale, y_zero_point``, its scale and bias float constants ("" for no bias); the node's attributes.
+LAYER_NORM_OP = "QLinearLayerNormalization"
+#: Ops only mvu's own rewrites write into a graph; no ONNX model names them.
+INTERNAL_OPS = frozenset({TABLE_OP, LAYER_NORM_OP})
 
 
 @dataclass

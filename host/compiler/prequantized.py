@@ -14,7 +14,7 @@ import numpy as np
 from mvu.host.compiler.builder import LayerBuilder, conv_placement
 from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
-from mvu.host.compiler.qdq_tables import TABLE_OP
+from mvu.host.compiler.ir import LAYER_NORM_OP, TABLE_OP
 from mvu.host.compiler.rewrites import pad_widths
 from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 from mvu.host.runtime.runner import uniform_pool
@@ -259,7 +259,7 @@ def _onnxruntime_table(p: _Pass, node: Node) -> np.ndarray:
 def _qlinear_table(p: _Pass, node: Node) -> None:
     """QLinearSigmoid, QLinearLeakyRelu (com.microsoft): onnxruntime computes them as a table of the 256 input
     codes, and so does mvu, with that very table (:func:`_onnxruntime_table`); a QDQ region of float elementwise
-    ops brings the table onnxruntime made for it (:data:`~mvu.host.compiler.qdq_tables.TABLE_OP`): outputs are
+    ops brings the table onnxruntime made for it (:data:`~mvu.host.compiler.ir.TABLE_OP`): outputs are
     onnxruntime's, bit for bit. On the host, or in the STOREs of the product that alone feeds it
     (``fuse_tables``)."""
     ins = node.inputs
@@ -270,6 +270,20 @@ def _qlinear_table(p: _Pass, node: Node) -> None:
         table, description = _onnxruntime_table(p, node), f"{node.op} (table)"
     p.emit(Layer("lut", node.name, [ins[0]], node.outputs[0], "host", {}, {"table": table},
                  p.params(ins[3], ins[4])), description)
+
+
+def _layer_norm(p: _Pass, node: Node) -> None:
+    """A QDQ LayerNormalization (:data:`~mvu.host.compiler.ir.LAYER_NORM_OP`): on the host, dequantized,
+    normalized in float64 and quantized as the QuantizeLinear after it says; onnxruntime normalizes in float32,
+    so the codes are its own within one."""
+    ins = node.inputs
+    p.read(node, ins[0], p.params(ins[1], ins[2]))
+    gamma = p.graph.constants[ins[3]].astype(np.float32)
+    beta = p.graph.constants[ins[4]].astype(np.float32) if ins[4] else np.zeros_like(gamma)
+    axis = node.attrs.get("axis", -1) % len(p.graph.shapes[ins[0]])
+    p.emit(Layer("layernorm", node.name, [ins[0]], node.outputs[0], "host",
+                 {"axis": axis, "epsilon": node.attrs.get("epsilon", 1e-5)}, {"gamma": gamma, "beta": beta},
+                 p.params(ins[5], ins[6])), "LayerNormalization (float)")
 
 
 def _dequantize_linear(p: _Pass, node: Node) -> None:
@@ -288,6 +302,7 @@ HANDLERS: dict[str, Callable[[_Pass, Node], None]] = {
     "QLinearMatMul": _qlinear_matmul, "QGemm": _qgemm, "MaxPool": _maxpool, "DequantizeLinear": _dequantize_linear,
     "QLinearAveragePool": _average_pool, "QLinearConcat": _concat, "Clip": _clip, "Transpose": _transpose,
     "Pad": _pad, "QLinearSigmoid": _qlinear_table, "QLinearLeakyRelu": _qlinear_table, TABLE_OP: _qlinear_table,
+    LAYER_NORM_OP: _layer_norm,
 }
 
 

@@ -6,7 +6,7 @@ onnxruntime's graph optimizer fuses it into, with the pattern's own scales and z
 :data:`RULES` maps each float operator to its rewrite: Conv -> QLinearConv, Gemm -> com.microsoft QGemm,
 MatMul -> QLinearMatMul, Add -> QLinearAdd, GlobalAveragePool -> QLinearGlobalAveragePool, AveragePool ->
 QLinearAveragePool, Concat -> QLinearConcat, Sigmoid and LeakyRelu -> com.microsoft QLinearSigmoid and
-QLinearLeakyRelu (tables); other elementwise ops between a DequantizeLinear and a QuantizeLinear arrive as
+QLinearLeakyRelu (tables), LayerNormalization -> a normalization on the host; other elementwise ops between a DequantizeLinear and a QuantizeLinear arrive as
 tables already (:mod:`~mvu.host.compiler.qdq_tables`). MaxPool, Reshape and Flatten run on the codes, and Relu or Clip
 becomes a Clip of the codes. Where a QuantizeLinear has other parameters than the DequantizeLinear before it
 (around a MaxPool, a Relu, a Concat input, or back to back), onnxruntime requantizes in float32; a depthwise
@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mvu.host.compiler.graph import Graph, Node, drop_unused, refusal
-from mvu.host.compiler.qdq_tables import TABLE_OP
+from mvu.host.compiler.ir import LAYER_NORM_OP, TABLE_OP
 
 __all__ = ["RULES", "fold_qdq", "is_qdq"]
 
@@ -117,6 +117,19 @@ class _Rewrite:
         self.absorbed.add(id(q))
         return q
 
+    def float_constant(self, node: Node, index: int) -> str:
+        """Input ``index`` of ``node`` as the name of a float constant (dequantized if a DequantizeLinear of
+        constant codes makes it); "" where the node leaves it out."""
+        name = node.inputs[index] if len(node.inputs) > index else ""
+        if not name or name in self.graph.constants:
+            return name
+        q = self.operand(node, index)
+        if q.codes not in self.graph.constants:
+            raise _Refused(f"its input '{name}' is computed; mvu takes a constant there")
+        constants = self.graph.constants
+        return self.constant(f"{name}_float", _dequantize(constants[q.codes], constants[q.scale], constants[q.zero],
+                                                          q.axis))
+
     def same_quantization(self, x: _Quantized, q: Node) -> bool:
         constants = self.graph.constants
         return bool(np.array_equal(constants[x.scale], constants[q.inputs[1]])
@@ -184,6 +197,16 @@ def _table(r: _Rewrite, node: Node) -> list[Node]:
     """Sigmoid, LeakyRelu: com.microsoft QLinearSigmoid, QLinearLeakyRelu, tables of the input codes."""
     x, y = r.activation(node, 0), r.result(node)
     return [Node(f"QLinear{node.op}", node.name, [x.codes, x.scale, x.zero, *y.inputs[1:3]], y.outputs,
+                 dict(node.attrs))]
+
+
+def _layer_norm(r: _Rewrite, node: Node) -> list[Node]:
+    """LayerNormalization: onnxruntime has no quantized kernel for it (it dequantizes, normalizes in float and
+    quantizes); mvu normalizes on the host in float (:data:`~mvu.host.compiler.ir.LAYER_NORM_OP`), its scale and
+    bias dequantized where they are quantized."""
+    x, y = r.activation(node, 0), r.result(node)
+    terms = [r.float_constant(node, index) for index in (1, 2)]
+    return [Node(LAYER_NORM_OP, node.name, [x.codes, x.scale, x.zero, *terms, *y.inputs[1:3]], y.outputs,
                  dict(node.attrs))]
 
 
@@ -305,7 +328,7 @@ RULES: dict[str, Callable[[_Rewrite, Node], list[Node]]] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "Add": _add, "GlobalAveragePool": _global_average_pool,
     "AveragePool": _average_pool, "Concat": _concat, "MaxPool": _on_codes, "Reshape": _on_codes,
     "Flatten": _on_codes, "Transpose": _on_codes, "Relu": _clamp, "Clip": _clamp, "Pad": _pad,
-    "Sigmoid": _table, "LeakyRelu": _table, TABLE_OP: lambda r, node: [node],  # made on import, already on codes
+    "Sigmoid": _table, "LeakyRelu": _table, "LayerNormalization": _layer_norm, TABLE_OP: lambda r, node: [node],  # made on import, already on codes
 }
 
 _ADVICE = {"BatchNormalization": "fold it into the convolution before quantizing (onnxruntime.quantization."

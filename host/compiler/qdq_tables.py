@@ -2,9 +2,9 @@
 (HardSigmoid, HardSwish, Tanh, Gelu, GELU's Erf form, or any chain of such ops with scalar constants, even with
 QuantizeLinear/DequantizeLinear pairs inside, as onnxruntime's quantizer writes an inlined HardSwish or an Erf
 GELU) compute a function of the input's 256 codes. :func:`fuse_qdq_tables` replaces each such region by one
-:data:`TABLE_OP` node whose table is onnxruntime's own result for every code: the region run once by onnxruntime
-on a 256-element tensor, with the model's opsets and onnxruntime's default optimizations, so the table equals
-what onnxruntime computes on the model, bit for bit.
+:data:`~mvu.host.compiler.ir.TABLE_OP` node whose table is onnxruntime's own result for every code: the region
+run once by onnxruntime on a 256-element tensor, with the model's opsets and onnxruntime's default
+optimizations, so the table equals what onnxruntime computes on the model, bit for bit.
 """
 
 from __future__ import annotations
@@ -12,14 +12,10 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from mvu.host.compiler.ir import Node
+from mvu.host.compiler.ir import TABLE_OP, Node
 from mvu.host.compiler.rewrites import constant_value
 
-__all__ = ["TABLE_OP", "fuse_qdq_tables"]
-
-#: The node a region becomes: inputs ``x, x_scale, x_zero_point, y_scale, y_zero_point, table`` (the table as
-#: uint8 output codes, int8 ones plus 128, indexed by the input code as uint8, int8 ones plus 128).
-TABLE_OP = "QLinearTable"
+__all__ = ["fuse_qdq_tables"]
 
 #: Ops a region may hold: elementwise on one tensor, their other inputs scalar constants.
 _ELEMENTWISE = frozenset({
@@ -152,7 +148,7 @@ def _table(graph: _Graph, region: _Region, dq: Node, opsets: list, ir_version: i
 
 
 def fuse_qdq_tables(nodes: list[Node], constants: dict[str, np.ndarray], opsets: list, ir_version: int) -> None:
-    """Replace (in place) each QuantizeLinear that ends a table region by a :data:`TABLE_OP` node writing its
+    """Replace (in place) each QuantizeLinear that ends a table region by a ``TABLE_OP`` node writing its
     codes; the region's nodes that nothing else reads are dropped later. ``opsets`` and ``ir_version`` are the
     model's (``OperatorSetIdProto`` list, int)."""
     graph = _Graph(nodes, constants)
