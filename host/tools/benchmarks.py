@@ -68,22 +68,35 @@ def bench_gemm(config: HardwareConfig, m: int, k: int, n: int, *, backend: str =
 
 
 def bench_network(recipe: str, config: HardwareConfig, *, image=None, backends=("reference", "verilator"),
-                  executors: dict | None = None, compare_onnxruntime: bool = False) -> dict:
+                  executors: dict | None = None, compare_onnxruntime: bool = False, memory: str = "simulator") -> dict:
     """One image through a compiled recipe on each backend: bit-exactness, cycles, utilization, wall times
-    (the first image, which builds the programs, and for the fast backends a second one)."""
+    (the first image, which builds the programs, and for the fast backends a second one).
+
+    ``memory`` is the memory the verilator backend simulates and sets the clock its cycles are timed at
+    (:func:`~mvu.host.tools.board_performance.simulated_memory`: ``simulator``, ``auto`` or a board's memory);
+    a verilator executor given in ``executors`` keeps its own memory model.
+    """
     import time
+    from collections import Counter
 
     from mvu.host.compiler.recipes import cached_package, demo_photos
     from mvu.host.runtime.classify import Classifier
+    from mvu.host.tools.board_performance import simulated_memory
+    from mvu.sim.verilator_executor import VerilatorExecutor
 
+    simulated = simulated_memory(memory, config)
+    executors = dict(executors or {})
+    if simulated.model and "verilator" in backends and "verilator" not in executors:
+        executors["verilator"] = VerilatorExecutor(config, simulated.model)
     package = cached_package(recipe, config)
     image = image or demo_photos()[0]
     conv_macs = sum(layer.macs for layer in package.model.layers if layer.placement == "accelerator")
+    host_layers = Counter(layer.kind for layer in package.model.layers if layer.placement == "host")
     report = {"model": recipe, "image": str(image), "config": config.to_dict(), "accelerator_macs": conv_macs,
-              "backends": {}}
+              "host_layers": dict(sorted(host_layers.items())), "memory": simulated.to_dict(), "backends": {}}
     logits = {}
     for backend in backends:
-        executor = (executors or {}).get(backend)
+        executor = executors.get(backend)
         classifier = Classifier(package, backend, config, executor=executor)
         started = time.perf_counter()
         prediction = classifier.classify(image)
@@ -96,7 +109,7 @@ def bench_network(recipe: str, config: HardwareConfig, *, image=None, backends=(
             classifier.classify(image)
             entry["warm_seconds"] = time.perf_counter() - started
         if prediction.cycles:
-            entry.update(cycles=prediction.cycles, modelled_ms=prediction.modelled_ms,
+            entry.update(cycles=prediction.cycles, modelled_ms=prediction.cycles / (simulated.clock.mhz * 1e3),
                          mac_utilization=conv_macs / (prediction.cycles * config.macs_per_cycle),
                          sim_macs_per_second=conv_macs / max(prediction.seconds["accelerator"], 1e-9))
         report["backends"][backend] = entry

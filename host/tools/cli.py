@@ -10,6 +10,7 @@ from pathlib import Path
 from mvu.hdl.board_build import BOARDS
 from mvu.hdl.contract.config import PRESETS, HardwareConfig, preset
 from mvu.host.executors import BACKENDS
+from mvu.host.tools.board_performance import MEMORY_CHOICES
 
 __all__ = ["main"]
 
@@ -119,6 +120,16 @@ def _cmd_bench_network_cluster(args, config: HardwareConfig) -> int:
     return 0 if report["bit_exact"] else 1
 
 
+def _print_simulated_memory(report: dict) -> None:
+    memory, hosted = report["memory"], report["host_layers"]
+    model = memory["model"]
+    what = "the simulator's default" if model is None else (
+        f"{model['latency_cycles']} cycles latency, {model['bytes_per_cycle']:.3f} B/cycle, "
+        f"{model['max_outstanding']} reads in flight")
+    print(f"  memory {memory['name']} ({what}); timed at {memory['clock_mhz']:.1f} MHz: {memory['clock_source']}")
+    print("  host layers: " + (", ".join(f"{count} {kind}" for kind, count in hosted.items()) or "none"))
+
+
 def _cmd_bench_network(args) -> int:
     from mvu.host.tools.benchmarks import bench_network
 
@@ -126,13 +137,14 @@ def _cmd_bench_network(args) -> int:
     if args.cluster:
         return _cmd_bench_network_cluster(args, config)
     report = bench_network(args.model, config, image=args.image, backends=tuple(args.backends.split(",")),
-                           compare_onnxruntime=args.onnxruntime)
+                           compare_onnxruntime=args.onnxruntime, memory=args.memory)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
         return 0 if report["bit_exact"] else 1
     print(f"{args.model} on {report['image']}: bit_exact={report['bit_exact']} across {args.backends}")
+    _print_simulated_memory(report)
     for backend, entry in report["backends"].items():
         line = f"  {backend:<10} {entry['wall_seconds']:7.2f} s wall, top-1 {entry['top1']['label']}"
         if "warm_seconds" in entry:
@@ -396,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("--count", type=int, default=8, help="images to run with --cluster")
     network.add_argument("--images", metavar="DIR", help="with --cluster: take the images from this folder "
                                                         "(default: the demo photos), repeated up to --count")
+    network.add_argument("--memory", choices=MEMORY_CHOICES, default="auto",
+                         help="the memory the verilator backend simulates, whose clock times its cycles: a board's "
+                              "(its controller's latency and bandwidth; timed at the achieved Fmax of the board's "
+                              "cached build, else the preset's clock), 'simulator' (40 cycles, a beat per cycle, "
+                              "the configuration's clock) or 'auto' (the board's for a board's preset); without --cluster")
     network.add_argument("--json", action="store_true")
     network.add_argument("--output", help="also write the JSON report to this file")
     network.set_defaults(handler=_cmd_bench_network)
