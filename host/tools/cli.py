@@ -121,13 +121,12 @@ def _cmd_bench_network_cluster(args, config: HardwareConfig) -> int:
 
 
 def _print_simulated_memory(report: dict) -> None:
-    memory, hosted = report["memory"], report["host_layers"]
+    memory = report["memory"]
     model = memory["model"]
     what = "the simulator's default" if model is None else (
         f"{model['latency_cycles']} cycles latency, {model['bytes_per_cycle']:.3f} B/cycle, "
         f"{model['max_outstanding']} reads in flight")
     print(f"  memory {memory['name']} ({what}); timed at {memory['clock_mhz']:.1f} MHz: {memory['clock_source']}")
-    print("  host layers: " + (", ".join(f"{count} {kind}" for kind, count in hosted.items()) or "none"))
 
 
 def _cmd_bench_network(args) -> int:
@@ -153,6 +152,7 @@ def _cmd_bench_network(args) -> int:
             line += (f"; {entry['cycles']:,} cycles = {entry['modelled_ms']:.1f} ms modelled, "
                      f"MAC utilization {entry['mac_utilization']:.1%}, {entry['sim_macs_per_second']:.3g} MAC/s simulated")
         print(line)
+        print(f"  {'':<10} host layers: " + (", ".join(f"{n} {kind}" for kind, n in entry["host_layers"].items()) or "none"))
     if "onnxruntime_int8" in report:
         ort_int8 = report["onnxruntime_int8"]
         print("  the network quantized by onnxruntime (int8, QOperator), the same model on both, batch 1:")
