@@ -176,15 +176,31 @@ def test_which_adds_the_stores_take(options, fused):
         assert (add.residual.low, add.residual.high) == (10, 255)
 
 
+@pytest.mark.parametrize("readers, joins", [(1, True), (2, False)])
+def test_a_table_that_alone_reads_the_add_joins_its_stores(readers, joins):
+    """The STOREs look up after adding: a table that alone reads the Add's output runs there too, one whose input
+    another layer also reads stays on the host."""
+    from mvu.host.model.quantized import Layer
+    from mvu.host.runtime.fused_adds import fused_adds
+
+    model = _block_model()
+    for index in range(readers):
+        model.layers.append(Layer("lut", f"t{index}", ["y"], f"t{index}", "host", {},
+                                  {"table": np.arange(256, dtype=np.uint8)[::-1].copy()}, model.tensor_q["y"]))
+    model.output = model.layers[-1].output
+    table = fused_adds(model)["c"].table
+    assert (table.name if table else None) == ("t0" if joins else None)
+
+
 def test_a_residual_block_with_a_table_after_its_add_is_bit_exact_on_the_rtl(verilator_executors):
-    """Conv, 1x1 Conv, Add of the two, Sigmoid: the Add runs in the 1x1 Conv's STOREs and the Sigmoid's table on the
-    host after it; numpy (host adds), reference and RTL give the same tensors and logits."""
+    """Conv, 1x1 Conv, Add of the two, Sigmoid: the Add and then the Sigmoid's table run in the 1x1 Conv's STOREs;
+    numpy (host adds and table), reference and RTL give the same tensors and logits."""
     from conftest import TINY as config
     from test_import_ops import SIZE, images, network
 
     from mvu.host.compiler.graph import import_onnx
     from mvu.host.compiler.quantize import calibrate, quantize_graph
-    from mvu.host.runtime.fused_adds import FUSED_ADD
+    from mvu.host.runtime.fused_adds import FUSED_ADD, FUSED_TABLE
     from mvu.host.runtime.runner import ModelRunner
 
     def body(g, x, rng):
@@ -202,10 +218,13 @@ def test_a_residual_block_with_a_table_after_its_add_is_bit_exact_on_the_rtl(ver
     for backend in ("reference", "verilator"):
         np.testing.assert_array_equal(logits[backend], logits["numpy"])
         stats = {s.kind: s.placement for s in runners[backend].stats}
-        assert stats["add"] == FUSED_ADD and stats["lut"] == "host"
+        assert stats["add"] == FUSED_ADD and stats["lut"] == FUSED_TABLE
         for name, tensor in runners[backend].tensors.items():
             np.testing.assert_array_equal(tensor, runners["numpy"].tensors[name], err_msg=name)
-    assert quantized.layers[1].output not in runners["verilator"].tensors  # the fused convolution's own output
+    table = quantized.layers[3]
+    assert len(np.unique(runners["verilator"].tensors[table.output])) > 16  # the table's output varies
+    for layer in quantized.layers[1:3]:  # the fused convolution's and the Add's outputs are never materialized
+        assert layer.output not in runners["verilator"].tensors
 
 
 def test_a_configuration_without_the_residual_add_refuses_it_and_adds_on_the_host():

@@ -6,11 +6,9 @@ from __future__ import annotations
 from collections import Counter
 
 from mvu.host.model.quantized import QuantizedModel
+from mvu.host.runtime.fused_adds import FUSED_TABLE
 
 __all__ = ["FUSED_TABLE", "fuse_tables"]
-
-#: The placement the compile report gives a table that runs in its producer's STORE.
-FUSED_TABLE = "accelerator (fused table)"
 
 #: Layer kinds whose accelerator products end in a requantizing STORE.
 _PRODUCTS = frozenset({"conv", "fc_quantized"})

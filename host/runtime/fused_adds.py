@@ -1,6 +1,7 @@
 """Residual adds moved into the STOREs of the convolution before them: an Add layer that alone reads an accelerator
 convolution's output becomes that convolution's STORE ``add`` (docs/isa.md), so its output comes out of the
-product and the host makes no pass over the tensors."""
+product and the host makes no pass over the tensors; a table that alone reads the Add's output becomes the same
+STOREs' ``lookup``, which comes after the add."""
 
 from __future__ import annotations
 
@@ -14,19 +15,23 @@ from mvu.host.executors.kernels import qlinear_add
 from mvu.host.executors.onnxruntime_add import add_coefficients, onnxruntime_add
 from mvu.host.model.quantized import Layer, QuantizedModel
 
-__all__ = ["FUSED_ADD", "FusedAdd", "fused_adds"]
+__all__ = ["FUSED_ADD", "FUSED_TABLE", "FusedAdd", "fused_adds"]
 
 #: The placement an Add layer that runs in its producer's STOREs is listed with.
 FUSED_ADD = "accelerator (fused add)"
+#: The placement a table that runs in its producer's STOREs is listed with.
+FUSED_TABLE = "accelerator (fused table)"
 
 
 @dataclass(frozen=True)
 class FusedAdd:
-    """The Add layer ``add`` done by a convolution's STOREs: ``addend`` names its other input."""
+    """The Add layer ``add`` done by a convolution's STOREs: ``addend`` names its other input; ``table``, the
+    ``lut`` layer those STOREs look the sums up in, if one alone reads them."""
 
     add: Layer
     addend: str
     residual: ResidualAdd
+    table: Layer | None = None
 
 
 def _residual(model: QuantizedModel, add: Layer, conv_first: bool) -> ResidualAdd | None:
@@ -66,12 +71,14 @@ def fused_adds(model: QuantizedModel) -> dict[str, FusedAdd]:
 
     An Add qualifies when it has two tensor inputs, one the output of a single-group accelerator convolution
     with uint8 codes and no table that nothing else reads, the other a tensor computed before that
-    convolution, and its coefficients and clamp fit the add block.
+    convolution, and its coefficients and clamp fit the add block. A ``lut`` layer that alone reads the Add's
+    output (not the model's) joins it.
     """
     readers = Counter(name for layer in model.layers for name in layer.inputs)
     index = {layer.output: i for i, layer in enumerate(model.layers)}
     index[model.input] = -1
     producers = {layer.output: layer for layer in model.layers}
+    tables = {layer.inputs[0]: layer for layer in model.layers if layer.kind == "lut"}
     fused: dict[str, FusedAdd] = {}
     for add in (layer for layer in model.layers if layer.kind == "add" and len(layer.inputs) == 2):
         if any(name in add.arrays or name not in index for name in add.inputs) or add.inputs[0] == add.inputs[1]:
@@ -87,6 +94,7 @@ def fused_adds(model: QuantizedModel) -> dict[str, FusedAdd]:
                 continue
             residual = _residual(model, add, position == 0)
             if residual is not None:
-                fused[conv.name] = FusedAdd(add, other, residual)
+                alone = readers[add.output] == 1 and add.output != model.output
+                fused[conv.name] = FusedAdd(add, other, residual, tables.get(add.output) if alone else None)
                 break
     return fused

@@ -24,7 +24,7 @@ from mvu.host.executors.onnxruntime_add import QLinearAdd, add_coefficients, onn
 from mvu.host.executors.requantize import requantize_rows
 from mvu.host.gemm import ConvolutionInput, GemmProgram, golden_gemm
 from mvu.host.model.quantized import Layer, QuantizedModel
-from mvu.host.runtime.fused_adds import FUSED_ADD, FusedAdd, fused_adds
+from mvu.host.runtime.fused_adds import FUSED_ADD, FUSED_TABLE, FusedAdd, fused_adds
 from mvu.host.runtime.scores import softmax
 
 __all__ = ["LayerStats", "ModelRunner", "im2col", "sub_batch_sizes", "uniform_pool"]
@@ -188,6 +188,7 @@ class ModelRunner:
         # numpy backend keeps every tensor, which the compiler's per-layer SQNR reads).
         self._fused_adds: dict[str, FusedAdd] | None = None
         self._added: dict[str, str] = {}  # per Add layer done by the last batch's STOREs: the convolution's output
+        self._looked_up: dict[str, str] = {}  # per table looked up by those STOREs after their add: the Add's output
 
     def gemm(self, a: np.ndarray | ConvolutionInput, w: np.ndarray, zero_point: int, requant: Requantization | None,
              stats: LayerStats, key: tuple, table: np.ndarray | None = None, kind: type = GemmProgram,
@@ -312,11 +313,11 @@ class ModelRunner:
         if group > 1 and per_group_in == per_group_out == 1:
             return self._depthwise(layer, x, stats)
         residual = self._residual(layer, tensors, (len(x), c_out, *_conv_out_size(x.shape[2:], a))) if group == 1 else {}
+        table = residual.pop("table", layer.arrays.get("table"))
         for g in range(group):
             part = x[:, g * per_group_in:(g + 1) * per_group_in]
             channels = slice(g * per_group_out, (g + 1) * per_group_out)
             w, requant = self._group_operands(layer, g, channels)
-            table = layer.arrays.get("table")
             windows = ConvolutionInput(part.transpose(0, 2, 3, 1), tuple(a["kernel"]), tuple(a["strides"]),
                                        tuple(a["pads"]), tuple(a["dilations"]))
             if layer.placement == "accelerator" and self.executor is not None and _windowed(self.config, windows):
@@ -380,7 +381,8 @@ class ModelRunner:
 
     def _residual(self, layer: Layer, tensors, shape: tuple[int, ...]) -> dict:
         """The ``addend`` and ``residual`` add (as :meth:`gemm` takes them) of a convolution whose STOREs do an Add
-        layer, noted in :attr:`_added`; none where its other input is not a uint8 tensor of the output's ``shape``."""
+        layer, noted in :attr:`_added`, and the ``table`` they then look up if a table layer joins the Add (noted in
+        :attr:`_looked_up`); none where its other input is not a uint8 tensor of the output's ``shape``."""
         if self._fused_adds is None:
             built = self.executor is not None and self.config.residual_add
             self._fused_adds = fused_adds(self.model) if built else {}
@@ -389,8 +391,12 @@ class ModelRunner:
         if addend is None or addend.dtype != np.uint8 or addend.shape != shape:
             return {}
         self._added[fused.add.name] = layer.output
-        return {"addend": np.ascontiguousarray(addend.transpose(0, 2, 3, 1)).reshape(-1, shape[1]),
-                "residual": fused.residual}
+        residual = {"addend": np.ascontiguousarray(addend.transpose(0, 2, 3, 1)).reshape(-1, shape[1]),
+                    "residual": fused.residual}
+        if fused.table is not None:  # the STOREs' output is the table's: the Add hands it on (_add, _lut)
+            self._looked_up[fused.table.name] = fused.add.output
+            residual["table"] = fused.table.arrays["table"]
+        return residual
 
     def _add(self, layer: Layer, tensors, stats):
         """Sum of requantized inputs, with onnxruntime's QLinearAdd arithmetic (float32 fused multiply-adds,
@@ -556,7 +562,11 @@ class ModelRunner:
         return tensors[layer.inputs[0]].transpose(layer.attrs["perm"])
 
     def _lut(self, layer: Layer, tensors, stats):
-        """A unary function of 8-bit codes as its table of 256 output codes."""
+        """A unary function of 8-bit codes as its table of 256 output codes; a table looked up by the STOREs of the
+        convolution whose Add it alone reads (:mod:`~mvu.host.runtime.fused_adds`) takes what that Add handed on."""
+        if layer.name in self._looked_up:
+            stats.placement = FUSED_TABLE
+            return tensors.pop(self._looked_up.pop(layer.name))
         return layer.arrays["table"][tensors[layer.inputs[0]]]
 
     def _layernorm(self, layer: Layer, tensors, stats):
