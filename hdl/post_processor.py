@@ -42,6 +42,13 @@ def _saturated(value: Value) -> Value:
     return Mux(value > _SATURATE, _SATURATE, Mux(value < -_SATURATE, -_SATURATE, value))
 
 
+def _partial_products(a: Value, b: Value) -> list[Value]:
+    """The 16 x 16-bit partial products of ``a`` and ``b`` (signed 32): low x low, high x low, low x high and
+    high x high (the high halves signed), whose sum ``hh << 32 + (hl + lh) << 16 + ll`` is ``a * b``."""
+    a_low, a_high, b_low, b_high = a[:16], a[16:].as_signed(), b[:16], b[16:].as_signed()
+    return [a_low * b_low, a_high * b_low, a_low * b_high, a_high * b_high]
+
+
 class PostProcessor(wiring.Component):
     """``lanes`` parallel requantizers, one row per cycle, fixed latency :attr:`latency`.
 
@@ -64,7 +71,7 @@ class PostProcessor(wiring.Component):
     saves each lane's float32 rounding logic; the multiplier stays.
     """
 
-    latency = 6
+    latency = 7
 
     def __init__(self, lanes: int, *, float32: bool = True):
         if lanes < 1:
@@ -113,30 +120,37 @@ class PostProcessor(wiring.Component):
                 stages[1].append(factor.eq(biased))
                 multiplier = self.multiplier[lane]
 
-            # Stage 3: one multiplier for both: x * multiplier, or F * S (S: the scale's 24-bit significand).
-            # Beside it, the rounding term 1 << shift >> 1 (from the held shift), registered so that stage 4
-            # only adds and shifts (a shifter, an adder and a shifter in one stage held an ECP5 under 45 MHz);
-            # written as a right shift so no 127-bit intermediate appears.
-            rounding = reg(unsigned(63), "rounding")
-            stages[2] += [product.eq(factor * multiplier),
-                          rounding.eq(Const(1 << 63, 64) >> (Const(64, 7) - shift)[:7])]
+            # Stage 3: one multiplier for both: x * multiplier, or F * S (S: the scale's 24-bit significand), as
+            # four 16 x 16-bit partial products, each one DSP, registered. Beside them, the rounding term
+            # 1 << shift >> 1 (from the held shift), written as a right shift so no 127-bit intermediate appears.
+            # Stage 4 sums the partial products: an ECP5 held the whole product in one stage under 52 MHz, most of
+            # it routing from the DSPs to the carry chains that add their outputs.
+            partials = _partial_products(factor, multiplier)
+            partial_regs = [reg(value.shape(), f"partial_{index}") for index, value in enumerate(partials)]
+            rounding = reg(unsigned(63), "rounding_3")
+            stages[2] += [register.eq(value) for register, value in zip(partial_regs, partials)]
+            stages[2].append(rounding.eq(Const(1 << 63, 64) >> (Const(64, 7) - shift)[:7]))
+            low_low, high_low, low_high, high_high = partial_regs
+            rounding_4 = reg(unsigned(63), "rounding_4")
+            stages[3] += [product.eq((high_high << 32) + ((high_low + low_high) << 16) + low_low),
+                          rounding_4.eq(rounding)]
 
-            # Stage 4. Fixed point: shift, rounding half up.
+            # Stage 5. Fixed point: shift, rounding half up.
             scaled = reg(signed(64), "scaled")
             # |product| < 2**62 and rounding <= 2**62: the sum fits 64 bits (65 would slow Verilator down).
             rounded = Signal(signed(64), name=f"rounded_{lane}")
-            m.d.comb += rounded.eq(product + rounding)
-            stages[3].append(scaled.eq(rounded >> shift))
+            m.d.comb += rounded.eq(product + rounding_4)
+            stages[4].append(scaled.eq(rounded >> shift))
 
-            # Stage 5. Fixed point: saturated.
+            # Stage 6. Fixed point: saturated.
             fixed = reg(signed(22), "fixed")
-            stages[4].append(fixed.eq(_saturated(scaled)))
+            stages[5].append(fixed.eq(_saturated(scaled)))
             result = Mux(float32, floated, fixed) if self.float32 else fixed
 
             clamped = reg(signed(16), "clamped")
             shifted = Signal(signed(23), name=f"shifted_{lane}")
             m.d.comb += shifted.eq(result + self.out_zero_point)
-            stages[5].append(clamped.eq(Mux(shifted < self.clamp_min, self.clamp_min,
+            stages[6].append(clamped.eq(Mux(shifted < self.clamp_min, self.clamp_min,
                                             Mux(shifted > self.clamp_max, self.clamp_max, shifted))))
             for stage, assignments in enumerate(stages):
                 with m.If(valid[stage]):
@@ -148,26 +162,27 @@ class PostProcessor(wiring.Component):
     def _float32_path(self, m: Module, stages: list[list], lane: int, biased: Signal,
                       product: Signal) -> tuple[Value, Signal]:
         """The float32 path's own logic in ``stages``: returns the significand F of ``biased`` (stage 2's
-        input) and the register holding ``rint(F * S * 2**(k - shift))``, saturated (stage 5's output),
-        where ``product`` (stage 3) is F * S."""
+        input) and the register holding ``rint(F * S * 2**(k - shift))``, saturated (stage 6's output),
+        where ``product`` (stage 4) is F * S."""
         reg = lambda shape, name: Signal(shape, name=f"{name}_{lane}", reset_less=True)
         magnitude = Signal(unsigned(32), name=f"magnitude_{lane}")
         m.d.comb += magnitude.eq(Mux(biased < 0, -biased, biased))
         k = _bit_length(m, magnitude[_SIGNIFICAND:], f"k_{lane}")
-        negative = [reg(1, f"negative_{stage}") for stage in (2, 3, 4)]
+        negative = [reg(1, f"negative_{stage}") for stage in (2, 3, 4, 5)]
         exponent = reg(range(9), "exponent")
         stages[1] += [negative[0].eq(biased < 0), exponent.eq(k)]
 
-        power = reg(signed(8), "power_3")  # k - shift
-        stages[2] += [negative[1].eq(negative[0]), power.eq(exponent - self.shift[lane])]
+        power = [reg(signed(8), f"power_{stage}") for stage in (3, 4)]  # k - shift
+        stages[2] += [negative[1].eq(negative[0]), power[0].eq(exponent - self.shift[lane])]
+        stages[3] += [negative[2].eq(negative[1]), power[1].eq(power[0])]
 
-        # Stage 4: the product to 24 significant bits T * 2**j.
+        # Stage 5: the product to 24 significant bits T * 2**j.
         exact = product[:2 * _SIGNIFICAND + 1]  # F * S < 2**49
         j = _bit_length(m, exact[_SIGNIFICAND:], f"j_{lane}")
-        kept, kept_power = reg(unsigned(_SIGNIFICAND + 1), "kept"), reg(signed(8), "power_4")
-        stages[3] += [negative[2].eq(negative[1]), kept.eq(_round_right(exact, j)), kept_power.eq(power + j)]
+        kept, kept_power = reg(unsigned(_SIGNIFICAND + 1), "kept"), reg(signed(8), "power_5")
+        stages[4] += [negative[3].eq(negative[2]), kept.eq(_round_right(exact, j)), kept_power.eq(power[1] + j)]
 
-        # Stage 5: T * 2**(j + k - shift), rounded to an integer.
+        # Stage 6: T * 2**(j + k - shift), rounded to an integer.
         # kept * 2**kept_power, rounded; kept is at most 2**24, so shifting right by more than 25 gives 0 like 25.
         right = Signal(range(_SIGNIFICAND + 2), name=f"right_{lane}")
         m.d.comb += right.eq(Mux(kept_power < -(_SIGNIFICAND + 1), _SIGNIFICAND + 1, -kept_power))
@@ -178,5 +193,5 @@ class PostProcessor(wiring.Component):
         floated = reg(signed(22), "floated")
         limited = Signal(unsigned(_SIGNIFICAND + 1 + _SATURATE_BITS), name=f"limited_{lane}")
         m.d.comb += limited.eq(magnitude_out)
-        stages[4].append(floated.eq(_saturated(Mux(negative[2], -limited.as_signed(), limited.as_signed()))))
+        stages[5].append(floated.eq(_saturated(Mux(negative[3], -limited.as_signed(), limited.as_signed()))))
         return _round_right(magnitude, k), floated

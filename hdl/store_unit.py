@@ -1,6 +1,6 @@
 """The store unit: accumulators through the post-processor and out to memory."""
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -63,9 +63,8 @@ class StoreUnit(wiring.Component):
         m.submodules.table = table = LookupTable(C, P)
         table_beats = TABLE_BYTES // P
         m.submodules.rows = rows = SyncFIFOBuffered(width=32 * C, depth=_ROW_FIFO_DEPTH)
-        m.submodules.residual = residual = ResidualAdd(C)
-        m.submodules.addends = addends = SyncFIFOBuffered(width=8 * C, depth=_ADDEND_FIFO_DEPTH)
-        add_beats, row_beats = ADD_BLOCK_BYTES // P, C // P
+        residual_add = self.config.residual_add  # else the add's logic is left out, not just unused
+        add_beats = ADD_BLOCK_BYTES // P if residual_add else 0
 
         word = self.instr.payload
         tokens = self.prev_tokens
@@ -74,8 +73,6 @@ class StoreUnit(wiring.Component):
         reads_left = Signal(17)
         writes_left = Signal(17)
         row_addr = Signal(32)
-        addend_addr = Signal(32)
-        addend_reqs_left = Signal(17)
         stride = Signal(32)
         param_addr = Signal(32)
         load_params = Signal()
@@ -84,7 +81,7 @@ class StoreUnit(wiring.Component):
         table_addr = Signal(32)
         load_table = Signal()
         lookup = Signal()
-        add = Signal()
+        add = Signal() if residual_add else Const(0, 1)
         add_block = Signal(8 * ADD_BLOCK_BYTES)
         table_beat = Signal(range(table_beats))
         waiting = Signal()
@@ -104,8 +101,6 @@ class StoreUnit(wiring.Component):
                         reads_left.eq(field("count")),
                         writes_left.eq(field("count")),
                         row_addr.eq(field("dram_addr")),
-                        addend_addr.eq(field("dram_addr")),
-                        addend_reqs_left.eq(field("count")),
                         stride.eq(field("dram_stride")),
                         param_addr.eq(field("param_addr")),
                         load_params.eq(field("load_params")),
@@ -114,7 +109,7 @@ class StoreUnit(wiring.Component):
                         table_addr.eq(field("table_addr")),
                         load_table.eq(field("load_table")),
                         lookup.eq(field("lookup")),
-                        add.eq(field("add") if self.config.residual_add else 0),  # else its logic is dead
+                        *([add.eq(field("add"))] if residual_add else []),
                         table_beat.eq(0),
                         out_zero_point.eq(field("out_zero_point")),
                         clamp_min.eq(field("clamp_min")),
@@ -149,8 +144,9 @@ class StoreUnit(wiring.Component):
                     m.d.sync += param_beat.eq(param_beat + 1)
                     with m.If(param_beat < param_beats):
                         m.d.sync += params.eq(Cat(params[8 * P:], self.mem.resp.payload))
-                    with m.Else():
-                        m.d.sync += add_block.eq(Cat(add_block[8 * P:], self.mem.resp.payload))
+                    if residual_add:
+                        with m.Else():
+                            m.d.sync += add_block.eq(Cat(add_block[8 * P:], self.mem.resp.payload))
                     with m.If(last_beat & load_table):
                         m.next = "TABLE_REQUEST"
                     with m.Elif(last_beat):
@@ -175,7 +171,81 @@ class StoreUnit(wiring.Component):
                     m.d.comb += tokens.push.eq(notify)
                     m.next = "IDLE"
 
-        # With add: request each row's addend ahead while the addend FIFO has room for it.
+        # Read one accumulator entry per cycle while the row FIFO has room for it (and, with add, an addend row
+        # that no earlier entry claimed has arrived).
+        in_flight = Signal(range(_ROW_FIFO_DEPTH + 1))
+        issue = Signal()
+        if residual_add:
+            addend_ready, requantized = self._residual_add(m, fsm, ppu, issue, add, add_block, stride)
+        else:
+            addend_ready, requantized = 1, (ppu.out_valid, ppu.out_data)
+        m.d.comb += issue.eq(fsm.ongoing("STREAM") & (reads_left != 0)
+                             & (in_flight + rows.level < _ROW_FIFO_DEPTH) & addend_ready)
+        m.d.comb += self.acc_read.addr.eq(acc_addr)
+        with m.If(issue):
+            m.d.sync += [acc_addr.eq(acc_addr + 1), reads_left.eq(reads_left - 1)]
+        m.d.sync += in_flight.eq(in_flight + issue - table.out_valid)
+
+        for lane in range(C):
+            m.d.comb += [
+                ppu.in_acc[lane].eq(self.acc_read.data[32 * lane:32 * (lane + 1)]),
+                ppu.bias[lane].eq(params[32 * lane:32 * (lane + 1)]),
+                ppu.multiplier[lane].eq(params[32 * (C + lane):32 * (C + lane + 1)]),
+                ppu.shift[lane].eq(params[32 * (2 * C + lane):32 * (2 * C + lane) + 6]),
+            ]
+        m.d.comb += [
+            ppu.in_valid.eq(delayed(m, issue, 1, "read_valid", reset=True)),
+            ppu.float32_scale.eq(float32_scale),
+            ppu.out_zero_point.eq(out_zero_point),
+            ppu.clamp_min.eq(clamp_min),
+            ppu.clamp_max.eq(clamp_max),
+            table.in_valid.eq(requantized[0]),
+            table.in_data.eq(requantized[1]),
+            table.enable.eq(lookup),
+            rows.w_en.eq(table.out_valid),
+            rows.w_data.eq(Mux(raw, delayed(m, ppu.out_raw.as_value(), self._add_latency + LookupTable.latency,
+                                            "raw"), table.out_data.as_value())),
+        ]
+
+        # Write each row as whole beats.
+        beat = Signal(range(4 * C // P))
+        last_beat = beat == Mux(raw, 4 * C // P - 1, C // P - 1)
+        write = self.write
+        m.d.comb += [
+            write.valid.eq(rows.r_rdy),
+            write.p.addr.eq(row_addr + beat * P),
+            write.p.data.eq(rows.r_data.word_select(beat, 8 * P)),
+            self.stall_memory.eq(write.valid & ~write.ready),
+        ]
+        with m.If(write.valid & write.ready):
+            m.d.sync += beat.eq(Mux(last_beat, 0, beat + 1))
+            with m.If(last_beat):
+                m.d.comb += rows.r_en.eq(1)
+                m.d.sync += [row_addr.eq(row_addr + stride), writes_left.eq(writes_left - 1)]
+        m.d.comb += self.idle.eq(fsm.ongoing("IDLE"))
+        return m
+
+    @property
+    def _add_latency(self) -> int:
+        return ResidualAdd.latency if self.config.residual_add else 0
+
+    def _residual_add(self, m: Module, fsm, ppu: PostProcessor, issue: Signal, add: Signal,
+                      add_block: Signal, stride: Signal) -> tuple[Value, tuple[Value, Value]]:
+        """The residual add after ``ppu``: requests each row's addend ahead while the addend FIFO has room for it
+        and adds it to the requantized row. Returns whether an accumulator entry may be read (its addend row has
+        arrived and no earlier entry claimed it, or no add) and the added rows (valid, data)."""
+        P, C = self.config.mem_bytes, self.config.cols
+        row_beats = C // P
+        word = self.instr.payload
+        field = lambda name: instruction_field(word, name, Opcode.STORE)
+        m.submodules.residual = residual = ResidualAdd(C)
+        m.submodules.addends = addends = SyncFIFOBuffered(width=8 * C, depth=_ADDEND_FIFO_DEPTH)
+        addend_addr = Signal(32)
+        addend_reqs_left = Signal(17)
+        with m.If(fsm.ongoing("IDLE") & self.instr.valid):
+            m.d.sync += [addend_addr.eq(field("dram_addr")), addend_reqs_left.eq(field("count"))]
+
+        # Request each row's addend ahead while the addend FIFO has room for it.
         addend_offset = add_block[192:224].as_signed()
         requested = Signal(range(_ADDEND_FIFO_DEPTH + 1))  # rows requested, not all their beats arrived
         request = Signal()
@@ -197,32 +267,9 @@ class StoreUnit(wiring.Component):
         m.d.comb += [addends.w_en.eq(arrived), addends.w_data.eq(assembled)]
         m.d.sync += requested.eq(requested + requested_now - arrived)
 
-        # Read one accumulator entry per cycle while the row FIFO has room for it (and, with add, an addend row
-        # that no earlier entry claimed has arrived).
-        in_flight = Signal(range(_ROW_FIFO_DEPTH + 1))
         claimed = Signal(range(_ADDEND_FIFO_DEPTH + 1))  # addend rows of entries read, not yet added
-        issue = Signal()
-        m.d.comb += issue.eq(fsm.ongoing("STREAM") & (reads_left != 0)
-                             & (in_flight + rows.level < _ROW_FIFO_DEPTH) & (~add | (addends.level > claimed)))
         m.d.sync += claimed.eq(claimed + (issue & add) - addends.r_en)
-        m.d.comb += self.acc_read.addr.eq(acc_addr)
-        with m.If(issue):
-            m.d.sync += [acc_addr.eq(acc_addr + 1), reads_left.eq(reads_left - 1)]
-        m.d.sync += in_flight.eq(in_flight + issue - table.out_valid)
-
-        for lane in range(C):
-            m.d.comb += [
-                ppu.in_acc[lane].eq(self.acc_read.data[32 * lane:32 * (lane + 1)]),
-                ppu.bias[lane].eq(params[32 * lane:32 * (lane + 1)]),
-                ppu.multiplier[lane].eq(params[32 * (C + lane):32 * (C + lane + 1)]),
-                ppu.shift[lane].eq(params[32 * (2 * C + lane):32 * (2 * C + lane) + 6]),
-            ]
         m.d.comb += [
-            ppu.in_valid.eq(delayed(m, issue, 1, "read_valid", reset=True)),
-            ppu.float32_scale.eq(float32_scale),
-            ppu.out_zero_point.eq(out_zero_point),
-            ppu.clamp_min.eq(clamp_min),
-            ppu.clamp_max.eq(clamp_max),
             residual.in_valid.eq(ppu.out_valid),
             residual.in_data.eq(ppu.out_data),
             residual.addend.eq(addends.r_data),
@@ -235,28 +282,5 @@ class StoreUnit(wiring.Component):
             residual.q_inner.eq(add_block[232]),
             residual.low.eq(add_block[240:248]),
             residual.high.eq(add_block[248:256]),
-            table.in_valid.eq(residual.out_valid),
-            table.in_data.eq(residual.out_data),
-            table.enable.eq(lookup),
-            rows.w_en.eq(table.out_valid),
-            rows.w_data.eq(Mux(raw, delayed(m, ppu.out_raw.as_value(), ResidualAdd.latency + LookupTable.latency,
-                                            "raw"), table.out_data.as_value())),
         ]
-
-        # Write each row as whole beats.
-        beat = Signal(range(4 * C // P))
-        last_beat = beat == Mux(raw, 4 * C // P - 1, C // P - 1)
-        write = self.write
-        m.d.comb += [
-            write.valid.eq(rows.r_rdy),
-            write.p.addr.eq(row_addr + beat * P),
-            write.p.data.eq(rows.r_data.word_select(beat, 8 * P)),
-            self.stall_memory.eq(write.valid & ~write.ready),
-        ]
-        with m.If(write.valid & write.ready):
-            m.d.sync += beat.eq(Mux(last_beat, 0, beat + 1))
-            with m.If(last_beat):
-                m.d.comb += rows.r_en.eq(1)
-                m.d.sync += [row_addr.eq(row_addr + stride), writes_left.eq(writes_left - 1)]
-        m.d.comb += self.idle.eq(fsm.ongoing("IDLE"))
-        return m
+        return ~add | (addends.level > claimed), (residual.out_valid, residual.out_data)
