@@ -313,3 +313,44 @@ def test_a_qdq_table_is_bit_exact_on_the_rtl(verilator_executors, tmp_path, monk
     for layer in quantized.layers:
         np.testing.assert_array_equal(runs[1][layer.output], runs[0][layer.output], err_msg=layer.name)
     assert len(np.unique(runs[1][table.output])) > 16  # the table's output varies
+
+
+def hand_written_qdq_gelu(signed: bool, seed: int = 0) -> onnx.ModelProto:
+    """QuantizeLinear, a Conv between DequantizeLinear and QuantizeLinear (per-channel int8 weights), then GELU's
+    Erf form in float between DequantizeLinear and QuantizeLinear (no pairs inside: onnxruntime fuses it into
+    its Gelu kernel), then DequantizeLinear; opset 13, 8-bit codes int8 or uint8."""
+    rng = np.random.default_rng(seed)
+    code = np.int8 if signed else np.uint8
+    values = {"s0": np.float32(0.02), "z0": code(128 - 128 * signed), "s1": np.float32(0.03),
+              "z1": code(100 - 128 * signed), "s2": np.float32(0.015), "z2": code(20 - 128 * signed),
+              "w": rng.integers(-127, 128, (8, 3, 3, 3), dtype=np.int8),
+              "ws": rng.uniform(0.002, 0.01, 8).astype(np.float32), "wz": np.zeros(8, np.int8),
+              "root2": np.float32(np.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5)}
+    node = helper.make_node
+    nodes = [node("QuantizeLinear", ["input", "s0", "z0"], ["q0"]), node("DequantizeLinear", ["q0", "s0", "z0"], ["d0"]),
+             node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0),
+             node("Conv", ["d0", "wf"], ["c"], pads=[1, 1, 1, 1]), node("QuantizeLinear", ["c", "s1", "z1"], ["q1"]),
+             node("DequantizeLinear", ["q1", "s1", "z1"], ["x"]), node("Div", ["x", "root2"], ["scaled"]),
+             node("Erf", ["scaled"], ["erf"]), node("Add", ["erf", "one"], ["one_plus"]),
+             node("Mul", ["x", "one_plus"], ["product"]), node("Mul", ["product", "half"], ["gelu"]),
+             node("QuantizeLinear", ["gelu", "s2", "z2"], ["q2"]), node("DequantizeLinear", ["q2", "s2", "z2"], ["output"])]
+    graph = helper.make_graph(nodes, "qdq_gelu", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 8, 8])],
+                              [numpy_helper.from_array(np.asarray(value), name) for name, value in values.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["uint8", "int8"])
+def test_a_hand_written_qdq_gelu_is_onnxruntimes_table(signed):
+    from mvu.host.compiler.qdq import fold_qdq
+
+    model = hand_written_qdq_gelu(signed)
+    quantized = from_qlinear_graph(fold_qdq(import_onnx(model)))
+    assert [row["op"] for row in quantized.report if row["placement"] == FUSED_TABLE] == [
+        "Div, Erf, Add, Mul, Mul (QDQ table)"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for image in np.random.default_rng(5).normal(0, 1, (3, 1, 3, 8, 8)).astype(np.float32):
+        expected = session.run(None, {"input": image})[0]
+        for backend in ("numpy", "reference"):
+            got = ModelRunner(quantized, TINY, backend).run(quantized.input_q.quantize(image))
+            np.testing.assert_array_equal(got.reshape(expected.shape), expected, err_msg=backend)
