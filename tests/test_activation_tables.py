@@ -354,3 +354,21 @@ def test_a_hand_written_qdq_gelu_is_onnxruntimes_table(signed):
         for backend in ("numpy", "reference"):
             got = ModelRunner(quantized, TINY, backend).run(quantized.input_q.quantize(image))
             np.testing.assert_array_equal(got.reshape(expected.shape), expected, err_msg=backend)
+
+
+def test_a_qdq_region_onnxruntime_cannot_run_is_refused_by_name():
+    """An Elu with a malformed attribute between DequantizeLinear and QuantizeLinear: no table, no traceback; the
+    import names the node."""
+    from mvu.host.compiler.graph import ModelImportError
+
+    values = {"s": np.float32(0.03), "z": np.uint8(128), "s2": np.float32(1 / 128), "z2": np.uint8(128)}
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q0"]),
+             helper.make_node("DequantizeLinear", ["q0", "s", "z"], ["d0"]),
+             helper.make_node("Elu", ["d0"], ["e"], name="elu", alpha="not a number"),
+             helper.make_node("QuantizeLinear", ["e", "s2", "z2"], ["q1"]),
+             helper.make_node("DequantizeLinear", ["q1", "s2", "z2"], ["output"])]
+    graph = helper.make_graph(nodes, "elu", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [numpy_helper.from_array(np.asarray(value), name) for name, value in values.items()])
+    with pytest.raises(ModelImportError, match=r"elu.onnx: cannot import 1 node: Elu \(node 'elu'\)"):
+        import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), name="elu.onnx")

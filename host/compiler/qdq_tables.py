@@ -160,9 +160,13 @@ def fuse_qdq_tables(nodes: list[Node], constants: dict[str, np.ndarray], opsets:
         dq = region.source()
         if dq is None:
             continue
+        try:
+            values = _table(graph, region, dq, opsets, ir_version)
+        except Exception:  # onnxruntime cannot run the region: its nodes stay, and are refused by name if need be
+            continue
         covered.update(region.nodes)
         table = f"{end.name}_table"
-        constants[table] = _table(graph, region, dq, opsets, ir_version)
+        constants[table] = values
         inputs = [*dq.inputs[:2], _zero_point_name(graph, dq), end.inputs[1], _zero_point_name(graph, end), table]
         ops = [n.op for n in region.ordered() if n.op not in _QDQ]
         last = graph.producers[end.inputs[0]]  # the last float op: named after it, unless others still read it
