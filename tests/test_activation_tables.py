@@ -372,3 +372,28 @@ def test_a_qdq_region_onnxruntime_cannot_run_is_refused_by_name():
                               [numpy_helper.from_array(np.asarray(value), name) for name, value in values.items()])
     with pytest.raises(ModelImportError, match=r"elu.onnx: cannot import 1 node: Elu \(node 'elu'\)"):
         import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), name="elu.onnx")
+
+
+def test_a_mul_by_a_quantized_constant_and_a_relu_are_one_table():
+    """``Relu(x * DequantizeLinear(QuantizeLinear(1.5)))`` between DequantizeLinear and QuantizeLinear (the constant
+    quantized in the graph, as PyTorch's QDQ export writes it): one table, equal to onnxruntime's output."""
+    from mvu.host.compiler.qdq import fold_qdq
+
+    values = {"s": np.float32(0.03), "z": np.uint8(128), "s2": np.float32(1 / 64), "z2": np.uint8(0),
+              "k": np.float32(1.5), "ks": np.float32(0.01), "kz": np.uint8(0)}
+    node = helper.make_node
+    nodes = [node("QuantizeLinear", ["input", "s", "z"], ["q0"]), node("DequantizeLinear", ["q0", "s", "z"], ["d0"]),
+             node("QuantizeLinear", ["k", "ks", "kz"], ["kq"]), node("DequantizeLinear", ["kq", "ks", "kz"], ["kd"]),
+             node("Mul", ["d0", "kd"], ["m"]), node("Relu", ["m"], ["r"]), node("QuantizeLinear", ["r", "s2", "z2"], ["q1"]),
+             node("DequantizeLinear", ["q1", "s2", "z2"], ["output"])]
+    graph = helper.make_graph(nodes, "mul", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [numpy_helper.from_array(np.asarray(value), name) for name, value in values.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    quantized = from_qlinear_graph(fold_qdq(import_onnx(model)))
+    assert kinds(quantized) == ["lut", "dequantize"] and quantized.report[0]["op"] == "Mul, Relu (QDQ table)"
+    image = np.random.default_rng(0).normal(0, 2, (1, 3, 8, 8)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": image})[0]
+    got = ModelRunner(quantized, TINY, "reference").run(quantized.input_q.quantize(image))
+    np.testing.assert_array_equal(got.reshape(expected.shape), expected)

@@ -70,7 +70,7 @@ class _Region:
         self.nodes: dict[int, Node] = {}
         self.sources: set[str] = set()
         self.complete = self._walk(end.outputs[0]) and self._one_source()
-        while self.complete:
+        while self.complete and self.sources:  # none: a QuantizeLinear of constants
             nodes, sources = dict(self.nodes), set(self.sources)
             if not (self._through(self._latest()) and self._one_source()):
                 self.nodes, self.sources = nodes, sources
