@@ -397,3 +397,53 @@ def test_a_mul_by_a_quantized_constant_and_a_relu_are_one_table():
         None, {"input": image})[0]
     got = ModelRunner(quantized, TINY, "reference").run(quantized.input_q.quantize(image))
     np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+
+
+def layer_scale_nchw(g, x, rng):
+    return g.node("Mul", [g.relu(x), g.constant(rng.uniform(0.5, 1.5, (8, 1, 1)).astype(np.float32), "scale")])
+
+
+def layer_scale_nhwc(g, x, rng):
+    """ConvNeXt's: LayerNorm over the channels of an NHWC tensor, then its layer scale (one value per channel)."""
+    y = g.node("Transpose", [x], perm=[0, 2, 3, 1])
+    y = g.node("LayerNormalization", [y, g.constant(rng.uniform(0.5, 1.5, 8).astype(np.float32), "gamma"),
+                                      g.constant(rng.normal(0, 0.1, 8).astype(np.float32), "beta")], axis=-1)
+    y = g.node("Mul", [y, g.constant(rng.uniform(0.5, 1.5, 8).astype(np.float32), "scale")])
+    return g.node("Transpose", [y], perm=[0, 3, 1, 2])
+
+
+#: Case -> (the graph after the first Conv, the table layer's axis, its report row).
+PER_CHANNEL = {
+    "Mul [C, 1, 1]": (layer_scale_nchw, 1, "Mul (QDQ table per channel)"),
+    "Mul [C] of NHWC": (layer_scale_nhwc, 3, "Mul (QDQ table per channel)"),
+    "Tanh(Mul [C, 1, 1])": (lambda g, x, rng: g.node("Tanh", [layer_scale_nchw(g, x, rng)]), 1,
+                            "Mul, Tanh (QDQ table per channel)"),
+}
+
+
+@pytest.mark.parametrize("case", PER_CHANNEL)
+@pytest.mark.parametrize("codes", ["QUInt8", "QInt8"])
+def test_a_qdq_region_with_one_constant_per_channel_is_a_table_per_channel(case, codes, tmp_path):
+    """A Mul by one value per channel between DequantizeLinear and QuantizeLinear (a layer scale, which
+    onnxruntime runs as QLinearMul) is one table per channel, made by onnxruntime; on the host (the STOREs look up
+    one table), equal to onnxruntime's QDQ session."""
+    from onnxruntime.quantization import QuantType
+    from qdq_models import quantize_qdq
+
+    from mvu.host.compiler.qdq import fold_qdq
+
+    write, axis, op = PER_CHANNEL[case]
+    model = network(lambda g, x, rng: g.conv(write(g, x, rng), rng.normal(0, 0.3, (8, 8, 1, 1)),
+                                             rng.normal(0, 0.1, 8)))
+    path = quantize_qdq(model, images(8, 1, 12), tmp_path, activations=getattr(QuantType, codes))
+    quantized = from_qlinear_graph(fold_qdq(import_onnx(path)))
+    table = next(layer for layer in quantized.layers if layer.kind == "lut")
+    assert table.arrays["table"].shape == (8, 256) and table.attrs["axis"] == axis
+    assert len(np.unique(table.arrays["table"], axis=0)) == 8  # each channel its own
+    assert {row["layer"]: (row["op"], row["placement"]) for row in quantized.report}[table.name] == (op, "host")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = images(16, 7, 12)
+    expected = np.concatenate([session.run(None, {"input": image[None]})[0] for image in batch])
+    for backend in ("numpy", "reference"):
+        got = ModelRunner(quantized, TINY, backend).run_batch(quantized.input_q.quantize(batch))
+        np.testing.assert_array_equal(got, expected, err_msg=backend)

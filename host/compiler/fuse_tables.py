@@ -28,7 +28,8 @@ def fuse_tables(model: QuantizedModel) -> QuantizedModel:
     for table in (layer for layer in model.layers if layer.kind == "lut"):
         source = producers.get(table.inputs[0])
         if (source is None or source.kind not in _PRODUCTS or source.placement != "accelerator"
-                or readers[source.output] != 1 or source.output == model.output or "table" in source.arrays):
+                or readers[source.output] != 1 or source.output == model.output or "table" in source.arrays
+                or table.arrays["table"].ndim != 1):  # the STOREs look up in one table of 256
             continue
         source.attrs.update(table_zero_point=source.out_q.zero_point, table_layer=table.name)
         source.arrays["table"] = table.arrays["table"]

@@ -10,7 +10,8 @@ __all__ = ["Graph", "Node", "INTERNAL_OPS", "LAYER_NORM_OP", "TABLE_OP"]
 
 #: A QDQ region of elementwise ops made one table (compiler/qdq_tables.py): inputs ``x, x_scale, x_zero_point,
 #: y_scale, y_zero_point, table`` (the table as uint8 output codes, int8 ones plus 128, indexed by the input code
-#: as uint8, int8 ones plus 128).
+#: as uint8, int8 ones plus 128; ``[C, 256]``, one per channel along the attribute ``axis``, counted from the
+#: last, where the region's constants vary along it).
 TABLE_OP = "QLinearTable"
 #: A QDQ LayerNormalization on the codes (compiler/qdq.py): inputs ``x, x_scale, x_zero_point, scale, bias,
 #: y_scale, y_zero_point``, its scale and bias float constants ("" for no bias); the node's attributes.

@@ -264,11 +264,15 @@ def _qlinear_table(p: _Pass, node: Node) -> None:
     (``fuse_tables``)."""
     ins = node.inputs
     p.read(node, ins[0], p.params(ins[1], ins[2]))
+    attrs = {}
     if node.op == TABLE_OP:
         table, description = p.graph.constants[ins[5]], f"{', '.join(node.attrs['ops'])} (QDQ table)"
+        if table.ndim == 2:  # one per channel
+            attrs["axis"] = node.attrs["axis"] % len(p.graph.shapes[ins[0]])
+            description = f"{', '.join(node.attrs['ops'])} (QDQ table per channel)"
     else:
         table, description = _onnxruntime_table(p, node), f"{node.op} (table)"
-    p.emit(Layer("lut", node.name, [ins[0]], node.outputs[0], "host", {}, {"table": table},
+    p.emit(Layer("lut", node.name, [ins[0]], node.outputs[0], "host", attrs, {"table": table},
                  p.params(ins[3], ins[4])), description)
 
 

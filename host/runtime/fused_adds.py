@@ -71,14 +71,14 @@ def fused_adds(model: QuantizedModel) -> dict[str, FusedAdd]:
 
     An Add qualifies when it has two tensor inputs, one the output of a single-group accelerator convolution
     with uint8 codes and no table that nothing else reads, the other a tensor computed before that
-    convolution, and its coefficients and clamp fit the add block. A ``lut`` layer that alone reads the Add's
-    output (not the model's) joins it.
+    convolution, and its coefficients and clamp fit the add block. A ``lut`` layer of one table that alone reads
+    the Add's output (not the model's) joins it.
     """
     readers = Counter(name for layer in model.layers for name in layer.inputs)
     index = {layer.output: i for i, layer in enumerate(model.layers)}
     index[model.input] = -1
     producers = {layer.output: layer for layer in model.layers}
-    tables = {layer.inputs[0]: layer for layer in model.layers if layer.kind == "lut"}
+    tables = {layer.inputs[0]: layer for layer in model.layers if layer.kind == "lut" and layer.arrays["table"].ndim == 1}
     fused: dict[str, FusedAdd] = {}
     for add in (layer for layer in model.layers if layer.kind == "add" and len(layer.inputs) == 2):
         if any(name in add.arrays or name not in index for name in add.inputs) or add.inputs[0] == add.inputs[1]:

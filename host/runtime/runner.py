@@ -562,12 +562,17 @@ class ModelRunner:
         return tensors[layer.inputs[0]].transpose(layer.attrs["perm"])
 
     def _lut(self, layer: Layer, tensors, stats):
-        """A unary function of 8-bit codes as its table of 256 output codes; a table looked up by the STOREs of the
+        """A unary function of 8-bit codes as its table of 256 output codes (or one per channel, ``[C, 256]``, along
+        the attribute ``axis``); a table looked up by the STOREs of the
         convolution whose Add it alone reads (:mod:`~mvu.host.runtime.fused_adds`) takes what that Add handed on."""
         if layer.name in self._looked_up:
             stats.placement = FUSED_TABLE
             return tensors.pop(self._looked_up.pop(layer.name))
-        return layer.arrays["table"][tensors[layer.inputs[0]]]
+        table, x = layer.arrays["table"], tensors[layer.inputs[0]]
+        if table.ndim == 1:
+            return table[x]
+        channels = np.arange(len(table)).reshape([-1 if axis == layer.attrs["axis"] else 1 for axis in range(x.ndim)])
+        return table[channels, x]  # one table per channel along ``axis``
 
     def _layernorm(self, layer: Layer, tensors, stats):
         """Normalized over the axes from ``axis`` on, in float64 from the dequantized codes."""
