@@ -10,8 +10,8 @@ import threading
 
 import numpy as np
 import pytest
-
 from conftest import NARROW, TINY
+
 from mvu.host.compiler.recipes import compile_source
 from mvu.host.executors.board import BoardExecutor
 from mvu.host.executors.link import LinkError
