@@ -20,7 +20,7 @@ from mvu.hdl.contract.config import HardwareConfig, preset
 from mvu.hdl.resources import CHIPS, RESOURCES, Chip, check_fits
 from mvu.hdl.toolchain import cache_dir
 
-__all__ = ["Board", "BOARDS", "BuildError", "build_bitstream", "parse_nextpnr_report", "format_report"]
+__all__ = ["Board", "BOARDS", "BuildError", "build_bitstream", "cached_build", "parse_nextpnr_report", "format_report"]
 
 
 class BuildError(RuntimeError):
@@ -112,6 +112,18 @@ def _build_key(board: Board, config: HardwareConfig) -> str:
     return digest.hexdigest()[:20]
 
 
+def _build_folder(board: Board, config: HardwareConfig) -> Path:
+    return cache_dir() / "bitstreams" / f"{board.name}-{_build_key(board, config)}"
+
+
+def cached_build(board_name: str, config: HardwareConfig | None = None) -> dict | None:
+    """The report of ``board_name``'s cached build of ``config`` (default: its preset) for the current design
+    and tools (see :func:`build_bitstream`), or None when there is none."""
+    board = BOARDS[board_name]
+    report = _build_folder(board, config or board.config()) / "build.json"
+    return json.loads(report.read_text()) if report.exists() else None
+
+
 def parse_nextpnr_report(report: dict, family: Family) -> dict:
     """Resources used and available (``lut``, ``ff``, ``dsp``, ``bram``), Fmax per clock (MHz, achieved
     and constraint) and the cells at the ends of the slowest path from nextpnr's ``--report`` JSON."""
@@ -154,10 +166,11 @@ def build_bitstream(board_name: str, *, config: HardwareConfig | None = None,
     board = BOARDS[board_name]
     config = config or board.config()
     estimate = check_fits(config, board.chip, memory_bytes=board.memory_bytes)
-    target = cache_dir() / "bitstreams" / f"{board.name}-{_build_key(board, config)}"
-    if (target / "build.json").exists():
+    target = _build_folder(board, config)
+    cached = cached_build(board_name, config)
+    if cached is not None:
         progress(f"{board.name}: cached build in {target}")
-        return json.loads((target / "build.json").read_text())
+        return cached
     # YoWASP tools see a private /tmp, so work under the cache directory with relative paths.
     work = Path(tempfile.mkdtemp(prefix="board-", dir=cache_dir()))
     seconds = {}

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from mvu.hdl import board_build
 from mvu.hdl.board_build import BOARDS, _build_key
 from mvu.hdl.contract.config import preset
 from mvu.hdl.sdram_controller import SdramTiming
@@ -54,13 +55,13 @@ def test_board_memory_costs_cycles_and_keeps_results_bit_exact(verilator_executo
 
 
 def test_cycles_are_timed_at_the_cached_builds_fmax(tmp_path, monkeypatch):
-    monkeypatch.setattr(board_performance, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(board_build, "cache_dir", lambda: tmp_path)
     clock = board_clock("ulx3s", ULX3S)
     assert clock.mhz == ULX3S.clock_mhz and "no cached ulx3s build" in clock.source
     folder = tmp_path / "bitstreams" / f"ulx3s-{_build_key(BOARDS['ulx3s'], ULX3S)}"
     folder.mkdir(parents=True)
-    (folder / "build.json").write_text(json.dumps({"fmax": {"clk": {"achieved": 57.5, "constraint": 50.0},
-                                                            "link": {"achieved": 61.0, "constraint": 50.0}}}))
+    fmax = {"clk": {"achieved": 57.5, "constraint": 50.0}, "link": {"achieved": 61.0, "constraint": 50.0}}
+    (folder / "build.json").write_text(json.dumps({"bitstream": str(folder / "top.bit"), "fmax": fmax}))
     clock = board_clock("ulx3s", ULX3S)
     assert clock.mhz == 57.5 and str(folder) in clock.source
     memory = simulated_memory("auto", ULX3S)
@@ -69,7 +70,7 @@ def test_cycles_are_timed_at_the_cached_builds_fmax(tmp_path, monkeypatch):
 
 
 def test_bench_network_on_a_boards_preset_simulates_its_memory(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(board_performance, "cache_dir", lambda: tmp_path)  # no cached build: the preset's clock
+    monkeypatch.setattr(board_performance, "cached_build", lambda board, config: None)  # the preset's clock
     output = tmp_path / "toy.json"
     assert main(["--config", "ulx3s-85f", "bench", "network", "toy", "--backends", "reference,verilator",
                  "--output", str(output)]) == 0

@@ -10,12 +10,11 @@ configuration's ``clock_mhz``; the memory model is derived at that same clock.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from pathlib import Path
 
-from mvu.hdl.board_build import BOARDS, _build_key
+from mvu.hdl.board_build import BOARDS, cached_build
 from mvu.hdl.contract.config import HardwareConfig
-from mvu.hdl.toolchain import cache_dir
 from mvu.sim.board_memory import BOARD_MEMORIES, board_memory_model, memory_of_board
 from mvu.sim.verilator_executor import MemoryModel
 
@@ -55,14 +54,12 @@ def board_of(config: HardwareConfig) -> str | None:
 def board_clock(board: str, config: HardwareConfig) -> BoardClock:
     """The achieved Fmax (the slowest clock's) of ``board``'s cached build of ``config`` for the current
     ``hdl/`` sources, else ``config.clock_mhz``."""
-    # The folder build_bitstream caches a build in (mvu.hdl.board_build).
-    folder = cache_dir() / "bitstreams" / f"{board}-{_build_key(BOARDS[board], config)}"
-    if not (folder / "build.json").exists():
+    build = cached_build(board, config)
+    if build is None:
         return BoardClock(config.clock_mhz, f"the configuration's clock_mhz: no cached {board} build of the "
                                             f"current design (mvu build --board {board})")
-    build = json.loads((folder / "build.json").read_text())
     achieved = min(clock["achieved"] for clock in build["fmax"].values())
-    return BoardClock(achieved, f"the achieved Fmax of the cached {board} build in {folder}")
+    return BoardClock(achieved, f"the achieved Fmax of the cached {board} build in {Path(build['bitstream']).parent}")
 
 
 def simulated_memory(memory: str, config: HardwareConfig) -> SimulatedMemory:
