@@ -155,8 +155,8 @@ def test_nextpnr_report_is_parsed_into_resources_and_fmax():
 @pytest.mark.slow
 @pytest.mark.parametrize("board", ["ulx3s"])
 def test_board_bitstream_builds_and_meets_its_clock(board, capsys):
-    """18 to 38 minutes for the ULX3S on a 2-core machine (place and route nearly all of it); then the CLI finds it
-    in the cache."""
+    """About 6 minutes for the ULX3S on a 2-core machine (static placement and router2: 5.5 of them); then the CLI
+    finds it in the cache."""
     build = build_bitstream(board, progress=print)
     assert main(["build", "--board", board]) == 0
     assert "cached build" in capsys.readouterr().out

@@ -149,11 +149,10 @@ _LATER_OPTIONS = {"float32_requant": True, "residual_add": True}
 #: Named configurations, each sized to its board's chip (budgets and estimates: hdl/resources.py).
 PRESETS: dict[str, HardwareConfig] = {
     "default": HardwareConfig(),
-    # LFE5U-85F (156 MULT18X18D): an 8x8 array (64) and an 8-lane fixed-point post-processor (4 each). 40 MHz:
-    # the core met 50 MHz (56.8) before the store unit's residual-add path; without the add its placement now
-    # estimates 40.0 MHz (routing has added 7-17 % to the estimate), until that path is pipelined.
+    # LFE5U-85F (156 MULT18X18D): an 8x8 array (64) and an 8-lane fixed-point post-processor (4 each), without the
+    # residual add (its 48 multipliers and 7.6 k LUT4). 50 MHz: nextpnr's report in the README's board table.
     "ulx3s-85f": HardwareConfig(rows=8, cols=8, act_depth=2048, wgt_depth=1024, acc_depth=1024, mem_bytes=8,
-                                clock_mhz=40.0, float32_requant=False, residual_add=False),
+                                clock_mhz=50.0, float32_requant=False, residual_add=False),
     # iCE40UP5K: the smallest array the contract allows.
     "icebreaker": HardwareConfig(rows=4, cols=4, act_depth=512, wgt_depth=256, acc_depth=256, mem_bytes=4,
                                  queue_depth=4, clock_mhz=12.0, float32_requant=False, residual_add=False),
