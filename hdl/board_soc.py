@@ -7,8 +7,10 @@ from amaranth import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Mo
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
+from mvu.hdl.block_ram_memory import BlockRamMemory
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.link_soc import LinkSoc
+from mvu.hdl.memory_arbiter import ID_BITS
 from mvu.hdl.uart import baud_divisor
 
 __all__ = ["BoardTop", "ecp5_pll_dividers"]
@@ -75,7 +77,8 @@ class BoardTop(Elaboratable):
             locked = _ecp5_pll(m, buffer.i, self.oscillator_mhz, self.config.clock_mhz)
             m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
         divisor = baud_divisor(self.config.clock_mhz * 1e6, self.baud)
-        m.submodules.soc = soc = LinkSoc(self.config, divisor=divisor, memory_bytes=self.memory_bytes)
+        memory = BlockRamMemory(self.config.mem_bytes, self.memory_bytes, id_bits=ID_BITS)
+        m.submodules.soc = soc = LinkSoc(self.config, divisor=divisor, memory=memory)
         uart = platform.request("uart", 0)
         m.d.comb += [soc.rx.eq(uart.rx.i), uart.tx.o.eq(soc.tx)]
         for status, (resource, number) in self.leds.items():

@@ -8,15 +8,10 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from mvu.hdl.contract.host_link import MAX_PAYLOAD, PROTOCOL_VERSION, REPLY, SYNC, Command, LinkStatus
 from mvu.hdl.crc32 import RESIDUE, Crc32
-from mvu.hdl.interfaces import READ_REQUEST, CsrBus
+from mvu.hdl.interfaces import READ_REQUEST, CsrBus, masked_write_beat
 from mvu.hdl.uart import BYTES
 
-__all__ = ["LinkMemory", "masked_write_beat", "HostLink"]
-
-def masked_write_beat(beat_bytes: int) -> data.StructLayout:
-    """One beat written to memory at byte address ``addr`` (beat-aligned): byte ``i`` of ``data`` where bit
-    ``i`` of ``mask`` is set."""
-    return data.StructLayout({"data": 8 * beat_bytes, "addr": 32, "mask": beat_bytes})
+__all__ = ["LinkMemory", "HostLink"]
 
 
 class LinkMemory(wiring.Signature):

@@ -17,7 +17,7 @@ from mvu.hdl.contract.config import INSTRUCTION_BYTES
 
 __all__ = [
     "INSTRUCTION_BITS", "INSTRUCTIONS", "READ_ID_BITS", "READ_REQUEST", "COMPUTE_JOB", "TokenPort", "MemoryReader",
-    "MemoryBus", "write_beat", "CsrBus", "RunControl", "Handoff", "weight_rows", "activation_entries",
+    "MemoryBus", "write_beat", "masked_write_beat", "MEMORY_PORT_MEMBERS", "MemoryPort", "CsrBus", "RunControl", "Handoff", "weight_rows", "activation_entries",
     "dot_products", "buffer_read", "buffer_write",
 ]
 
@@ -88,6 +88,37 @@ class MemoryBus(wiring.Signature):
             "resp": In(stream.Signature(data.StructLayout({"data": 8 * beat_bytes, "id": READ_ID_BITS}),
                                         always_ready=True)),
             "write": Out(stream.Signature(write_beat(beat_bytes))),
+        })
+
+
+def masked_write_beat(beat_bytes: int) -> data.StructLayout:
+    """One beat written to memory at byte address ``addr`` (beat-aligned): byte ``i`` of ``data`` where bit
+    ``i`` of ``mask`` is set."""
+    return data.StructLayout({"data": 8 * beat_bytes, "addr": 32, "mask": beat_bytes})
+
+
+#: The members of :class:`MemoryPort`; a memory (block RAM, SDRAM controller) has them flipped, beside its own.
+MEMORY_PORT_MEMBERS = ("req", "resp", "write")
+
+
+class MemoryPort(wiring.Signature):
+    """A memory's one port, shared by the core and the host link (``Out`` in the arbiter that shares it, ``In``
+    in the memory); ``beat_bytes`` wide, reads tagged with ``id_bits``.
+
+    Members:
+        req: ``Out(stream.Signature(...))``: read requests: ``addr`` (byte address, beat-aligned), ``len``
+            (beats; 0 reads nothing), ``id`` (``id_bits``: the core's reader, and the host link above it).
+        resp: ``In(stream.Signature(..., always_ready=True))``: ``data`` beats (lowest bytes first), in request
+            order, each with its request's ``id``.
+        write: ``Out(stream.Signature(masked_write_beat(beat_bytes)))``: writes of some bytes of one beat.
+    """
+
+    def __init__(self, beat_bytes: int, id_bits: int):
+        super().__init__({
+            "req": Out(stream.Signature(data.StructLayout({"addr": 32, "len": 16, "id": id_bits}))),
+            "resp": In(stream.Signature(data.StructLayout({"data": 8 * beat_bytes, "id": id_bits}),
+                                        always_ready=True)),
+            "write": Out(stream.Signature(masked_write_beat(beat_bytes))),
         })
 
 

@@ -38,8 +38,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from mvu.hdl.host_link import masked_write_beat
-from mvu.hdl.interfaces import READ_ID_BITS
+from mvu.hdl.interfaces import READ_ID_BITS, masked_write_beat
 
 __all__ = ["Command", "SdramGeometry", "SdramTiming", "SdramCycles", "SdramPins", "SdramController",
            "mode_register", "burst_words"]
@@ -196,7 +195,8 @@ def _hold(m: Module, counter: Signal, cycles: int | Value) -> None:
 class SdramController(wiring.Component):
     """The memory port of ``beat_bytes`` (a multiple of 2) on a 16-bit SDR SDRAM clocked at ``clock_hz``.
 
-    ``id_bits``: width of the tag each read request carries back on its beats.
+    ``id_bits``: width of the tag each read request carries back on its beats. ``memory_bytes``: the chip's
+    capacity.
 
     Read data: for a READ on the pins from controller edge ``n``, the controller registers ``dq_i`` at its
     edge ``n + cas_latency + 1 + read_delay``. With ``read_delay = 0`` the chip samples commands at the
@@ -225,6 +225,7 @@ class SdramController(wiring.Component):
             raise ValueError(f"read_delay must be -1 or more, not {read_delay}")
         self.beat_bytes, self.clock_hz, self.timing, self.geometry = beat_bytes, clock_hz, timing, geometry
         self.cycles, self.burst, self.read_delay = timing.cycles(clock_hz), burst_words(beat_bytes), read_delay
+        self.memory_bytes = geometry.capacity
         request = data.StructLayout({"addr": 32, "len": 16, "id": id_bits})
         response = data.StructLayout({"data": 8 * beat_bytes, "id": id_bits})
         super().__init__({

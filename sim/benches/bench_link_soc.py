@@ -14,10 +14,12 @@ import struct
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from mvu.hdl.block_ram_memory import BlockRamMemory
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.csr_map import MAGIC, Csr, Status
 from mvu.hdl.contract.isa import Finish, encode_program
 from mvu.hdl.link_soc import LinkSoc
+from mvu.hdl.memory_arbiter import ID_BITS
 from mvu.sim.benches.bench_host_link import BAD_CRC, CSR_READ, CSR_WRITE, OK, PING, READ, WRITE, frame
 from mvu.sim.benches.runner import start
 
@@ -28,7 +30,7 @@ WINDOW = 0x400  # where the memory round trips go
 
 
 def component() -> LinkSoc:
-    return LinkSoc(CONFIG, divisor=DIVISOR, memory_bytes=MEMORY_BYTES)
+    return LinkSoc(CONFIG, divisor=DIVISOR, memory=BlockRamMemory(CONFIG.mem_bytes, MEMORY_BYTES, id_bits=ID_BITS))
 
 
 class SerialHost:
