@@ -1,5 +1,6 @@
 """A board's top level: its clock (through a PLL where the preset's clock is not the oscillator's),
-:class:`~mvu.hdl.link_soc.LinkSoc` on the FTDI UART's pins, and the core's status on LEDs."""
+:class:`~mvu.hdl.link_soc.LinkSoc` on the FTDI UART's pins with the board's memory (its SDRAM, else block
+RAM), and the core's status on LEDs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from mvu.hdl.memory_arbiter import ID_BITS
 from mvu.hdl.sdram_controller import SdramController
 from mvu.hdl.uart import baud_divisor
 
-__all__ = ["BoardTop", "ecp5_pll_dividers", "board_sdram"]
+__all__ = ["BoardTop", "ecp5_pll_dividers", "board_sdram", "platform_memory"]
 
 # The ECP5 PLL's limits (MHz): phase detector input and VCO.
 _PFD_MHZ, _VCO_MHZ = (3.125, 400.0), (400.0, 800.0)
@@ -43,6 +44,12 @@ def board_sdram(config: HardwareConfig) -> SdramController:
     return SdramController(config.mem_bytes, config.clock_mhz * 1e6, read_delay=-1)
 
 
+def platform_memory(platform) -> str:
+    """The core's memory on a board (as :func:`mvu.hdl.resources.estimate` names it): ``"sdram"`` where its
+    platform has an ``sdram`` resource, else ``"bram"``."""
+    return "sdram" if ("sdram", 0) in platform.resources else "bram"
+
+
 def _ecp5_pll(m: Module, clock_in: Signal, input_mhz: float, output_mhz: float) -> Signal:
     """An EHXPLLL driving the ``sync`` domain's clock; returns its lock signal."""
     dividers = ecp5_pll_dividers(input_mhz, output_mhz)
@@ -63,11 +70,14 @@ def _ecp5_pll(m: Module, clock_in: Signal, input_mhz: float, output_mhz: float) 
 
 
 class BoardTop(Elaboratable):
-    """:class:`LinkSoc` of ``config`` with ``memory_bytes`` of block RAM on a board's platform.
+    """:class:`LinkSoc` of ``config`` on a board's platform, with the board's memory.
 
-    ``sync`` runs at ``config.clock_mhz``: from an ECP5 PLL when that differs from ``oscillator_mhz``
-    (held in reset until the PLL locks), else the platform's own clock. The UART runs at ``baud``;
-    ``leds`` name the platform's LED resource for each of busy, done and error (missing ones stay dark).
+    The memory is the board's SDRAM where the platform has an ``sdram`` resource (:func:`platform_memory`;
+    the ULX3S: :func:`board_sdram` on the resource's pins, the chip clocked by the inverted ``sync`` clock;
+    ``memory_bytes`` must be the chip's capacity), else ``memory_bytes`` of block RAM. ``sync`` runs at
+    ``config.clock_mhz``: from an ECP5 PLL when that differs from ``oscillator_mhz`` (held in reset until the
+    PLL locks), else the platform's own clock. The UART runs at ``baud``; ``leds`` name the platform's LED
+    resource for each of busy, done and error (missing ones stay dark).
     """
 
     def __init__(self, config: HardwareConfig, *, oscillator_mhz: float, memory_bytes: int, baud: int,
@@ -84,10 +94,28 @@ class BoardTop(Elaboratable):
             locked = _ecp5_pll(m, buffer.i, self.oscillator_mhz, self.config.clock_mhz)
             m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
         divisor = baud_divisor(self.config.clock_mhz * 1e6, self.baud)
-        memory = BlockRamMemory(self.config.mem_bytes, self.memory_bytes, id_bits=ID_BITS)
+        sdram = platform_memory(platform) == "sdram"
+        memory = board_sdram(self.config) if sdram else BlockRamMemory(self.config.mem_bytes, self.memory_bytes,
+                                                                       id_bits=ID_BITS)
+        if memory.memory_bytes != self.memory_bytes:
+            raise ValueError(f"the {type(platform).__name__}'s SDRAM holds {memory.memory_bytes} bytes: its "
+                             f"memory_bytes must be that, not {self.memory_bytes}")
         m.submodules.soc = soc = LinkSoc(self.config, divisor=divisor, memory=memory)
+        if sdram:
+            _connect_sdram(m, platform, soc.sdram)
         uart = platform.request("uart", 0)
         m.d.comb += [soc.rx.eq(uart.rx.i), uart.tx.o.eq(soc.tx)]
         for status, (resource, number) in self.leds.items():
             m.d.comb += platform.request(resource, number).o.eq(getattr(soc, status))
         return m
+
+
+def _connect_sdram(m: Module, platform, controller) -> None:
+    """The controller's ``SdramPins`` on the platform's ``sdram`` resource, ``dq`` through a bidirectional
+    buffer; the chip's clock is the inverted ``sync`` clock (:func:`board_sdram`'s ``read_delay=-1``)."""
+    pins = platform.request("sdram", 0, dir={"dq": "-"})
+    m.submodules.sdram_dq = dq = io.Buffer("io", pins.dq)
+    m.d.comb += [pins.clk.o.eq(~ClockSignal()), pins.clk_en.o.eq(controller.clk_en), pins.cs.o.eq(controller.cs),
+                 pins.ras.o.eq(controller.ras), pins.cas.o.eq(controller.cas), pins.we.o.eq(controller.we),
+                 pins.ba.o.eq(controller.ba), pins.a.o.eq(controller.a), pins.dqm.o.eq(controller.dqm),
+                 dq.o.eq(controller.dq_o), dq.oe.eq(controller.dq_oe), controller.dq_i.eq(dq.i)]

@@ -8,7 +8,7 @@ from math import ceil
 
 from mvu.hdl.contract.config import HardwareConfig
 
-__all__ = ["Chip", "CHIPS", "ResourceError", "estimate", "check_fits", "RESOURCES"]
+__all__ = ["Chip", "CHIPS", "ResourceError", "estimate", "check_fits", "RESOURCES", "MEMORY_LOGIC"]
 
 #: The resources estimated and budgeted, in the order reports list them.
 RESOURCES = ("dsp", "bram", "lut", "ff")
@@ -61,6 +61,9 @@ _RESIDUAL_LANE = {"lut": 2490, "ff": 520}  # the ULX3S builds with and without i
 _FLOAT32_LANE = {"lut": 650, "ff": 690}  # the README: ~18 k LUT4 and ~22 k FF over 32 lanes
 _CONTROL = {"lut": 8000, "ff": 3000}
 _PER_PORT_BYTE = {"lut": 200, "ff": 90}
+#: Logic of each memory a board can give the core beside its block RAM: none for on-chip memory; the SDRAM
+#: controller measured with a traffic stub on its pins (docs/boards.md: 621 LUT4 and 425 FF, stub included).
+MEMORY_LOGIC = {"bram": {"lut": 0, "ff": 0}, "sdram": {"lut": 621, "ff": 425}}
 
 
 def _blocks(chip: Chip, width: int, depth: int) -> int:
@@ -68,9 +71,12 @@ def _blocks(chip: Chip, width: int, depth: int) -> int:
     return min(ceil(width / w) * ceil(depth / d) for d, w in chip.bram_shapes)
 
 
-def estimate(config: HardwareConfig, chip: Chip, *, memory_bytes: int = 0) -> dict[str, int]:
-    """Rough need of each of :data:`RESOURCES` for the core (and ``memory_bytes`` of on-chip memory
-    beside it, as a board without external memory has)."""
+def estimate(config: HardwareConfig, chip: Chip, *, memory_bytes: int = 0, memory: str = "bram") -> dict[str, int]:
+    """Rough need of each of :data:`RESOURCES` for the core and its ``memory`` (one of :data:`MEMORY_LOGIC`):
+    ``memory_bytes`` of on-chip memory beside it (``"bram"``, a board without external memory), or the
+    controller of ``memory_bytes`` of SDRAM (``"sdram"``, no block RAM)."""
+    if memory not in MEMORY_LOGIC:
+        raise ValueError(f"a board's memory is one of {', '.join(MEMORY_LOGIC)}, not {memory!r}")
     cells, lanes = config.rows * config.cols, config.cols
     w = chip.multiplier_width
     # a lane's post-processor product (32 x 32) and residual add products (two of 53 x 9 bits)
@@ -80,7 +86,7 @@ def estimate(config: HardwareConfig, chip: Chip, *, memory_bytes: int = 0) -> di
                 (32 * config.cols, config.acc_depth), (32 * config.cols, config.acc_depth),
                 (8 * config.cols, 64)]  # the store unit's addend FIFO
     # (the store unit's lookup tables, 256 bytes per lane, go to LUT RAM)
-    if memory_bytes:
+    if memory == "bram" and memory_bytes:
         memories.append((8 * config.mem_bytes, memory_bytes // config.mem_bytes))
     need = {"dsp": cells + multipliers * lanes + _WINDOW_DSPS,
             "bram": sum(_blocks(chip, w, d) for w, d in memories) + _FIFO_BRAMS}
@@ -88,13 +94,13 @@ def estimate(config: HardwareConfig, chip: Chip, *, memory_bytes: int = 0) -> di
         lane = (_LANE[kind] + (_FLOAT32_LANE[kind] if config.float32_requant else 0)
                 + (_RESIDUAL_LANE[kind] if config.residual_add else 0))
         need[kind] = (_CELL[kind] * cells + lane * lanes + _CONTROL[kind]
-                      + _PER_PORT_BYTE[kind] * config.mem_bytes)
+                      + _PER_PORT_BYTE[kind] * config.mem_bytes + MEMORY_LOGIC[memory][kind])
     return need
 
 
-def check_fits(config: HardwareConfig, chip: Chip, *, memory_bytes: int = 0) -> dict[str, int]:
+def check_fits(config: HardwareConfig, chip: Chip, *, memory_bytes: int = 0, memory: str = "bram") -> dict[str, int]:
     """The estimate, after raising :class:`ResourceError` for the first resource over the chip's budget."""
-    need = estimate(config, chip, memory_bytes=memory_bytes)
+    need = estimate(config, chip, memory_bytes=memory_bytes, memory=memory)
     for kind in RESOURCES:
         if need[kind] > chip.budget[kind]:
             raise ResourceError(

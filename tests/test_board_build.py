@@ -6,14 +6,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TINY
 
-from mvu.hdl.board_build import BOARDS, FAMILIES, build_bitstream, format_report, parse_nextpnr_report
-from mvu.hdl.board_soc import ecp5_pll_dividers
+from mvu.hdl.board_build import FAMILIES, build_bitstream, format_report, parse_nextpnr_report
+from mvu.hdl.board_soc import BoardTop, ecp5_pll_dividers
 from mvu.hdl.contract.config import PRESETS, HardwareConfig, preset
 from mvu.hdl.contract.isa import Finish, ProgramError, Store
 from mvu.hdl.contract.program import MemoryImage, Program, check_program
@@ -54,16 +55,22 @@ def test_the_cli_takes_a_preset_wherever_it_takes_a_configuration(capsys):
     assert shown["fingerprint"] == f"{preset('ulx3s-85f').fingerprint:#010x}"
 
 
+#: The on-chip memory of the ULX3S builds measured before its SDRAM (64-bit words: 64 DP16KD).
+MEASURED_MEMORY = 128 * 1024
+#: The ULX3S's memory: its SDRAM.
+ULX3S_MEMORY = {"memory_bytes": 32 << 20, "memory": "sdram"}
+
+
 def test_the_estimate_matches_measured_synthesis():
     """DSP and block RAM counts of the ULX3S builds (with the residual add, which its preset leaves out: nextpnr
     147 MULT18X18D, Yosys 152, and 110 DP16KD with its 128 KiB memory; without it nextpnr 99): per cell a
     multiplier, per lane the post-processor's 32 x 32 product (4) and the residual add's two 53 x 9 products
     (3 each), 7 in the load unit's window set-up."""
     ecp5 = CHIPS["LFE5U-85F"]
-    ulx3s = estimate(preset("ulx3s-85f"), ecp5, memory_bytes=BOARDS["ulx3s"].memory_bytes)
+    ulx3s = estimate(preset("ulx3s-85f"), ecp5, memory_bytes=MEASURED_MEMORY)
     assert ulx3s["dsp"] == 8 * 8 + 8 * 4 + 7 and 99 <= ulx3s["dsp"] <= 104
     adding = estimate(dataclasses.replace(preset("ulx3s-85f"), residual_add=True), ecp5,
-                      memory_bytes=BOARDS["ulx3s"].memory_bytes)
+                      memory_bytes=MEASURED_MEMORY)
     assert (adding["dsp"], adding["bram"]) == (8 * 8 + 8 * (4 + 6) + 7, 110) and 147 <= adding["dsp"] <= 152
     assert adding["lut"] > ulx3s["lut"]
     assert estimate(HardwareConfig(), ecp5)["dsp"] == 1024 + 32 * 10 + 7
@@ -80,9 +87,38 @@ def test_a_configuration_that_cannot_fit_is_refused_naming_the_resource():
         check_fits(measured, CHIPS["LFE5U-85F"])
     deep = dataclasses.replace(preset("ulx3s-85f"), acc_depth=8192)
     with pytest.raises(ResourceError, match=r"DP16KD \(bram\) but the chip has 208"):
-        check_fits(deep, CHIPS["LFE5U-85F"], memory_bytes=BOARDS["ulx3s"].memory_bytes)
-    need = check_fits(preset("ulx3s-85f"), CHIPS["LFE5U-85F"], memory_bytes=BOARDS["ulx3s"].memory_bytes)
+        check_fits(deep, CHIPS["LFE5U-85F"], **ULX3S_MEMORY)
+    need = check_fits(preset("ulx3s-85f"), CHIPS["LFE5U-85F"], **ULX3S_MEMORY)
     assert need["dsp"] == 103
+
+
+def test_the_sdram_takes_no_block_ram_and_its_controller_logic():
+    ecp5, config = CHIPS["LFE5U-85F"], preset("ulx3s-85f")
+    on_chip, core = estimate(config, ecp5, memory_bytes=MEASURED_MEMORY), estimate(config, ecp5)
+    sdram = estimate(config, ecp5, **ULX3S_MEMORY)
+    assert on_chip["bram"] - sdram["bram"] == 64 and sdram["bram"] == core["bram"]
+    assert (sdram["lut"] - core["lut"], sdram["ff"] - core["ff"]) == (621, 425)
+    with pytest.raises(ValueError, match="a board's memory is one of bram, sdram, not 'hbm'"):
+        estimate(config, ecp5, memory="hbm")
+
+
+def test_the_ulx3s_top_puts_the_memory_on_its_sdram():
+    """BoardTop on the ULX3S drives every pin of the platform's sdram resource (the SDRAM controller); its
+    memory is the chip's 32 MB."""
+    from amaranth.build import Subsignal
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    def top(memory_bytes: int) -> BoardTop:
+        return BoardTop(TINY, oscillator_mhz=25.0, memory_bytes=memory_bytes, baud=3_000_000, leds={})
+
+    resource = ULX3S_85F_Platform().resources["sdram", 0]
+    wanted = {pin for io in resource.ios if isinstance(io, Subsignal) for pin in io.ios[0].names}
+    constraints = ULX3S_85F_Platform().prepare(top(32 << 20), name="top").files["top.lpf"]
+    placed = set(re.findall(r'LOCATE COMP "sdram_0__[^"]+" SITE "(\w+)"', constraints))
+    assert placed == wanted and len(wanted) == 39
+    with pytest.raises(ValueError, match="ULX3S_85F_Platform's SDRAM holds 33554432 bytes: its memory_bytes must "
+                                         "be that, not 131072"):
+        ULX3S_85F_Platform().prepare(top(128 * 1024), name="top")
 
 
 def test_building_a_board_that_cannot_fit_fails_before_synthesis():
