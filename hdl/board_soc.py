@@ -15,7 +15,7 @@ from mvu.hdl.memory_arbiter import ID_BITS
 from mvu.hdl.sdram_controller import SdramController
 from mvu.hdl.uart import baud_divisor
 
-__all__ = ["BoardTop", "ecp5_pll_dividers", "board_sdram", "platform_memory"]
+__all__ = ["BoardTop", "ecp5_pll_dividers", "board_sdram"]
 
 # The ECP5 PLL's limits (MHz): phase detector input and VCO.
 _PFD_MHZ, _VCO_MHZ = (3.125, 400.0), (400.0, 800.0)
@@ -44,12 +44,6 @@ def board_sdram(config: HardwareConfig) -> SdramController:
     return SdramController(config.mem_bytes, config.clock_mhz * 1e6, read_delay=-1)
 
 
-def platform_memory(platform) -> str:
-    """The core's memory on a board (as :func:`mvu.hdl.resources.estimate` names it): ``"sdram"`` where its
-    platform has an ``sdram`` resource, else ``"bram"``."""
-    return "sdram" if ("sdram", 0) in platform.resources else "bram"
-
-
 def _ecp5_pll(m: Module, clock_in: Signal, input_mhz: float, output_mhz: float) -> Signal:
     """An EHXPLLL driving the ``sync`` domain's clock; returns its lock signal."""
     dividers = ecp5_pll_dividers(input_mhz, output_mhz)
@@ -72,17 +66,19 @@ def _ecp5_pll(m: Module, clock_in: Signal, input_mhz: float, output_mhz: float) 
 class BoardTop(Elaboratable):
     """:class:`LinkSoc` of ``config`` on a board's platform, with the board's memory.
 
-    The memory is the board's SDRAM where the platform has an ``sdram`` resource (:func:`platform_memory`;
-    the ULX3S: :func:`board_sdram` on the resource's pins, the chip clocked by the inverted ``sync`` clock;
-    ``memory_bytes`` must be the chip's capacity), else ``memory_bytes`` of block RAM. ``sync`` runs at
+    ``memory`` is ``"sdram"``: the platform's ``sdram`` resource (the ULX3S: :func:`board_sdram` on its pins,
+    the chip clocked by the inverted ``sync`` clock; ``memory_bytes`` must be the chip's capacity), or
+    ``"bram"``: ``memory_bytes`` of block RAM. ``sync`` runs at
     ``config.clock_mhz``: from an ECP5 PLL when that differs from ``oscillator_mhz`` (held in reset until the
     PLL locks), else the platform's own clock. The UART runs at ``baud``; ``leds`` name the platform's LED
     resource for each of busy, done and error (missing ones stay dark).
     """
 
-    def __init__(self, config: HardwareConfig, *, oscillator_mhz: float, memory_bytes: int, baud: int,
+    def __init__(self, config: HardwareConfig, *, oscillator_mhz: float, memory: str, memory_bytes: int, baud: int,
                  leds: dict[str, tuple[str, int]]):
-        self.config, self.oscillator_mhz, self.memory_bytes = config, oscillator_mhz, memory_bytes
+        if memory not in ("bram", "sdram"):
+            raise ValueError(f"a board's memory is one of bram, sdram, not {memory!r}")
+        self.config, self.oscillator_mhz, self.memory, self.memory_bytes = config, oscillator_mhz, memory, memory_bytes
         self.baud, self.leds = baud, leds
 
     def elaborate(self, platform):
@@ -94,7 +90,9 @@ class BoardTop(Elaboratable):
             locked = _ecp5_pll(m, buffer.i, self.oscillator_mhz, self.config.clock_mhz)
             m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
         divisor = baud_divisor(self.config.clock_mhz * 1e6, self.baud)
-        sdram = platform_memory(platform) == "sdram"
+        sdram = self.memory == "sdram"
+        if sdram and ("sdram", 0) not in platform.resources:
+            raise ValueError(f"the {type(platform).__name__} has no SDRAM")
         memory = board_sdram(self.config) if sdram else BlockRamMemory(self.config.mem_bytes, self.memory_bytes,
                                                                        id_bits=ID_BITS)
         if memory.memory_bytes != self.memory_bytes:
@@ -113,9 +111,12 @@ class BoardTop(Elaboratable):
 def _connect_sdram(m: Module, platform, controller) -> None:
     """The controller's ``SdramPins`` on the platform's ``sdram`` resource, ``dq`` through a bidirectional
     buffer; the chip's clock is the inverted ``sync`` clock (:func:`board_sdram`'s ``read_delay=-1``)."""
-    pins = platform.request("sdram", 0, dir={"dq": "-"})
+    pins = platform.request("sdram", 0, dir={"dq": "-", "clk": "-"})
     m.submodules.sdram_dq = dq = io.Buffer("io", pins.dq)
-    m.d.comb += [pins.clk.o.eq(~ClockSignal()), pins.clk_en.o.eq(controller.clk_en), pins.cs.o.eq(controller.cs),
+    # The inverted clock from a DDR output register (ODDRX1F): low after each rising edge, high after each falling
+    # one. Inverting the global clock in a LUT left router2 with an overused wire it never resolved.
+    m.submodules.sdram_clk = chip_clock = io.DDRBuffer("o", pins.clk)
+    m.d.comb += [chip_clock.o[0].eq(0), chip_clock.o[1].eq(1), pins.clk_en.o.eq(controller.clk_en), pins.cs.o.eq(controller.cs),
                  pins.ras.o.eq(controller.ras), pins.cas.o.eq(controller.cas), pins.we.o.eq(controller.we),
                  pins.ba.o.eq(controller.ba), pins.a.o.eq(controller.a), pins.dqm.o.eq(controller.dqm),
                  dq.o.eq(controller.dq_o), dq.oe.eq(controller.dq_oe), controller.dq_i.eq(dq.i)]

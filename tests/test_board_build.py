@@ -106,10 +106,11 @@ def test_the_ulx3s_top_puts_the_memory_on_its_sdram():
     """BoardTop on the ULX3S drives every pin of the platform's sdram resource (the SDRAM controller); its
     memory is the chip's 32 MB."""
     from amaranth.build import Subsignal
+    from amaranth_boards.icebreaker import ICEBreakerPlatform
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-    def top(memory_bytes: int) -> BoardTop:
-        return BoardTop(TINY, oscillator_mhz=25.0, memory_bytes=memory_bytes, baud=3_000_000, leds={})
+    def top(memory_bytes: int, memory: str = "sdram") -> BoardTop:
+        return BoardTop(TINY, oscillator_mhz=25.0, memory=memory, memory_bytes=memory_bytes, baud=3_000_000, leds={})
 
     resource = ULX3S_85F_Platform().resources["sdram", 0]
     wanted = {pin for io in resource.ios if isinstance(io, Subsignal) for pin in io.ios[0].names}
@@ -119,6 +120,10 @@ def test_the_ulx3s_top_puts_the_memory_on_its_sdram():
     with pytest.raises(ValueError, match="ULX3S_85F_Platform's SDRAM holds 33554432 bytes: its memory_bytes must "
                                          "be that, not 131072"):
         ULX3S_85F_Platform().prepare(top(128 * 1024), name="top")
+    with pytest.raises(ValueError, match="the ICEBreakerPlatform has no SDRAM"):
+        ICEBreakerPlatform().prepare(top(32 << 20), name="top")
+    with pytest.raises(ValueError, match="a board's memory is one of bram, sdram, not 'hbm'"):
+        top(32 << 20, "hbm")
 
 
 def test_building_a_board_that_cannot_fit_fails_before_synthesis():
