@@ -196,7 +196,7 @@ def test_nextpnr_report_is_parsed_into_resources_and_fmax():
 @pytest.mark.slow
 @pytest.mark.parametrize("board", ["ulx3s"])
 def test_board_bitstream_builds_and_meets_its_clock(board, capsys):
-    """About 6 minutes for the ULX3S on a 2-core machine (static placement and router2: 5.5 of them); then the CLI
+    """About 7 minutes for the ULX3S on a 2-core machine (static placement and router1: 6.4 of them); then the CLI
     finds it in the cache."""
     build = build_bitstream(board, progress=print)
     assert main(["build", "--board", board]) == 0
