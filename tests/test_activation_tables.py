@@ -91,10 +91,9 @@ def test_tables_follow_the_onnx_definitions():
         np.testing.assert_allclose(TABLE_FUNCTIONS[op](x, {}), values, rtol=1e-12, atol=1e-15, err_msg=op)
 
 
-def test_a_fused_table_is_bit_exact_on_the_rtl(verilator_executors):
-    model, output = activation_model("SiLU")
-    graph = import_onnx(model)
-    quantized = quantize_graph(graph, calibrate(model, graph, images(8, 1, 12), progress=False))
+def same_on_reference_and_rtl(quantized, verilator_executors) -> dict:
+    """Runs two images through ``quantized`` on reference and verilator (TINY), checks every layer's output is
+    the same on both, and returns verilator's tensors."""
     batch = quantized.input_q.quantize(images(2, 3, 12))
     runs = []
     for backend, executor in (("reference", None), ("verilator", verilator_executors(TINY))):
@@ -103,7 +102,15 @@ def test_a_fused_table_is_bit_exact_on_the_rtl(verilator_executors):
         runs.append(runner.tensors)
     for layer in quantized.layers:
         np.testing.assert_array_equal(runs[1][layer.output], runs[0][layer.output], err_msg=layer.name)
-    assert len(np.unique(runs[1][output])) > 16  # the table's output varies
+    return runs[1]
+
+
+def test_a_fused_table_is_bit_exact_on_the_rtl(verilator_executors):
+    model, output = activation_model("SiLU")
+    graph = import_onnx(model)
+    quantized = quantize_graph(graph, calibrate(model, graph, images(8, 1, 12), progress=False))
+    tensors = same_on_reference_and_rtl(quantized, verilator_executors)
+    assert len(np.unique(tensors[output])) > 16  # the table's output varies
 
 
 def test_compile_lists_where_each_table_runs(tmp_path, capsys):
@@ -304,15 +311,8 @@ def test_a_qdq_table_is_bit_exact_on_the_rtl(verilator_executors, tmp_path, monk
     quantized = from_qlinear_graph(fold_qdq(import_onnx(qdq_region_model("HardSwish", "QUInt8", tmp_path,
                                                                          monkeypatch))))
     table = next(layer for layer in quantized.layers if "table" in layer.arrays)
-    batch = quantized.input_q.quantize(images(2, 3, 12))
-    runs = []
-    for backend, executor in (("reference", None), ("verilator", verilator_executors(TINY))):
-        runner = ModelRunner(quantized, TINY, backend, executor)
-        runner.run_batch(batch)
-        runs.append(runner.tensors)
-    for layer in quantized.layers:
-        np.testing.assert_array_equal(runs[1][layer.output], runs[0][layer.output], err_msg=layer.name)
-    assert len(np.unique(runs[1][table.output])) > 16  # the table's output varies
+    tensors = same_on_reference_and_rtl(quantized, verilator_executors)
+    assert len(np.unique(tensors[table.output])) > 16  # the table's output varies
 
 
 def hand_written_qdq_gelu(signed: bool, seed: int = 0) -> onnx.ModelProto:

@@ -254,9 +254,9 @@ def test_a_convnext_block_runs_its_channels_last_linear_layers_on_the_accelerato
     assert sqnr > 32, sqnr
 
 
-@pytest.mark.parametrize("axis", [1, -1])
-def test_layer_normalization_on_the_host(axis):
-    """Over channels, height and width (NCHW, axis 1) and over the channels of an NHWC tensor (axis -1)."""
+def layer_normalized(axis: int):
+    """A network body: LayerNormalization over C, H, W (NCHW, axis 1) or over the channels of an NHWC tensor
+    (axis -1, transposed there and back)."""
     def body(g, x, rng):
         shape = (8, SIZE, SIZE) if axis == 1 else (8,)
         if axis == -1:
@@ -265,7 +265,13 @@ def test_layer_normalization_on_the_host(axis):
                                           g.constant(rng.normal(0, 0.1, shape).astype(np.float32), "beta")],
                    axis=axis)
         return x if axis == 1 else g.node("Transpose", [x], perm=[0, 3, 1, 2])
-    model = network(body)
+    return body
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_layer_normalization_on_the_host(axis):
+    """Over channels, height and width (NCHW, axis 1) and over the channels of an NHWC tensor (axis -1)."""
+    model = network(layer_normalized(axis))
     normalized = next(n.output[0] for n in model.graph.node if n.op_type == "LayerNormalization")
     quantized, sqnr = compile_and_run(model, tensor=normalized)
     assert "layernorm" in kinds(quantized)
@@ -319,15 +325,7 @@ def test_qdq_layer_normalization_runs_on_the_host_within_one_code_of_onnxruntime
     from mvu.host.compiler.prequantized import from_qlinear_graph
     from mvu.host.compiler.qdq import fold_qdq
 
-    def body(g, x, rng):
-        shape = (8, SIZE, SIZE) if axis == 1 else (8,)
-        if axis == -1:
-            x = g.node("Transpose", [x], perm=[0, 2, 3, 1])
-        x = g.node("LayerNormalization", [x, g.constant(rng.uniform(0.5, 1.5, shape).astype(np.float32), "gamma"),
-                                          g.constant(rng.normal(0, 0.1, shape).astype(np.float32), "beta")],
-                   axis=axis)
-        return x if axis == 1 else g.node("Transpose", [x], perm=[0, 3, 1, 2])
-    path = quantize_qdq(network(body), images(8, 1, SIZE), tmp_path, per_channel=axis == -1)
+    path = quantize_qdq(network(layer_normalized(axis)), images(8, 1, SIZE), tmp_path, per_channel=axis == -1)
     model = from_qlinear_graph(fold_qdq(import_onnx(str(path))))
     layer = next(layer for layer in model.layers if layer.kind == "layernorm")
     assert layer.placement == "host"
