@@ -87,10 +87,9 @@ _ULX3S = dict(preset="ulx3s-85f", chip=CHIPS["LFE5U-85F"], platform="amaranth_bo
               program="openFPGALoader -b ulx3s {bitstream}")
 
 BOARDS = {
-    # The core on 128 KiB of block RAM (the toy model's programs fit); ulx3s-sdram puts it on the 32 MB SDRAM,
-    # which does not route at 50 MHz yet (README's board table).
-    "ulx3s": Board("ulx3s", memory="bram", memory_bytes=128 * 1024, **_ULX3S),
-    "ulx3s-sdram": Board("ulx3s-sdram", memory="sdram", memory_bytes=32 << 20, **_ULX3S),
+    # The core on the 32 MB SDRAM; ulx3s-bram on 128 KiB of block RAM instead (the toy model's programs fit).
+    "ulx3s": Board("ulx3s", memory="sdram", memory_bytes=32 << 20, **_ULX3S),
+    "ulx3s-bram": Board("ulx3s-bram", memory="bram", memory_bytes=128 * 1024, **_ULX3S),
     "icebreaker": Board("icebreaker", "icebreaker", CHIPS["iCE40UP5K"], "amaranth_boards.icebreaker:ICEBreakerPlatform",
                         12.0, "bram", 8 * 1024, 1_000_000, {"done": ("led", 1), "error": ("led", 0)},
                         ("--up5k", "--package", "sg48"), "openFPGALoader -b ice40_generic {bitstream}"),
