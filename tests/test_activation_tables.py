@@ -219,6 +219,12 @@ def test_qdq_tables_equal_onnxruntime_bit_for_bit(activation, codes, tmp_path):
     quantized = from_qlinear_graph(fold_qdq(import_onnx(path)))
     placements = {row["op"]: row["placement"] for row in quantized.report}
     assert placements[f"QLinear{activation} (table)"] == FUSED_TABLE
+    assert_equals_onnxruntime(path, quantized)
+
+
+def assert_equals_onnxruntime(path, quantized) -> None:
+    """16 images through onnxruntime's session of the model at ``path`` and through ``quantized`` on numpy and
+    reference: the outputs are equal."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batch = images(16, 7, 12)
     expected = np.concatenate([session.run(None, {"input": image[None]})[0] for image in batch])
@@ -296,12 +302,7 @@ def test_qdq_regions_are_onnxruntimes_tables(activation, codes, tmp_path, monkey
     quantized = from_qlinear_graph(fold_qdq(import_onnx(path)))
     tables = [row for row in quantized.report if row["op"].endswith("(QDQ table)")]
     assert [row["placement"] for row in tables] == [FUSED_TABLE], quantized.report
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    batch = images(16, 7, 12)
-    expected = np.concatenate([session.run(None, {"input": image[None]})[0] for image in batch])
-    for backend in ("numpy", "reference"):
-        got = ModelRunner(quantized, TINY, backend).run_batch(quantized.input_q.quantize(batch))
-        np.testing.assert_array_equal(got, expected, err_msg=backend)
+    assert_equals_onnxruntime(path, quantized)
 
 
 def test_a_qdq_table_is_bit_exact_on_the_rtl(verilator_executors, tmp_path, monkeypatch):
@@ -441,9 +442,4 @@ def test_a_qdq_region_with_one_constant_per_channel_is_a_table_per_channel(case,
     assert table.arrays["table"].shape == (8, 256) and table.attrs["axis"] == axis
     assert len(np.unique(table.arrays["table"], axis=0)) == 8  # each channel its own
     assert {row["layer"]: (row["op"], row["placement"]) for row in quantized.report}[table.name] == (op, "host")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    batch = images(16, 7, 12)
-    expected = np.concatenate([session.run(None, {"input": image[None]})[0] for image in batch])
-    for backend in ("numpy", "reference"):
-        got = ModelRunner(quantized, TINY, backend).run_batch(quantized.input_q.quantize(batch))
-        np.testing.assert_array_equal(got, expected, err_msg=backend)
+    assert_equals_onnxruntime(path, quantized)
