@@ -164,7 +164,8 @@ class RunControl(wiring.Signature):
 #: ``wait_store``, ``signal_load`` and ``signal_store`` are its ``pop_next``, ``push_prev`` and ``push_next``
 #: bits, ``swap``: its first entry swaps a preloaded tile in).
 COMPUTE_JOB = data.StructLayout({
-    "act_addr": 16, "count": 16, "acc_addr": 16, "accumulate": 1, "act_signed": 1, "act_zero_point": signed(16),
+    "act_addr": 16, "count": 16, "acc_addr": 16, "accumulate": 1, "maximum": 1, "act_signed": 1,
+    "act_zero_point": signed(16),
     "wait_store": 1, "signal_load": 1, "signal_store": 1, "swap": 1,
 })
 

@@ -73,7 +73,8 @@ class Preloader(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.instr.ready.eq(1)
                 with m.If(self.instr.valid):
-                    for name in ("act_addr", "count", "acc_addr", "act_zero_point", "accumulate", "act_signed"):
+                    for name in ("act_addr", "count", "acc_addr", "act_zero_point", "accumulate", "maximum",
+                                 "act_signed"):
                         m.d.sync += pre[name].eq(field(name))
                     m.d.sync += [
                         pre.wait_store.eq(instruction_field(word, "pop_next")),

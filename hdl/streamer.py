@@ -25,7 +25,9 @@ class Streamer(wiring.Component):
     compute unit's tokens with the store unit). Each cycle then reads one
     activation entry, which enters the array (``acts``) a cycle later, the
     first of a preloaded tile flagged to swap the tile in; its dot products
-    (``sums``) are added into, or written to, their accumulator entry. The
+    (``sums``) are added into, or written to, their accumulator entry, or with
+    ``maximum`` (built with the configuration's ``max_pool``) the larger of
+    each sum and the entry's value is kept. The
     accumulator read port must return an entry written in the same cycle
     (transparent), as consecutive instructions may accumulate into it.
     ``array_latency`` is the cycles from ``acts`` to ``sums``.
@@ -61,6 +63,7 @@ class Streamer(wiring.Component):
         count = Signal(16)
         acc_addr = Signal(16)
         accumulate = Signal()
+        maximum = Signal()  # with max_pool only: else the comparators are left out, not just unused
         act_signed = Signal()
         act_zero_point = Signal(signed(16))
         signal_load = Signal()
@@ -100,6 +103,8 @@ class Streamer(wiring.Component):
                 signal_store.eq(taken.signal_store), swap.eq(taken.swap),
                 busy.eq(1), waiting.eq(taken.wait_store),
             ]
+            if self.config.max_pool:
+                m.d.sync += maximum.eq(taken.maximum)
         m.d.comb += self.starved.eq(~busy & ~job.valid)
 
         # Element pipeline: activation read, array, accumulate.
@@ -112,14 +117,18 @@ class Streamer(wiring.Component):
         ]
         # Metadata reaches the accumulator read one cycle before the array's result.
         lead = self.array_latency  # from issue to the accumulator read
-        at_read = delayed(m, Cat(acc_addr, accumulate), lead, "elem_meta")
+        meta = Cat(acc_addr, accumulate, maximum) if self.config.max_pool else Cat(acc_addr, accumulate)
+        at_read = delayed(m, meta, lead, "elem_meta")
         at_write = delayed(m, at_read, 1, "elem_meta_write")
         notify_store = delayed(m, last & signal_store, lead + 1, "elem_notify", reset=True)
         m.d.comb += self.acc_read.addr.eq(at_read[:16])
         for c in range(C):
             previous = self.acc_read.data[32 * c:32 * (c + 1)].as_signed()
             result = self.sums.payload[c]
-            m.d.comb += self.acc_write.data[32 * c:32 * (c + 1)].eq(Mux(at_write[16], previous + result, result))
+            combined = previous + result
+            if self.config.max_pool:
+                combined = Mux(at_write[17], Mux(previous > result, previous, result), combined)
+            m.d.comb += self.acc_write.data[32 * c:32 * (c + 1)].eq(Mux(at_write[16], combined, result))
         m.d.comb += [
             self.acc_write.en.eq(self.sums.valid),
             self.acc_write.addr.eq(at_write[:16]),

@@ -203,15 +203,16 @@ class GemmProgram:
     ``M x N`` output back. An output ``table`` (256 bytes) is applied to each requantized byte by the STOREs
     (``lookup``), so an elementwise activation comes with the product. A ``residual`` add (its ``addend_offset``
     is set here) adds the uint8 ``addend`` [M, N], stored like the outputs, to each requantized row before the
-    lookup (the STOREs' ``add``). ``memory_bytes_per_cycle`` (default: one beat per cycle) tunes the tiling to the
-    memory the program will run against.
+    lookup (the STOREs' ``add``). With ``maximum`` the K tiles' products are not summed: each output keeps the
+    largest (COMPUTE's ``maximum``, for max pooling). ``memory_bytes_per_cycle`` (default: one beat per cycle) tunes
+    the tiling to the memory the program will run against.
     """
 
     def __init__(self, config: HardwareConfig, a: np.ndarray | ConvolutionInput, w: np.ndarray, *,
                  act_zero_point: int = 0, requant: Requantization | None = None, tiling: GemmTiling | None = None,
                  memory_bytes_per_cycle: float | None = None, table: np.ndarray | None = None,
-                 addend: np.ndarray | None = None, residual: ResidualAdd | None = None):
-        self.config = config
+                 addend: np.ndarray | None = None, residual: ResidualAdd | None = None, maximum: bool = False):
+        self.config, self.maximum = config, maximum
         self.conv = a if isinstance(a, ConvolutionInput) else None
         if self.conv is None:
             a = np.asarray(a)
@@ -344,7 +345,8 @@ class GemmProgram:
             j, i = np.repeat(np.arange(tiles_k), tiles_n), np.tile(np.arange(tiles_n), tiles_k)  # j outer, i inner
             program.add(Opcode.COMPUTE, tiles_k * tiles_n, act_addr=act_base + j * rows, count=rows,
                         acc_addr=acc_base + i * rows, wgt_addr=wgt_base + (i * tiles_k + j) * R, preload=True,
-                        accumulate=kt0 + j > 0, act_signed=self.act_signed, act_zero_point=self.act_zero_point,
+                        accumulate=kt0 + j > 0, maximum=self.maximum, act_signed=self.act_signed,
+                        act_zero_point=self.act_zero_point,
                         first={"wait_load": True, "wait_store": kt0 == 0 and b >= 2},
                         last={"signal_load": c + 2 < len(chunks), "signal_store": kt0 + tiles_k == k_tiles})
 

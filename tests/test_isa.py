@@ -30,7 +30,7 @@ def random_instruction(rng: random.Random):
     if kind is Compute:
         return Compute(rng.randrange(1 << 16), rng.randrange(1 << 16), rng.randrange(1 << 16), rng.randrange(1 << 16),
                        *(rng.random() < .5 for _ in range(3)), rng.randrange(-32768, 32768),
-                       *(rng.random() < .5 for _ in range(4)))
+                       *(rng.random() < .5 for _ in range(5)))
     if kind is Store:
         return Store(rng.randrange(1 << 16), rng.randrange(1 << 16), rng.randrange(1 << 32), rng.randrange(1 << 32),
                      rng.randrange(1 << 32), *(rng.random() < .5 for _ in range(3)),

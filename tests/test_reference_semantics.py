@@ -14,7 +14,8 @@ from mvu.host.executors.reference import ReferenceExecutor
 
 
 def naive_run(config, memory: np.ndarray, instructions) -> None:
-    """Each instruction in order, each accumulator row wrapped to int32 after every addition."""
+    """Each instruction in order, each accumulator row wrapped to int32 after every addition (or kept the larger,
+    ``maximum``)."""
     act = np.zeros((config.act_depth, config.rows), np.uint8)
     wgt = np.zeros((config.wgt_depth, config.cols), np.uint8)
     acc = np.zeros((config.acc_depth, config.cols), np.int64)
@@ -33,8 +34,12 @@ def naive_run(config, memory: np.ndarray, instructions) -> None:
             for i in range(ins.count):
                 row = act[ins.act_addr + i]
                 x = (row.view(np.int8) if ins.act_signed else row).astype(np.int64) - ins.act_zero_point
-                total = x @ bank + (acc[ins.acc_addr + i] if ins.accumulate else 0)
-                acc[ins.acc_addr + i] = (total + 2 ** 31) % 2 ** 32 - 2 ** 31
+                product = (x @ bank + 2 ** 31) % 2 ** 32 - 2 ** 31
+                if ins.accumulate and ins.maximum:
+                    acc[ins.acc_addr + i] = np.maximum(acc[ins.acc_addr + i], product)
+                else:
+                    total = product + (acc[ins.acc_addr + i] if ins.accumulate else 0)
+                    acc[ins.acc_addr + i] = (total + 2 ** 31) % 2 ** 32 - 2 ** 31
         elif isinstance(ins, Store):
             if ins.load_params:
                 params = memory[ins.param_addr:ins.param_addr + config.param_block_bytes].view(np.int32)
@@ -81,7 +86,7 @@ def random_program(config, rng: random.Random, length: int) -> Program:
             instructions.append(Compute(
                 act_addr=rng.randrange(config.act_depth - count + 1), count=count, acc_addr=acc,
                 wgt_addr=rng.randrange(config.wgt_depth - config.rows + 1), preload=rng.random() < 0.6,
-                accumulate=rng.random() < 0.6, act_signed=signed,
+                accumulate=rng.random() < 0.6, act_signed=signed, maximum=rng.random() < 0.2,
                 act_zero_point=rng.randrange(-128, 128) if signed else rng.randrange(256)))
         else:
             count = rng.randint(1, 10)

@@ -30,7 +30,9 @@ class HardwareConfig:
     (STORE's ``float32_scale``); without it the post-processor is smaller and
     programs that use it are refused. ``residual_add`` builds the store unit's
     residual add (STORE's ``add``: onnxruntime's float32 QLinearAdd, two 53 x 9-bit
-    products a lane); without it Adds stay on the host and programs that add are refused.
+    products a lane); without it Adds stay on the host and programs that add are refused. ``max_pool`` builds
+    the accumulators' maximum (COMPUTE's ``maximum``: ``cols`` 32-bit comparisons); without it max pooling stays
+    on the host and programs that use it are refused.
     """
 
     rows: int = 32
@@ -43,6 +45,7 @@ class HardwareConfig:
     clock_mhz: float = 100.0
     float32_requant: bool = True
     residual_add: bool = True
+    max_pool: bool = True
 
     def __post_init__(self) -> None:
         for name in ("rows", "cols", "act_depth", "wgt_depth", "acc_depth", "queue_depth"):
@@ -71,7 +74,7 @@ class HardwareConfig:
             raise ValueError(f"queue_depth must be between 2 and 256, not {self.queue_depth}")
         if not (isinstance(self.clock_mhz, (int, float)) and self.clock_mhz > 0):
             raise ValueError(f"clock_mhz must be a positive number, not {self.clock_mhz!r}")
-        for name in ("float32_requant", "residual_add"):
+        for name in ("float32_requant", "residual_add", "max_pool"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be true or false, not {getattr(self, name)!r}")
 
@@ -140,11 +143,11 @@ class HardwareConfig:
         return (f"{self.rows}x{self.cols} array, act {self.act_depth}, wgt {self.wgt_depth}, "
                 f"acc {self.acc_depth} entries, {8 * self.mem_bytes}-bit memory port, "
                 f"{self.clock_mhz:g} MHz" + ("" if self.float32_requant else ", no float32 requantization")
-                + ("" if self.residual_add else ", no residual add"))
+                + ("" if self.residual_add else ", no residual add") + ("" if self.max_pool else ", no max pool"))
 
 
 #: Options added after the first bitstreams and packages, with the default they had before.
-_LATER_OPTIONS = {"float32_requant": True, "residual_add": True}
+_LATER_OPTIONS = {"float32_requant": True, "residual_add": True, "max_pool": False}
 
 #: Named configurations, each sized to its board's chip (budgets and estimates: hdl/resources.py).
 PRESETS: dict[str, HardwareConfig] = {
@@ -152,10 +155,11 @@ PRESETS: dict[str, HardwareConfig] = {
     # LFE5U-85F (156 MULT18X18D): an 8x8 array (64) and an 8-lane fixed-point post-processor (4 each), without the
     # residual add (its 48 multipliers and 7.6 k LUT4). 50 MHz: nextpnr's report in the README's board table.
     "ulx3s-85f": HardwareConfig(rows=8, cols=8, act_depth=2048, wgt_depth=1024, acc_depth=1024, mem_bytes=8,
-                                clock_mhz=50.0, float32_requant=False, residual_add=False),
+                                clock_mhz=50.0, float32_requant=False, residual_add=False, max_pool=False),
     # iCE40UP5K: the smallest array the contract allows.
     "icebreaker": HardwareConfig(rows=4, cols=4, act_depth=512, wgt_depth=256, acc_depth=256, mem_bytes=4,
-                                 queue_depth=4, clock_mhz=12.0, float32_requant=False, residual_add=False),
+                                 queue_depth=4, clock_mhz=12.0, float32_requant=False, residual_add=False,
+                                 max_pool=False),
 }
 
 

@@ -98,6 +98,7 @@ OPCODE_FIELDS: dict[Opcode, dict[str, Field]] = {
         "preload": Field(8, 1),
         "accumulate": Field(9, 1),
         "act_signed": Field(10, 1),
+        "maximum": Field(11, 1),
         "act_addr": Field(32, 16),
         "count": Field(48, 16),
         "acc_addr": Field(64, 16),
@@ -136,7 +137,7 @@ _TOKEN_NAMES: dict[Opcode, dict[str, str]] = {
 }
 
 
-_FLAGS = frozenset({"window", "preload", "accumulate", "act_signed", "load_params", "raw", "float32_scale",
+_FLAGS = frozenset({"window", "preload", "accumulate", "act_signed", "maximum", "load_params", "raw", "float32_scale",
                     "load_table", "lookup", "add", *(
     name for names in _TOKEN_NAMES.values() for name in names.values())})
 
@@ -218,7 +219,9 @@ class Compute(_Encodable):
 
     With ``preload`` the weight tile at ``wgt_addr`` (``rows`` entries) is
     first shifted into the array's idle weight bank, which then becomes the
-    active one; without it the active bank is reused.
+    active one; without it the active bank is reused. With ``accumulate`` each
+    product is added to its accumulator entry, or with ``maximum`` too, the
+    larger of the two is kept (max pooling).
     """
 
     opcode: ClassVar[Opcode] = Opcode.COMPUTE
@@ -234,6 +237,7 @@ class Compute(_Encodable):
     wait_store: bool = False
     signal_load: bool = False
     signal_store: bool = False
+    maximum: bool = False
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,7 @@ def check_program(config: HardwareConfig, memory: MemoryImage | np.ndarray, addr
 
 def _check_built_in(config: HardwareConfig, c: dict[str, np.ndarray]) -> None:
     """Refuse what the configuration's hardware leaves out: float32 requantization without ``float32_requant``,
-    the residual add without ``residual_add``."""
+    the residual add without ``residual_add``, the accumulators' maximum without ``max_pool``."""
     stores = c["opcode"] == Opcode.STORE
     if not config.float32_requant:
         uses = np.flatnonzero(stores & (c["float32_scale"] != 0) & (c["raw"] == 0))
@@ -176,6 +176,12 @@ def _check_built_in(config: HardwareConfig, c: dict[str, np.ndarray]) -> None:
             raise ProgramError(f"instruction {uses[0]} (STORE): the residual add is not built into this "
                                f"configuration ({config.describe()}); add on the host or use a configuration "
                                f"with residual_add")
+    if not config.max_pool:
+        uses = np.flatnonzero((c["opcode"] == Opcode.COMPUTE) & (c["maximum"] != 0))
+        if uses.size:
+            raise ProgramError(f"instruction {uses[0]} (COMPUTE): the accumulators' maximum is not built into this "
+                               f"configuration ({config.describe()}); pool on the host or use a configuration "
+                               f"with max_pool")
 
 
 def _outside_buffer(start: np.ndarray, count: np.ndarray, depth) -> np.ndarray:

@@ -161,11 +161,12 @@ def _qgemm(p: _Pass, node: Node) -> None:
 
 
 def _maxpool(p: _Pass, node: Node) -> None:
-    """On uint8 codes: the maximum keeps the input's scale and zero point."""
+    """On uint8 codes: the maximum keeps the input's scale and zero point. On the accelerator (the runner pools on the
+    host where the configuration has no ``max_pool`` or window LOADs cannot express the windows)."""
     a = node.attrs
     if any(d != 1 for d in a.get("dilations", [1, 1])):
         raise ModelImportError(f"{p.graph.name}: MaxPool '{node.name}' with dilations is not supported")
-    p.emit(Layer("maxpool", node.name, [node.inputs[0]], node.outputs[0], "host",
+    p.emit(Layer("maxpool", node.name, [node.inputs[0]], node.outputs[0], "accelerator",
                  {**_window(p, node), "count_include_pad": 0}, {}, p.tensor_q[node.inputs[0]]), node.op)
 
 

@@ -481,7 +481,7 @@ def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_b
     ``(address, size)``), or ``None`` when the interpreter must run it. STOREs that ``add`` need the ``memory``
     holding their add blocks (where their addends lie); the plan assumes the blocks stay as they are."""
     addend_reads = _addend_reads(config, columns, memory)
-    if addend_reads is None:
+    if addend_reads is None or columns["maximum"].any():  # the interpreter keeps the maximum's order
         return None
     windows, window_reads = None, []
     if columns["window"].any():

@@ -29,7 +29,7 @@ def _wrap_int32(values: np.ndarray) -> np.ndarray:
 _FIELDS = {
     Opcode.LOAD: ("buffer", "sram_addr", "count", "dram_addr", "dram_stride", "window", *WINDOW_FIELDS),
     Opcode.COMPUTE: ("act_addr", "count", "acc_addr", "wgt_addr", "preload", "accumulate", "act_signed",
-                     "act_zero_point"),
+                     "act_zero_point", "maximum"),
     Opcode.STORE: ("acc_addr", "count", "dram_addr", "dram_stride", "param_addr", "load_params", "raw",
                    "float32_scale", "out_zero_point", "clamp_min", "clamp_max", "table_addr", "load_table", "lookup", "add"),
 }
@@ -110,9 +110,15 @@ class _Machine:
             self.slices.clear()
 
     def compute(self, act_addr: int, count: int, acc_addr: int, wgt_addr: int, preload: int, accumulate: int,
-                act_signed: int, act_zero_point: int) -> None:
+                act_signed: int, act_zero_point: int, maximum: int) -> None:
         if preload:
             self.tile = self.wgt[wgt_addr:wgt_addr + self.config.rows].view(np.int8).copy()
+        if accumulate and maximum:  # the larger of each accumulator and its product: now, not deferred
+            self.settle(acc_addr, count)
+            values, zero_point = self._slice(act_addr, count, act_signed, act_zero_point)
+            rows = slice(acc_addr, acc_addr + count)
+            self.acc[rows] = np.maximum(self.acc[rows], _wrap_int32(centred_matmul(values, zero_point, self.tile)))
+            return
         key = (acc_addr, count)
         pending = self.pending.get(key)
         if pending is None or not accumulate:

@@ -192,27 +192,27 @@ class ModelRunner:
 
     def gemm(self, a: np.ndarray | ConvolutionInput, w: np.ndarray, zero_point: int, requant: Requantization | None,
              stats: LayerStats, key: tuple, table: np.ndarray | None = None, kind: type = GemmProgram,
-             **residual) -> np.ndarray:
+             **options) -> np.ndarray:
         """``key`` names the product within the model: its program (a ``kind``, made from the same arguments) is
         built once per number of rows (the batch size) and rerun on new activations. Raw int32 sums (``requant``
         None) come back as a view of the program's memory, valid until the product runs again. A ``table`` (256
-        bytes) is looked up by the product's STOREs, after a ``residual`` add of an ``addend`` if given (see
-        :class:`GemmProgram`)."""
+        bytes) is looked up by the product's STOREs, after a ``residual`` add of an ``addend`` if given; the other
+        ``options`` are the program's (see :class:`GemmProgram`)."""
         if self.executor is None:
-            return golden_gemm(a, w, zero_point, requant, table, **residual)
+            return golden_gemm(a, w, zero_point, requant, table, **options)
         key = (*key, a.shape[0])
         program = self._programs.get(key)
         if program is None:
             program = self._programs[key] = kind(
                 self.config, a, w, act_zero_point=zero_point, requant=requant,
-                memory_bytes_per_cycle=self.executor.memory_bytes_per_cycle, table=table, **residual)
+                memory_bytes_per_cycle=self.executor.memory_bytes_per_cycle, table=table, **options)
             self._used.append(program)
             self._evict()
         else:
             self._programs.move_to_end(key)
             program.load_activations(a)
-            if residual:
-                program.load_addend(residual["addend"])
+            if "addend" in options:
+                program.load_addend(options["addend"])
             self._used.append(program)
         run = self.executor.run(program.program)
         stats.cycles += run.counters.get("cycles", 0)
@@ -487,9 +487,26 @@ class ModelRunner:
                           float32_scale=True).reshape(n, c, 1, 1)
 
     def _maxpool(self, layer: Layer, tensors, stats):
+        """Each window's largest code, the padding counting as 0 (uint8's minimum): on the accelerator (where the
+        compiler placed it) as a :class:`DepthwiseProgram` of unit weights whose taps keep the larger product
+        (COMPUTE's ``maximum``) with zero point 0, so that products are the codes themselves and the STOREs write
+        them back unchanged; on the host without an executor, or where the configuration or window LOADs cannot
+        (its ``stats`` then say ``host``)."""
         x = tensors[layer.inputs[0]]
         a = layer.attrs
         pads = _pool_pads(x.shape[2:], a)
+        n, c = x.shape[:2]
+        kernel = tuple(a["kernel"])
+        windows = ConvolutionInput(x.transpose(0, 2, 3, 1), kernel, tuple(a["strides"]), tuple(pads))
+        if stats.placement == "accelerator" and (not self.config.max_pool or depthwise_limit(self.config, windows)):
+            stats.placement = "host"
+        if stats.placement == "accelerator" and self.executor is not None:
+            identity = Requantization(np.zeros(c, np.int64), np.ones(c, np.int64), np.zeros(c, np.int64),
+                                      out_zero_point=0, clamp_min=0, clamp_max=255)
+            stats.lowering = "windows"
+            out = self.gemm(windows, np.ones((c, *kernel), np.int8), 0, identity, stats, (layer.name,),
+                            kind=DepthwiseProgram, maximum=True)
+            return _channels_first(out.view(np.uint8), n, *windows.out_size)
         patches, ho, wo = im2col(x, a["kernel"], a["strides"], pads, [1, 1], 0)  # 0 is uint8's minimum
         kk = a["kernel"][0] * a["kernel"][1]
         return _channels_first(patches.reshape(-1, kk, x.shape[1]).max(axis=1), len(x), ho, wo)

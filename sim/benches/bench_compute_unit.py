@@ -7,7 +7,8 @@ instruction that waits for a load token reads activations and a tile that
 the bench writes only when the token is taken, so reading them earlier
 gives wrong sums; the other instructions read data written at the start.
 Instructions accumulate into overlapping accumulator ranges, as the
-k-chunks of a matrix product do.
+k-chunks of a matrix product do, or keep the larger value (``maximum``, as
+max pooling's taps do).
 """
 
 import random
@@ -80,7 +81,8 @@ def random_jobs(rng: np.random.Generator, count: int):
         zero_point = int(rng.integers(-128, 128) if signed else rng.integers(0, 256))
         acc_addr = int(rng.integers(0, CONFIG.acc_depth - entries + 1))
         compute = Compute(act_addr=act_addr, count=entries, acc_addr=acc_addr, wgt_addr=wgt_addr, preload=preload,
-                          accumulate=rng.random() < 0.6, act_signed=signed, act_zero_point=zero_point,
+                          accumulate=rng.random() < 0.6, maximum=rng.random() < 0.3, act_signed=signed,
+                          act_zero_point=zero_point,
                           wait_load=wait_load, wait_store=rng.random() < 0.4, signal_load=rng.random() < 0.4,
                           signal_store=rng.random() < 0.4)
         values = act[act_addr:act_addr + entries]
@@ -89,7 +91,10 @@ def random_jobs(rng: np.random.Generator, count: int):
         jobs.append(Job(compute, fills, len(writes)))
         for i, row in enumerate(sums):
             address = compute.acc_addr + i
-            acc[address] = wrap32(acc[address] + row if compute.accumulate else row)
+            if compute.accumulate:
+                acc[address] = np.maximum(acc[address], row) if compute.maximum else wrap32(acc[address] + row)
+            else:
+                acc[address] = row
             writes.append((address, [int(v) for v in acc[address]]))
     for name, first, width in (("act", STATIC_ACTS, R), ("wgt", R * STATIC_TILES, C)):
         for address in range(first, len(buffers[name])):  # garbage until the bench takes the load token
