@@ -59,6 +59,9 @@ _CELL = {"lut": 60, "ff": 94}
 _LANE = {"lut": 910, "ff": 700}
 _RESIDUAL_LANE = {"lut": 2490, "ff": 520}  # the ULX3S builds with and without it, over 8 lanes
 _FLOAT32_LANE = {"lut": 650, "ff": 690}  # the README: ~18 k LUT4 and ~22 k FF over 32 lanes
+#: The accumulators' maximum: a 32-bit signed comparison (a carry chain) and a 32-bit 2:1 choice per lane; counted
+#: from the logic, not yet measured on a board (no preset builds it).
+_MAX_POOL_LANE = {"lut": 64, "ff": 0}
 _CONTROL = {"lut": 8000, "ff": 3000}
 _PER_PORT_BYTE = {"lut": 200, "ff": 90}
 #: Logic of each memory a board can give the core beside its block RAM: none for on-chip memory; the SDRAM
@@ -94,7 +97,8 @@ def estimate(config: HardwareConfig, chip: Chip, *, memory_bytes: int = 0, memor
             "bram": sum(_blocks(chip, w, d) for w, d in memories) + _FIFO_BRAMS}
     for kind in ("lut", "ff"):
         lane = (_LANE[kind] + (_FLOAT32_LANE[kind] if config.float32_requant else 0)
-                + (_RESIDUAL_LANE[kind] if config.residual_add else 0))
+                + (_RESIDUAL_LANE[kind] if config.residual_add else 0)
+                + (_MAX_POOL_LANE[kind] if config.max_pool else 0))
         need[kind] = (_CELL[kind] * cells + lane * lanes + _CONTROL[kind]
                       + _PER_PORT_BYTE[kind] * config.mem_bytes + MEMORY_LOGIC[memory][kind])
     return need
