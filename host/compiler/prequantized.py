@@ -119,7 +119,7 @@ def _qlinear_global_average_pool(p: _Pass, node: Node) -> None:
     if node.attrs.get("channels_last", 0):
         raise ModelImportError(f"{p.graph.name}: channels-last QLinearGlobalAveragePool '{node.name}' is not "
                                f"supported")
-    p.emit(Layer("gap", node.name, [node.inputs[0]], node.outputs[0], "host", {}, {},
+    p.emit(Layer("gap", node.name, [node.inputs[0]], node.outputs[0], "accelerator", {}, {},
                  p.params(node.inputs[3], node.inputs[4])), node.op)
 
 

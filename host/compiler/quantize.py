@@ -256,9 +256,10 @@ _POOLS = {"MaxPool": "maxpool", "AveragePool": "avgpool", "GlobalAveragePool": "
 
 
 def _pool(p: _Pass, node: Node) -> None:
-    """Pooling on the host, but for a MaxPool (keeping its input's quantization) and an AveragePool whose windows all
-    divide by the whole kernel: depthwise programs of unit weights on the accelerator (the runner pools on the host
-    where the configuration or window LOADs cannot)."""
+    """Pooling on the accelerator (the runner pools on the host where the configuration or its programs cannot): a
+    MaxPool (keeping its input's quantization) and an AveragePool whose windows all divide by the whole kernel as
+    depthwise programs of unit weights, a GlobalAveragePool as a global pool program; other AveragePools on the
+    host."""
     in_q = p.q_of(node.inputs[0])
     out_q = in_q if node.op == "MaxPool" else p.out_params(node.outputs[0], "none")
     attrs = {"kernel": list(node.attrs.get("kernel_shape", [])), "strides": list(node.attrs.get("strides", [1, 1])),
@@ -267,8 +268,8 @@ def _pool(p: _Pass, node: Node) -> None:
     if node.attrs.get("ceil_mode", 0):
         attrs["ceil_mode"] = 1
     shape = p.shapes.get(node.inputs[0])
-    on_array = node.op == "MaxPool" or (node.op == "AveragePool" and shape is not None
-                                        and uniform_pool(shape[2:], attrs))
+    on_array = node.op in ("MaxPool", "GlobalAveragePool") or (node.op == "AveragePool" and shape is not None
+                                                               and uniform_pool(shape[2:], attrs))
     p.emit(Layer(_POOLS[node.op], node.name, [node.inputs[0]], node.outputs[0], "accelerator" if on_array else "host",
                  attrs, {}, out_q), node.op)
 

@@ -22,7 +22,8 @@ from mvu.host.executors import BACKENDS, make_executor
 from mvu.host.executors.kernels import depthwise_sums, qlinear_add
 from mvu.host.executors.onnxruntime_add import QLinearAdd, add_coefficients, onnxruntime_add
 from mvu.host.executors.requantize import requantize_rows
-from mvu.host.gemm import ConvolutionInput, GemmProgram, golden_gemm
+from mvu.host.gemm import ConvolutionInput, GemmError, GemmProgram, golden_gemm
+from mvu.host.global_pool import GlobalPoolProgram
 from mvu.host.model.quantized import Layer, QuantizedModel
 from mvu.host.runtime.fused_adds import FUSED_ADD, FUSED_TABLE, FusedAdd, fused_adds
 from mvu.host.runtime.scores import softmax
@@ -477,12 +478,25 @@ class ModelRunner:
 
     def _gap(self, layer: Layer, tensors, stats):
         """Channel means, as onnxruntime's QLinearGlobalAveragePool computes them: the post-processor's float32
-        mode (half to even)."""
+        mode (half to even). On the accelerator (where the compiler placed it) as a :class:`GlobalPoolProgram`;
+        on the host without an executor, or where the configuration or the program cannot (its ``stats`` then say
+        ``host``)."""
         x = tensors[layer.inputs[0]]
         in_q, out_q = self._q(layer.inputs[0]), layer.out_q
         n, c, h, w = x.shape
-        sums = (x.astype(np.int64) - in_q.zero_point).reshape(n, c, -1).sum(axis=2)
         significand, shift = float32_significand(in_q.scale / (out_q.scale * h * w))
+        if stats.placement == "accelerator" and self.executor is not None:
+            requant = Requantization(np.zeros(c, np.int64), np.full(c, significand), np.full(c, shift),
+                                     out_zero_point=out_q.zero_point, clamp_min=0, clamp_max=255, float32_scale=True)
+            try:
+                out = self.gemm(x.transpose(0, 2, 3, 1), None, in_q.zero_point, requant, stats, (layer.name,),
+                                kind=GlobalPoolProgram)
+                return out.reshape(n, c, 1, 1)
+            except GemmError:  # beyond this configuration's buffers or post-processor
+                pass
+        if stats.placement == "accelerator":
+            stats.placement = "host"
+        sums = (x.astype(np.int64) - in_q.zero_point).reshape(n, c, -1).sum(axis=2)
         return requantize(sums, 0, significand, shift, out_q.zero_point, 0, 255,
                           float32_scale=True).reshape(n, c, 1, 1)
 
