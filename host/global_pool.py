@@ -18,7 +18,7 @@ from mvu.hdl.contract.program import InstructionColumns, MemoryImage, Program
 from mvu.hdl.contract.requantization import Requantization, requantization_block
 from mvu.host.gemm import GemmError
 
-__all__ = ["GlobalPoolProgram"]
+__all__ = ["GlobalPoolProgram", "global_pool_limit", "unit_tiles"]
 
 _ADDRESS_SPACE = 1 << 32
 
@@ -27,6 +27,21 @@ def _blocks(total: int, most: int) -> list[tuple[int, int]]:
     """``(start, size)`` of the fewest blocks of at most ``most`` that cut ``total``, as even as whole blocks allow."""
     size = -(-total // -(-total // most))
     return [(start, min(size, total - start)) for start in range(0, total, size)]
+
+
+def global_pool_limit(config: HardwareConfig, pixels: int, *, float32_scale: bool = True) -> str | None:
+    """What keeps a global pool over ``pixels`` pixels per image (requantized in float32, as QLinearGlobalAveragePool
+    is, with ``float32_scale``) off the accelerator of ``config``, or ``None``."""
+    if float32_scale and not config.float32_requant:
+        return (f"float32 requantization is not built into {config.describe()}; use fixed-point scales or a "
+                f"configuration with float32_requant")
+    subs, parts = max(1, config.cols // config.rows), max(1, config.rows // config.cols)
+    act_half, acc_half = config.act_depth // 2, config.acc_depth // 2
+    if subs * pixels > act_half or parts > acc_half:
+        return (f"a global pool of {pixels} pixels per image needs {subs * pixels} activation and {parts} "
+                f"accumulator entries per channel group; half the buffers of {config.describe()} hold {act_half} "
+                f"and {acc_half}")
+    return None
 
 
 def unit_tiles(rows: int, cols: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -76,7 +91,11 @@ class GlobalPoolProgram:
         if not low <= act_zero_point <= high:
             raise GemmError(f"activation zero point {act_zero_point} is outside {low}..{high} for {a.dtype}")
         if requant is not None:
-            _check_requantization(config, requant, a.shape[3])
+            _check_requantization(requant, a.shape[3])
+        float32_scale = requant is not None and requant.float32_scale
+        problem = global_pool_limit(config, a.shape[1] * a.shape[2], float32_scale=float32_scale)
+        if problem is not None:
+            raise GemmError(problem)
         self.config, self.act_zero_point, self.requant = config, act_zero_point, requant
         images, height, width, channels = a.shape
         self.shape = a.shape
@@ -103,15 +122,11 @@ class GlobalPoolProgram:
         subs, parts = max(1, cfg.cols // cfg.rows), max(1, cfg.rows // cfg.cols)
         act_half, acc_half = cfg.act_depth // 2, cfg.acc_depth // 2
         groups = self._width // self._group
-        most = min(groups, act_half // (subs * pixels), acc_half // parts)
-        if most < 1:
-            raise GemmError(f"a global pool of {pixels} pixels per image needs {subs * pixels} activation and "
-                            f"{parts} accumulator entries per channel group; half the buffers of "
-                            f"{cfg.describe()} hold {act_half} and {acc_half}")
+        most = min(groups, act_half // (subs * pixels), acc_half // parts)  # >= 1: global_pool_limit checked
         group_blocks = _blocks(groups, most)
-        per_image = 1 if len(group_blocks) > 1 else min(act_half // (subs * pixels * groups),
-                                                         acc_half // (parts * groups))
-        return [(i0, count, g0, size) for i0, count in _blocks(self.m, per_image) for g0, size in group_blocks]
+        images = 1 if len(group_blocks) > 1 else min(act_half // (subs * pixels * groups),
+                                                      acc_half // (parts * groups))
+        return [(i0, count, g0, size) for i0, count in _blocks(self.m, images) for g0, size in group_blocks]
 
     def _build(self, a: np.ndarray) -> Program:
         cfg, R, C, U = self.config, self.config.rows, self.config.cols, self._group
@@ -210,13 +225,10 @@ class GlobalPoolProgram:
         return view.copy() if copy else view
 
 
-def _check_requantization(config: HardwareConfig, requant: Requantization, channels: int) -> None:
-    """Refuse a requantization the program cannot apply: per-channel values, or float32 on hardware without it."""
+def _check_requantization(requant: Requantization, channels: int) -> None:
+    """Refuse a requantization the program cannot apply: per-channel values."""
     if requant.channels not in (1, channels):
         raise GemmError(f"requantization has {requant.channels} channels; the pool has {channels}")
     if any(np.unique(values).size > 1 for values in (requant.bias, requant.multiplier, requant.shift)):
         raise GemmError("a global pool program requantizes every channel alike; this requantization varies "
                         "by channel")
-    if requant.float32_scale and not config.float32_requant:
-        raise GemmError(f"float32 requantization is not built into {config.describe()}; use fixed-point scales "
-                        f"or a configuration with float32_requant")

@@ -11,7 +11,7 @@ from mvu.hdl.contract.requantization import Requantization, float32_significand,
 from mvu.host.depthwise import DepthwiseProgram
 from mvu.host.executors import make_executor, reference
 from mvu.host.gemm import ConvolutionInput, GemmError
-from mvu.host.global_pool import GlobalPoolProgram, unit_tiles
+from mvu.host.global_pool import GlobalPoolProgram, global_pool_limit, unit_tiles
 
 DEFAULT = HardwareConfig()
 
@@ -111,6 +111,17 @@ def test_raw_sums_and_a_rerun_with_new_activations():
         program.load_activations(again[..., :5])
 
 
+def test_fixed_point_scales_run_without_float32_requantization():
+    config = HardwareConfig(float32_requant=False)
+    x = np.random.default_rng(9).integers(0, 256, (2, 7, 7, 70), dtype=np.uint8)
+    requant = Requantization([0], [1 << 30], [33], out_zero_point=128, clamp_min=0, clamp_max=255)  # sum / 8
+    program = run(make_executor("reference", config), config, x, 128, requant)
+    sums = (x.astype(np.int64) - 128).sum(axis=(1, 2))
+    expected = requantize(sums, 0, 1 << 30, 33, 128, 0, 255)
+    np.testing.assert_array_equal(program.result(), expected)
+    assert len(np.unique(expected)) > 20
+
+
 @pytest.mark.parametrize("config, x, options, message", [
     (TINY, np.zeros((1, 7, 7, 8), np.uint8), {}, "49 pixels per image needs 49 activation"),
     (HardwareConfig(float32_requant=False), np.zeros((1, 2, 2, 8), np.uint8),
@@ -125,6 +136,16 @@ def test_raw_sums_and_a_rerun_with_new_activations():
 def test_what_the_program_cannot_do_is_refused_by_name(config, x, options, message):
     with pytest.raises(GemmError, match=message):
         GlobalPoolProgram(config, x, **options)
+
+
+def test_the_limit_names_what_keeps_a_pool_off_the_accelerator():
+    assert global_pool_limit(DEFAULT, 49) is None
+    assert global_pool_limit(DEFAULT, 1024) is None
+    assert "1025 activation" in global_pool_limit(DEFAULT, 1025)
+    assert "98 activation" in global_pool_limit(NARROW, 49)  # two sub-entries per channel group
+    no_float32 = HardwareConfig(float32_requant=False)
+    assert "float32" in global_pool_limit(no_float32, 49)
+    assert global_pool_limit(no_float32, 49, float32_scale=False) is None
 
 
 @pytest.mark.parametrize("name", ["tiny: 25 pixels, one group a chunk", "tiny: one group, count-1 COMPUTEs"])
