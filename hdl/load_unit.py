@@ -1,7 +1,7 @@
 """The load unit: a DMA engine that copies strided rows of memory, or the windows of an implicit im2col, into the
 on-chip buffers."""
 
-from amaranth import Cat, Module, Mux, Signal, Value, signed
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -39,7 +39,11 @@ class LoadUnit(wiring.Component):
     ``fill`` (the cycle its walk step left without a request frees such a
     slot a memory latency later). The others are requested, their buffer
     addresses kept in a FIFO until their beats come back. Each FIFO holds
-    :data:`WINDOW_IN_FLIGHT` entries; the walk waits while one is full.
+    :data:`WINDOW_IN_FLIGHT` entries; the walk waits while one is full. A
+    window entry into the activation buffer may start at any byte (a
+    3-channel stem's tap rows): it is requested from its beat on, one beat
+    longer when it does not start one, and cut from the beats that arrive by
+    a byte shifter (``mem_bytes`` positions, ``rows`` bytes wide).
     """
 
     #: Window entries waiting at most, of each kind (requested and not yet arrived; outside the input and not
@@ -62,6 +66,7 @@ class LoadUnit(wiring.Component):
         P, R, C = self.config.mem_bytes, self.config.rows, self.config.cols
         beats_act, beats_wgt = R // P, C // P
         most_beats = max(beats_act, beats_wgt)
+        offset_bits = (P - 1).bit_length()  # a byte's place in its beat
 
         busy = Signal()
         waiting = Signal()
@@ -72,7 +77,7 @@ class LoadUnit(wiring.Component):
         requests_left = Signal(17)
         entries_left = Signal(17)
         sram_addr = Signal(16)
-        beat = Signal(range(most_beats))
+        beat = Signal(range(most_beats + 1))
 
         word = self.instr.payload
         field = lambda name: instruction_field(word, name, Opcode.LOAD)
@@ -129,32 +134,36 @@ class LoadUnit(wiring.Component):
             m.d.sync += setup.eq(setup - 1)
         walking = busy & window & (setup == 0) & ~waiting & (requests_left != 0)
         inside = (iy >= 0) & (iy < d["in_h"]) & (ix >= 0) & (ix < d["in_w"])
-        in_flight = m.submodules.in_flight = SyncFIFO(width=16, depth=self.WINDOW_IN_FLIGHT)
+        in_flight = m.submodules.in_flight = SyncFIFO(width=16 + offset_bits, depth=self.WINDOW_IN_FLIGHT)
         padding = m.submodules.padding = SyncFIFO(width=16, depth=self.WINDOW_IN_FLIGHT)
 
+        # Only window entries into the activation buffer start between beats (check_program).
+        offset = req_addr[:offset_bits]
         request = self.mem.req
         m.d.comb += [
             request.valid.eq(Mux(window, walking & inside & in_flight.w_rdy, busy & ~waiting & (requests_left != 0))),
-            request.p.addr.eq(req_addr),
-            request.p.len.eq(Mux(to_wgt, beats_wgt, beats_act)),
-            in_flight.w_data.eq(entry_addr),
+            request.p.addr.eq(Cat(Const(0, offset_bits), req_addr[offset_bits:])),
+            request.p.len.eq(Mux(to_wgt, beats_wgt, beats_act + (offset != 0))),
+            in_flight.w_data.eq(Cat(entry_addr, offset)),
             in_flight.w_en.eq(window & request.valid & request.ready),
         ]
         with m.If(~window & request.valid & request.ready):
             m.d.sync += [req_addr.eq(req_addr + stride), requests_left.eq(requests_left - 1)]
 
-        # Entries arrive as whole beats, lowest bytes first.
+        # Entries arrive as whole beats, lowest bytes first: the last beats (an activation entry's last one more)
+        # gathered, newest on top.
         response = self.mem.resp
         data = response.payload
-        if most_beats > 1:
-            gathered = Signal(8 * P * (most_beats - 1))
-            with m.If(response.valid):
-                m.d.sync += gathered.eq(Cat(gathered[8 * P:], data))
-            act_entry = Cat(gathered[8 * P * (most_beats - beats_act):], data)
-            wgt_entry = Cat(gathered[8 * P * (most_beats - beats_wgt):], data)
-        else:
-            act_entry = wgt_entry = data
-        last_beat = beat == Mux(to_wgt, beats_wgt - 1, beats_act - 1)
+        kept = max(most_beats - 1, beats_act)
+        gathered = Signal(8 * P * kept)
+        with m.If(response.valid):
+            m.d.sync += gathered.eq(Cat(gathered[8 * P:], data))
+        wgt_entry = Cat(gathered[8 * P * (kept - beats_wgt + 1):], data)
+        head_offset = Mux(window, in_flight.r_data[16:], 0)  # the arriving entry's first byte in its first beat
+        longer = head_offset != 0
+        spanned = Cat(gathered[8 * P * (kept - beats_act):], data)  # beats_act + 1 beats
+        act_entry = (spanned >> Cat(Const(0, 3), Mux(longer, head_offset, P)))[:8 * R]
+        last_beat = beat == Mux(to_wgt, beats_wgt - 1, beats_act - 1 + longer)
         entry_done = response.valid & last_beat
         with m.If(response.valid):
             m.d.sync += beat.eq(Mux(last_beat, 0, beat + 1))
@@ -170,7 +179,7 @@ class LoadUnit(wiring.Component):
             with m.Else():
                 m.d.sync += [column.eq(column + 1), ix.eq(ix + d["stride_x"]), req_addr.eq(req_addr + step_x)]
         m.d.comb += in_flight.r_en.eq(window & entry_done)
-        write_addr = Mux(pad, padding.r_data, Mux(window, in_flight.r_data, sram_addr))
+        write_addr = Mux(pad, padding.r_data, Mux(window, in_flight.r_data[:16], sram_addr))
         written = entry_done | pad
         m.d.comb += [
             self.act_write.en.eq(written & ~to_wgt), self.act_write.addr.eq(write_addr),

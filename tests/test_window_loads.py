@@ -8,7 +8,7 @@ import pytest
 from conftest import NARROW, TINY
 
 from mvu.hdl.contract.config import HardwareConfig
-from mvu.hdl.contract.isa import Buffer, Compute, Finish, Load, ProgramError, Store, decode
+from mvu.hdl.contract.isa import Buffer, Compute, Finish, Load, ProgramError, Store, Sync, decode
 from mvu.hdl.contract.program import MemoryImage, Program, check_program
 from mvu.hdl.contract.requantization import Requantization
 from mvu.host.executors import reference
@@ -97,14 +97,24 @@ def test_window_fields_round_trip():
 @pytest.mark.parametrize("fields, message", [
     (dict(in_w=0), "window input 3 x 0 is empty"),
     (dict(start_x=3), "start column 3 is not inside a row of out_w=3"),
-    (dict(row_stride=6), "multiples of the 4-byte memory beat"),
+    (dict(row_stride=6, buffer=Buffer.WGT), "multiples of the 4-byte memory beat"),
     (dict(in_h=8), "window input bytes 0x40..0xbf lie outside memory"),
-])
+    (dict(dram_addr=119, row_stride=5, dram_stride=3, in_h=1), "window input bytes 0x77..0x83 lie outside memory"),
+], ids=["empty", "start column", "weights unaligned", "outside memory", "unaligned outside memory"])
 def test_window_descriptors_are_checked(fields, message):
     memory = MemoryImage(128)
     program = Program.place(memory, [window(**fields), Finish()])
     with pytest.raises(ProgramError, match=message):
         check_program(TINY, program.memory, program.address, program.length)
+
+
+def test_activation_windows_may_read_entries_at_any_byte():
+    """A window LOAD into the activation buffer (a 3-channel stem's tap rows) needs no beat alignment."""
+    memory = MemoryImage(128)
+    memory.data[:] = np.arange(128)
+    program = Program.place(memory, [window(dram_addr=3, row_stride=13, dram_stride=3, offset_x=0), Finish()])
+    check_program(TINY, program.memory, program.address, program.length)
+    ReferenceExecutor(TINY).run(program)
 
 
 def test_padded_entries_read_no_memory_beyond_the_input():
@@ -181,23 +191,30 @@ def test_a_network_on_the_rtl_with_window_loads(verilator_executors):
     np.testing.assert_array_equal(outputs["verilator"], outputs["numpy"])
 
 
-def window_program(config, rng: random.Random, length: int) -> Program:
+def window_program(config, rng: random.Random, length: int, unaligned: bool = False, serial: bool = False
+                   ) -> Program:
     """Random window LOADs over a random channels-last tensor into 8-entry chunks (one LOAD per chunk, or two, the
     second usually continuing the first's pixels and K tile), weight tiles, products of whole chunks and raw stores; every
-    chunk and tile loaded first."""
+    chunk and tile loaded first. ``unaligned``: the tensor, its pixels and its rows start at any byte, and so do the
+    K tiles (row-packed taps: any ``rows`` bytes from a pixel on). ``serial``: a SYNC after each instruction (the
+    program passes no tokens, so units running side by side, as in the RTL, would race)."""
     memory = MemoryImage()
     memory.allocate(4096)
     memory.data[:] = np.random.default_rng(rng.randrange(1 << 30)).integers(0, 256, memory.data.size)
     R, chunk = config.rows, 8
-    in_h, in_w, channels = rng.randint(1, 6), rng.randint(1, 6), R * rng.randint(1, 3)
-    geometry = dict(dram_stride=channels, row_stride=in_w * channels, in_h=in_h, in_w=in_w, out_w=rng.randint(1, 5),
+    in_h, in_w = rng.randint(1, 6), rng.randint(1, 6)
+    channels = rng.randint(1, 2 * R) if unaligned else R * rng.randint(1, 3)
+    row_stride = in_w * channels + (rng.randint(0, 5) if unaligned else 0)
+    geometry = dict(dram_stride=channels, row_stride=row_stride, in_h=in_h, in_w=in_w, out_w=rng.randint(1, 5),
                     stride_y=rng.randint(1, 2), stride_x=rng.randint(1, 2), fill=rng.randrange(256))
-    base = config.mem_bytes * rng.randrange((4096 - in_h * in_w * channels) // config.mem_bytes)
+    unit = 1 if unaligned else config.mem_bytes
+    base = unit * rng.randrange((4096 - in_h * row_stride - 2 * R - 64) // unit)
+    channel_offsets = range(0, channels, 1) if unaligned else range(0, channels, R)
 
     def window(entry: int, count: int, pixel: int, like: Load | None = None) -> Load:
         """A window LOAD of a random K tile, or of the K tile of ``like``."""
         start_y, start_x = divmod(pixel, geometry["out_w"])
-        tile = (base + R * rng.randrange(channels // R), rng.randint(-1, 1), rng.randint(-1, 1)) if like is None \
+        tile = (base + rng.choice(channel_offsets), rng.randint(-1, 1), rng.randint(-1, 1)) if like is None \
             else (like.dram_addr, like.offset_y, like.offset_x)
         return Load(Buffer.ACT, entry, count, tile[0], window=True, start_y=start_y, start_x=start_x,
                     offset_y=tile[1], offset_x=tile[2], **geometry)
@@ -229,18 +246,21 @@ def window_program(config, rng: random.Random, length: int) -> Program:
             instructions.append(Store(acc_addr=rng.choice(sorted(computed)), count=chunk,
                                       dram_addr=memory.allocate(chunk * 4 * config.cols), dram_stride=4 * config.cols,
                                       raw=True))
+    if serial:
+        instructions = [step for instruction in instructions for step in (instruction, Sync())]
     instructions.append(Finish())
     return Program.place(memory, instructions)
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_random_window_programs_plan_as_they_are_interpreted(seed, monkeypatch):
-    """Plans (scratch matrices per tensor) and the interpreter agree on random window programs; most are planned."""
+    """Plans (scratch matrices per tensor) and the interpreter agree on random window programs, their entries at
+    beats or at any byte; most are planned."""
     rng = random.Random(seed)
     planned = 0
     for _ in range(6):
         config = rng.choice([TINY, NARROW])
-        program = window_program(config, rng, rng.randint(5, 60))
+        program = window_program(config, rng, rng.randint(5, 60), unaligned=seed % 2 == 1)
         interpreted = program.memory.data.copy()
         ReferenceExecutor(config).run(program)
         planned += program.notes[ReferenceExecutor._NOTE].plan is not None
@@ -251,3 +271,17 @@ def test_random_window_programs_plan_as_they_are_interpreted(seed, monkeypatch):
             ReferenceExecutor(config).run(Program(image, program.address, program.length))
         np.testing.assert_array_equal(program.memory.data, interpreted)
     assert planned >= 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_window_entries_at_any_byte_are_bit_exact_on_the_rtl(seed, verilator_executors):
+    """Random programs whose window entries start at any byte: the RTL leaves memory as the reference does."""
+    rng = random.Random(100 + seed)
+    for _ in range(3):
+        program = window_program(TINY, rng, rng.randint(20, 60), unaligned=True, serial=True)
+        expected = program.memory.data.copy()
+        image = MemoryImage()
+        image.data = expected
+        ReferenceExecutor(TINY).run(Program(image, program.address, program.length))
+        verilator_executors(TINY).run(program)
+        np.testing.assert_array_equal(program.memory.data, expected)

@@ -203,9 +203,11 @@ def _passes_checks(config: HardwareConfig, data: np.ndarray, c: dict[str, np.nda
     entry = np.where(act, config.act_entry_bytes, config.wgt_entry_bytes)
     window = c["window"].astype(bool)
     in_h, in_w = c["in_h"], c["in_w"]
-    bad_window = ((in_h < 1) | (in_w < 1) | (c["start_x"] >= c["out_w"]) | (c["row_stride"] % beat != 0)
-                  | _outside_memory(c["dram_addr"] + (in_h - 1) * c["row_stride"], in_w, c["dram_stride"], entry,
-                                    beat, size))
+    # A window LOAD into the activation buffer may read entries at any byte (a 3-channel stem's tap rows).
+    unaligned = ((c["dram_addr"] % beat != 0) | (c["dram_stride"] % beat != 0) | (c["row_stride"] % beat != 0))
+    end = window_extent(c["dram_addr"], c["dram_stride"], c["row_stride"], in_h, in_w, entry)
+    bad_window = ((in_h < 1) | (in_w < 1) | (c["start_x"] >= c["out_w"]) | (~act & unaligned)
+                  | (-(-end // beat) * beat > size))
     bad_load = (_outside_buffer(c["sram_addr"], count, np.where(act, config.act_depth, config.wgt_depth))
                 | np.where(window, bad_window, _outside_memory(c["dram_addr"], count, c["dram_stride"], entry, beat,
                                                                size)))
@@ -301,7 +303,8 @@ def _explain(config: HardwareConfig, data: np.ndarray, instructions: list[Instru
             entry = config.act_entry_bytes if ins.buffer == Buffer.ACT else config.wgt_entry_bytes
             check_range(index, f"{ins.buffer.name} buffer", ins.sram_addr, ins.count, depth)
             if ins.window:
-                _check_window(ins, beat, size, entry, lambda message: fail(index, message))
+                _check_window(ins, beat if ins.buffer == Buffer.WGT else 1, beat, size, entry,
+                              lambda message: fail(index, message))
             else:
                 check_dram(index, "source", ins.dram_addr, ins.count, ins.dram_stride, entry)
         elif isinstance(ins, Compute):
@@ -382,18 +385,19 @@ def _check_add(config: HardwareConfig, data: np.ndarray, store: Store, fail) -> 
         fail(problem)
 
 
-def _check_window(load: Load, beat: int, size: int, entry: int, fail) -> None:
-    """A window LOAD's descriptor: a non-empty input, its first pixel within a row of ``out_w``, beat-aligned
-    strides and the whole ``in_h x in_w`` input rectangle in memory."""
+def _check_window(load: Load, alignment: int, beat: int, size: int, entry: int, fail) -> None:
+    """A window LOAD's descriptor: a non-empty input, its first pixel within a row of ``out_w``, addresses and
+    strides that are multiples of ``alignment`` and the whole ``in_h x in_w`` input rectangle in memory, to the end
+    of its last beat."""
     if load.in_h < 1 or load.in_w < 1:
         fail(f"window input {load.in_h} x {load.in_w} is empty")
     if load.start_x >= load.out_w:
         fail(f"window start column {load.start_x} is not inside a row of out_w={load.out_w} outputs")
-    if load.dram_addr % beat or load.dram_stride % beat or load.row_stride % beat:
+    if load.dram_addr % alignment or load.dram_stride % alignment or load.row_stride % alignment:
         fail(f"window address {load.dram_addr:#x}, stride {load.dram_stride} and row stride {load.row_stride} "
-             f"must be multiples of the {beat}-byte memory beat")
+             f"must be multiples of the {alignment}-byte memory beat")
     end = window_extent(load.dram_addr, load.dram_stride, load.row_stride, load.in_h, load.in_w, entry)
-    if end > size:
+    if -(-end // beat) * beat > size:
         fail(f"window input bytes {load.dram_addr:#x}..{end - 1:#x} lie outside memory ({size} bytes)")
 
 

@@ -7,7 +7,9 @@ weight entries four, so beats are gathered in both widths. Window LOADs
 checked against the contract's definition (:mod:`mvu.hdl.contract.window`):
 the entries inside the input are requested in order, each entry is written
 once (those outside the input as ``fill``, in free cycles of the buffer port,
-so in any order with the others).
+so in any order with the others). Half the activation windows start their
+entries at any byte: each is requested from its beat, one beat longer when it
+does not start one.
 """
 
 import random
@@ -43,10 +45,11 @@ class Expected:
 def random_window(rng: random.Random, memory: bytes, buffer: Buffer, entry: int, depth: int, **tokens) -> Expected:
     """A random legal window LOAD: a small input tensor somewhere in memory, windows that leave it on every side."""
     P = CONFIG.mem_bytes
+    unit = 1 if buffer == Buffer.ACT and rng.random() < 0.5 else P  # bytes, or beats
     in_h, in_w = rng.randint(1, 7), rng.randint(1, 7)
-    dram_stride = P * rng.choice([entry // P, entry // P, rng.randint(1, 3 * entry // P)])
-    row_stride = in_w * dram_stride + P * rng.choice([0, 0, rng.randint(1, 4)])
-    extent = (in_h - 1) * row_stride + (in_w - 1) * dram_stride + entry
+    dram_stride = unit * rng.choice([entry // unit, entry // unit, rng.randint(1, 3 * entry // unit)])
+    row_stride = in_w * dram_stride + unit * rng.choice([0, 0, rng.randint(1, 4)])
+    extent = (in_h - 1) * row_stride + (in_w - 1) * dram_stride + entry + P  # the last entry's last beat
     stride_y, stride_x, dilation = rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 2)
     out_w = rng.randint(1, 6)
     fields = dict(row_stride=row_stride, in_h=in_h, in_w=in_w, out_w=out_w, start_y=rng.randint(0, 3),
@@ -54,12 +57,12 @@ def random_window(rng: random.Random, memory: bytes, buffer: Buffer, entry: int,
                   offset_y=dilation * rng.randint(0, 2) - rng.randint(0, 3),
                   offset_x=dilation * rng.randint(0, 2) - rng.randint(0, 3), fill=rng.randint(0, 255))
     entries = rng.randint(1, min(24, depth))
-    dram = P * rng.randint(0, (MEMORY_BYTES - extent) // P)
+    dram = unit * rng.randint(0, (MEMORY_BYTES - extent) // unit)
     load = Load(buffer=buffer, sram_addr=rng.randint(0, depth - entries), count=entries, dram_addr=dram,
                 dram_stride=dram_stride, window=True, **fields, **tokens)
     addresses, inside = window_rows(entries, dram, dram_stride, *list(fields.values())[:-1])
     fill = int.from_bytes(bytes([load.fill]) * entry, "little")
-    return Expected(load, [(int(a), entry // P) for a, i in zip(addresses, inside) if i],
+    return Expected(load, [(int(a) // P * P, entry // P + (a % P != 0)) for a, i in zip(addresses, inside) if i],
                     [(buffer, load.sram_addr + n, int.from_bytes(memory[a:a + entry], "little") if i else fill)
                      for n, (a, i) in enumerate(zip(addresses.tolist(), inside))])
 
