@@ -54,12 +54,14 @@ class _Rows(NamedTuple):
 
 
 class _Term(NamedTuple):
-    """One COMPUTE's product: activation rows (signed or not, with a zero point) times a weight tile."""
+    """One COMPUTE's product: activation rows (signed or not, with a zero point) times a weight tile; kept where it
+    is larger than the range's other terms (``maximum``) instead of added to them."""
 
     act: _Rows
     wgt: _Rows
     signed: bool
     zero_point: int
+    maximum: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class _Product:
     wgt: list[list[_Rows]]              # [K part][column part]
     blocks: list[tuple[int, int, _Store]]  # (first row, first column, store)
     output: tuple[_Rows, np.ndarray] | None = None  # one write for all blocks: where, and which blocks' params
+    maximum: bool = False  # the K parts' products are not summed: each output keeps the largest
 
 
 class ExecutionPlan:
@@ -146,8 +149,11 @@ class ExecutionPlan:
         w = (w[0] if len(w) == 1 else np.concatenate(w)).view(np.int8)
         diagonals = _diagonals(w)
         kinds = {(rows.count, rows.width, signed, zero_point) for rows, signed, zero_point in product.act}
-        if diagonals is not None and len(product.act) == len(diagonals) and len(kinds) == 1 \
-                and next(iter(kinds))[1] == w.shape[1]:  # one n-wide part per diagonal block, all alike
+        diagonal = diagonals is not None and len(product.act) == len(diagonals) and len(kinds) == 1 \
+            and next(iter(kinds))[1] == w.shape[1]  # one n-wide part per diagonal block, all alike
+        if product.maximum:
+            return _largest_products(memory, scratch, product.act, w, diagonals if diagonal else None)
+        if diagonal:
             return diagonal_sums(*_taps(memory, scratch, product.act), diagonals)
         parts, zero_points = [], []
         for rows, signed, zero_point in product.act:
@@ -209,6 +215,23 @@ def _diagonals(w: np.ndarray) -> np.ndarray | None:
     if np.count_nonzero(blocks[0]) != np.count_nonzero(diagonals[0]):
         return None
     return diagonals if np.count_nonzero(blocks) == np.count_nonzero(diagonals) else None
+
+
+def _largest_products(memory: np.ndarray, scratch: np.ndarray | None, act: list, w: np.ndarray,
+                      diagonals: np.ndarray | None) -> np.ndarray:
+    """Each output's largest K part product (COMPUTE's ``maximum``): elementwise for diagonal tiles (max pooling's
+    unit tiles), else a product per part."""
+    if diagonals is not None:
+        taps, zero_point = _taps(memory, scratch, act)
+        return np.max((taps.astype(np.int32) - zero_point) * diagonals[:, None, :].astype(np.int32), axis=0)
+    largest, start = None, 0
+    for rows, signed, zero_point in act:
+        values = _activations(memory, scratch, rows)
+        part = centred_matmul(*as_unsigned(values.view(np.int8) if signed else values, zero_point),
+                              w[start:start + rows.width]).astype(np.int32)
+        largest = part if largest is None else np.maximum(largest, part)
+        start += rows.width
+    return largest
 
 
 def _taps(memory: np.ndarray, scratch: np.ndarray | None, act: list) -> tuple[np.ndarray, int]:
@@ -327,11 +350,12 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
     reads, writes, stores = [], [], []
     names = ("buffer", "sram_addr", "count", "dram_addr", "dram_stride", "act_addr", "acc_addr", "wgt_addr",
              "preload", "accumulate", "act_signed", "act_zero_point", "param_addr", "load_params", "raw",
-             "float32_scale", "out_zero_point", "clamp_min", "clamp_max", "table_addr", "load_table", "lookup", "add")
+             "float32_scale", "out_zero_point", "clamp_min", "clamp_max", "table_addr", "load_table", "lookup", "add",
+             "maximum")
     rows = zip(columns["opcode"].tolist(), *(columns[name].tolist() for name in names))
     for (op, buffer, sram_addr, count, dram_addr, dram_stride, act_addr, acc_addr, wgt_addr, preload, accumulate,
          signed, zero_point, param_addr, load_params, raw, float32_scale, out_zero_point, clamp_min,
-         clamp_max, table_addr, load_table, lookup, add) in rows:
+         clamp_max, table_addr, load_table, lookup, add, maximum) in rows:
         if op == Opcode.LOAD:
             entries = act if buffer == 0 else wgt
             entries.fill(sram_addr, count, dram_addr, dram_stride)
@@ -341,10 +365,13 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
                 tile = wgt.rows(wgt_addr, R)
             if tile is None:
                 raise _Unplannable("a product uses the weight bank before any preload")
-            term = _Term(act.rows(act_addr, count), tile, bool(signed), zero_point)
+            term = _Term(act.rows(act_addr, count), tile, bool(signed), zero_point, bool(accumulate and maximum))
             whole = live.get(acc_addr, (0,))[0] == count
             if accumulate and whole:
-                live[acc_addr][1].append(term)
+                terms = live[acc_addr][1]
+                if len(terms) > 1 and terms[-1].maximum != term.maximum:
+                    raise _Unplannable("a range both adds and keeps the larger products")
+                terms.append(term)
             elif not accumulate or owner[acc_addr:acc_addr + count].count(_ZERO) == count:
                 for holder in set(owner[acc_addr:acc_addr + count]):
                     if holder >= 0:  # a range overwritten in part keeps values the plan does not follow
@@ -396,11 +423,12 @@ def _joined(parts: list[_Rows], along_rows: bool) -> _Rows | None:
 
 def _store_operands(store: _Store) -> tuple[tuple, list[_Rows]]:
     """A store's activations as K parts ``(rows, signed, zero point)`` and its weights as K parts, with
-    adjacent parts joined; terms are summed in address order (the sum is the same in any order)."""
+    adjacent parts joined where they are summed; terms are taken in address order (their sum, or their largest,
+    is the same in any order)."""
     terms = sorted(store.terms, key=lambda t: (t.act.start, t.wgt.start))
     act = [(t.act, t.signed, t.zero_point) for t in terms]
     wgt = [t.wgt for t in terms]
-    if len({(signed, zero_point) for _, signed, zero_point in act}) == 1:
+    if len({(signed, zero_point) for _, signed, zero_point in act}) == 1 and not _keeps_largest(store):
         joined_act = _joined([rows for rows, _, _ in act], along_rows=False)
         joined_wgt = _joined(wgt, along_rows=True)
         if joined_act is not None and joined_wgt is not None:
@@ -408,27 +436,32 @@ def _store_operands(store: _Store) -> tuple[tuple, list[_Rows]]:
     return tuple(act), wgt
 
 
+def _keeps_largest(store: _Store) -> bool:
+    """Whether a store's range keeps its terms' largest product (COMPUTE's ``maximum``) rather than their sum."""
+    return any(term.maximum for term in store.terms)
+
+
 def _products(config: HardwareConfig, stores: list[_Store]) -> list[_Product]:
     """Stores grouped into as few products as their operands allow."""
-    # Stores with the same activations: one product, their weights side by side.
+    # Stores with the same activations (and reduction): one product, their weights side by side.
     by_act: dict[tuple, list[tuple[list[_Rows], _Store]]] = {}
     for store in stores:
         if not store.terms:
             continue
         act, wgt = _store_operands(store)
-        by_act.setdefault(act, []).append((wgt, store))
+        by_act.setdefault((act, _keeps_largest(store)), []).append((wgt, store))
     products = []
-    for act, members in by_act.items():
+    for (act, maximum), members in by_act.items():
         members.sort(key=lambda m: m[0][0].start)
         k_parts = len(act)
         columns = [[wgt[k] for wgt, _ in members] for k in range(k_parts)]
         joined = [_joined(column, along_rows=False) for column in columns]
         wgt = [[j] for j in joined] if all(j is not None for j in joined) else columns
         blocks = [(0, i * config.cols, store) for i, (_, store) in enumerate(members)]
-        products.append(_Product(list(act), wgt, blocks))
+        products.append(_Product(list(act), wgt, blocks, maximum=maximum))
     # Products with the same weights over adjacent activation rows: one product.
     merged = []
-    key = lambda p: (len(p.act) == 1, str(p.wgt), p.act[0][1:], p.act[0][0].width, p.act[0][0].step)
+    key = lambda p: (len(p.act) == 1, str(p.wgt), p.act[0][1:], p.act[0][0].width, p.act[0][0].step, p.maximum)
     for _, group in groupby(sorted(products, key=lambda p: (key(p), p.act[0][0].start)), key=key):
         group = list(group)
         rows = _joined([p.act[0][0] for p in group], along_rows=True) if len(group[0].act) == 1 else None
@@ -438,7 +471,7 @@ def _products(config: HardwareConfig, stores: list[_Store]) -> list[_Product]:
         offsets = np.cumsum([0] + [p.act[0][0].count for p in group]).tolist()
         blocks = [(offset + row, column, store)
                   for offset, p in zip(offsets, group) for row, column, store in p.blocks]
-        merged.append(_Product([(rows, *group[0].act[0][1:])], group[0].wgt, blocks))
+        merged.append(_Product([(rows, *group[0].act[0][1:])], group[0].wgt, blocks, maximum=group[0].maximum))
     for product in merged:
         product.output = _single_write(config, product)
     return merged
@@ -481,7 +514,7 @@ def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_b
     ``(address, size)``), or ``None`` when the interpreter must run it. STOREs that ``add`` need the ``memory``
     holding their add blocks (where their addends lie); the plan assumes the blocks stay as they are."""
     addend_reads = _addend_reads(config, columns, memory)
-    if addend_reads is None or columns["maximum"].any():  # the interpreter keeps the maximum's order
+    if addend_reads is None:
         return None
     windows, window_reads = None, []
     if columns["window"].any():
