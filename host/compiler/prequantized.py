@@ -16,7 +16,7 @@ from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.compiler.ir import LAYER_NORM_OP, TABLE_OP
 from mvu.host.compiler.rewrites import pad_widths
-from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
+from mvu.host.model.quantized import VIEW, Layer, QuantizedModel, QuantParams, is_view
 from mvu.host.runtime.runner import uniform_pool
 
 __all__ = ["HANDLERS", "from_qlinear_graph"]
@@ -124,8 +124,9 @@ def _qlinear_global_average_pool(p: _Pass, node: Node) -> None:
 
 
 def _reshape(p: _Pass, node: Node) -> None:
-    """Reshape or Flatten: the same codes in the output's shape."""
-    p.emit(Layer("reshape", node.name, [node.inputs[0]], node.outputs[0], "host",
+    """Reshape or Flatten: the same codes in the output's shape (a view where the bytes stay put)."""
+    shape = p.graph.shapes.get(node.inputs[0])
+    p.emit(Layer("reshape", node.name, [node.inputs[0]], node.outputs[0], VIEW if shape and is_view(shape) else "host",
                  {"shape": list(p.graph.shapes[node.outputs[0]])}, {}, p.tensor_q[node.inputs[0]]), node.op)
 
 

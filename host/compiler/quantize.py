@@ -22,7 +22,7 @@ from mvu.host.compiler.builder import LayerBuilder, conv_placement
 from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.compiler.rewrites import pad_widths
-from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
+from mvu.host.model.quantized import VIEW, Layer, QuantizedModel, QuantParams, is_view
 from mvu.host.runtime.runner import uniform_pool
 
 __all__ = ["HANDLERS", "LIMITS", "TABLE_FUNCTIONS", "activation_clamp", "calibrate", "check_graph", "quantize_graph"]
@@ -275,8 +275,9 @@ def _pool(p: _Pass, node: Node) -> None:
 
 
 def _reshape(p: _Pass, node: Node) -> None:
-    """Flatten or Reshape: the same codes in the output's shape."""
-    p.emit(Layer("reshape", node.name, [node.inputs[0]], node.outputs[0], "host",
+    """Flatten or Reshape: the same codes in the output's shape (a view where the bytes stay put)."""
+    shape = p.shapes.get(node.inputs[0])
+    p.emit(Layer("reshape", node.name, [node.inputs[0]], node.outputs[0], VIEW if shape and is_view(shape) else "host",
                  {"shape": list(p.shapes[node.outputs[0]])}, {}, p.q_of(node.inputs[0])), node.op)
 
 

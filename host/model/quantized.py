@@ -31,9 +31,20 @@ class QuantParams:
         return (q.astype(np.float32) - self.zero_point) * np.float32(self.scale)
 
 
+#: The placement of a layer that moves no bytes: the same memory seen in another shape (a flatten of a 1 x 1 map,
+#: whose channels-last and channels-first orders coincide).
+VIEW = "view"
+
+
+def is_view(shape: tuple[int, ...]) -> bool:
+    """Whether any reshape of a tensor of ``shape`` (batch first) keeps its bytes where they are in channels-last
+    memory: at most one of its channel and spatial extents exceeds 1."""
+    return sum(extent > 1 for extent in shape[1:]) <= 1
+
+
 @dataclass
 class Layer:
-    """One integer operation. ``placement`` is "accelerator" or "host"."""
+    """One integer operation. ``placement`` is "accelerator", "host" or :data:`VIEW`."""
 
     kind: str
     name: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from mvu.host.model.quantized import Layer, QuantizedModel
+from mvu.host.model.quantized import VIEW, Layer, QuantizedModel
 
 __all__ = ["HEAD_KINDS", "Stage", "model_stages", "stages_from_manifest", "layers_up_to", "head_input",
            "features_stage"]
@@ -58,8 +58,9 @@ def head_input(model: QuantizedModel) -> str | None:
 
 
 def _stage(name: str, input: str, output: str, layers: list[Layer]) -> Stage:
+    """A stage's layer counts; views (no work, no bytes moved) count on neither side."""
     accelerator = sum(layer.placement == "accelerator" for layer in layers)
-    return Stage(name, input, output, accelerator, len(layers) - accelerator)
+    return Stage(name, input, output, accelerator, sum(layer.placement not in ("accelerator", VIEW) for layer in layers))
 
 
 def model_stages(model: QuantizedModel, features: str | None = None) -> list[Stage]:

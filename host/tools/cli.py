@@ -239,7 +239,8 @@ def _cmd_compile(args) -> int:
             output = ("float output" if entry["scale"] is None
                       else f"scale {entry['scale']:.4g} zero point {entry['zero_point']}")
             print(f"  {entry['layer']:<28} {entry['op']:<24} -> {entry['placement']:<11} {output}{sqnr}")
-    print("  layers: " + ", ".join(f"{count} on the {where}" for where, count in sorted(placements.items())))
+    print("  layers: " + ", ".join(f"{count} views (no bytes moved)" if where == "view" else f"{count} on the {where}"
+                                   for where, count in sorted(placements.items())))
     print("  stages: " + ", then ".join(f"{stage.name} ({stage.placement}, to {stage.output})"
                                         for stage in package.stages))
     return 0
