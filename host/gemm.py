@@ -261,9 +261,7 @@ class GemmProgram:
         cfg = self.config
         k_tiles, n_tiles = self.k_pad // cfg.rows, -(-self.n // cfg.cols)
         out_row = cfg.cols * (4 if self.requant is None else 1)
-        act_bytes = self.m * self.k_pad if self.conv is None else (
-            self.conv.x[..., :1].size * self.conv.padded_channels(cfg.rows))
-        needed = (act_bytes + n_tiles * k_tiles * cfg.rows * cfg.cols
+        needed = (self._activation_bytes() + n_tiles * k_tiles * cfg.rows * cfg.cols
                   + n_tiles * self.m * out_row * (1 if self.residual is None else 2)
                   + n_tiles * (cfg.param_block_bytes + ADD_BLOCK_BYTES))
         if needed >= _ADDRESS_SPACE:
@@ -379,22 +377,31 @@ class GemmProgram:
                       sram_addr: np.ndarray, wait_compute: bool) -> None:
         """Window LOADs of rows ``m0 .. m0 + rows - 1`` for K tiles ``k_tiles`` into ``sram_addr``: one per tile
         and image the rows cross (image by image, tile by tile within an image)."""
-        conv, R = self.conv, self.config.rows
-        images, h, w, _ = conv.x.shape
+        conv = self.conv
         ho, wo = conv.out_size
-        kw, (sh, sw), (dh, dw) = conv.kernel[1], conv.strides, conv.dilations
-        channels = conv.padded_channels(R)
-        tap, part = np.divmod(k_tiles, channels // R)
-        ty, tx = np.divmod(tap, kw)
+        (sh, sw), fields = conv.strides, self._window_fields(k_tiles)
+        offset, image_bytes = fields.pop("dram_addr"), fields["in_h"] * fields["row_stride"]
         first = {"wait_compute": wait_compute}
         for placed, (image, pixel, count) in _image_runs(m0, rows, ho * wo):
             start_y, start_x = divmod(pixel, wo)
             program.add(Opcode.LOAD, k_tiles.size, buffer=Buffer.ACT, window=True, sram_addr=sram_addr + placed,
-                        count=count, dram_addr=a_base + image * h * w * channels + part * R, dram_stride=channels,
-                        row_stride=w * channels, in_h=h, in_w=w, out_w=wo, start_y=start_y, start_x=start_x,
-                        stride_y=sh, stride_x=sw, offset_y=ty * dh - conv.pads[0], offset_x=tx * dw - conv.pads[1],
-                        fill=self.act_zero_point & 0xFF, first=first)
+                        count=count, dram_addr=a_base + image * image_bytes + offset, out_w=wo, start_y=start_y,
+                        start_x=start_x, stride_y=sh, stride_x=sw, fill=self.act_zero_point & 0xFF, first=first,
+                        **fields)
             first = {}
+
+    def _window_fields(self, k_tiles: np.ndarray) -> dict:
+        """The window LOAD fields of K tiles ``k_tiles`` that do not depend on the output pixels: the stored
+        tensor's addressing (``dram_addr`` from its image's first byte) and each tile's tap offsets. A tile is
+        ``rows`` channels of one tap."""
+        conv, R = self.conv, self.config.rows
+        _, h, w, _ = conv.x.shape
+        kw, (dh, dw) = conv.kernel[1], conv.dilations
+        channels = conv.padded_channels(R)
+        tap, part = np.divmod(k_tiles, channels // R)
+        ty, tx = np.divmod(tap, kw)
+        return dict(dram_addr=part * R, dram_stride=channels, row_stride=w * channels, in_h=h, in_w=w,
+                    offset_y=ty * dh - conv.pads[0], offset_x=tx * dw - conv.pads[1])
 
     def _padded_k(self) -> int:
         """K as the program stores it: padded to whole ``rows``-wide tiles, or each tap's channels padded."""
@@ -414,11 +421,14 @@ class GemmProgram:
         taps, channels = self.conv.kernel[0] * self.conv.kernel[1], self.conv.x.shape[3]
         return (np.arange(taps)[:, None] * self.conv.padded_channels(self.config.rows) + np.arange(channels)).ravel()
 
+    def _activation_bytes(self) -> int:
+        """The bytes the activations take in the program's memory."""
+        return self.m * self.k_pad if self.conv is None else (
+            self.conv.x[..., :1].size * self.conv.padded_channels(self.config.rows))
+
     def _activation_region(self) -> np.ndarray:
         """The activations in the program's memory: ``[M][Kp]``, or the tensor ``[N][H][W][Cp]``."""
-        size = self.m * self.k_pad if self.conv is None else self.conv.x[..., :1].size * self.conv.padded_channels(
-            self.config.rows)
-        region = self.program.memory.data[self._a_base:self._a_base + size]
+        region = self.program.memory.data[self._a_base:self._a_base + self._activation_bytes()]
         return region.reshape(self.m, self.k_pad) if self.conv is None else region.reshape(
             *self.conv.x.shape[:3], -1)
 

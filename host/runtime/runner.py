@@ -25,6 +25,7 @@ from mvu.host.executors.requantize import requantize_rows
 from mvu.host.gemm import ConvolutionInput, GemmError, GemmProgram, golden_gemm
 from mvu.host.global_pool import GlobalPoolProgram
 from mvu.host.model.quantized import Layer, QuantizedModel
+from mvu.host.packed_rows import RowPackedProgram, packed_rows_limit
 from mvu.host.runtime.fused_adds import FUSED_ADD, FUSED_TABLE, FusedAdd, fused_adds
 from mvu.host.runtime.scores import softmax
 
@@ -44,7 +45,7 @@ class LayerStats:
     seconds: float = 0.0
     im2col_seconds: float = 0.0  # the host's share of lowering a convolution to a GEMM
     counters: dict = field(default_factory=dict)
-    lowering: str = ""  # a convolution's: "windows" (window LOADs read its input tensor) or "im2col" (host patches)
+    lowering: str = ""  # a convolution's: "windows" or "packed rows" (window LOADs read its input) or "im2col"
 
     @classmethod
     def total(cls, parts: Sequence["LayerStats"]) -> "LayerStats":
@@ -94,15 +95,31 @@ def im2col(x: np.ndarray, kernel, strides, pads, dilations, pad_value: int) -> t
     return windows.reshape(n * ho * wo, kh * kw * c), ho, wo
 
 
+def _plain(config: HardwareConfig, conv: ConvolutionInput) -> bool:
+    """A 1x1, stride-1, unpadded convolution: its input's pixels are the product's rows already (im2col copies
+    nothing)."""
+    return conv.kernel == (1, 1) and conv.strides == (1, 1) and not any(conv.pads)
+
+
 def _windowed(config: HardwareConfig, conv: ConvolutionInput) -> bool:
-    """Whether window LOADs read a convolution's input: where they cost no more K tiles, and so no more MACs and
-    cycles, than host patches (each tap's channels padded to ``rows`` vs. a patch row padded once: equal whenever
-    the channels fill whole tiles; the 3-channel stem's 7x7 taps would take 49 tiles instead of 5) and the
-    descriptor can express it. A 1x1, stride-1, unpadded convolution reads its input as plain rows already."""
+    """Whether window LOADs of one tap per K tile read a convolution's input: where they cost no more K tiles, and
+    so no more MACs and cycles, than host patches (each tap's channels padded to ``rows`` vs. a patch row padded
+    once: equal whenever the channels fill whole tiles) and the descriptor can express it."""
     kh, kw = conv.kernel
     rows, channels = config.rows, conv.x.shape[3]
-    plain = kh == kw == 1 and conv.strides == (1, 1) and not any(conv.pads)
-    return not plain and kh * kw * -(-channels // rows) == -(-kh * kw * channels // rows) and conv.limit() is None
+    return kh * kw * -(-channels // rows) == -(-kh * kw * channels // rows) and conv.limit() is None
+
+
+def _packed_rows(config: HardwareConfig, conv: ConvolutionInput) -> bool:
+    """Whether window LOADs of one kernel row per K tile read it (few channels: the 3-channel stem, whose 7x7 taps
+    would take 49 tiles one tap per tile, 7 a row per tile, 5 as host patches)."""
+    return packed_rows_limit(config, conv) is None
+
+
+#: How an accelerator convolution reaches the array, the first that can take it: its ``stats.lowering``, the test,
+#: and the program reading its input tensor (``None``: host patches).
+_LOWERINGS = (("im2col", _plain, None), ("windows", _windowed, GemmProgram),
+              ("packed rows", _packed_rows, RowPackedProgram), ("im2col", lambda config, conv: True, None))
 
 
 def _conv_out_size(size: tuple[int, int], attrs: dict) -> tuple[int, int]:
@@ -321,13 +338,15 @@ class ModelRunner:
             w, requant = self._group_operands(layer, g, channels)
             windows = ConvolutionInput(part.transpose(0, 2, 3, 1), tuple(a["kernel"]), tuple(a["strides"]),
                                        tuple(a["pads"]), tuple(a["dilations"]))
-            if layer.placement == "accelerator" and self.executor is not None and _windowed(self.config, windows):
-                stats.lowering = "windows"
+            accelerated = layer.placement == "accelerator" and self.executor is not None
+            stats.lowering, kind = next((name, kind) for name, fits, kind in _LOWERINGS
+                                        if fits(self.config, windows)) if accelerated else ("im2col", None)
+            if kind is not None:
                 ho, wo = windows.out_size
-                out = self.gemm(windows, w, a["in_zero_point"], requant, stats, (layer.name, g), table, **residual)
+                out = self.gemm(windows, w, a["in_zero_point"], requant, stats, (layer.name, g), table, kind,
+                                **residual)
                 outputs.append(out.view(np.uint8))
                 continue
-            stats.lowering = "im2col"
             lowering = time.perf_counter()
             patches, ho, wo = im2col(part, a["kernel"], a["strides"], a["pads"], a["dilations"], a["in_zero_point"])
             stats.im2col_seconds += time.perf_counter() - lowering
