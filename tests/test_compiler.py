@@ -244,3 +244,33 @@ def test_compile_verbose_lists_every_layer_with_its_placement(tmp_path, capsys):
         assert row.split()[0] == layer.name and f"-> {layer.placement}" in row
     assert {"gap", "reshape", "fc"} <= {layer.kind for layer in layers}
     assert "float output" in rows[-1] and "nan" not in "\n".join(rows)
+
+
+def vgg_tail(seed=0):
+    """A convolution, a 2x2 max pool, then VGG's flatten of a 4 x 4 x 12 map into two fully connected layers."""
+    rng = np.random.default_rng(seed)
+    g = GraphBuilder("vgg_tail", (1, 3, 8, 8))
+    x = g.max_pool(g.relu(g.conv("input", rng.normal(0, 0.3, (12, 3, 3, 3)), rng.normal(0, 0.1, 12), padding=1)), 2, 2)
+    x = g.relu(g.gemm(g.flatten(x), rng.normal(0, 0.1, (20, 192)), rng.normal(0, 0.1, 20)))
+    return g.build(g.gemm(x, rng.normal(0, 0.3, (10, 20)), rng.normal(0, 0.1, 10)), classes=10)
+
+
+def test_a_flatten_that_products_read_is_a_channels_last_view(monkeypatch):
+    """VGG's flatten of a feature map is no copy: the product reads the map's channels-last bytes as they lie, its
+    weight rows permuted to match; the logits are those of the copy in ONNX's order, bit for bit."""
+    from mvu.host.compiler import builder
+
+    model = vgg_tail()
+    graph = import_onnx(model)
+    images = np.random.default_rng(2).normal(0, 1, (8, 3, 8, 8)).astype(np.float32)
+    ranges = calibrate(model, graph, images, progress=False)
+    folded = quantize_graph(graph, ranges)
+    (flatten,) = [layer for layer in folded.layers if layer.kind == "reshape"]
+    assert flatten.placement == "view" and flatten.attrs["channels_last"] == [12, 4, 4]
+    monkeypatch.setattr(builder, "_PRODUCTS", ())
+    copied = quantize_graph(import_onnx(model), ranges)
+    assert [layer.placement for layer in copied.layers if layer.kind == "reshape"] == ["host"]
+    batch = folded.input_q.quantize(images)
+    for backend in ("numpy", "reference"):
+        np.testing.assert_array_equal(ModelRunner(folded, TINY, backend).run_batch(batch),
+                                      ModelRunner(copied, TINY, "numpy").run_batch(batch))

@@ -1,6 +1,8 @@
 """Global average pooling on the accelerator (unit weight tiles, accumulating COMPUTEs): bit for bit the host's
 QLinearGlobalAveragePool on the reference (planned and interpreted) and the RTL; chunking, reruns and refusals."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import NARROW, TINY
@@ -165,3 +167,21 @@ def test_global_pools_are_bit_exact_on_the_rtl_and_cheaper_than_a_depthwise_pool
     depthwise_cycles = rtl.run(depthwise.program).counters["cycles"]
     np.testing.assert_array_equal(depthwise.result().reshape(on_rtl.result().shape), on_rtl.result())
     assert 2 * cycles < depthwise_cycles
+
+
+@pytest.mark.parametrize("config, size, where", [
+    (NARROW, (4, 5), "accelerator"), (dataclasses.replace(NARROW, float32_requant=False), (4, 5), "host"),
+    (TINY, (6, 7), "host")], ids=["on the array", "no float32 post-processor", "too many pixels for the buffers"])
+def test_the_runner_places_global_pools(config, size, where):
+    """A GAP layer runs as a global pool program where the configuration can, else on the host with its stats
+    saying so; the same bytes either way."""
+    from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
+    from mvu.host.runtime.runner import ModelRunner
+
+    q, out_q = QuantParams(0.05, 17), QuantParams(0.03, 5)
+    layer = Layer("gap", "gap", ["x"], "y", "accelerator", {}, {}, out_q)
+    model = QuantizedModel("x", (1, 37, *size), q, "y", [layer], {"x": q, "y": out_q}, {}, [])
+    x = np.random.default_rng(4).integers(0, 256, (3, 37, *size), dtype=np.uint8)
+    runner = ModelRunner(model, config, "reference")
+    np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, config, "numpy").run_batch(x))
+    assert runner.stats[0].placement == where and bool(runner.stats[0].counters) == (where == "accelerator")

@@ -71,7 +71,10 @@ def _add_sqnr(quantized, config: HardwareConfig, model: onnx.ModelProto, image: 
         layer = by_name.get(row["layer"])
         if layer is None or row["scale"] is None or layer.output not in reference:
             continue
-        expected = reference[layer.output].reshape(-1).astype(np.float64)
+        expected = reference[layer.output]
+        if "channels_last" in layer.attrs:  # a flatten read in channels-last order
+            expected = expected.reshape(len(expected), *layer.attrs["channels_last"]).transpose(0, 2, 3, 1)
+        expected = expected.reshape(-1).astype(np.float64)
         got = layer.out_q.dequantize(runner.tensors[layer.output]).reshape(-1).astype(np.float64)
         noise = np.sum((expected - got) ** 2)
         row["sqnr_db"] = float(10 * np.log10(np.sum(expected ** 2) / noise)) if noise > 0 else float("inf")

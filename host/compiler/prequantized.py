@@ -16,7 +16,7 @@ from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.compiler.ir import LAYER_NORM_OP, TABLE_OP
 from mvu.host.compiler.rewrites import pad_widths
-from mvu.host.model.quantized import VIEW, Layer, QuantizedModel, QuantParams, is_view
+from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 from mvu.host.runtime.runner import uniform_pool
 
 __all__ = ["HANDLERS", "from_qlinear_graph"]
@@ -124,10 +124,8 @@ def _qlinear_global_average_pool(p: _Pass, node: Node) -> None:
 
 
 def _reshape(p: _Pass, node: Node) -> None:
-    """Reshape or Flatten: the same codes in the output's shape (a view where the bytes stay put)."""
-    shape = p.graph.shapes.get(node.inputs[0])
-    p.emit(Layer("reshape", node.name, [node.inputs[0]], node.outputs[0], VIEW if shape and is_view(shape) else "host",
-                 {"shape": list(p.graph.shapes[node.outputs[0]])}, {}, p.tensor_q[node.inputs[0]]), node.op)
+    """Reshape or Flatten: the same codes in the output's shape (:meth:`LayerBuilder.reshape`)."""
+    p.reshape(node, p.graph.shapes.get(node.inputs[0]), p.graph.shapes[node.outputs[0]], p.tensor_q[node.inputs[0]])
 
 
 def _product(p: _Pass, node: Node, in_q: QuantParams, weight: np.ndarray, w_scale_name: str, bias: np.ndarray,
@@ -142,7 +140,7 @@ def _product(p: _Pass, node: Node, in_q: QuantParams, weight: np.ndarray, w_scal
 
 def _qlinear_matmul(p: _Pass, node: Node) -> None:
     ins = node.inputs
-    weight = p.weights(node, ins[3], ins[5])
+    weight = p.product_rows(ins[0], p.weights(node, ins[3], ins[5]))
     _product(p, node, p.params(ins[1], ins[2]), weight, ins[4], np.zeros(weight.shape[1], np.int64),
              p.params(ins[6], ins[7]))
 
@@ -156,7 +154,7 @@ def _qgemm(p: _Pass, node: Node) -> None:
                                f"and alpha 1")
     out_q = p.params(ins[7], ins[8])
     weight = p.weights(node, ins[3], ins[5])
-    weight = np.ascontiguousarray(weight.T if node.attrs.get("transB", 0) else weight)  # [K, N]
+    weight = p.product_rows(ins[0], np.ascontiguousarray(weight.T if node.attrs.get("transB", 0) else weight))
     bias = p.graph.constants[ins[6]].astype(np.int64) if ins[6] else np.zeros(weight.shape[1], np.int64)
     _product(p, node, in_q, weight, ins[4], bias, out_q)
 

@@ -22,7 +22,7 @@ from mvu.host.compiler.builder import LayerBuilder, conv_placement
 from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.compiler.rewrites import pad_widths
-from mvu.host.model.quantized import VIEW, Layer, QuantizedModel, QuantParams, is_view
+from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
 from mvu.host.runtime.runner import uniform_pool
 
 __all__ = ["HANDLERS", "LIMITS", "TABLE_FUNCTIONS", "activation_clamp", "calibrate", "check_graph", "quantize_graph"]
@@ -275,10 +275,8 @@ def _pool(p: _Pass, node: Node) -> None:
 
 
 def _reshape(p: _Pass, node: Node) -> None:
-    """Flatten or Reshape: the same codes in the output's shape (a view where the bytes stay put)."""
-    shape = p.shapes.get(node.inputs[0])
-    p.emit(Layer("reshape", node.name, [node.inputs[0]], node.outputs[0], VIEW if shape and is_view(shape) else "host",
-                 {"shape": list(p.shapes[node.outputs[0]])}, {}, p.q_of(node.inputs[0])), node.op)
+    """Flatten or Reshape: the same codes in the output's shape (:meth:`LayerBuilder.reshape`)."""
+    p.reshape(node, p.shapes.get(node.inputs[0]), p.shapes[node.outputs[0]], p.q_of(node.inputs[0]))
 
 
 def _pad(p: _Pass, node: Node) -> None:
@@ -366,6 +364,7 @@ def _gemm(p: _Pass, node: Node) -> None:
     """Gemm: ``alpha * x @ W + beta * C`` with a constant ``W`` (transposed by ``transB``) and ``C``."""
     weight = p.graph.constants[node.inputs[1]].astype(np.float64)
     weight = (weight.T if node.attrs.get("transB", 0) else weight) * node.attrs.get("alpha", 1.0)
+    weight = p.product_rows(node.inputs[0], weight)
     bias = _constant_input(p.graph, node, 2)
     _product(p, node, weight, None if bias is None else bias * node.attrs.get("beta", 1.0))
 
@@ -376,7 +375,7 @@ def _matmul(p: _Pass, node: Node) -> None:
     it (its bias, a layer scale) fold into its bias and weights."""
     weight = p.graph.constants[node.inputs[1]].astype(np.float64)
     if len(p.shapes.get(node.inputs[0], ())) <= 2:
-        _product(p, node, weight, None)
+        _product(p, node, p.product_rows(node.inputs[0], weight), None)
         return
     bias, tensor = np.zeros(weight.shape[1]), node.outputs[0]
     while (term := _column_term(p, tensor, weight.shape[1])) is not None:

@@ -22,8 +22,8 @@ from mvu.host.executors import BACKENDS, make_executor
 from mvu.host.executors.kernels import depthwise_sums, qlinear_add
 from mvu.host.executors.onnxruntime_add import QLinearAdd, add_coefficients, onnxruntime_add
 from mvu.host.executors.requantize import requantize_rows
-from mvu.host.gemm import ConvolutionInput, GemmError, GemmProgram, golden_gemm
-from mvu.host.global_pool import GlobalPoolProgram
+from mvu.host.gemm import ConvolutionInput, GemmProgram, golden_gemm
+from mvu.host.global_pool import GlobalPoolProgram, global_pool_limit
 from mvu.host.model.quantized import Layer, QuantizedModel
 from mvu.host.packed_rows import RowPackedProgram, packed_rows_limit
 from mvu.host.runtime.fused_adds import FUSED_ADD, FUSED_TABLE, FusedAdd, fused_adds
@@ -504,17 +504,14 @@ class ModelRunner:
         in_q, out_q = self._q(layer.inputs[0]), layer.out_q
         n, c, h, w = x.shape
         significand, shift = float32_significand(in_q.scale / (out_q.scale * h * w))
+        if stats.placement == "accelerator" and global_pool_limit(self.config, h * w) is not None:
+            stats.placement = "host"
         if stats.placement == "accelerator" and self.executor is not None:
             requant = Requantization(np.zeros(c, np.int64), np.full(c, significand), np.full(c, shift),
                                      out_zero_point=out_q.zero_point, clamp_min=0, clamp_max=255, float32_scale=True)
-            try:
-                out = self.gemm(x.transpose(0, 2, 3, 1), None, in_q.zero_point, requant, stats, (layer.name,),
-                                kind=GlobalPoolProgram)
-                return out.reshape(n, c, 1, 1)
-            except GemmError:  # beyond this configuration's buffers or post-processor
-                pass
-        if stats.placement == "accelerator":
-            stats.placement = "host"
+            out = self.gemm(x.transpose(0, 2, 3, 1), None, in_q.zero_point, requant, stats, (layer.name,),
+                            kind=GlobalPoolProgram)
+            return out.reshape(n, c, 1, 1)
         sums = (x.astype(np.int64) - in_q.zero_point).reshape(n, c, -1).sum(axis=2)
         return requantize(sums, 0, significand, shift, out_q.zero_point, 0, 255,
                           float32_scale=True).reshape(n, c, 1, 1)
@@ -598,7 +595,11 @@ class ModelRunner:
         return _channels_first(out.view(np.uint8), n, *windows.out_size)
 
     def _reshape(self, layer: Layer, tensors, stats):
+        """The codes in the output's shape; a flatten that products read in channels-last order
+        (``channels_last``) takes the map's bytes as they lie (its readers' weight rows follow that order)."""
         x = tensors[layer.inputs[0]]
+        if "channels_last" in layer.attrs:
+            return x.transpose(0, 2, 3, 1).reshape(len(x), -1)
         return x.reshape(len(x), *layer.attrs["shape"][1:])
 
     def _pad(self, layer: Layer, tensors, stats):
