@@ -166,7 +166,7 @@ def test_resnet18_logits_are_unchanged_by_window_loads():
     convs = [layer for layer in package.model.layers if layer.kind == "conv"]
     windowed = [layer.name for layer in convs if layer.attrs["kernel"] != [1, 1] or layer.attrs["strides"] != [1, 1]]
     assert [name for name, how in lowering.items() if how == "windows"] == windowed[1:]  # all but the stem
-    assert lowering[windowed[0]] == "im2col"
+    assert lowering[windowed[0]] == "packed rows"  # 3 channels: a kernel row per K tile (tests/test_packed_rows.py)
 
 
 def test_a_network_on_the_rtl_with_window_loads(verilator_executors):
