@@ -50,9 +50,10 @@ def _residual(model: QuantizedModel, add: Layer, conv_first: bool) -> ResidualAd
 
 def _same_as_host(residual: ResidualAdd, quantizations: list, add: Layer, conv_first: bool) -> bool:
     """Whether the STOREs' add gives the host's sum for every byte pair. The host adds whole tensors with
-    onnxruntime's QLinearAdd kernel where it has one, and that kernel's vectorized body does not always round
-    as its scalar tail (measured: a QDQ ResNet-18's codes 167 + 132 give 38 in a long tensor, 39 alone, and
-    the exact fused multiply-adds give 39), so each Add is checked on all 65,536 pairs laid out as a tensor."""
+    onnxruntime's QLinearAdd kernel where it has one; :func:`add_coefficients` derives ``start`` as that kernel
+    does (one float32 unit off, it moved ResNet-50's ``add_386`` 187 + 139 from 60 to 59), but that is checked
+    on random scales, not each Add's, so each Add is checked on all 65,536 pairs laid out as a tensor (a
+    one-element tensor takes the kernel's broadcast path, which rounds otherwise)."""
     first, second = (codes.ravel() for codes in np.meshgrid(np.arange(256, dtype=np.uint8),
                                                              np.arange(256, dtype=np.uint8), indexing="ij"))
     low, high = add.attrs["clamp"]
