@@ -308,8 +308,9 @@ class GemmProgram:
             self._addend_base = memory.allocate(self._out_bytes)
             self._addend_region(memory.data)[...] = addend
             block = dataclasses.replace(self.residual, addend_offset=self._addend_base - self.out_base).block()
-            for nt in range(n_tiles):
-                memory.data[p_base + nt * block_bytes + cfg.param_block_bytes:][:ADD_BLOCK_BYTES] = block
+            self._add_blocks = [p_base + nt * block_bytes + cfg.param_block_bytes for nt in range(n_tiles)]
+            for address in self._add_blocks:
+                memory.data[address:address + ADD_BLOCK_BYTES] = block
             added = dict(add=True)
 
         t = self.tiling

@@ -205,6 +205,11 @@ class GlobalPoolProgram:
         padded[:, :rows.shape[1]] = rows
         return padded
 
+    def _activation_region(self) -> np.ndarray:
+        """The activations in the program's memory: rows ``[N * H * W][Cp]``."""
+        size = self.m * self.k * self._width
+        return self.program.memory.data[self._a_base:self._a_base + size].reshape(-1, self._width)
+
     def load_activations(self, a: np.ndarray) -> None:
         """New activations of the program's shape and type, so that the program can run again; clears the
         outputs."""
@@ -212,8 +217,7 @@ class GlobalPoolProgram:
         dtype = np.dtype(np.int8 if self.act_signed else np.uint8)
         if a.shape != self.shape or a.dtype != dtype:
             raise GemmError(f"expected {dtype} activations of shape {self.shape}, got {a.dtype} {a.shape}")
-        region = self.program.memory.data[self._a_base:self._a_base + self.m * self.k * self._width]
-        region.view(dtype).reshape(-1, self._width)[:, :self.n] = a.reshape(-1, self.n)
+        self._activation_region().view(dtype)[:, :self.n] = a.reshape(-1, self.n)
         self.program.memory.data[self.out_base:self.out_base + self._out_bytes] = 0
 
     def result(self, *, copy: bool = True) -> np.ndarray:

@@ -24,7 +24,8 @@ from mvu.host.executors.onnxruntime_add import QLinearAdd, add_coefficients, onn
 from mvu.host.executors.requantize import requantize_rows
 from mvu.host.gemm import ConvolutionInput, GemmProgram, golden_gemm
 from mvu.host.global_pool import GlobalPoolProgram, global_pool_limit
-from mvu.host.model.quantized import Layer, QuantizedModel
+from mvu.host.model.quantized import VIEW, Layer, QuantizedModel
+from mvu.host.network_program import Link, NetworkProgram, link
 from mvu.host.packed_rows import RowPackedProgram, packed_rows_limit
 from mvu.host.runtime.fused_adds import FUSED_ADD, FUSED_TABLE, FusedAdd, fused_adds
 from mvu.host.runtime.scores import softmax
@@ -45,7 +46,9 @@ class LayerStats:
     seconds: float = 0.0
     im2col_seconds: float = 0.0  # the host's share of lowering a convolution to a GEMM
     counters: dict = field(default_factory=dict)
-    lowering: str = ""  # a convolution's: "windows" or "packed rows" (window LOADs read its input) or "im2col"
+    #: A convolution's: "rows" (its pixels are the product's rows), "windows" or "packed rows" (window LOADs read its
+    #: input tensor), "im2col" (patches made on the host).
+    lowering: str = ""
 
     @classmethod
     def total(cls, parts: Sequence["LayerStats"]) -> "LayerStats":
@@ -116,10 +119,17 @@ def _packed_rows(config: HardwareConfig, conv: ConvolutionInput) -> bool:
     return packed_rows_limit(config, conv) is None
 
 
+def _expressible(config: HardwareConfig, conv: ConvolutionInput) -> bool:
+    """Whether window LOADs of one tap per K tile can read it at all (with more K tiles than host patches: what a
+    network program takes rather than a pass on the host)."""
+    return conv.limit() is None
+
+
 #: How an accelerator convolution reaches the array, the first that can take it: its ``stats.lowering``, the test,
-#: and the program reading its input tensor (``None``: host patches).
-_LOWERINGS = (("im2col", _plain, None), ("windows", _windowed, GemmProgram),
-              ("packed rows", _packed_rows, RowPackedProgram), ("im2col", lambda config, conv: True, None))
+#: the program reading its input tensor (``None``: host patches), and whether only for a network program.
+_LOWERINGS = (("rows", _plain, None, False), ("windows", _windowed, GemmProgram, False),
+              ("packed rows", _packed_rows, RowPackedProgram, False), ("windows", _expressible, GemmProgram, True),
+              ("im2col", lambda config, conv: True, None, False))
 
 
 def _conv_out_size(size: tuple[int, int], attrs: dict) -> tuple[int, int]:
@@ -182,11 +192,23 @@ class ModelRunner:
     ``backend`` is one of :data:`~mvu.host.executors.BACKENDS`: a GEMM program per accelerator layer and
     batch size, run on its executor (``executor`` replaces the one it would make), or, for a backend without
     one, the same products computed directly from their definition.
+
+    With ``network``, the first batch of a size runs layer by layer and links the layers' programs into one
+    :class:`~mvu.host.network_program.NetworkProgram` where they link (:attr:`networks` says why not otherwise);
+    later batches of that size run it: the host writes the input, one program runs every layer, the layers'
+    results are read where the program left them. That run's cycles and counters are in the stats of the layer
+    that starts it (the last to read the network's input).
     """
 
     def __init__(self, model: QuantizedModel, config: HardwareConfig, backend: str = "numpy", executor=None, *,
-                 program_cache_bytes: int = 2 << 30):
-        self.model, self.config, self.backend = model, config, backend
+                 program_cache_bytes: int = 2 << 30, network: bool = False):
+        self.model, self.config, self.backend, self.network = model, config, backend, network
+        #: Per batch size: the linked network, or why its programs do not link.
+        self.networks: dict[int, NetworkProgram | str] = {}
+        self._links: list[Link] | None = None  # being recorded by a layer-by-layer batch
+        self._producers: dict[str, int | str] = {}  # per tensor: the link writing it, or the host layer that does
+        self._aliases: dict[str, str] = {}  # per tensor a fused Add or table hands on: the tensor whose bytes it is
+        self._replay: tuple[NetworkProgram, list[Link]] | None = None  # the network a batch runs, links to go
         if executor is None:
             executor = make_executor(backend, config)
         self.executor = executor
@@ -218,6 +240,8 @@ class ModelRunner:
         ``options`` are the program's (see :class:`GemmProgram`)."""
         if self.executor is None:
             return golden_gemm(a, w, zero_point, requant, table, **options)
+        if self._replay is not None:
+            return self._replayed(a, stats)
         key = (*key, a.shape[0])
         program = self._programs.get(key)
         if program is None:
@@ -237,6 +261,50 @@ class ModelRunner:
         for key, value in run.counters.items():
             stats.counters[key] = stats.counters.get(key, 0) + value
         return program.result(copy=requant is not None)  # raw sums are consumed at once; outputs are kept
+
+    def _replayed(self, a, stats: LayerStats) -> np.ndarray:
+        """The next layer's result in a network run: the host writes the network's input into the layers that read
+        it, the last of them runs the network, and every layer's result is read where the network left it."""
+        network, pending = self._replay
+        entry = pending.pop(0)
+        program = entry.program
+        if entry.source is None:
+            program.load_activations(a)
+            if entry is network.inputs[-1]:
+                run = self.executor.run(network.program)
+                stats.cycles += run.counters.get("cycles", 0)
+                for key, value in run.counters.items():
+                    stats.counters[key] = stats.counters.get(key, 0) + value
+        return program.result(copy=program.requant is not None)
+
+    def _record(self, layer: Layer, stats: LayerStats, made: list) -> None:
+        """Note, while a batch runs layer by layer, which program wrote each tensor and what each program read."""
+        producer = self._producers
+        if stats.lowering == "im2col":
+            self._unlinked = f"{layer.name} reads im2col patches the host makes"
+            return
+        if len(made) == 1:
+            program = made[0]
+            fused = (self._fused_adds or {}).get(layer.name)
+            addend = fused.addend if fused is not None and getattr(program, "residual", None) is not None else None
+            sources = [self._source(name) for name in (layer.inputs[0], addend)]
+            hosted = next((source for source in sources if isinstance(source, str)), None)
+            if hosted is not None:
+                self._unlinked = f"{layer.name} reads what {hosted} computes on the host"
+                return
+            self._links.append(Link(layer.name, program, *sources))
+            producer[layer.output] = len(self._links) - 1
+        elif not made and stats.placement in (VIEW, FUSED_ADD, FUSED_TABLE):
+            producer[layer.output] = producer.get(self._aliases.get(layer.output, layer.inputs[0]))
+        else:
+            producer[layer.output] = layer.name
+
+    def _source(self, name: str | None) -> int | str | None:
+        """The link writing tensor ``name`` (``None``: the network's input, or no tensor), or the host layer that
+        writes it."""
+        if name is None or name == self.model.input:
+            return None
+        return self._producers.get(name, name)
 
     def _evict(self) -> None:
         """Drop the least recently used programs while their memory images exceed the cache's size."""
@@ -299,18 +367,29 @@ class ModelRunner:
         n = len(images_q)
         tensors = {self.model.input: images_q}
         self.stats, self._used = [], []
+        network = self.networks.get(n) if self.network and self.executor is not None else None
+        linking = self.network and self.executor is not None and n not in self.networks
+        self._replay = (network, list(network.links)) if isinstance(network, NetworkProgram) else None
+        self._links, self._producers, self._aliases = ([] if linking else None), {}, {}
+        self._unlinked: str | None = None  # why this batch's programs do not link
         # RTL runs take seconds: show which layer is running when a person is watching.
         show = BACKENDS[self.backend].slow and sys.stderr.isatty()
         for index, layer in enumerate(self.model.layers):
             if show:
                 print(f"\r  RTL: layer {index + 1}/{len(self.model.layers)} {layer.name:<32}", end="", file=sys.stderr)
             stats = LayerStats(layer.name, layer.kind, layer.placement, layer.macs * n, images=n)
-            started = time.perf_counter()
+            started, before = time.perf_counter(), len(self._used)
             tensors[layer.output] = getattr(self, f"_{layer.kind}")(layer, tensors, stats)
             stats.seconds = time.perf_counter() - started
             self.stats.append(stats)
+            if self._links is not None and self._unlinked is None:
+                self._record(layer, stats, self._used[before:])
         if show:
             print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+        if linking:
+            self.networks[n] = self._unlinked or (link(self._links) if self._links else
+                                                  "no layer ran on the accelerator")
+        self._replay, self._links = None, None
         self.last_output = tensors[self.model.output]
         self.tensors = tensors
         return self.last_output
@@ -339,8 +418,9 @@ class ModelRunner:
             windows = ConvolutionInput(part.transpose(0, 2, 3, 1), tuple(a["kernel"]), tuple(a["strides"]),
                                        tuple(a["pads"]), tuple(a["dilations"]))
             accelerated = layer.placement == "accelerator" and self.executor is not None
-            stats.lowering, kind = next((name, kind) for name, fits, kind in _LOWERINGS
-                                        if fits(self.config, windows)) if accelerated else ("im2col", None)
+            stats.lowering, kind = next((name, kind) for name, fits, kind, linked in _LOWERINGS
+                                        if (self.network or not linked) and fits(self.config, windows)) \
+                if accelerated else ("im2col", None)
             if kind is not None:
                 ho, wo = windows.out_size
                 out = self.gemm(windows, w, a["in_zero_point"], requant, stats, (layer.name, g), table, kind,
@@ -411,10 +491,12 @@ class ModelRunner:
         if addend is None or addend.dtype != np.uint8 or addend.shape != shape:
             return {}
         self._added[fused.add.name] = layer.output
+        self._aliases[fused.add.output] = layer.output
         residual = {"addend": np.ascontiguousarray(addend.transpose(0, 2, 3, 1)).reshape(-1, shape[1]),
                     "residual": fused.residual}
         if fused.table is not None:  # the STOREs' output is the table's: the Add hands it on (_add, _lut)
             self._looked_up[fused.table.name] = fused.add.output
+            self._aliases[fused.table.output] = fused.add.output
             residual["table"] = fused.table.arrays["table"]
         return residual
 

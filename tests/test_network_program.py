@@ -1,0 +1,113 @@
+"""A whole network as one program: the layers' programs linked over one memory image, the host writing the input and
+reading the results; bit for bit the layer-by-layer run, on the reference and the RTL."""
+
+import numpy as np
+import onnx
+import pytest
+from conftest import NARROW, TINY
+
+from mvu.hdl.contract.isa import Opcode, decode_columns
+from mvu.host.compiler.graph import import_onnx
+from mvu.host.compiler.quantize import calibrate, quantize_graph
+from mvu.host.executors.reference import ReferenceExecutor
+from mvu.host.model.quantized import VIEW
+from mvu.host.network_program import NetworkProgram
+from mvu.host.runtime.fused_adds import FUSED_ADD
+from mvu.host.runtime.runner import ModelRunner
+from mvu.models.onnx_builder import GraphBuilder
+
+
+def small_network(size: int = 8) -> onnx.ModelProto:
+    """Conv+ReLU, MaxPool, Conv+ReLU6, depthwise Conv, 1x1 Conv and a residual Add, GAP, FC (like
+    tests/test_compiler.py's, on an input small enough for TINY's buffers to pool globally)."""
+    rng = np.random.default_rng(0)
+    g = GraphBuilder("small", (1, 3, size, size))
+    x = g.max_pool(g.relu(g.conv("input", rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8), padding=1)), 3, 2, 1)
+    y = g.relu6(g.conv(x, rng.normal(0, 0.2, (8, 8, 3, 3)), rng.normal(0, 0.1, 8), padding=1))
+    y = g.conv(y, rng.normal(0, 0.3, (8, 1, 3, 3)), rng.normal(0, 0.1, 8), padding=1, group=8)
+    x = g.add(x, g.conv(y, rng.normal(0, 0.3, (8, 8, 1, 1)), rng.normal(0, 0.1, 8)))
+    x = g.flatten(g.global_average_pool(x))
+    return g.build(g.gemm(x, rng.normal(0, 0.3, (10, 8)), rng.normal(0, 0.1, 10)), classes=10)
+
+
+def quantized(model: onnx.ModelProto, shape=(3, 8, 8)):
+    graph = import_onnx(model)
+    images = np.random.default_rng(1).normal(0, 1, (8, *shape)).astype(np.float32)
+    return quantize_graph(graph, calibrate(model, graph, images, progress=False))
+
+
+class Counting:
+    """An executor that counts the programs it runs."""
+
+    def __init__(self, executor):
+        self.executor, self.runs = executor, 0
+        self.name, self.memory_bytes_per_cycle = executor.name, executor.memory_bytes_per_cycle
+
+    def run(self, program):
+        self.runs += 1
+        return self.executor.run(program)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_network_runs_as_one_program_bit_for_bit(batch):
+    """Convolutions (window LOADs, a depthwise one), a max pool, a residual add in the STOREs, a global pool and the
+    classifier linked into one program: one run per batch after the first, the layer-by-layer logits exactly."""
+    model = quantized(small_network())
+    x = np.random.default_rng(2).integers(0, 256, (batch, 3, 8, 8), dtype=np.uint8)
+    executor = Counting(ReferenceExecutor(TINY))
+    runner = ModelRunner(model, TINY, "reference", executor, network=True)
+    first = runner.run_batch(x)
+    network = runner.networks[batch]
+    assert isinstance(network, NetworkProgram), network
+    columns = decode_columns(network.program.memory.data[network.program.address:][
+        :network.program.length * 32].reshape(-1, 32))
+    assert (columns["opcode"] == Opcode.SYNC).sum() == network.layers - 1 == len(network.links) - 1
+    runs = executor.runs
+    again = runner.run_batch(x)
+    assert executor.runs == runs + 1  # the whole network, once
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(again, ModelRunner(model, TINY, "numpy").run_batch(x))
+    other = np.random.default_rng(3).integers(0, 256, x.shape, dtype=np.uint8)  # new input, same program
+    np.testing.assert_array_equal(runner.run_batch(other), ModelRunner(model, TINY, "numpy").run_batch(other))
+    assert {s.placement for s in runner.stats} == {"accelerator", VIEW, FUSED_ADD}
+
+
+def test_the_network_program_is_bit_exact_on_the_rtl(verilator_executors):
+    """The RTL runs the linked program to the reference's logits."""
+    model = quantized(small_network())
+    x = np.random.default_rng(4).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    runner = ModelRunner(model, TINY, "verilator", verilator_executors(TINY), network=True)
+    runner.run_batch(x)
+    assert isinstance(runner.networks[2], NetworkProgram)
+    np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, TINY, "reference").run_batch(x))
+    assert sum(s.cycles for s in runner.stats) > 0
+
+
+def test_a_host_layer_between_programs_keeps_one_program_per_layer():
+    """A layer the host computes between two programs (a reflect pad) stops the link, named; the batch still runs
+    layer by layer, exactly."""
+    rng = np.random.default_rng(0)
+    g = GraphBuilder("padded", (1, 3, 8, 8))
+    x = g.relu(g.conv("input", rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8), padding=1))
+    x = g.node("Pad", [x, g.constant(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))], mode="reflect")
+    x = g.relu(g.conv(x, rng.normal(0, 0.3, (8, 8, 3, 3)), rng.normal(0, 0.1, 8)))
+    model = quantized(g.build(g.gemm(g.flatten(g.global_average_pool(x)), rng.normal(0, 0.3, (4, 8)),
+                                     rng.normal(0, 0.1, 4)), classes=4), (3, 8, 8))
+    pad = next(layer for layer in model.layers if layer.kind == "pad")
+    x = np.random.default_rng(5).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    runner = ModelRunner(model, TINY, "reference", network=True)
+    runner.run_batch(x)
+    assert pad.name in runner.networks[1] and "on the host" in runner.networks[1]
+    np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, TINY, "numpy").run_batch(x))
+
+
+def test_layouts_that_differ_are_named():
+    """Where rows and columns differ, a product's output rows and its reader's input rows may not agree: the
+    link says which layers and sizes."""
+    model = quantized(small_network())
+    runner = ModelRunner(model, NARROW, "reference", network=True)
+    x = np.random.default_rng(6).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    runner.run_batch(x)
+    reason = runner.networks[1]
+    assert isinstance(reason, str) and "layout" in reason, reason
+    np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, NARROW, "numpy").run_batch(x))
