@@ -63,13 +63,13 @@ class Classifier:
     """Classifies images with a model package on one of :data:`~mvu.host.executors.BACKENDS`."""
 
     def __init__(self, package: ModelPackage, backend: str = "reference", config: HardwareConfig | None = None,
-                 executor=None):
+                 executor=None, *, network: bool = False):
         from mvu.host.runtime.preprocess import PreprocessRecipe
 
         self.package = package
         self.config = config or package.config
         self.recipe = PreprocessRecipe.from_dict(package.preprocessing)
-        self.runner = ModelRunner(package.model, self.config, backend, executor)
+        self.runner = ModelRunner(package.model, self.config, backend, executor, network=network)
 
     def logits(self, images: np.ndarray) -> tuple[np.ndarray, BatchStats]:
         """Preprocessed float32 images [N, 3, crop, crop] -> float logits [N, classes] and the batch's cost.

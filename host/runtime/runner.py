@@ -277,6 +277,24 @@ class ModelRunner:
                     stats.counters[key] = stats.counters.get(key, 0) + value
         return program.result(copy=program.requant is not None)
 
+    def _link_on_reference(self, images_q: np.ndarray) -> np.ndarray:
+        """A slow backend's first batch of a size in network mode: the layers run and link on the reference
+        executor (the same programs and bits: its programs are tiled for the same memory), then the batch runs on
+        the slow backend, as the network where the programs linked, else layer by layer."""
+        (backend, executor), (self.backend, self.executor) = (self.backend, self.executor), (
+            "reference", make_executor("reference", self.config))
+        try:
+            self.run_batch(images_q)
+        finally:
+            self.backend, self.executor = backend, executor
+        if not isinstance(self.networks[len(images_q)], NetworkProgram):
+            self.network, reason = False, self.networks[len(images_q)]
+            try:
+                return self.run_batch(images_q)
+            finally:
+                self.network, self.networks[len(images_q)] = True, reason
+        return self.run_batch(images_q)
+
     def _record(self, layer: Layer, stats: LayerStats, made: list) -> None:
         """Note, while a batch runs layer by layer, which program wrote each tensor and what each program read."""
         producer = self._producers
@@ -365,6 +383,9 @@ class ModelRunner:
         """
         images_q = self._checked(images_q)
         n = len(images_q)
+        if self.network and self.executor is not None and n not in self.networks and BACKENDS[self.backend].slow \
+                and (self.executor.memory_bytes_per_cycle or self.config.mem_bytes) == self.config.mem_bytes:
+            return self._link_on_reference(images_q)
         tensors = {self.model.input: images_q}
         self.stats, self._used = [], []
         network = self.networks.get(n) if self.network and self.executor is not None else None
