@@ -14,6 +14,10 @@ that one gather per run fills from memory (:mod:`~mvu.host.executors.window_gath
 Programs the plan cannot express this way (a store that overwrites what is
 read, accumulator ranges used in part, entries read before they are loaded)
 get ``None`` from :func:`build_plan`, and the executor interprets them.
+
+A plan starts from a reset machine (accumulators zero, no parameter block or
+table loaded), or, for the part of a program after a SYNC, from state it does
+not know: then it is built only where the part sets all it reads itself.
 """
 
 from __future__ import annotations
@@ -338,8 +342,10 @@ def _expand(rows: list[tuple[int, int, int, int]]) -> tuple[np.ndarray, np.ndarr
 _ZERO, _UNKNOWN = -1, -2  # accumulator rows never written, and rows the trace lost track of
 
 
-def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list[_Store], list, list]:
-    """The program's stores with their sums, and the memory rows it reads and writes."""
+def _trace(config: HardwareConfig, columns: dict[str, np.ndarray], reset: bool) -> tuple[list[_Store], list, list]:
+    """The program's stores with their sums, and the memory rows it reads and writes. ``reset``: the program starts
+    on a reset machine (accumulators zero, no parameter block or table); otherwise what it reads of the machine's
+    state, it must have set itself."""
     R, C = config.rows, config.cols
     act, wgt = _Entries(config.act_depth, R), _Entries(config.wgt_depth, C)
     owner = [_ZERO] * config.acc_depth  # first row of the live range holding each row
@@ -373,6 +379,8 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
                     raise _Unplannable("a range both adds and keeps the larger products")
                 terms.append(term)
             elif not accumulate or owner[acc_addr:acc_addr + count].count(_ZERO) == count:
+                if accumulate and (maximum or not reset):  # onto state before the program, or zero's maximum
+                    raise _Unplannable("a product accumulates onto accumulators the program did not compute")
                 for holder in set(owner[acc_addr:acc_addr + count]):
                     if holder >= 0:  # a range overwritten in part keeps values the plan does not follow
                         end = holder + live.pop(holder)[0]
@@ -388,6 +396,8 @@ def _trace(config: HardwareConfig, columns: dict[str, np.ndarray]) -> tuple[list
             if load_table:
                 table = table_addr
                 reads.append((table_addr, 1, TABLE_BYTES, 0))
+            if not reset and ((params is None and not raw) or (table is None and lookup)):
+                raise _Unplannable("a store uses a parameter block or table loaded before the program")
             if live.get(acc_addr, (0,))[0] == count:
                 terms = tuple(live[acc_addr][1])
             elif owner[acc_addr:acc_addr + count].count(_ZERO) == count:
@@ -509,13 +519,21 @@ def _single_write(config: HardwareConfig, product: _Product) -> tuple[_Rows, np.
 
 
 def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_bytes: tuple[int, int],
-               memory: np.ndarray | None = None) -> ExecutionPlan | None:
+               memory: np.ndarray | None = None, before: dict[str, np.ndarray] | None = None
+               ) -> ExecutionPlan | None:
     """The plan for a checked program (its decoded ``columns``, its instructions at ``program_bytes`` =
     ``(address, size)``), or ``None`` when the interpreter must run it. STOREs that ``add`` need the ``memory``
-    holding their add blocks (where their addends lie); the plan assumes the blocks stay as they are."""
+    holding their add blocks (where their addends lie); the plan assumes the blocks stay as they are.
+
+    ``before``: the instructions that run before these (a program's parts before this one's SYNC), leaving the
+    machine in a state the plan does not know; it is planned only where it reads none of that state, and none of its add
+    blocks is written by a STORE of ``before`` (its blocks are read from ``memory`` as it is now). ``None``: the
+    program starts on a reset machine."""
     addend_reads = _addend_reads(config, columns, memory)
     if addend_reads is None:
         return None
+    if before is not None and addend_reads and _stores_write(config, before, _add_blocks(config, columns)):
+        return None  # an earlier part writes an add block: the plan would read it too soon
     windows, window_reads = None, []
     if columns["window"].any():
         laid_out = layout_windows(columns, config.rows)
@@ -523,7 +541,7 @@ def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_b
             return None
         columns, windows, window_reads = laid_out
     try:
-        stores, reads, writes = _trace(config, columns)
+        stores, reads, writes = _trace(config, columns, reset=before is None)
     except _Unplannable:
         return None
     reads += window_reads + addend_reads
@@ -536,6 +554,26 @@ def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_b
     if any(not store.terms for store in stores):
         return None  # a store of accumulators nothing was added to: rare, left to the interpreter
     return ExecutionPlan(config, _products(config, stores), windows)
+
+
+def _add_blocks(config: HardwareConfig, columns: dict[str, np.ndarray]) -> np.ndarray:
+    """The distinct add blocks the ``add`` STOREs read, as their first bytes."""
+    adds = (columns["opcode"] == Opcode.STORE) & (columns["add"] != 0)
+    return np.unique(columns["param_addr"][adds].astype(np.int64) + config.param_block_bytes)
+
+
+def _stores_write(config: HardwareConfig, columns: dict[str, np.ndarray], blocks: np.ndarray) -> bool:
+    """Whether a STORE of ``columns`` writes a byte of the ``ADD_BLOCK_BYTES`` from each of ``blocks``: row ``k`` of
+    a STORE lies at ``dram_addr + k * stride`` and meets a block from ``b`` where
+    ``b - width < dram_addr + k * stride < b + ADD_BLOCK_BYTES``."""
+    stores = columns["opcode"] == Opcode.STORE
+    start, count, step = (columns[name][stores].astype(np.int64)[:, None] for name in ("dram_addr", "count",
+                                                                                         "dram_stride"))
+    width = np.where(columns["raw"][stores, None] != 0, 4 * config.cols, config.cols)
+    low, high = blocks - width - start, blocks + ADD_BLOCK_BYTES - start  # k * step must lie strictly between
+    spacing = np.maximum(step, 1)
+    first, last = np.maximum(low // spacing + 1, 0), np.minimum(-(-high // spacing) - 1, count - 1)
+    return bool(np.where(step > 0, first <= last, (low < 0) & (0 < high)).any())
 
 
 def _addend_reads(config: HardwareConfig, columns: dict[str, np.ndarray], memory: np.ndarray | None) -> list | None:

@@ -238,16 +238,119 @@ def _counters(config: HardwareConfig, columns: dict[str, np.ndarray]) -> dict[st
 
 
 @dataclass
+class _Segment:
+    """Instructions between SYNCs: their decoded columns and their plan (``None``: interpret them)."""
+
+    columns: dict[str, np.ndarray]
+    plan: ExecutionPlan | None
+
+
+#: The kinds of on-chip state, each with the instructions that set it (in part or whole).
+_SETTERS = {
+    "act": lambda c: (c["opcode"] == Opcode.LOAD) & (c["buffer"] == Buffer.ACT),
+    "wgt": lambda c: (c["opcode"] == Opcode.LOAD) & (c["buffer"] == Buffer.WGT),
+    "acc": lambda c: c["opcode"] == Opcode.COMPUTE,
+    "tile": lambda c: (c["opcode"] == Opcode.COMPUTE) & (c["preload"] != 0),
+    "params": lambda c: (c["opcode"] == Opcode.STORE) & (c["load_params"] != 0),
+    "table": lambda c: (c["opcode"] == Opcode.STORE) & (c["load_table"] != 0),
+}
+#: The kinds that each setting replaces whole.
+_WHOLE = {"tile", "params", "table"}
+
+
+def _sets(columns: dict[str, np.ndarray]) -> set[str]:
+    """The kinds of on-chip state that instructions ``columns`` set."""
+    return {kind for kind, setters in _SETTERS.items() if setters(columns).any()}
+
+
+def _reads_earlier(config: HardwareConfig, columns: dict[str, np.ndarray]) -> set[str]:
+    """The kinds of on-chip state that instructions ``columns`` read where they did not set it first: entries of
+    a buffer, accumulator rows, the weight tile, the parameter block or the table."""
+    loaded = {Buffer.ACT: np.zeros(config.act_depth, bool), Buffer.WGT: np.zeros(config.wgt_depth, bool)}
+    computed = np.zeros(config.acc_depth, bool)
+    tile = params = table = False
+    reads = set()
+    names = ("opcode", "buffer", "sram_addr", "count", "act_addr", "acc_addr", "wgt_addr", "preload", "accumulate",
+             "load_params", "raw", "load_table", "lookup")
+    for op, buffer, sram_addr, count, act_addr, acc_addr, wgt_addr, preload, accumulate, load_params, raw, \
+            load_table, lookup in zip(*(columns[name].tolist() for name in names)):
+        if op == Opcode.LOAD:
+            loaded[buffer][sram_addr:sram_addr + count] = True
+        elif op == Opcode.COMPUTE:
+            if preload and not loaded[Buffer.WGT][wgt_addr:wgt_addr + config.rows].all():
+                reads.add("wgt")
+            tile |= bool(preload)
+            if not tile:
+                reads.add("tile")
+            if not loaded[Buffer.ACT][act_addr:act_addr + count].all():
+                reads.add("act")
+            if accumulate and not computed[acc_addr:acc_addr + count].all():
+                reads.add("acc")
+            computed[acc_addr:acc_addr + count] = True
+        elif op == Opcode.STORE:
+            params, table = params or bool(load_params), table or bool(load_table)
+            reads.update(kind for kind, used in (("params", not raw and not params), ("table", lookup and not table),
+                                                 ("acc", not computed[acc_addr:acc_addr + count].all())) if used)
+    return reads
+
+
+def _segments(config: HardwareConfig, columns: dict[str, np.ndarray], program_bytes: tuple[int, int],
+              memory: np.ndarray) -> list[_Segment]:
+    """The program cut at its SYNCs, each part planned on its own where that runs it exactly.
+
+    SYNC waits until the units drain, so the parts run one after another, each seeing the memory the earlier
+    ones wrote (a layer's LOADs read the rows the previous layer's STOREs wrote, which a plan of the whole program
+    could not express). On-chip state also crosses a SYNC: buffer entries, accumulators, the weight tile, the
+    parameter block, the table. The first part starts on a reset machine, as a whole program does; a later part
+    is planned only where it reads none of the state before it (``build_plan``'s ``before``). Parts without a plan
+    are interpreted in order on one machine, which plans never update. So an interpreted part must not read state
+    that a planned part set: going from the last part to the first, ``needed`` holds the kinds of state that later
+    interpreted parts read from before them; a part that sets one of those kinds is interpreted too (its own
+    reads then needed), and a part that replaces a kind whole (the tile, the parameter block, the table) settles
+    it for the parts before. A program without SYNCs is one part, planned as it always was; so is a program with
+    SYNCs whose parts are not all planned where the whole program has a plan (parts that share state, but none
+    that stores what another reads).
+    """
+    opcode = columns["opcode"]
+    syncs = np.flatnonzero(opcode == Opcode.SYNC).tolist()
+    bounds = [(start, end) for start, end in zip([0, *(s + 1 for s in syncs)], [*syncs, opcode.size]) if end > start]
+    if len(bounds) == 1 and bounds[0] == (0, opcode.size):
+        return [_Segment(columns, build_plan(config, columns, program_bytes, memory))]
+    parts = [{name: values[start:end] for name, values in columns.items()} for start, end in bounds]
+    plans = [build_plan(config, part, program_bytes, memory,
+                        None if start == 0 else {name: values[:start] for name, values in columns.items()})
+             for part, (start, _) in zip(parts, bounds)]
+    needed: set[str] = set()
+    for index in reversed(range(len(parts))):
+        sets = _sets(parts[index])
+        if plans[index] is not None and not sets & needed:
+            continue
+        plans[index] = None
+        needed = needed - (sets & _WHOLE) | _reads_earlier(config, parts[index])
+    if None in plans:  # SYNC changes nothing in program order: a plan of the whole, where one exists, is exact
+        whole = build_plan(config, columns, program_bytes, memory)
+        if whole is not None:
+            return [_Segment(columns, whole)]
+    return [_Segment(part, plan) for part, plan in zip(parts, plans)]
+
+
+@dataclass
 class _Prepared:
     """A checked program, kept with the program for its next run: its instructions (to see that they are
-    unchanged), the memory size it was checked against, its counters and its plan (``None``: interpret)."""
+    unchanged), the memory size it was checked against, its counters and its parts between SYNCs with their
+    plans."""
 
     config: HardwareConfig
     instructions: np.ndarray
     memory_size: int
     columns: dict[str, np.ndarray]
     counters: dict[str, int]
-    plan: ExecutionPlan | None
+    segments: list[_Segment]
+
+    @property
+    def plan(self) -> ExecutionPlan | None:
+        """The plan of a program without SYNCs (``None``: interpreted, or cut at SYNCs into several parts)."""
+        return self.segments[0].plan if len(self.segments) == 1 else None
 
     def matches(self, config: HardwareConfig, program: Program) -> bool:
         data = program.memory.data
@@ -277,10 +380,12 @@ class ReferenceExecutor:
     def run(self, program: Program) -> RunResult:
         start = time.perf_counter()
         prepared = self._prepare(program)
-        if prepared.plan is not None:
-            prepared.plan.run(program.memory.data)
-        else:
-            self._interpret(prepared.columns, program.memory.data)
+        data, machine = program.memory.data, None
+        for segment in prepared.segments:
+            if segment.plan is not None:
+                segment.plan.run(data)
+                continue
+            machine = self._interpret(segment.columns, data, machine)
         return RunResult(backend=self.name, wall_seconds=time.perf_counter() - start,
                          instructions=program.length, counters=dict(prepared.counters))
 
@@ -293,12 +398,15 @@ class ReferenceExecutor:
         size = program.length * INSTRUCTION_BYTES
         prepared = _Prepared(self.config, data[program.address:program.address + size].copy(), data.size, columns,
                              _counters(self.config, columns),
-                             build_plan(self.config, columns, (program.address, size), data))
+                             _segments(self.config, columns, (program.address, size), data))
         program.notes[self._NOTE] = prepared
         return prepared
 
-    def _interpret(self, columns: dict[str, np.ndarray], memory: np.ndarray) -> None:
-        machine = _Machine(self.config, memory)
+    def _interpret(self, columns: dict[str, np.ndarray], memory: np.ndarray, machine: _Machine | None = None
+                   ) -> _Machine:
+        """Run ``columns`` one instruction at a time on ``machine`` (a reset one on ``memory`` by default), which
+        they leave as the hardware would."""
+        machine = machine or _Machine(self.config, memory)
         handlers = {Opcode.LOAD: machine.load, Opcode.COMPUTE: machine.compute}
         for opcode, rows in _runs(columns):
             if opcode == Opcode.STORE:
@@ -307,3 +415,4 @@ class ReferenceExecutor:
                 handler = handlers[opcode]
                 for row in rows:
                     handler(*row)
+        return machine
