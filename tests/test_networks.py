@@ -37,11 +37,14 @@ def test_network_compiles_and_runs_on_the_reference_executor(source):
 
 @pytest.mark.slow
 def test_resnet50_on_the_rtl_is_bit_exact_and_keeps_the_array_busy(verilator_executors):
+    """ResNet-50 runs on the RTL as one program, no host layer between its input and its logits, to the
+    reference's logits."""
     from mvu.host.tools.benchmarks import bench_network
 
     report = bench_network("resnet50", CONFIG, executors={"verilator": verilator_executors(CONFIG)})
     assert report["bit_exact"], report
     rtl = report["backends"]["verilator"]
+    assert rtl["program"].startswith("one program") and not rtl["host_layers"], rtl
     assert rtl["mac_utilization"] >= 0.75, rtl
     assert rtl["cycles"] > report["accelerator_macs"] / CONFIG.macs_per_cycle
 

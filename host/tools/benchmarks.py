@@ -68,9 +68,12 @@ def bench_gemm(config: HardwareConfig, m: int, k: int, n: int, *, backend: str =
 
 
 def bench_network(recipe: str, config: HardwareConfig, *, image=None, backends=("reference", "verilator"),
-                  executors: dict | None = None, compare_onnxruntime: bool = False, memory: str = "simulator") -> dict:
+                  executors: dict | None = None, compare_onnxruntime: bool = False, memory: str = "simulator",
+                  network: bool = True) -> dict:
     """One image through a compiled recipe on each backend: bit-exactness, cycles, utilization, wall times
-    (the first image, which builds the programs, and for the fast backends a second one).
+    (the first image, which builds the programs, and for the fast backends a second one). With ``network`` the
+    layers' programs run linked as one program where they link (each backend's ``program`` says so, or why not);
+    else one program per layer.
 
     ``memory`` is the memory the verilator backend simulates and sets the clock its cycles are timed at
     (:func:`~mvu.host.tools.board_performance.simulated_memory`: ``simulator``, ``auto`` or a board's memory);
@@ -96,15 +99,18 @@ def bench_network(recipe: str, config: HardwareConfig, *, image=None, backends=(
     logits = {}
     for backend in backends:
         executor = executors.get(backend)
-        classifier = Classifier(package, backend, config, executor=executor)
+        classifier = Classifier(package, backend, config, executor=executor, network=network)
         started = time.perf_counter()
         prediction = classifier.classify(image)
         wall = time.perf_counter() - started
         logits[backend] = classifier.runner.last_output
         # Where the layers ran: an Add done by the STOREs is no host layer; a depthwise layer too deep for the array is.
         hosted = Counter(layer.kind for layer in prediction.layers if layer.placement == "host")
+        linked = classifier.runner.networks.get(1, "one program per layer")
         entry = {"wall_seconds": wall, "top1": prediction.top[0],
-                 "accelerator_seconds": prediction.seconds["accelerator"], "host_layers": dict(sorted(hosted.items()))}
+                 "accelerator_seconds": prediction.seconds["accelerator"], "host_layers": dict(sorted(hosted.items())),
+                 "program": linked if isinstance(linked, str) else f"one program: {linked.layers} layers linked, "
+                                                                    f"{linked.program.memory.size / 2 ** 20:.1f} MiB"}
         if not BACKENDS[backend].slow:  # the next image reuses the layers' programs: the steady per-image latency
             started = time.perf_counter()
             classifier.classify(image)

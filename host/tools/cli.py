@@ -136,7 +136,7 @@ def _cmd_bench_network(args) -> int:
     if args.cluster:
         return _cmd_bench_network_cluster(args, config)
     report = bench_network(args.model, config, image=args.image, backends=tuple(args.backends.split(",")),
-                           compare_onnxruntime=args.onnxruntime, memory=args.memory)
+                           compare_onnxruntime=args.onnxruntime, memory=args.memory, network=not args.layer_by_layer)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
@@ -152,7 +152,8 @@ def _cmd_bench_network(args) -> int:
             line += (f"; {entry['cycles']:,} cycles = {entry['modelled_ms']:.1f} ms modelled, "
                      f"MAC utilization {entry['mac_utilization']:.1%}, {entry['sim_macs_per_second']:.3g} MAC/s simulated")
         print(line)
-        print(f"  {'':<10} host layers: " + (", ".join(f"{n} {kind}" for kind, n in entry["host_layers"].items()) or "none"))
+        print(f"  {'':<10} host layers: " + (", ".join(f"{n} {kind}" for kind, n in entry["host_layers"].items()) or "none")
+              + f"; {entry['program']}")
     if "onnxruntime_int8" in report:
         ort_int8 = report["onnxruntime_int8"]
         print("  the network quantized by onnxruntime (int8, QOperator), the same model on both, batch 1:")
@@ -414,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "(its controller's latency and bandwidth; timed at the achieved Fmax of the board's "
                               "cached build, else the preset's clock), 'simulator' (40 cycles, a beat per cycle, "
                               "the configuration's clock) or 'auto' (the board's for a board's preset); without --cluster")
+    network.add_argument("--layer-by-layer", action="store_true",
+                         help="one program per layer, the host between them, instead of the network linked as one "
+                              "program")
     network.add_argument("--json", action="store_true")
     network.add_argument("--output", help="also write the JSON report to this file")
     network.set_defaults(handler=_cmd_bench_network)
