@@ -80,7 +80,8 @@ def test_bench_network_on_a_boards_preset_simulates_its_memory(tmp_path, monkeyp
     assert report["memory"]["model"]["bytes_per_cycle"] == sdram.bytes_per_cycle
     verilator = report["backends"]["verilator"]
     assert verilator["modelled_ms"] == pytest.approx(verilator["cycles"] / (ULX3S.clock_mhz * 1e3))
-    assert verilator["host_layers"] == report["backends"]["reference"]["host_layers"] == {"gap": 1, "reshape": 1}
+    # The preset has no float32 post-processor: its global pool stays on the host (the flatten after it is a view).
+    assert verilator["host_layers"] == report["backends"]["reference"]["host_layers"] == {"gap": 1}
     shown = capsys.readouterr().out
     assert f"memory ulx3s-sdram ({sdram.latency} cycles latency, {sdram.bytes_per_cycle:.3f} B/cycle" in shown
     assert "the configuration's clock_mhz" in shown

@@ -12,7 +12,8 @@ from typing import Iterable
 __all__ = ["COMPILER_PACKAGES", "compiler_sources", "fingerprint"]
 
 #: The packages whose sources decide a package's contents (the compiler's layer and all below it).
-COMPILER_PACKAGES = ("mvu.host.compiler", "mvu.host.runtime", "mvu.host.model", "mvu.host.gemm", "mvu.host.depthwise",
+COMPILER_PACKAGES = ("mvu.host.compiler", "mvu.host.runtime", "mvu.host.model", "mvu.host.network_program",
+                     "mvu.host.gemm", "mvu.host.depthwise", "mvu.host.packed_rows", "mvu.host.global_pool",
                      "mvu.host.executors", "mvu.hdl.contract", "mvu.models")
 
 

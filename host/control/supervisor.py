@@ -113,7 +113,10 @@ def _step(manager: ServiceManager, name: str, replicas: list[_Replica]) -> str |
             return f"the server exited {replica.failures} times before it was ready; see its log"
         wait = BACKOFF_SECONDS[min(replica.failures, len(BACKOFF_SECONDS)) - 1] if replica.failures else 0
         replica.process, replica.ready, replica.start_at = None, False, now + wait
-        manager.set(name, restarts=manager.find(name).restarts + 1)
+        # The count and the state change in one write: a reader that sees the restart never sees the old server.
+        state, detail = _state(replicas)
+        manager.set(name, restarts=manager.find(name).restarts + 1, state=state, detail=detail,
+                    server_pid=replicas[0].process.pid if replicas[0].process else None)
     return None
 
 
