@@ -10,6 +10,16 @@ TINY = HardwareConfig(rows=4, cols=4, act_depth=64, wgt_depth=32, acc_depth=64, 
 NARROW = HardwareConfig(rows=8, cols=16, act_depth=128, wgt_depth=64, acc_depth=128, mem_bytes=4)
 
 
+@pytest.fixture(params=[True, False], ids=["plan", "interpreter"])
+def plan(request, monkeypatch) -> bool:
+    """Run a test with the reference executor's execution plans, and again with the interpreter alone."""
+    if not request.param:
+        from mvu.host.executors import reference
+
+        monkeypatch.setattr(reference, "build_plan", lambda *args, **kwargs: None)
+    return request.param
+
+
 def cpu_flags() -> set[str]:
     """The processor's feature flags as Linux lists them (empty where /proc/cpuinfo cannot be read)."""
     try:

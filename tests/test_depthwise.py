@@ -10,7 +10,6 @@ from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.requantization import Requantization
 from mvu.host.compiler.builder import conv_placement
 from mvu.host.depthwise import DepthwiseProgram
-from mvu.host.executors import reference
 from mvu.host.executors.reference import ReferenceExecutor
 from mvu.host.executors.requantize import requantize_rows
 from mvu.host.gemm import ConvolutionInput, GemmError
@@ -61,12 +60,9 @@ def run(executor, config, conv, weights, zero_point, requant):
     return program
 
 
-@pytest.mark.parametrize("plan", [True, False], ids=["plan", "interpreter"])
 @pytest.mark.parametrize("config", [TINY, NARROW, WIDE, HardwareConfig()], ids=["tiny", "narrow", "wide", "default"])
 @pytest.mark.parametrize("name", SHAPES)
-def test_depthwise_programs_equal_the_definition_on_the_reference(name, config, plan, monkeypatch):
-    if not plan:
-        monkeypatch.setattr(reference, "build_plan", lambda *args: None)
+def test_depthwise_programs_equal_the_definition_on_the_reference(name, config, plan):
     rng = np.random.default_rng(len(name))
     conv, weights, zero_point, requant = case(rng, SHAPES[name], signed="dilated" in name,
                                               rounding="float32" if "batch" in name else "fixed")

@@ -11,7 +11,7 @@ from test_depthwise import WIDE
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.requantization import Requantization, float32_significand, requantize
 from mvu.host.depthwise import DepthwiseProgram
-from mvu.host.executors import make_executor, reference
+from mvu.host.executors import make_executor
 from mvu.host.gemm import ConvolutionInput, GemmError
 from mvu.host.global_pool import GlobalPoolProgram, global_pool_limit, unit_tiles
 
@@ -64,11 +64,8 @@ def run(executor, config, x, zero_point, requant):
     return program
 
 
-@pytest.mark.parametrize("plan", [True, False], ids=["plan", "interpreter"])
 @pytest.mark.parametrize("name", CASES)
-def test_global_pools_equal_the_host_pool_on_the_reference(name, plan, monkeypatch):
-    if not plan:
-        monkeypatch.setattr(reference, "build_plan", lambda *args: None)
+def test_global_pools_equal_the_host_pool_on_the_reference(name, plan):
     config, shape, signed = CASES[name]
     x, zero_point, requant = case(np.random.default_rng(len(name)), shape, signed)
     program = run(make_executor("reference", config), config, x, zero_point, requant)

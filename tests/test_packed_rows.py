@@ -5,11 +5,10 @@ on the RTL; refusals; the runner's stem on them."""
 import numpy as np
 import pytest
 from conftest import NARROW, TINY
+from test_window_loads import conv_case
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import Load
-from mvu.hdl.contract.requantization import Requantization
-from mvu.host.executors import reference
 from mvu.host.executors.reference import ReferenceExecutor
 from mvu.host.gemm import ConvolutionInput, GemmError, golden_gemm
 from mvu.host.packed_rows import RowPackedProgram, packed_rows_limit
@@ -34,18 +33,6 @@ CASES = {
 }
 
 
-def conv_case(rng, shape, signed=False):
-    n, c, h, w, f, kernel, strides, pads, dilations = shape
-    dtype, low, high = (np.int8, -128, 128) if signed else (np.uint8, 0, 256)
-    x = rng.integers(low, high, (n, h, w, c), dtype=dtype)
-    weights = rng.integers(-128, 128, (kernel[0] * kernel[1] * c, f), dtype=np.int8)
-    zero_point = int(rng.integers(low, high))
-    requant = Requantization.from_scales(rng.uniform(1e-3, 1e-2, f), rng.integers(-3000, 3000, f),
-                                         out_zero_point=int(rng.integers(-5, 5)))
-    conv = ConvolutionInput(x, kernel, strides, pads, dilations)
-    return conv, weights, zero_point, requant, definition(conv, weights, zero_point, requant)
-
-
 def definition(conv, weights, zero_point, requant):
     patches, _, _ = im2col(conv.x.transpose(0, 3, 1, 2), conv.kernel, conv.strides, conv.pads, conv.dilations,
                            zero_point)
@@ -58,11 +45,8 @@ def run(executor, config, conv, weights, zero_point, requant):
     return program
 
 
-@pytest.mark.parametrize("plan", [True, False], ids=["plan", "interpreter"])
 @pytest.mark.parametrize("name", CASES)
-def test_row_packed_convolutions_equal_host_im2col_on_the_reference(name, plan, monkeypatch):
-    if not plan:
-        monkeypatch.setattr(reference, "build_plan", lambda *args: None)
+def test_row_packed_convolutions_equal_host_im2col_on_the_reference(name, plan):
     config, shape = CASES[name]
     conv, weights, zero_point, requant, expected = conv_case(np.random.default_rng(len(name)), shape,
                                                              signed="batch" in name)

@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 from conftest import NARROW, TINY
-from test_reference_semantics import naive_run
+from test_reference_semantics import naive_run, random_memory, run_as_naive
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import (
@@ -173,16 +173,7 @@ def segmented_program(config: HardwareConfig, rng: random.Random, parts: int) ->
     accumulator ranges, a parameter load before requantizing), often reading rows an earlier part stored; the
     others use what earlier parts left (entries, the weight tile, accumulators, parameters, the table), accumulate
     onto earlier ranges, keep the largest products, reload a few entries in part."""
-    memory = MemoryImage()
-    memory.allocate(4096)
-    data = np.random.default_rng(rng.randrange(1 << 30))
-    memory.data[:] = data.integers(0, 256, memory.data.size)
-    blocks = memory.allocate(4 * config.param_block_bytes)
-    for b in range(4):
-        memory.data[blocks + b * config.param_block_bytes:][:config.param_block_bytes] = requantization_block(
-            config, data.integers(-2 ** 20, 2 ** 20, config.cols), data.integers(0, 2 ** 31, config.cols),
-            data.integers(0, 64, config.cols))
-    tables = memory.place(data.integers(0, 256, 512, dtype=np.uint8))
+    memory, blocks, tables = random_memory(config, rng)
     beat, R, chunk = config.mem_bytes, config.rows, 8
     act_chunks, wgt_tiles = config.act_depth // chunk, config.wgt_depth // R
     instructions, written, params, table = [], [], False, False
@@ -248,11 +239,7 @@ def _plans(program: Program) -> list[bool]:
 def test_state_crossing_syncs_follows_the_sequential_semantics(seed):
     rng = random.Random(seed)
     config = rng.choice([TINY, NARROW])
-    program = segmented_program(config, rng, rng.randint(2, 8))
-    expected = program.memory.data.copy()
-    naive_run(config, expected, program.instructions())
-    ReferenceExecutor(config).run(program)
-    np.testing.assert_array_equal(program.memory.data, expected)
+    run_as_naive(config, segmented_program(config, rng, rng.randint(2, 8)))
 
 
 def test_random_parts_are_planned_and_interpreted_both():

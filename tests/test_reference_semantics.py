@@ -107,15 +107,21 @@ def random_program(config, rng: random.Random, length: int) -> Program:
     return Program.place(memory, instructions)
 
 
+def run_as_naive(config, program: Program):
+    """Run ``program`` on the reference executor and check that memory ends as :func:`naive_run` leaves it."""
+    expected = program.memory.data.copy()
+    naive_run(config, expected, program.instructions())
+    run = ReferenceExecutor(config).run(program)
+    np.testing.assert_array_equal(program.memory.data, expected)
+    return run
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_random_programs_follow_the_sequential_semantics(seed):
     rng = random.Random(seed)
     config = rng.choice([TINY, NARROW])
     program = random_program(config, rng, rng.randint(1, 150))
-    expected = program.memory.data.copy()
-    naive_run(config, expected, program.instructions())
-    run = ReferenceExecutor(config).run(program)
-    np.testing.assert_array_equal(program.memory.data, expected)
+    run = run_as_naive(config, program)
     instructions = program.instructions()
     assert run.counters["compute"] == sum(isinstance(ins, Compute) for ins in instructions)
     assert run.counters["macs"] == sum(ins.count for ins in instructions if isinstance(ins, Compute)) \
@@ -148,10 +154,9 @@ def _plan(program):
     return program.notes[ReferenceExecutor._NOTE].plan
 
 
-def planned_program(config, rng: random.Random, length: int) -> Program:
-    """A random program of the kind a plan expresses: loads of whole aligned chunks from an input region,
-    products on aligned accumulator ranges, stores to fresh output rows; otherwise as mixed as the
-    random programs above (zero points, signedness, accumulation, reused weight banks, odd strides)."""
+def random_memory(config, rng: random.Random) -> tuple[MemoryImage, int, int]:
+    """4 KiB of random bytes, then four random parameter blocks and two random tables: the image and the blocks'
+    and the tables' addresses."""
     memory = MemoryImage()
     memory.allocate(4096)
     data = np.random.default_rng(rng.randrange(1 << 30))
@@ -161,7 +166,14 @@ def planned_program(config, rng: random.Random, length: int) -> Program:
         memory.data[params + b * config.param_block_bytes:][:config.param_block_bytes] = requantization_block(
             config, data.integers(-2 ** 20, 2 ** 20, config.cols), data.integers(0, 2 ** 31, config.cols),
             data.integers(0, 64, config.cols))
-    tables = memory.place(data.integers(0, 256, 512, dtype=np.uint8))
+    return memory, params, memory.place(data.integers(0, 256, 512, dtype=np.uint8))
+
+
+def planned_program(config, rng: random.Random, length: int) -> Program:
+    """A random program of the kind a plan expresses: loads of whole aligned chunks from an input region,
+    products on aligned accumulator ranges, stores to fresh output rows; otherwise as mixed as the
+    random programs above (zero points, signedness, accumulation, reused weight banks, odd strides)."""
+    memory, params, tables = random_memory(config, rng)
     beat, R, chunk, span = config.mem_bytes, config.rows, 8, 8
     act_chunks, wgt_tiles = config.act_depth // chunk, config.wgt_depth // R
     instructions = [Load(Buffer.ACT, c * chunk, chunk, beat * rng.randrange(400), beat * rng.choice([0, 1, 2, 8, 9]))

@@ -47,12 +47,9 @@ def run(executor, config, conv, weights, zero_point, requant):
     return gemm
 
 
-@pytest.mark.parametrize("plan", [True, False], ids=["plan", "interpreter"])
 @pytest.mark.parametrize("config", [TINY, NARROW, HardwareConfig()], ids=["tiny", "narrow", "default"])
 @pytest.mark.parametrize("name", SHAPES)
-def test_convolutions_equal_host_im2col_on_the_reference(name, config, plan, monkeypatch):
-    if not plan:
-        monkeypatch.setattr(reference, "build_plan", lambda *args: None)
+def test_convolutions_equal_host_im2col_on_the_reference(name, config, plan):
     rng = np.random.default_rng(len(name))
     case = conv_case(rng, SHAPES[name], signed=name.startswith("batch"))
     gemm = run(ReferenceExecutor(config), config, *case[:4])
