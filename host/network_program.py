@@ -112,9 +112,8 @@ def _relocated(program, offset: int, redirects: list[tuple[Region, int]]) -> np.
         inside = loads & (address >= region.start) & (address < region.start + region.size)
         moved[inside] = start + (address[inside] - region.start)
     columns["dram_addr"] = np.where(loads | stores, moved, address)
-    for name in ("param_addr", "table_addr"):
-        columns[name] = np.where(stores & ((columns[name] != 0) | (name == "param_addr")), columns[name] + offset,
-                                 columns[name])
+    for name in ("param_addr", "table_addr"):  # moved in every STORE: where a STORE reads neither, no harm
+        columns[name] = np.where(stores, columns[name] + offset, columns[name])
     return encode_columns(columns)
 
 
