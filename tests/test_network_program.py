@@ -1,6 +1,8 @@
 """A whole network as one program: the layers' programs linked over one memory image, the host writing the input and
 reading the results; bit for bit the layer-by-layer run, on the reference and the RTL."""
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -111,3 +113,19 @@ def test_layouts_that_differ_are_named():
     reason = runner.networks[1]
     assert isinstance(reason, str) and "layout" in reason, reason
     np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, NARROW, "numpy").run_batch(x))
+
+
+def test_the_placement_table_follows_the_configuration():
+    """Compiled for hardware without the accumulators' maximum or the float32 post-processor, the max pool and the
+    global pool are placed on the host in the layers and the report, and the network does not link, naming one."""
+    from mvu.host.compiler.compile import place_for
+
+    model = quantized(small_network())
+    bare = dataclasses.replace(TINY, max_pool=False, float32_requant=False)
+    place_for(model, bare)
+    hosted = {row["layer"] for row in model.report if row["placement"] == "host"}
+    assert {layer.name for layer in model.layers if layer.kind in ("maxpool", "gap")} <= hosted
+    runner = ModelRunner(model, bare, "reference", network=True)
+    x = np.random.default_rng(7).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, bare, "numpy").run_batch(x))
+    assert "on the host" in runner.networks[1]

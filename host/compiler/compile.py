@@ -17,7 +17,7 @@ from mvu.host.compiler.qdq import fold_qdq
 from mvu.host.compiler.quantize import calibrate, check_graph, quantize_graph
 from mvu.host.model.package import ModelPackage
 
-__all__ = ["IMAGE_SUFFIXES", "calibration_images", "compile_model", "builtin_calibration_sources"]
+__all__ = ["IMAGE_SUFFIXES", "calibration_images", "compile_model", "builtin_calibration_sources", "place_for"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -115,8 +115,27 @@ def compile_model(source: str | Path | onnx.ModelProto, *, config: HardwareConfi
         raise
     except Exception as error:  # anything else a model file can provoke: still one line naming it
         raise ModelImportError(f"{where}: cannot compile it ({cause(error)})") from error
+    place_for(quantized, config)
     return ModelPackage(label, quantized, config, preprocessing=recipe.to_dict(), labels=labels,
                         source_sha256=graph.source_sha256)
+
+
+#: Layer kinds whose accelerator form needs an option of the configuration (:class:`HardwareConfig`).
+_NEEDS = {"maxpool": "max_pool", "gap": "float32_requant"}
+
+
+def place_for(quantized, config: HardwareConfig) -> None:
+    """Place on the host, in the layers and the report, what ``config`` leaves out the hardware for (a max pool
+    without ``max_pool``, a global pool without the float32 post-processor), so that the placement table says
+    where each layer will run."""
+    moved = {layer.name for layer in quantized.layers
+             if layer.placement == "accelerator" and not getattr(config, _NEEDS.get(layer.kind, "rows"))}
+    for layer in quantized.layers:
+        if layer.name in moved:
+            layer.placement = "host"
+    for row in quantized.report:
+        if row["layer"] in moved:
+            row["placement"] = "host"
 
 
 def _recipe(preprocessing: dict, where: str):
