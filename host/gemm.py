@@ -21,9 +21,10 @@ from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul
 from mvu.host.executors.requantize import requantize_rows
 
-__all__ = ["golden_gemm", "GemmTiling", "plan_gemm", "GemmProgram", "GemmError", "ConvolutionInput"]
+__all__ = ["ADDRESS_SPACE", "golden_gemm", "GemmTiling", "plan_gemm", "GemmProgram", "GemmError", "ConvolutionInput"]
 
-_ADDRESS_SPACE = 1 << 32
+#: Bytes the memory port addresses (32-bit addresses).
+ADDRESS_SPACE = 1 << 32
 
 
 class GemmError(ValueError):
@@ -264,9 +265,9 @@ class GemmProgram:
         needed = (self._activation_bytes() + n_tiles * k_tiles * cfg.rows * cfg.cols
                   + n_tiles * self.m * out_row * (1 if self.residual is None else 2)
                   + n_tiles * (cfg.param_block_bytes + ADD_BLOCK_BYTES))
-        if needed >= _ADDRESS_SPACE:
+        if needed >= ADDRESS_SPACE:
             raise GemmError(f"this product needs {needed} bytes of external memory; the memory port "
-                            f"addresses {_ADDRESS_SPACE} bytes")
+                            f"addresses {ADDRESS_SPACE} bytes")
 
     def _check_tiling(self):
         cfg, t = self.config, self.tiling

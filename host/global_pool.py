@@ -16,11 +16,10 @@ from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import Buffer, Opcode
 from mvu.hdl.contract.program import InstructionColumns, MemoryImage, Program
 from mvu.hdl.contract.requantization import Requantization, requantization_block
-from mvu.host.gemm import GemmError
+from mvu.host.gemm import ADDRESS_SPACE, GemmError
 
 __all__ = ["GlobalPoolProgram", "global_pool_limit", "unit_tiles"]
 
-_ADDRESS_SPACE = 1 << 32
 
 
 def _blocks(total: int, most: int) -> list[tuple[int, int]]:
@@ -104,9 +103,9 @@ class GlobalPoolProgram:
         self._width = -(-channels // self._group) * self._group
         self._element = 4 if requant is None else 1
         needed = images * self.k * self._width + images * self._width * self._element + config.param_block_bytes
-        if needed >= _ADDRESS_SPACE:
+        if needed >= ADDRESS_SPACE:
             raise GemmError(f"this pool needs {needed} bytes of external memory; the memory port addresses "
-                            f"{_ADDRESS_SPACE} bytes")
+                            f"{ADDRESS_SPACE} bytes")
         self.chunks = self._chunks()
         self.program = self._build(a)
 

@@ -24,11 +24,10 @@ import numpy as np
 from mvu.hdl.contract.isa import INSTRUCTION_BYTES, Opcode, decode_columns, encode_columns
 from mvu.hdl.contract.program import MemoryImage, Program
 from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
+from mvu.host.gemm import ADDRESS_SPACE
 
 __all__ = ["Link", "NetworkProgram", "Region", "link"]
 
-#: The memory port's address space.
-_ADDRESS_SPACE = 1 << 32
 #: Per token kind: the (opcode, field) pairs that push it and those that pop it.
 _TOKENS = {
     "load -> compute": ((Opcode.LOAD, "signal_compute"), (Opcode.COMPUTE, "wait_load")),
@@ -97,11 +96,16 @@ class NetworkProgram:
         return [link for link in self.links if link.source is None]
 
 
+def _columns(program) -> dict[str, np.ndarray]:
+    """A layer program's instructions, decoded."""
+    words = program.program.memory.data[program.program.address:][:program.program.length * INSTRUCTION_BYTES]
+    return decode_columns(words.reshape(-1, INSTRUCTION_BYTES))
+
+
 def _relocated(program, offset: int, redirects: list[tuple[Region, int]]) -> np.ndarray:
     """``program``'s instructions but its FINISH, their addresses moved by ``offset``; LOADs inside a redirected
     region read the same bytes of another place (``(region, new start)``, before the move)."""
-    words = program.program.memory.data[program.program.address:][:program.program.length * INSTRUCTION_BYTES]
-    columns = decode_columns(words.reshape(-1, INSTRUCTION_BYTES))
+    columns = _columns(program)
     keep = columns["opcode"] != Opcode.FINISH
     columns = {name: values[keep].copy() for name, values in columns.items()}
     opcode = columns["opcode"]
@@ -119,8 +123,7 @@ def _relocated(program, offset: int, redirects: list[tuple[Region, int]]) -> np.
 
 def _token_balance(program) -> str | None:
     """Which token kind a program leaves outstanding or takes more of than it gives, if any."""
-    words = program.program.memory.data[program.program.address:][:program.program.length * INSTRUCTION_BYTES]
-    columns = decode_columns(words.reshape(-1, INSTRUCTION_BYTES))
+    columns = _columns(program)
     for kind, ((push_op, push), (pop_op, pop)) in _TOKENS.items():
         pushed = int(columns[push][columns["opcode"] == push_op].sum())
         popped = int(columns[pop][columns["opcode"] == pop_op].sum())
@@ -151,8 +154,8 @@ def link(links: list[Link]) -> NetworkProgram | str:
             return f"{entry.layer}'s program leaves its tokens unbalanced ({unbalanced})"
     memory = MemoryImage()
     offsets = [memory.allocate(entry.program.program.memory.size) for entry in links]
-    if memory.size >= _ADDRESS_SPACE:
-        return f"the network needs {memory.size:,} bytes of memory; the memory port addresses {_ADDRESS_SPACE:,}"
+    if memory.size >= ADDRESS_SPACE:
+        return f"the network needs {memory.size:,} bytes of memory; the memory port addresses {ADDRESS_SPACE:,}"
     streams = []
     sync = encode_columns({"opcode": np.array([Opcode.SYNC])})
     for index, (entry, offset) in enumerate(zip(links, offsets)):

@@ -104,25 +104,25 @@ def _plain(config: HardwareConfig, conv: ConvolutionInput) -> bool:
     return conv.kernel == (1, 1) and conv.strides == (1, 1) and not any(conv.pads)
 
 
+def _expressible(config: HardwareConfig, conv: ConvolutionInput) -> bool:
+    """Whether window LOADs of one tap per K tile can read it at all (with more K tiles than host patches: what a
+    network program takes rather than a pass on the host)."""
+    return conv.limit() is None
+
+
 def _windowed(config: HardwareConfig, conv: ConvolutionInput) -> bool:
     """Whether window LOADs of one tap per K tile read a convolution's input: where they cost no more K tiles, and
     so no more MACs and cycles, than host patches (each tap's channels padded to ``rows`` vs. a patch row padded
     once: equal whenever the channels fill whole tiles) and the descriptor can express it."""
     kh, kw = conv.kernel
     rows, channels = config.rows, conv.x.shape[3]
-    return kh * kw * -(-channels // rows) == -(-kh * kw * channels // rows) and conv.limit() is None
+    return kh * kw * -(-channels // rows) == -(-kh * kw * channels // rows) and _expressible(config, conv)
 
 
 def _packed_rows(config: HardwareConfig, conv: ConvolutionInput) -> bool:
     """Whether window LOADs of one kernel row per K tile read it (few channels: the 3-channel stem, whose 7x7 taps
     would take 49 tiles one tap per tile, 7 a row per tile, 5 as host patches)."""
     return packed_rows_limit(config, conv) is None
-
-
-def _expressible(config: HardwareConfig, conv: ConvolutionInput) -> bool:
-    """Whether window LOADs of one tap per K tile can read it at all (with more K tiles than host patches: what a
-    network program takes rather than a pass on the host)."""
-    return conv.limit() is None
 
 
 #: How an accelerator convolution reaches the array, the first that can take it: its ``stats.lowering``, the test,
@@ -256,11 +256,15 @@ class ModelRunner:
             if "addend" in options:
                 program.load_addend(options["addend"])
             self._used.append(program)
-        run = self.executor.run(program.program)
+        self._count(stats, self.executor.run(program.program))
+        return program.result(copy=requant is not None)  # raw sums are consumed at once; outputs are kept
+
+    @staticmethod
+    def _count(stats: LayerStats, run) -> None:
+        """Add a run's cycles and counters to a layer's stats."""
         stats.cycles += run.counters.get("cycles", 0)
         for key, value in run.counters.items():
             stats.counters[key] = stats.counters.get(key, 0) + value
-        return program.result(copy=requant is not None)  # raw sums are consumed at once; outputs are kept
 
     def _replayed(self, a, stats: LayerStats) -> np.ndarray:
         """The next layer's result in a network run: the host writes the network's input into the layers that read
@@ -271,10 +275,7 @@ class ModelRunner:
         if entry.source is None:
             program.load_activations(a)
             if entry is network.inputs[-1]:
-                run = self.executor.run(network.program)
-                stats.cycles += run.counters.get("cycles", 0)
-                for key, value in run.counters.items():
-                    stats.counters[key] = stats.counters.get(key, 0) + value
+                self._count(stats, self.executor.run(network.program))
         return program.result(copy=program.requant is not None)
 
     def _link_on_reference(self, images_q: np.ndarray) -> np.ndarray:
@@ -287,13 +288,7 @@ class ModelRunner:
             self.run_batch(images_q)
         finally:
             self.backend, self.executor = backend, executor
-        if not isinstance(self.networks[len(images_q)], NetworkProgram):
-            self.network, reason = False, self.networks[len(images_q)]
-            try:
-                return self.run_batch(images_q)
-            finally:
-                self.network, self.networks[len(images_q)] = True, reason
-        return self.run_batch(images_q)
+        return self.run_batch(images_q)  # the network, or layer by layer where it did not link
 
     def _record(self, layer: Layer, stats: LayerStats, made: list) -> None:
         """Note, while a batch runs layer by layer, which program wrote each tensor and what each program read."""
@@ -628,18 +623,14 @@ class ModelRunner:
         x = tensors[layer.inputs[0]]
         a = layer.attrs
         pads = _pool_pads(x.shape[2:], a)
-        n, c = x.shape[:2]
-        kernel = tuple(a["kernel"])
-        windows = ConvolutionInput(x.transpose(0, 2, 3, 1), kernel, tuple(a["strides"]), tuple(pads))
-        if stats.placement == "accelerator" and (not self.config.max_pool or depthwise_limit(self.config, windows)):
+        c = x.shape[1]
+        if stats.placement == "accelerator" and not self.config.max_pool:
             stats.placement = "host"
-        if stats.placement == "accelerator" and self.executor is not None:
-            identity = Requantization(np.zeros(c, np.int64), np.ones(c, np.int64), np.zeros(c, np.int64),
-                                      out_zero_point=0, clamp_min=0, clamp_max=255)
-            stats.lowering = "windows"
-            out = self.gemm(windows, np.ones((c, *kernel), np.int8), 0, identity, stats, (layer.name,),
-                            kind=DepthwiseProgram, maximum=True)
-            return _channels_first(out.view(np.uint8), n, *windows.out_size)
+        identity = Requantization(np.zeros(c, np.int64), np.ones(c, np.int64), np.zeros(c, np.int64),
+                                  out_zero_point=0, clamp_min=0, clamp_max=255)
+        pooled = self._pool_program(layer, x, tuple(pads), identity, 0, stats, maximum=True)
+        if pooled is not None:
+            return pooled
         patches, ho, wo = im2col(x, a["kernel"], a["strides"], pads, [1, 1], 0)  # 0 is uint8's minimum
         kk = a["kernel"][0] * a["kernel"][1]
         return _channels_first(patches.reshape(-1, kk, x.shape[1]).max(axis=1), len(x), ho, wo)
@@ -654,7 +645,11 @@ class ModelRunner:
         pads = _pool_pads(x.shape[2:], a)
         kk = a["kernel"][0] * a["kernel"][1]
         if stats.placement == "accelerator":
-            pooled = self._pool_program(layer, x, tuple(pads), in_q.scale / (out_q.scale * kk), stats)
+            multiplier, shift = quantize_multiplier(in_q.scale / (out_q.scale * kk))
+            c = x.shape[1]
+            requant = Requantization(np.zeros(c, np.int64), np.full(c, multiplier), np.full(c, shift),
+                                     out_zero_point=out_q.zero_point, clamp_min=0, clamp_max=255)
+            pooled = self._pool_program(layer, x, tuple(pads), requant, in_q.zero_point, stats)
             if pooled is not None:
                 return pooled
         centred = x.astype(np.int64) - in_q.zero_point
@@ -676,12 +671,12 @@ class ModelRunner:
             out[mask] = _rescale(sums[mask], in_q.scale / (out_q.scale * count), out_q.zero_point)
         return out
 
-    def _pool_program(self, layer: Layer, x: np.ndarray, pads: tuple, ratio: float, stats: LayerStats
-                      ) -> np.ndarray | None:
-        """An average pool placed on the accelerator (the compiler places those whose windows all divide by the
-        whole kernel) as a :class:`DepthwiseProgram` of unit weights, requantized by ``ratio`` in fixed point like
-        :func:`_rescale`; ``None`` without an executor, or where window LOADs cannot express it (its ``stats`` then
-        say ``host``)."""
+    def _pool_program(self, layer: Layer, x: np.ndarray, pads: tuple, requant: Requantization, zero_point: int,
+                      stats: LayerStats, **options) -> np.ndarray | None:
+        """A pool placed on the accelerator as a :class:`DepthwiseProgram` of unit weights (an average pool whose
+        windows all divide by the whole kernel, requantized by its one ratio; a max pool, ``maximum``); ``None``
+        where its ``stats`` say ``host``, without an executor, or where window LOADs cannot express it (its ``stats``
+        then say ``host``)."""
         n, c = x.shape[:2]
         kernel = tuple(layer.attrs["kernel"])
         windows = ConvolutionInput(x.transpose(0, 2, 3, 1), kernel, tuple(layer.attrs["strides"]), pads)
@@ -689,12 +684,9 @@ class ModelRunner:
             stats.placement = "host"
         if stats.placement != "accelerator" or self.executor is None:
             return None
-        multiplier, shift = quantize_multiplier(ratio)
-        requant = Requantization(np.zeros(c, np.int64), np.full(c, multiplier), np.full(c, shift),
-                                 out_zero_point=layer.out_q.zero_point, clamp_min=0, clamp_max=255)
         stats.lowering = "windows"
-        out = self.gemm(windows, np.ones((c, *kernel), np.int8), self._q(layer.inputs[0]).zero_point, requant, stats,
-                        (layer.name,), kind=DepthwiseProgram)
+        out = self.gemm(windows, np.ones((c, *kernel), np.int8), zero_point, requant, stats, (layer.name,),
+                        kind=DepthwiseProgram, **options)
         return _channels_first(out.view(np.uint8), n, *windows.out_size)
 
     def _reshape(self, layer: Layer, tensors, stats):
