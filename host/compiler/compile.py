@@ -129,7 +129,7 @@ def place_for(quantized, config: HardwareConfig) -> None:
     without ``max_pool``, a global pool without the float32 post-processor), so that the placement table says
     where each layer will run."""
     moved = {layer.name for layer in quantized.layers
-             if layer.placement == "accelerator" and not getattr(config, _NEEDS.get(layer.kind, "rows"))}
+             if layer.placement == "accelerator" and layer.kind in _NEEDS and not getattr(config, _NEEDS[layer.kind])}
     for layer in quantized.layers:
         if layer.name in moved:
             layer.placement = "host"
