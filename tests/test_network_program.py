@@ -129,3 +129,87 @@ def test_the_placement_table_follows_the_configuration():
     x = np.random.default_rng(7).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
     np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, bare, "numpy").run_batch(x))
     assert "on the host" in runner.networks[1]
+
+
+def dense_network(nested: bool, size: int = 8) -> onnx.ModelProto:
+    """DenseNet in small: dense layers (BatchNorm+ReLU on a Concat, 1x1 Conv+ReLU, 3x3 Conv) whose outputs join the
+    block's running Concat, nested (``Concat(x, new)``) or flat (``Concat(x0, new1, ..., newk)``, torchvision's
+    export); a transition (BatchNorm+ReLU, 1x1 Conv, 2x2 average pool); BatchNorm+ReLU, GAP and FC. Some BatchNorm
+    scales are negative."""
+    rng = np.random.default_rng(0)
+    g = GraphBuilder("dense", (1, 3, size, size))
+
+    def norm(x: str, channels: int) -> str:
+        scale = rng.uniform(0.5, 1.5, channels) * rng.choice([-1, 1], channels)
+        return g.relu(g.batch_norm(x, scale, rng.normal(0, 0.2, channels), rng.normal(0, 0.2, channels),
+                                   rng.uniform(0.5, 2.0, channels)))
+
+    def block(x: str, channels: int, layers: int) -> tuple[str, int]:
+        features = [x]
+        for _ in range(layers):
+            y = g.relu(g.conv(norm(x, channels), rng.normal(0, 0.3, (8, channels, 1, 1)), rng.normal(0, 0.1, 8)))
+            features.append(g.conv(y, rng.normal(0, 0.3, (4, 8, 3, 3)), rng.normal(0, 0.1, 4), padding=1))
+            x = g.concat([x, features[-1]] if nested else features)
+            channels += 4
+        return x, channels
+
+    x = g.max_pool(g.relu(g.conv("input", rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8), padding=1)), 3, 2, 1)
+    x, channels = block(x, 8, 2)
+    x = g.average_pool(g.conv(norm(x, channels), rng.normal(0, 0.3, (8, channels, 1, 1)), rng.normal(0, 0.1, 8)), 2, 2)
+    x, channels = block(x, 8, 2)
+    x = g.flatten(g.global_average_pool(norm(x, channels)))
+    return g.build(g.gemm(x, rng.normal(0, 0.3, (10, channels)), rng.normal(0, 0.1, 10)), classes=10)
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["nested", "flat"])
+def test_concatenations_are_laid_out_by_addressing(nested):
+    """A DenseNet's Concats are views: each part's producer stores into its channel slice of the block's buffer and
+    every BatchNorm (a depthwise 1x1 program) reads its slice there. One program, no host layer, the layer-by-layer
+    logits and every tensor exactly, batch after batch."""
+    model = quantized(dense_network(nested))
+    assert {layer.placement for layer in model.layers if layer.kind == "concat"} == {VIEW}
+    assert "affine" not in {layer.kind for layer in model.layers}
+    concats = [layer for layer in model.layers if layer.kind == "concat"]
+    assert len({model.tensor_q[name] for layer in concats for name in [*layer.inputs, layer.output]}) == 2  # a block
+    x = np.random.default_rng(8).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    runner = ModelRunner(model, TINY, "reference", ReferenceExecutor(TINY), network=True)
+    first = runner.run_batch(x)
+    assert isinstance(runner.networks[2], NetworkProgram), runner.networks[2]
+    assert runner.networks[2].placed  # producers that store into a buffer
+    layer_by_layer = ModelRunner(model, TINY, "reference")
+    np.testing.assert_array_equal(first, layer_by_layer.run_batch(x))
+    other = np.random.default_rng(9).integers(0, 256, x.shape, dtype=np.uint8)
+    np.testing.assert_array_equal(runner.run_batch(other), layer_by_layer.run_batch(other))
+    for name, tensor in layer_by_layer.tensors.items():  # each result is read where the network wrote it
+        np.testing.assert_array_equal(runner.tensors[name], tensor, err_msg=name)
+    assert {s.placement for s in runner.stats} == {"accelerator", VIEW}
+    np.testing.assert_array_equal(first, ModelRunner(model, TINY, "numpy").run_batch(x))
+
+
+def test_concatenations_by_addressing_are_bit_exact_on_the_rtl(verilator_executors):
+    """The RTL runs a DenseNet's one program, its producers' STOREs and readers' LOADs moved to the buffers' pitch,
+    to the reference's logits."""
+    model = quantized(dense_network(nested=True))
+    x = np.random.default_rng(10).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    runner = ModelRunner(model, TINY, "verilator", verilator_executors(TINY), network=True)
+    runner.run_batch(x)
+    assert isinstance(runner.networks[1], NetworkProgram), runner.networks[1]
+    np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, TINY, "reference").run_batch(x))
+
+
+def test_a_tensor_concatenated_in_two_places_is_named():
+    """A tensor that two Concats put at different channels cannot lie in one buffer: the link names it, and the batch
+    runs layer by layer, exactly."""
+    rng = np.random.default_rng(0)
+    g = GraphBuilder("twice", (1, 3, 4, 4))
+    x = g.relu(g.conv("input", rng.normal(0, 0.3, (4, 3, 3, 3)), rng.normal(0, 0.1, 4), padding=1))
+    y = g.conv(x, rng.normal(0, 0.3, (4, 4, 1, 1)), rng.normal(0, 0.1, 4))
+    a = g.conv(g.concat([x, y]), rng.normal(0, 0.3, (4, 8, 1, 1)), rng.normal(0, 0.1, 4))
+    b = g.conv(g.concat([y, x]), rng.normal(0, 0.3, (4, 8, 1, 1)), rng.normal(0, 0.1, 4))
+    model = quantized(g.build(g.gemm(g.flatten(g.global_average_pool(g.add(a, b))), rng.normal(0, 0.3, (4, 4)),
+                                     rng.normal(0, 0.1, 4)), classes=4), (3, 4, 4))
+    x = np.random.default_rng(11).integers(0, 256, (1, 3, 4, 4), dtype=np.uint8)
+    runner = ModelRunner(model, TINY, "reference", network=True)
+    runner.run_batch(x)
+    assert "two places" in runner.networks[1], runner.networks[1]
+    np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, TINY, "numpy").run_batch(x))

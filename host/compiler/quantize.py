@@ -22,7 +22,7 @@ from mvu.host.compiler.builder import LayerBuilder, conv_placement
 from mvu.host.compiler.fuse_tables import fuse_tables
 from mvu.host.compiler.graph import Graph, ModelImportError, Node, refusal
 from mvu.host.compiler.rewrites import pad_widths
-from mvu.host.model.quantized import Layer, QuantizedModel, QuantParams
+from mvu.host.model.quantized import VIEW, Layer, QuantizedModel, QuantParams
 from mvu.host.runtime.runner import uniform_pool
 
 __all__ = ["HANDLERS", "LIMITS", "TABLE_FUNCTIONS", "activation_clamp", "calibrate", "check_graph", "quantize_graph"]
@@ -157,11 +157,47 @@ def _constant_input(graph: Graph, node: Node, index: int) -> np.ndarray | None:
     return graph.constants[node.inputs[index]] if len(node.inputs) > index and node.inputs[index] else None
 
 
+def _concatenated_ranges(graph: Graph, ranges: dict) -> dict[str, tuple[float, float]]:
+    """One range, their union, for every tensor joined by channel Concats of feature maps (through the MaxPools that
+    keep their input's quantization too), so that each such Concat only lays its inputs side by side: its parts'
+    producers store their channels into one buffer (concatenation by addressing)."""
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.get(name, name) != name:
+            name = parent[name]
+        return name
+
+    def join(names: list[str]) -> None:
+        for name in names[1:]:
+            parent[root(name)] = root(names[0])
+
+    concatenated = set()
+    for node in graph.nodes:
+        if node.op == "Concat" and node.attrs.get("axis") in (1, -3) and len(graph.shapes.get(node.outputs[0], ())) == 4 \
+                and all(name in ranges and name not in graph.constants for name in node.inputs):
+            join([node.outputs[0], *node.inputs])
+            concatenated.add(node.outputs[0])
+        elif node.op == "MaxPool" and node.inputs[0] in ranges:
+            join([node.inputs[0], node.outputs[0]])
+    groups: dict[str, list[str]] = {}
+    for name in parent:
+        groups.setdefault(root(name), []).append(name)
+    shared = {}
+    for members in groups.values():
+        if concatenated & set(members):
+            union = (min(ranges[name][0] for name in members), max(ranges[name][1] for name in members))
+            shared.update(dict.fromkeys(members, union))
+    return shared
+
+
 class _Pass(LayerBuilder):
     """One pass of :func:`quantize_graph` over a graph with calibrated ``ranges``."""
 
     def __init__(self, graph: Graph, ranges: dict):
-        super().__init__(graph, {graph.input: QuantParams.from_range(*ranges[graph.input])})
+        self.shared = _concatenated_ranges(graph, ranges)
+        super().__init__(graph, {graph.input: QuantParams.from_range(*self.shared.get(graph.input,
+                                                                                       ranges[graph.input]))})
         self.ranges = ranges
         self.shapes = dict(graph.shapes)
         self.fused: set[int] = set()  # activation nodes folded into their producer's layer
@@ -172,7 +208,10 @@ class _Pass(LayerBuilder):
         return self.tensor_q[name]
 
     def out_params(self, name: str, activation: str) -> QuantParams:
-        """The output quantization of tensor ``name`` from its calibrated range, narrowed by ``activation``."""
+        """The output quantization of tensor ``name`` from its calibrated range, narrowed by ``activation``; one
+        for all the tensors a channel Concat joins (:func:`_concatenated_ranges`)."""
+        if name in self.shared:
+            return QuantParams.from_range(*self.shared[name])
         low, high = self.ranges[name]
         if activation == "relu6":
             low, high = 0.0, min(high, 6.0)
@@ -193,28 +232,42 @@ def _conv(p: _Pass, node: Node) -> None:
     """Conv (+ ReLU/ReLU6): placed by :func:`conv_placement`."""
     output, activation = p.fuse(node.outputs[0])
     weight, bias = p.graph.constants[node.inputs[1]], _constant_input(p.graph, node, 2)
-    in_q, out_q = p.q_of(node.inputs[0]), p.out_params(output, activation)
+    geometry = {"strides": list(node.attrs.get("strides", [1, 1])), "pads": list(node.attrs.get("pads", [0, 0, 0, 0])),
+                "dilations": list(node.attrs.get("dilations", [1, 1])), "group": node.attrs.get("group", 1)}
+    _emit_conv(p, node.name, node.inputs[0], output, activation, weight, bias, geometry,
+               _with_activation("Conv", activation))
+
+
+def _emit_conv(p: _Pass, name: str, source: str, output: str, activation: str, weight: np.ndarray,
+               bias: np.ndarray | None, geometry: dict, description: str) -> None:
+    """A conv layer of float ``weight`` ``[C_out, C_in / group, kh, kw]`` and ``bias`` over ``source``, with its
+    ``geometry`` (strides, pads, dilations, group)."""
+    in_q, out_q = p.q_of(source), p.out_params(output, activation)
     q_weight, w_scale = _weights_int8(weight, bias, in_q.scale)
-    group = node.attrs.get("group", 1)
     arrays, clamp = _output_requant(in_q, w_scale, bias, out_q, activation)
-    attrs = {"strides": list(node.attrs.get("strides", [1, 1])), "pads": list(node.attrs.get("pads", [0, 0, 0, 0])),
-             "dilations": list(node.attrs.get("dilations", [1, 1])), "group": group,
-             "kernel": list(weight.shape[2:]), "in_zero_point": in_q.zero_point, "clamp": clamp,
+    attrs = {**geometry, "kernel": list(weight.shape[2:]), "in_zero_point": in_q.zero_point, "clamp": clamp,
              "activation": activation}
     macs = int(np.prod(p.shapes[output][1:]) * np.prod(weight.shape[1:]))
-    p.emit(Layer("conv", node.name, [node.inputs[0]], output, conv_placement(group, weight.shape), attrs,
-                 {"weight": q_weight, **arrays}, out_q, macs), _with_activation("Conv", activation))
+    p.emit(Layer("conv", name, [source], output, conv_placement(geometry["group"], weight.shape), attrs,
+                 {"weight": q_weight, **arrays}, out_q, macs), description)
 
 
 def _affine(p: _Pass, node: Node) -> None:
     """``x * scale + shift`` with constant scalar or per-channel terms (an unfolded BatchNormalization, Mul or
-    Add by a constant), on the host."""
+    Add by a constant): on a feature map ``[N, C, H, W]`` a depthwise 1x1 convolution of weight ``scale`` and bias
+    ``shift`` (on the accelerator, its weights quantized like any convolution's); on other tensors a step on the
+    host."""
     form = _affine_form(p.graph, node)
     source = next(i for i in node.inputs if i not in p.graph.constants)
     output, activation = p.fuse(node.outputs[0])
+    channels = p.shapes[source][1]
+    scale, shift_term = (np.broadcast_to(np.asarray(term, np.float64).reshape(-1), (channels,)) for term in form)
+    if len(p.shapes[source]) == 4:
+        geometry = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": channels}
+        _emit_conv(p, node.name, source, output, activation, scale.reshape(channels, 1, 1, 1), shift_term.copy(),
+                   geometry, _with_activation(f"{node.op} (depthwise 1x1)", activation))
+        return
     in_q, out_q = p.q_of(source), p.out_params(output, activation)
-    scale, shift_term = (np.broadcast_to(np.asarray(term, np.float64).reshape(-1), (p.shapes[source][1],))
-                         for term in form)
     attrs = {"clamp": activation_clamp(out_q, activation), "ratio": (scale * in_q.scale / out_q.scale).tolist(),
              "offset": np.round(shift_term / out_q.scale).astype(np.int64).tolist()}
     p.emit(Layer("affine", node.name, [source], output, "host", attrs, {}, out_q),
@@ -356,8 +409,12 @@ def _lp_norm(p: _Pass, node: Node) -> None:
 
 
 def _concat(p: _Pass, node: Node) -> None:
-    p.emit(Layer("concat", node.name, list(node.inputs), node.outputs[0], "host",
-                 {"axis": node.attrs.get("axis", 1)}, {}, p.out_params(node.outputs[0], "none")), node.op)
+    """Concat: a view where every input has the output's quantization (the bytes side by side: producers store into
+    one buffer where the network is one program), else a requantizing copy on the host."""
+    out_q = p.out_params(node.outputs[0], "none")
+    placement = VIEW if all(p.tensor_q.get(name) == out_q for name in node.inputs) else "host"
+    p.emit(Layer("concat", node.name, list(node.inputs), node.outputs[0], placement,
+                 {"axis": node.attrs.get("axis", 1)}, {}, out_q), node.op)
 
 
 def _gemm(p: _Pass, node: Node) -> None:

@@ -32,7 +32,7 @@ class QuantParams:
 
 
 #: The placement of a layer that moves no bytes: the same memory seen in another shape (a flatten of a 1 x 1 map,
-#: whose channels-last and channels-first orders coincide).
+#: whose channels-last and channels-first orders coincide), or tensors side by side (a Concat done by addressing).
 VIEW = "view"
 
 

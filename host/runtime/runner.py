@@ -25,7 +25,7 @@ from mvu.host.executors.requantize import requantize_rows
 from mvu.host.gemm import ConvolutionInput, GemmProgram, golden_gemm
 from mvu.host.global_pool import GlobalPoolProgram, global_pool_limit
 from mvu.host.model.quantized import VIEW, Layer, QuantizedModel
-from mvu.host.network_program import Link, NetworkProgram, link
+from mvu.host.network_program import Concat, Link, NetworkProgram, link
 from mvu.host.packed_rows import RowPackedProgram, packed_rows_limit
 from mvu.host.runtime.fused_adds import FUSED_ADD, FUSED_TABLE, FusedAdd, fused_adds
 from mvu.host.runtime.scores import softmax
@@ -270,13 +270,13 @@ class ModelRunner:
         """The next layer's result in a network run: the host writes the network's input into the layers that read
         it, the last of them runs the network, and every layer's result is read where the network left it."""
         network, pending = self._replay
-        entry = pending.pop(0)
-        program = entry.program
+        index = pending.pop(0)
+        entry = network.links[index]
         if entry.source is None:
-            program.load_activations(a)
+            entry.program.load_activations(a)
             if entry is network.inputs[-1]:
                 self._count(stats, self.executor.run(network.program))
-        return program.result(copy=program.requant is not None)
+        return network.result(index)
 
     def _link_on_reference(self, images_q: np.ndarray) -> np.ndarray:
         """A slow backend's first batch of a size in network mode: the layers run and link on the reference
@@ -307,6 +307,14 @@ class ModelRunner:
                 return
             self._links.append(Link(layer.name, program, *sources))
             producer[layer.output] = len(self._links) - 1
+        elif layer.kind == "concat" and stats.placement == VIEW:
+            parts = [(self._source(name), self.model.shapes[name][1]) for name in layer.inputs]
+            outside = next((source for source, _ in parts if source is None or isinstance(source, str)), False)
+            if outside is not False:
+                self._unlinked = f"{layer.name} concatenates " + (
+                    "the network's input" if outside is None else f"what {outside} computes on the host")
+                return
+            producer[layer.output] = Concat(layer.name, tuple(parts))
         elif not made and stats.placement in (VIEW, FUSED_ADD, FUSED_TABLE):
             producer[layer.output] = producer.get(self._aliases.get(layer.output, layer.inputs[0]))
         else:
@@ -385,7 +393,7 @@ class ModelRunner:
         self.stats, self._used = [], []
         network = self.networks.get(n) if self.network and self.executor is not None else None
         linking = self.network and self.executor is not None and n not in self.networks
-        self._replay = (network, list(network.links)) if isinstance(network, NetworkProgram) else None
+        self._replay = (network, list(range(len(network.links)))) if isinstance(network, NetworkProgram) else None
         self._links, self._producers, self._aliases = ([] if linking else None), {}, {}
         self._unlinked: str | None = None  # why this batch's programs do not link
         # RTL runs take seconds: show which layer is running when a person is watching.
@@ -737,7 +745,11 @@ class ModelRunner:
         return layer.out_q.quantize(np.divide(x, norm, out=np.zeros_like(x), where=norm > 0) * scale)
 
     def _concat(self, layer: Layer, tensors, stats):
+        """The inputs side by side, each requantized to the output's quantization (none to do for a view: a network
+        program lays them side by side by addressing)."""
         out_q = layer.out_q
+        if layer.placement == VIEW:
+            return np.concatenate([tensors[name] for name in layer.inputs], axis=layer.attrs["axis"])
         parts = []
         for name in layer.inputs:
             q = self._q(name)
