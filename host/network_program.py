@@ -260,10 +260,22 @@ def _token_balance(program) -> str | None:
     return None
 
 
-def link(links: list[Link]) -> NetworkProgram | str:
+def _outgrown(links: list[Link], offsets: list[int], size: int, limit: int) -> str | None:
+    """Why an image of ``size`` bytes, the layers' programs at ``offsets``, does not fit ``limit`` bytes, if it
+    does not: the first layer it outgrows them at."""
+    if size <= limit:
+        return None
+    layer = next((entry.layer for entry, offset in zip(links, offsets)
+                  if offset + entry.program.program.memory.size > limit), "its buffers and instructions")
+    where = "the memory port addresses" if limit == ADDRESS_SPACE else "the device holds"
+    return f"the network needs {size:,} bytes of memory and {where} {limit:,}: it outgrows them at {layer}"
+
+
+def link(links: list[Link], memory_bytes: int | None = None) -> NetworkProgram | str:
     """Link the layers' programs (``links`` in execution order) into one :class:`NetworkProgram`, or say why not:
     a layout that differs between a producer and its consumer, Concats that cannot be laid out by addressing, a
-    program whose tokens do not balance, or an image beyond the memory port's address space."""
+    program whose tokens do not balance, or an image beyond the device's ``memory_bytes`` (None: the memory port's
+    address space)."""
     inputs = [index for index, entry in enumerate(links) if entry.source is None]
     if inputs != list(range(len(inputs))):
         return f"{links[inputs[-1]].layer} reads the network's input after layers that need the network's results"
@@ -302,8 +314,9 @@ def link(links: list[Link]) -> NetworkProgram | str:
     memory = MemoryImage()
     offsets = [memory.allocate(entry.program.program.memory.size) for entry in links]
     starts = {root: memory.allocate(count * root.channels) for root, count in buffers.items()}
-    if memory.size >= ADDRESS_SPACE:
-        return f"the network needs {memory.size:,} bytes of memory; the memory port addresses {ADDRESS_SPACE:,}"
+    limit = ADDRESS_SPACE if memory_bytes is None else memory_bytes
+    if (outgrown := _outgrown(links, offsets, memory.size, limit)) is not None:
+        return outgrown
 
     def move(region: Region, source) -> _Move:
         """Where the rows of ``region`` go: a buffer's slice, or (``source`` a link) that link's output."""
@@ -336,6 +349,8 @@ def link(links: list[Link]) -> NetworkProgram | str:
     streams[-1] = encode_columns({"opcode": np.array([Opcode.FINISH])})
     words = np.concatenate(streams)
     program = Program.place_words(memory, words, macs=sum(entry.program.program.macs for entry in links))
+    if (outgrown := _outgrown(links, offsets, memory.size, limit)) is not None:
+        return outgrown
     for entry, offset in zip(links, offsets):  # each program's memory is now its place in the network's
         image = entry.program.program.memory
         image.data = memory.data[offset:offset + image.size]

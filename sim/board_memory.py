@@ -13,6 +13,7 @@ measurements, which they reproduce within 1 % (docs/board-latency.md):
 - ``bytes_per_cycle``: the 2-byte bus, a word a cycle, less what each auto refresh costs it: closing the
   banks (tRP), the refresh (tRFC) and reopening the row (tRCD), once per refresh interval. Reads and writes
   share it, as they share the bus; a read after a write's turnaround cycle and row misses are not counted.
+- ``capacity``: the board's memory (:data:`~mvu.hdl.board_build.BOARDS`).
 - ``max_outstanding``: the controller takes one job at a time, a one-beat read every ``words`` cycles,
   each answered ``latency`` cycles after it was taken: that many reads are in flight at most.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mvu.hdl.board_build import BOARDS
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.sdram_controller import WORD_BITS, SdramTiming
 from mvu.sim.verilator_executor import MemoryModel
@@ -48,7 +50,8 @@ class SdramMemory:
         latency = 2 + cycles.cas_latency + self.read_delay + words
         refresh_cost = cycles.rp + cycles.rfc + cycles.rcd
         bandwidth = _BUS_BYTES * cycles.refresh / (cycles.refresh + refresh_cost)
-        return MemoryModel(latency=latency, bytes_per_cycle=bandwidth, max_outstanding=math.ceil(latency / words))
+        return MemoryModel(latency=latency, bytes_per_cycle=bandwidth, max_outstanding=math.ceil(latency / words),
+                           capacity=BOARDS[self.board].memory_bytes)
 
 
 #: Memory name -> the board memory it models.

@@ -31,6 +31,7 @@ class MemoryModel:
     latency: int = 40               # cycles from request to first beat
     bytes_per_cycle: float = 32.0   # shared by reads and writes
     max_outstanding: int = 64       # read requests in flight
+    capacity: int | None = None     # bytes it holds (None: the memory port's whole address space)
 
     def __post_init__(self):
         if self.latency < 1:
@@ -87,6 +88,11 @@ class VerilatorExecutor:
     @property
     def memory_bytes_per_cycle(self) -> float:
         return self.memory_model.bytes_per_cycle
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """The memory the simulated device holds (a board memory's capacity; None: the whole address space)."""
+        return self.memory_model.capacity
 
     def default_cycle_limit(self, program: Program) -> int:
         """Generous: ten times a bandwidth-and-compute bound, plus latency per instruction."""

@@ -50,7 +50,7 @@ def board_on_pty():
 
     def start(config: HardwareConfig, **options):
         stream = PtyStream()
-        board = SoftwareBoard(config, stream, memory_bytes=8 << 20, **options).start()
+        board = SoftwareBoard(config, stream, **{"memory_bytes": 8 << 20, **options}).start()
         boards.append((board, stream))
         return stream.port, board
 
@@ -108,6 +108,25 @@ def test_the_toy_model_runs_bit_exact_on_the_board(board_on_pty, toy_package_pat
     board = ModelRunner(package.model, config, "board", BoardExecutor(config, port)).run(image)
     reference = ModelRunner(package.model, config, "reference").run(image)
     np.testing.assert_array_equal(board, reference)
+
+
+@pytest.mark.parametrize("memory_bytes, fits", [(8 << 20, True), (5000, False)])
+def test_the_executor_finds_the_boards_memory_and_refuses_programs_beyond_it(board_on_pty, memory_bytes, fits):
+    """The board's memory is where its link starts refusing READs; a program larger than it is refused before any
+    upload."""
+    port, board = board_on_pty(TINY, memory_bytes=memory_bytes)
+    executor = BoardExecutor(TINY, port)
+    assert executor.memory_bytes == memory_bytes == board.memory.size
+    a, w, zero_point, requant = random_gemm_operands(64, 64, 32, seed=4)
+    gemm = GemmProgram(TINY, a, w, act_zero_point=zero_point, requant=requant)
+    assert (gemm.program.memory.size <= memory_bytes) == fits
+    if fits:
+        executor.run(gemm.program)
+        np.testing.assert_array_equal(gemm.result(), golden_gemm(a, w, zero_point, requant))
+        return
+    with pytest.raises(LinkError, match=f"needs {gemm.program.memory.size:,} bytes of memory; the board on .* holds "
+                                        f"{memory_bytes:,}"):
+        executor.run(gemm.program)
 
 
 def test_a_bitstream_for_another_configuration_is_refused(board_on_pty):

@@ -213,3 +213,41 @@ def test_a_tensor_concatenated_in_two_places_is_named():
     runner.run_batch(x)
     assert "two places" in runner.networks[1], runner.networks[1]
     np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, TINY, "numpy").run_batch(x))
+
+
+class Holding(Counting):
+    """An executor whose device holds ``memory_bytes`` of memory."""
+
+    def __init__(self, executor, memory_bytes: int):
+        super().__init__(executor)
+        self.memory_bytes = memory_bytes
+
+
+def test_a_network_beyond_the_devices_memory_is_named_and_runs_layer_by_layer():
+    """A device whose memory holds every layer's program but not the network's image: the link names the layer the
+    image outgrows the memory at, and the batch runs layer by layer, exactly."""
+    model = quantized(small_network())
+    x = np.random.default_rng(12).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    whole = ModelRunner(model, TINY, "reference", ReferenceExecutor(TINY), network=True)
+    whole.run_batch(x)
+    network = whole.networks[1]
+    largest = max(entry.program.program.memory.size for entry in network.links)
+    assert largest < network.program.memory.size
+    runner = ModelRunner(model, TINY, "reference", Holding(ReferenceExecutor(TINY), largest), network=True)
+    runner.run_batch(x)
+    reason = runner.networks[1]
+    assert isinstance(reason, str) and f"the device holds {largest:,}" in reason, reason
+    assert any(reason.endswith(f"at {entry.layer}") for entry in network.links), reason
+    np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, TINY, "numpy").run_batch(x))
+
+
+def test_a_layer_beyond_the_devices_memory_is_a_clear_error():
+    """A layer whose own program does not fit the device's memory: an error naming the layer and both sizes."""
+    from mvu.host.runtime.runner import DeviceMemoryError
+
+    model = quantized(small_network())
+    x = np.random.default_rng(13).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    runner = ModelRunner(model, TINY, "reference", Holding(ReferenceExecutor(TINY), 1024))
+    with pytest.raises(DeviceMemoryError, match=r"layer \S+'s program needs [\d,]+ bytes of memory; the device "
+                                                r"holds 1,024"):
+        runner.run_batch(x)

@@ -29,6 +29,9 @@ class Executor(Protocol):
     def run(self, program: Program) -> RunResult:
         """Runs ``program`` to its FINISH; returns the counters it read."""
 
+    #: An executor may also state ``memory_bytes``, the memory its device holds (a board's); without it, programs
+    #: may use the memory port's whole address space.
+
 
 def _reference(config: HardwareConfig, **_options) -> Executor:
     from mvu.host.executors.reference import ReferenceExecutor

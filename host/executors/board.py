@@ -84,6 +84,8 @@ class BoardExecutor:
             raise LinkError(f"the board on {port} runs a bitstream for another configuration (fingerprint "
                             f"{fingerprint:#010x}; {config.describe()} is {config.fingerprint:#010x}): build and "
                             "program one for this configuration with `mvu build --board ...`")
+        #: Bytes of memory on the board (its host link refuses READs beyond them).
+        self.memory_bytes = self.link.memory_bytes()
         self._board_memory = np.zeros(0, np.uint8)  # what the board holds, as far as this executor wrote it
 
     def close(self) -> None:
@@ -92,6 +94,9 @@ class BoardExecutor:
     def run(self, program: Program) -> RunResult:
         """Uploads what changed, runs ``program``, and reads back what its STOREs wrote into its image."""
         check_program(self.config, program.memory, program.address, program.length)
+        if program.memory.size > self.memory_bytes:
+            raise LinkError(f"the program needs {program.memory.size:,} bytes of memory; the board on {self.port} "
+                            f"holds {self.memory_bytes:,}")
         started = time.perf_counter()
         image = program.memory.data
         for start, stop in _changed_runs(self._board_memory, image):

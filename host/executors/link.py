@@ -20,6 +20,14 @@ class LinkError(ConnectionError):
     """The board cannot be reached or keeps failing; the message says which and what to check."""
 
 
+class LinkRefused(LinkError):
+    """The board answered a request with a status other than OK (:attr:`status`)."""
+
+    def __init__(self, message: str, status: LinkStatus):
+        super().__init__(message)
+        self.status = status
+
+
 class ByteStream(Protocol):
     """What a link runs over: a pyserial ``Serial`` (a port, ``socket://HOST:PORT``, ``loop://``)."""
 
@@ -98,7 +106,8 @@ class Link:
             elif reply.payload[0] == LinkStatus.BAD_CRC:
                 failures.append("the request arrived damaged")
             elif reply.payload[0] != LinkStatus.OK:
-                raise LinkError(f"{self.name} refused {command.name}: {LinkStatus(reply.payload[0]).name}")
+                status = LinkStatus(reply.payload[0])
+                raise LinkRefused(f"{self.name} refused {command.name}: {status.name}", status)
             else:
                 return reply.payload[1:]
         if all(failure == "no answer" for failure in failures):
@@ -122,6 +131,26 @@ class Link:
             size = min(chunk, length - offset)
             parts.append(self.request(Command.READ, struct.pack("<IH", address + offset, size)))
         return b"".join(parts)
+
+    def memory_bytes(self) -> int:
+        """Bytes of memory the board's WRITEs and READs reach: the boundary of the one-byte READs it refuses as
+        ``OUT_OF_RANGE``, found in 32 of them."""
+        def readable(address: int) -> bool:
+            try:
+                self.read(address, 1)
+            except LinkRefused as refused:
+                if refused.status != LinkStatus.OUT_OF_RANGE:
+                    raise
+                return False
+            return True
+
+        if not readable(0):
+            return 0
+        low, high = 0, 1 << 32  # byte low is readable, byte high is not
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if readable(middle) else (low, middle)
+        return high
 
     def write_csr(self, index: int, value: int) -> None:
         self.request(Command.CSR_WRITE, struct.pack("<BI", index, value & 0xFFFFFFFF))

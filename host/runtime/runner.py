@@ -30,7 +30,7 @@ from mvu.host.packed_rows import RowPackedProgram, packed_rows_limit
 from mvu.host.runtime.fused_adds import FUSED_ADD, FUSED_TABLE, FusedAdd, fused_adds
 from mvu.host.runtime.scores import softmax
 
-__all__ = ["LayerStats", "ModelRunner", "im2col", "sub_batch_sizes", "uniform_pool"]
+__all__ = ["DeviceMemoryError", "LayerStats", "ModelRunner", "im2col", "sub_batch_sizes", "uniform_pool"]
 
 
 @dataclass
@@ -61,6 +61,10 @@ class LayerStats:
         return cls(first.name, first.kind, first.placement, sum(p.macs for p in parts), sum(p.images for p in parts),
                    sum(p.cycles for p in parts), sum(p.seconds for p in parts),
                    sum(p.im2col_seconds for p in parts), counters, first.lowering)
+
+
+class DeviceMemoryError(ValueError):
+    """A layer's program does not fit the memory of the device that would run it."""
 
 
 def sub_batch_sizes(images: int) -> list[int]:
@@ -212,6 +216,8 @@ class ModelRunner:
         if executor is None:
             executor = make_executor(backend, config)
         self.executor = executor
+        #: The memory of the executor's device (a board's), which every program must fit (None: no limit).
+        self.memory_bytes: int | None = getattr(executor, "memory_bytes", None)
         self.stats: list[LayerStats] = []
         self.last_output: np.ndarray | None = None
         self.tensors: dict[str, np.ndarray] = {}  # every tensor of the last batch, batch axis first
@@ -256,6 +262,9 @@ class ModelRunner:
             if "addend" in options:
                 program.load_addend(options["addend"])
             self._used.append(program)
+        if self.memory_bytes is not None and program.program.memory.size > self.memory_bytes:
+            raise DeviceMemoryError(f"layer {key[0]}'s program needs {program.program.memory.size:,} bytes of "
+                                    f"memory; the device holds {self.memory_bytes:,}")
         self._count(stats, self.executor.run(program.program))
         return program.result(copy=requant is not None)  # raw sums are consumed at once; outputs are kept
 
@@ -411,7 +420,7 @@ class ModelRunner:
         if show:
             print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
         if linking:
-            self.networks[n] = self._unlinked or (link(self._links) if self._links else
+            self.networks[n] = self._unlinked or (link(self._links, self.memory_bytes) if self._links else
                                                   "no layer ran on the accelerator")
         self._replay, self._links = None, None
         self.last_output = tensors[self.model.output]

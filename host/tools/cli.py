@@ -500,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     from mvu.host.compiler.graph import ModelImportError
     from mvu.host.control.workspace import WorkspaceError
     from mvu.host.model.package import PackageError
+    from mvu.host.runtime.runner import DeviceMemoryError
     from mvu.host.tools.finetune import FinetuneError
 
     args = build_parser().parse_args(argv)
@@ -508,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"mvu: --{name} must be at least 1")
     try:
         return args.handler(args)
-    except (ModelImportError, PackageError, WorkspaceError, FinetuneError, FileNotFoundError,
+    except (ModelImportError, PackageError, WorkspaceError, FinetuneError, DeviceMemoryError, FileNotFoundError,
             ConnectionError) as error:
         # ConnectionError: a board that cannot be reached (LinkError), a Dask scheduler that does not answer
         raise SystemExit(f"mvu: {error}") from None
