@@ -23,6 +23,7 @@ not know: then it is built only where the part sets all it reads itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import groupby
 from typing import NamedTuple
 
@@ -188,7 +189,8 @@ class ExecutionPlan:
         if not store.add:
             return
         cols, first = self.config.cols, self.config.param_block_bytes
-        adds = [ResidualAdd.from_block(memory[block + first:block + first + ADD_BLOCK_BYTES]) for block in blocks]
+        raw = memory[np.add.outer(np.array(blocks, np.int64) + first, np.arange(ADD_BLOCK_BYTES))]
+        adds = [_add_of(raw[0].tobytes())] if (raw == raw[0]).all() else [_add_of(row.tobytes()) for row in raw]
         tiles = [(where, adds[0])] if len(set(adds)) == 1 else [
             (where._replace(start=where.start + t * cols, width=min(cols, where.width - t * cols)), add)
             for t, add in enumerate(adds)]
@@ -206,6 +208,12 @@ class ExecutionPlan:
         per_block = [np.zeros((3, cols), np.int32) if address is None else
                      memory[address:address + size].view(np.int32).reshape(3, cols) for address in blocks]
         return np.concatenate(per_block, axis=1)[:, :channels]
+
+
+@lru_cache(maxsize=1024)
+def _add_of(block: bytes) -> ResidualAdd:
+    """The add an add block's bytes hold, parsed once per distinct bytes (an add is immutable)."""
+    return ResidualAdd.from_block(np.frombuffer(block, np.uint8))
 
 
 def _diagonals(w: np.ndarray) -> np.ndarray | None:

@@ -1,0 +1,58 @@
+"""The reference executor's fast paths follow memory: a plan rerun after its add blocks, weights or parameters change
+in memory writes what the interpreter writes for the new bytes."""
+
+import numpy as np
+from conftest import TINY
+
+from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.isa import Opcode
+from mvu.hdl.contract.requantization import Requantization
+from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
+from mvu.host.executors.reference import ReferenceExecutor
+from mvu.host.gemm import GemmProgram
+
+
+def assert_plan_is_interpreter(executor: ReferenceExecutor, program) -> None:
+    """Run ``program`` on its plan and, from the same memory, on the interpreter: the same memory after."""
+    data = program.memory.data
+    before = data.copy()
+    executor.run(program)
+    prepared = program.notes[ReferenceExecutor._NOTE]
+    assert any(segment.plan is not None for segment in prepared.segments)
+    planned = data.copy()
+    data[:] = before
+    executor._interpret(prepared.columns, data)
+    np.testing.assert_array_equal(planned, data)
+
+
+def add_gemm(config: HardwareConfig, rng: np.random.Generator, n: int) -> GemmProgram:
+    m, k = 9, 11
+    requant = Requantization.from_float32_scales(rng.uniform(1e-4, 1e-3, n), rng.integers(-3000, 3000, n),
+                                              out_zero_point=7, clamp_min=0, clamp_max=255)
+    return GemmProgram(config, rng.integers(0, 256, (m, k), dtype=np.uint8),
+                       rng.integers(-128, 128, (k, n), dtype=np.int8), act_zero_point=3, requant=requant,
+                       addend=rng.integers(0, 256, (m, n), dtype=np.uint8),
+                       residual=ResidualAdd.from_float32(0.75, 1.25, -3.5, low=2, high=250))
+
+
+def test_add_blocks_rewritten_between_runs_are_read_again():
+    """One column tile's add block changes after the first run: the next run adds with the new coefficients in that
+    tile and the old ones in the others."""
+    config = TINY
+    executor = ReferenceExecutor(config)
+    gemm = add_gemm(config, np.random.default_rng(5), n=3 * config.cols)
+    assert_plan_is_interpreter(executor, gemm.program)
+    data = gemm.program.memory.data
+    columns = executor._prepare(gemm.program).columns
+    adds = (columns["opcode"] == Opcode.STORE) & (columns["add"] != 0)
+    blocks = sorted(set((columns["param_addr"][adds].astype(int) + config.param_block_bytes).tolist()))
+    assert len(blocks) == 3
+    old = ResidualAdd.from_block(data[blocks[1]:blocks[1] + ADD_BLOCK_BYTES])
+    new = ResidualAdd.from_float32(0.5, 2.0, 1.0, low=0, high=200, addend_offset=old.addend_offset)
+    data[blocks[1]:blocks[1] + ADD_BLOCK_BYTES] = new.block()
+    before = gemm.result().copy()
+    assert_plan_is_interpreter(executor, gemm.program)
+    after = gemm.result()
+    tile = slice(config.cols, 2 * config.cols)
+    assert (after[:, tile] != before[:, tile]).any()
+    np.testing.assert_array_equal(np.delete(after, np.r_[tile], axis=1), np.delete(before, np.r_[tile], axis=1))
