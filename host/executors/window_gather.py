@@ -24,22 +24,29 @@ SCRATCH_BASE = 1 << 48
 class WindowGather:
     """The scratch cells: each one's source address in memory, or a fill byte for cells outside the input.
 
-    Memory is read as items of the largest size that divides every source address and the width, so one
-    indexing copies whole items (a 32-byte entry is one item at the default configuration).
+    Each cell is one item of ``width`` bytes: cells whose sources lie alike modulo the width are taken in one
+    indexing of the memory as items from that residue on (one for all of them where every source is aligned, as
+    at the default configuration), then put in cell order.
     """
 
     def __init__(self, width: int, sources: np.ndarray, inside: np.ndarray, fills: np.ndarray):
         self.width = width
         sources = np.where(inside, sources, 0)
-        self.unit = int(np.gcd.reduce(np.append(sources, width)))
-        self.items = sources[:, None] // self.unit + np.arange(width // self.unit)
+        residues = sources % width
+        order = np.argsort(residues, kind="stable")
+        self.groups = [(int(r), sources[order[residues[order] == r]] // width) for r in np.unique(residues)]
+        self.groups = self.groups or [(0, sources)]  # no cells
+        self.inverse = None if len(self.groups) == 1 else np.argsort(order)
         self.pads = np.flatnonzero(~inside)
         self.fills = fills[self.pads, None]
 
     def gather(self, memory: np.ndarray) -> np.ndarray:
         """The scratch cells for ``memory``, ``[cells, width]`` bytes."""
-        items = memory[:memory.size - memory.size % self.unit].view(f"V{self.unit}")
-        scratch = np.take(items, self.items).view(np.uint8).reshape(-1, self.width)
+        item, width = f"V{self.width}", self.width
+        parts = [np.take(memory[residue:residue + (memory.size - residue) // width * width].view(item), index)
+                 for residue, index in self.groups]
+        cells = parts[0] if self.inverse is None else np.take(np.concatenate(parts), self.inverse)
+        scratch = cells.view(np.uint8).reshape(-1, self.width)
         scratch[self.pads] = self.fills
         return scratch
 
