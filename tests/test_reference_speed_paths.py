@@ -2,12 +2,14 @@
 in memory writes what the interpreter writes for the new bytes."""
 
 import numpy as np
+import pytest
 from conftest import TINY
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import Opcode
 from mvu.hdl.contract.requantization import Requantization
 from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
+from mvu.host.executors.kernels import diagonal_maxima
 from mvu.host.executors.reference import ReferenceExecutor
 from mvu.host.gemm import GemmProgram
 
@@ -56,3 +58,24 @@ def test_add_blocks_rewritten_between_runs_are_read_again():
     tile = slice(config.cols, 2 * config.cols)
     assert (after[:, tile] != before[:, tile]).any()
     np.testing.assert_array_equal(np.delete(after, np.r_[tile], axis=1), np.delete(before, np.r_[tile], axis=1))
+
+
+@pytest.mark.parametrize("taps", [1, 4, 9])
+def test_diagonal_maxima_are_the_largest_products_of_diagonal_tiles(taps):
+    """The kernel against the largest of the products with each diagonal weight tile, on strided taps with edge
+    values and zero points at both ends."""
+    from mvu.host.executors.intmatmul import centred_matmul
+
+    rng = np.random.default_rng(taps)
+    n = 5
+    a = rng.integers(0, 256, (37, taps * n), dtype=np.uint8)
+    a[0], a[1] = 0, 255
+    diagonals = rng.integers(-128, 128, (taps, n), dtype=np.int8)
+    diagonals[0, :2] = (-128, 127)
+    w = np.zeros((taps, n, n), np.int8)
+    w[:, np.arange(n), np.arange(n)] = diagonals
+    for zero_point in (0, 255, int(rng.integers(1, 255))):
+        want = np.max([centred_matmul(a[:, t * n:(t + 1) * n], zero_point, w[t]) for t in range(taps)], axis=0)
+        got = diagonal_maxima(a.reshape(37, taps, n).transpose(1, 0, 2), zero_point, diagonals)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, want)

@@ -34,7 +34,7 @@ from mvu.hdl.contract.isa import TABLE_BYTES, Opcode
 from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
 from mvu.host.executors.fused_products import FusedProduct, fused_product
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul
-from mvu.host.executors.kernels import diagonal_sums
+from mvu.host.executors.kernels import diagonal_maxima, diagonal_sums
 from mvu.host.executors.requantize import requantize_rows
 from mvu.host.executors.residual_add import add_rows
 from mvu.host.executors.window_gather import SCRATCH_BASE, WindowGather, layout_windows
@@ -235,7 +235,7 @@ def _largest_products(memory: np.ndarray, scratch: np.ndarray | None, act: list,
     unit tiles), else a product per part."""
     if diagonals is not None:
         taps, zero_point = _taps(memory, scratch, act)
-        return np.max((taps.astype(np.int32) - zero_point) * diagonals[:, None, :].astype(np.int32), axis=0)
+        return diagonal_maxima(taps, zero_point, diagonals)
     largest, start = None, 0
     for rows, signed, zero_point in act:
         values = _activations(memory, scratch, rows)

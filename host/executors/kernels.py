@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 
 __all__ = ["postprocess_rows", "float32_requantize_rows", "qlinear_add", "depthwise_sums", "diagonal_sums",
-           "same_bytes"]
+           "diagonal_maxima", "same_bytes"]
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -133,6 +133,28 @@ def diagonal_sums(taps: np.ndarray, zero_point: int, diagonals: np.ndarray) -> n
     of the ``T * n * n`` of its diagonal weight tiles."""
     out = np.empty(taps.shape[1:], np.int32)
     _diagonal_sums(taps, np.int64(zero_point), np.ascontiguousarray(diagonals, dtype=np.int64), out)
+    return out
+
+
+@njit(**_JIT)
+def _diagonal_maxima(taps, zero_point, diagonals, out):
+    count, rows, n = taps.shape
+    largest = np.empty(n, np.int64)
+    for i in range(rows):
+        for j in range(n):
+            largest[j] = (np.int64(taps[0, i, j]) - zero_point) * diagonals[0, j]
+        for t in range(1, count):
+            for j in range(n):
+                largest[j] = max(largest[j], (np.int64(taps[t, i, j]) - zero_point) * diagonals[t, j])
+        for j in range(n):
+            out[i, j] = np.int32(largest[j])
+
+
+def diagonal_maxima(taps: np.ndarray, zero_point: int, diagonals: np.ndarray) -> np.ndarray:
+    """``max_t (taps[t] - zero_point) * diagonals[t]`` as int32 for uint8 ``taps`` [T, M, n] (T >= 1, any strides)
+    and int8 ``diagonals`` [T, n]: the largest of a max pool's diagonal weight tiles' products, elementwise."""
+    out = np.empty(taps.shape[1:], np.int32)
+    _diagonal_maxima(taps, np.int64(zero_point), np.ascontiguousarray(diagonals, dtype=np.int64), out)
     return out
 
 
