@@ -9,7 +9,7 @@ from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import Opcode
 from mvu.hdl.contract.requantization import Requantization
 from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
-from mvu.host.executors.kernels import diagonal_maxima
+from mvu.host.executors.kernels import diagonal_maxima, same_bytes
 from mvu.host.executors.reference import ReferenceExecutor
 from mvu.host.gemm import GemmProgram
 
@@ -79,3 +79,19 @@ def test_diagonal_maxima_are_the_largest_products_of_diagonal_tiles(taps):
         got = diagonal_maxima(a.reshape(37, taps, n).transpose(1, 0, 2), zero_point, diagonals)
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 16, 37])
+def test_same_bytes_finds_any_changed_byte_at_any_alignment(size):
+    """Every single flipped bit is found, in the whole words and in the tail, on views that start mid-word."""
+    rng = np.random.default_rng(size)
+    memory = rng.integers(0, 256, size + 3, dtype=np.uint8)
+    for start in range(3):
+        a = memory[start:start + size]
+        assert same_bytes(a, a.copy())
+        for index in range(size):
+            for bit in (0, 7):
+                b = a.copy()
+                b[index] ^= 1 << bit
+                assert not same_bytes(a, b)
+    assert not same_bytes(memory[:size], memory[:size + 1])
