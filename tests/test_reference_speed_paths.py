@@ -4,6 +4,7 @@ in memory writes what the interpreter writes for the new bytes."""
 import numpy as np
 import pytest
 from conftest import TINY
+from test_fused_products import expected_output, fused_or_skip, random_case
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import Opcode
@@ -95,3 +96,21 @@ def test_same_bytes_finds_any_changed_byte_at_any_alignment(size):
                 b[index] ^= 1 << bit
                 assert not same_bytes(a, b)
     assert not same_bytes(memory[:size], memory[:size + 1])
+
+
+def test_a_fused_product_reruns_on_its_buffers_with_their_new_bytes():
+    """Runs on the same buffers (whose binding is kept) see the bytes written between them; runs on other buffers
+    write there."""
+    rng = np.random.default_rng(2)
+    x, zero_point, w, parameters = random_case(rng, False)
+    product = fused_or_skip(w, parameters, act_signed=False, act_zero_point=zero_point, out_zero_point=9,
+                            clamp_min=3, clamp_max=250)
+    out = np.empty((len(x), w.shape[1]), np.uint8)
+    for _ in range(3):
+        x[...] = rng.integers(0, 256, x.shape)
+        product.run(x, out)
+        np.testing.assert_array_equal(out, expected_output(x, zero_point, w, parameters, 9, 3, 250))
+    other_x, other_out = rng.integers(0, 256, x.shape, dtype=np.uint8), np.empty_like(out)
+    product.run(other_x, other_out)
+    np.testing.assert_array_equal(other_out, expected_output(other_x, zero_point, w, parameters, 9, 3, 250))
+    np.testing.assert_array_equal(out, expected_output(x, zero_point, w, parameters, 9, 3, 250))
