@@ -94,7 +94,7 @@ class _Product:
     act: list[tuple[_Rows, bool, int]]  # (rows, signed, zero point) per K part
     wgt: list[list[_Rows]]              # [K part][column part]
     blocks: list[tuple[int, int, _Store]]  # (first row, first column, store)
-    output: tuple[_Rows, np.ndarray] | None = None  # one write for all blocks: where, and which blocks' params
+    output: tuple[_Rows, tuple] | None = None  # one write for all blocks: where, and each column tile's params
     maximum: bool = False  # the K parts' products are not summed: each output keeps the largest
 
 
@@ -123,7 +123,7 @@ class ExecutionPlan:
             for row, column, store in product.blocks:
                 block = acc[row:row + store.rows, column:column + self.config.cols]
                 width = block.shape[1] * (4 if store.raw else 1)
-                self._store(memory, block, store, [store.params], _Rows(store.dram_addr, store.rows, width,
+                self._store(memory, block, store, (store.params,), _Rows(store.dram_addr, store.rows, width,
                                                                         store.dram_stride))
 
     def _run_fused(self, memory: np.ndarray, scratch: np.ndarray | None, index: int, product: _Product) -> bool:
@@ -133,7 +133,7 @@ class ExecutionPlan:
         store = product.blocks[0][2]
         rows, signed, zero_point = product.act[0]
         w = product.wgt[0][0].view(memory).view(np.int8)
-        parameters = self._parameters(memory, list(blocks), w.shape[1])
+        parameters = self._parameters(memory, blocks, w.shape[1])
         fused = self._fused[index]
         if fused is None or not fused.matches(w, parameters):
             fused = self._fused[index] = fused_product(
@@ -143,7 +143,7 @@ class ExecutionPlan:
                 del self._fused[index]
                 return False
         fused.run(_activations(memory, scratch, rows), where.view(memory))
-        self._residual(memory, store, list(blocks), where)
+        self._residual(memory, store, blocks, where)
         _look_up(memory, store, where)
         return True
 
@@ -171,19 +171,19 @@ class ExecutionPlan:
             else np.concatenate(zero_points)
         return centred_matmul(a, zero_point, w)
 
-    def _store(self, memory: np.ndarray, acc: np.ndarray, store: _Store, blocks, where: _Rows) -> None:
+    def _store(self, memory: np.ndarray, acc: np.ndarray, store: _Store, blocks: tuple, where: _Rows) -> None:
         """Write what a store writes to ``where``: raw int32, or requantized with each column tile's
         parameter block (``blocks``: their addresses, ``None`` for never loaded)."""
         if store.raw:
             where.write(memory, np.ascontiguousarray(acc, dtype="<i4").view(np.uint8))
             return
-        bias, multiplier, shift = self._parameters(memory, list(blocks), acc.shape[1])
+        bias, multiplier, shift = self._parameters(memory, blocks, acc.shape[1])
         requantize_rows(acc, bias, multiplier, shift & 63, store.out_zero_point, store.clamp_min, store.clamp_max,
                         float32_scale=store.float32_scale, out=where.view(memory))
-        self._residual(memory, store, list(blocks), where)
+        self._residual(memory, store, blocks, where)
         _look_up(memory, store, where)
 
-    def _residual(self, memory: np.ndarray, store: _Store, blocks: list, where: _Rows) -> None:
+    def _residual(self, memory: np.ndarray, store: _Store, blocks: tuple, where: _Rows) -> None:
         """Add the addends of an ``add`` store to the bytes it wrote at ``where``, with each column tile's add
         block (after its parameter block ``blocks``), all at once where the tiles' add blocks are one."""
         if not store.add:
@@ -198,16 +198,23 @@ class ExecutionPlan:
             written = rows.view(memory)
             written[...] = add_rows(add, written, rows._replace(start=rows.start + add.addend_offset).view(memory))
 
-    def _parameters(self, memory: np.ndarray, blocks: list, channels: int) -> np.ndarray:
+    def _parameters(self, memory: np.ndarray, blocks: tuple, channels: int) -> np.ndarray:
         """Bias, multiplier and shift rows [3, channels] from consecutive column tiles' parameter blocks."""
         cols, size = self.config.cols, self.config.param_block_bytes
         first = blocks[0]
-        if first is not None and blocks == list(range(first, first + len(blocks) * size, size)):
+        if _consecutive(blocks, size):
             tiles = memory[first:first + len(blocks) * size].view(np.int32).reshape(len(blocks), 3, cols)
             return tiles.transpose(1, 0, 2).reshape(3, -1)[:, :channels]
         per_block = [np.zeros((3, cols), np.int32) if address is None else
                      memory[address:address + size].view(np.int32).reshape(3, cols) for address in blocks]
         return np.concatenate(per_block, axis=1)[:, :channels]
+
+
+@lru_cache(maxsize=4096)
+def _consecutive(blocks: tuple, size: int) -> bool:
+    """Whether parameter block addresses follow each other ``size`` bytes apart (a plan's are fixed: cached)."""
+    first = blocks[0]
+    return first is not None and blocks == tuple(range(first, first + len(blocks) * size, size))
 
 
 @lru_cache(maxsize=1024)
@@ -495,7 +502,7 @@ def _products(config: HardwareConfig, stores: list[_Store]) -> list[_Product]:
     return merged
 
 
-def _single_write(config: HardwareConfig, product: _Product) -> tuple[_Rows, np.ndarray] | None:
+def _single_write(config: HardwareConfig, product: _Product) -> tuple[_Rows, tuple] | None:
     """One strided write for a product whose stores tile a row-major output with one requantization per
     column tile: the rows to write, and each column tile's parameter block."""
     blocks = product.blocks
@@ -523,7 +530,7 @@ def _single_write(config: HardwareConfig, product: _Product) -> tuple[_Rows, np.
     width = len(columns) * config.cols * element
     if first.dram_stride < width:
         return None
-    return _Rows(origin, rows, width, first.dram_stride), np.array([params[c] for c in columns], dtype=object)
+    return _Rows(origin, rows, width, first.dram_stride), tuple(params[c] for c in columns)
 
 
 def build_plan(config: HardwareConfig, columns: dict[str, np.ndarray], program_bytes: tuple[int, int],
