@@ -34,7 +34,7 @@ from mvu.hdl.contract.isa import TABLE_BYTES, Opcode
 from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
 from mvu.host.executors.fused_products import FusedProduct, fused_product
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul
-from mvu.host.executors.kernels import diagonal_maxima, diagonal_sums
+from mvu.host.executors.kernels import diagonal_maxima, diagonal_sums, same_bytes
 from mvu.host.executors.requantize import requantize_rows
 from mvu.host.executors.residual_add import add_rows
 from mvu.host.executors.window_gather import SCRATCH_BASE, WindowGather, layout_windows
@@ -108,7 +108,9 @@ class ExecutionPlan:
 
     def __init__(self, config: HardwareConfig, products: list[_Product], windows: WindowGather | None = None):
         self.config, self.products, self.windows = config, products, windows
-        self._fused: dict[int, FusedProduct | None] = {i: None for i, p in enumerate(products) if _fusable(p)}
+        # per fusable product: its FusedProduct and the parameter block bytes it was packed with
+        self._fused: dict[int, tuple[FusedProduct, np.ndarray] | None] = {
+            i: None for i, p in enumerate(products) if _fusable(p)}
 
     def run(self, memory: np.ndarray) -> None:
         scratch = None if self.windows is None else self.windows.gather(memory)
@@ -133,15 +135,17 @@ class ExecutionPlan:
         store = product.blocks[0][2]
         rows, signed, zero_point = product.act[0]
         w = product.wgt[0][0].view(memory).view(np.int8)
-        parameters = self._parameters(memory, blocks, w.shape[1])
-        fused = self._fused[index]
-        if fused is None or not fused.matches(w, parameters):
-            fused = self._fused[index] = fused_product(
-                w, parameters, act_signed=signed, act_zero_point=zero_point,
+        raw = self._parameter_bytes(memory, blocks)
+        packed = self._fused[index]
+        if packed is None or not (same_bytes(raw, packed[1]) and packed[0].same_weights(w)):
+            fused = fused_product(
+                w, self._parameters(raw, w.shape[1]), act_signed=signed, act_zero_point=zero_point,
                 out_zero_point=store.out_zero_point, clamp_min=store.clamp_min, clamp_max=store.clamp_max)
             if fused is None:
                 del self._fused[index]
                 return False
+            packed = self._fused[index] = (fused, raw.copy())
+        fused = packed[0]
         fused.run(_activations(memory, scratch, rows), where.view(memory))
         self._residual(memory, store, blocks, where)
         _look_up(memory, store, where)
@@ -177,7 +181,7 @@ class ExecutionPlan:
         if store.raw:
             where.write(memory, np.ascontiguousarray(acc, dtype="<i4").view(np.uint8))
             return
-        bias, multiplier, shift = self._parameters(memory, blocks, acc.shape[1])
+        bias, multiplier, shift = self._parameters(self._parameter_bytes(memory, blocks), acc.shape[1])
         requantize_rows(acc, bias, multiplier, shift & 63, store.out_zero_point, store.clamp_min, store.clamp_max,
                         float32_scale=store.float32_scale, out=where.view(memory))
         self._residual(memory, store, blocks, where)
@@ -198,16 +202,19 @@ class ExecutionPlan:
             written = rows.view(memory)
             written[...] = add_rows(add, written, rows._replace(start=rows.start + add.addend_offset).view(memory))
 
-    def _parameters(self, memory: np.ndarray, blocks: tuple, channels: int) -> np.ndarray:
-        """Bias, multiplier and shift rows [3, channels] from consecutive column tiles' parameter blocks."""
-        cols, size = self.config.cols, self.config.param_block_bytes
-        first = blocks[0]
+    def _parameter_bytes(self, memory: np.ndarray, blocks: tuple) -> np.ndarray:
+        """Column tiles' parameter blocks (``blocks``: their addresses, ``None`` for never loaded: all zero) side by
+        side: a view of memory where they follow each other."""
+        size = self.config.param_block_bytes
         if _consecutive(blocks, size):
-            tiles = memory[first:first + len(blocks) * size].view(np.int32).reshape(len(blocks), 3, cols)
-            return tiles.transpose(1, 0, 2).reshape(3, -1)[:, :channels]
-        per_block = [np.zeros((3, cols), np.int32) if address is None else
-                     memory[address:address + size].view(np.int32).reshape(3, cols) for address in blocks]
-        return np.concatenate(per_block, axis=1)[:, :channels]
+            return memory[blocks[0]:blocks[0] + len(blocks) * size]
+        return np.concatenate([np.zeros(size, np.uint8) if address is None else memory[address:address + size]
+                               for address in blocks])
+
+    def _parameters(self, raw: np.ndarray, channels: int) -> np.ndarray:
+        """Bias, multiplier and shift rows [3, channels] from column tiles' parameter blocks side by side."""
+        tiles = raw.view(np.int32).reshape(-1, 3, self.config.cols)
+        return tiles.transpose(1, 0, 2).reshape(3, -1)[:, :channels]
 
 
 @lru_cache(maxsize=4096)

@@ -74,8 +74,11 @@ class FusedProduct:
 
     def matches(self, w: np.ndarray, parameters: np.ndarray) -> bool:
         """Whether ``w`` and ``parameters`` are still the ones packed (a full comparison)."""
-        return (same_bytes(parameters.view(np.uint8), self.parameters.view(np.uint8))
-                and same_bytes(w.view(np.uint8), self.w.view(np.uint8)))
+        return same_bytes(parameters.view(np.uint8), self.parameters.view(np.uint8)) and self.same_weights(w)
+
+    def same_weights(self, w: np.ndarray) -> bool:
+        """Whether ``w`` is still the weight matrix packed (a full comparison)."""
+        return same_bytes(w.view(np.uint8), self.w.view(np.uint8))
 
     def _binding(self, x: np.ndarray, y: np.ndarray):
         """The session's binding of ``x`` and ``y`` (contiguous): the last one made where it names the same
