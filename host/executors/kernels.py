@@ -173,5 +173,6 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     a, b = np.ravel(a), np.ravel(b)
     whole = a.size - a.size % 8
-    return not (_differing_bits(a[:whole].view(np.uint64), b[:whole].view(np.uint64))
-                or _differing_bits(a[whole:], b[whole:]))
+    if _differing_bits(a[:whole].view(np.uint64), b[:whole].view(np.uint64)):
+        return False
+    return whole == a.size or not _differing_bits(a[whole:], b[whole:])
