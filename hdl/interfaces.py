@@ -166,7 +166,7 @@ class RunControl(wiring.Signature):
 COMPUTE_JOB = data.StructLayout({
     "act_addr": 16, "count": 16, "acc_addr": 16, "accumulate": 1, "maximum": 1, "act_signed": 1,
     "act_zero_point": signed(16),
-    "wait_store": 1, "signal_load": 1, "signal_store": 1, "swap": 1,
+    "wait_store": 1, "signal_load": 1, "signal_store": 1, "swap": 1, "bank": 1,
 })
 
 
@@ -183,15 +183,18 @@ class Handoff(wiring.Signature):
 
 
 def weight_rows(cols: int) -> stream.Signature:
-    """Rows of a weight tile, ``cols`` int8 each, shifted into the array's shadow tile without backpressure."""
-    return stream.Signature(data.ArrayLayout(signed(8), cols), always_ready=True)
+    """Rows of a weight tile, ``cols`` int8 each (``row``), shifted into the array's shadow tile of ``bank`` (0 or 1)
+    without backpressure."""
+    return stream.Signature(data.StructLayout({"row": data.ArrayLayout(signed(8), cols), "bank": 1}),
+                            always_ready=True)
 
 
 def activation_entries(rows: int) -> stream.Signature:
     """Activation entries into the array without backpressure: ``rows`` bytes, read as int8 (``signed``) or
-    uint8 and offset by ``zero_point``; ``first`` swaps the shadow tile in for this entry and all after it."""
+    uint8 and offset by ``zero_point``; ``first`` swaps the shadow tile of ``bank`` in for this entry and all
+    after it."""
     return stream.Signature(data.StructLayout({
-        "data": data.ArrayLayout(unsigned(8), rows), "signed": 1, "zero_point": signed(16), "first": 1,
+        "data": data.ArrayLayout(unsigned(8), rows), "signed": 1, "zero_point": signed(16), "first": 1, "bank": 1,
     }), always_ready=True)
 
 

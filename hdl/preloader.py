@@ -1,6 +1,6 @@
 """The compute unit's preloader: takes COMPUTE instructions and shifts their weight tiles into the array."""
 
-from amaranth import Module, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -16,12 +16,14 @@ class Preloader(wiring.Component):
     """Takes a COMPUTE instruction, waits for its load token and, with ``preload``, shifts its tile in.
 
     The tile (``rows`` weight entries from ``wgt_addr``) is read last row
-    first and shifted into the array's shadow registers (``weights``) once
-    the previous preloaded tile has swapped in everywhere: ``rows`` cycles
-    after its first entry, which the streamer reports on ``handoff.swapped``.
-    The instruction then waits in a one-entry slot, offered on
-    ``handoff.job``, until the streamer takes it; meanwhile the preloader
-    takes the next one.
+    first and shifted into one of the array's two shadow banks
+    (``weights``), the banks taken in turn, once the tile that bank held
+    last has swapped in everywhere: ``rows`` cycles after its first entry,
+    which the streamer reports on ``handoff.swapped`` (swaps come in the
+    order of the preloads). So one tile can be shifted in while the one
+    before it waits to stream. The instruction then waits in a one-entry
+    slot, offered on ``handoff.job`` with its bank, until the streamer takes
+    it; meanwhile the preloader takes the next one.
 
     ``token_avail`` and ``token_pop`` are the ``avail`` and ``pop`` of the
     compute unit's tokens with the load unit. ``idle``: no instruction held;
@@ -52,10 +54,12 @@ class Preloader(wiring.Component):
         with m.If(job.valid & job.ready):
             m.d.sync += slot_valid.eq(0)
 
-        # The shadow registers may be refilled once the tile in them has swapped in
-        # everywhere: R cycles after the first entry of its instruction entered.
-        shadow_waiting = Signal()     # a preloaded tile has not started streaming yet
-        swap_settling = Signal(range(R))
+        # A shadow bank may be refilled once the tile in it has swapped in everywhere: R cycles after the first
+        # entry of its instruction entered. Banks fill in turn, and swap in the same order.
+        fill_bank = Signal()          # the bank the next tile shifts into
+        swap_bank = Signal()          # the bank the next swap takes
+        bank_waiting = Signal(2)      # per bank: a preloaded tile has not started streaming yet
+        bank_settling = [Signal(range(R), name=f"bank{bank}_settling") for bank in range(2)]
 
         word = self.instr.payload
         field = lambda name: instruction_field(word, name, Opcode.COMPUTE)
@@ -67,7 +71,8 @@ class Preloader(wiring.Component):
         m.d.sync += shifting.eq(0)
         m.d.comb += [
             self.weights.valid.eq(shifting),  # the weight read issued last cycle arrives now
-            self.weights.payload.eq(self.wgt_read.data),
+            self.weights.payload.row.eq(self.wgt_read.data),
+            self.weights.payload.bank.eq(pre.bank),
         ]
         with m.FSM(name="preloader") as fsm:
             with m.State("IDLE"):
@@ -90,13 +95,15 @@ class Preloader(wiring.Component):
                     m.d.comb += self.stall_token.eq(1)
                 with m.Else():
                     m.d.comb += self.token_pop.eq(wait_load)
-                    m.d.sync += pre.swap.eq(do_preload)
+                    m.d.sync += [pre.swap.eq(do_preload), pre.bank.eq(fill_bank)]
                     with m.If(do_preload):
                         m.next = "SHADOW"
                     with m.Else():
                         m.next = "HANDOFF"
             with m.State("SHADOW"):
-                with m.If(~shadow_waiting & (swap_settling == 0)):
+                free = Mux(fill_bank, ~bank_waiting[1] & (bank_settling[1] == 0),
+                           ~bank_waiting[0] & (bank_settling[0] == 0))
+                with m.If(free):
                     m.d.sync += shift_index.eq(0)
                     m.next = "SHIFT"
             with m.State("SHIFT"):
@@ -108,14 +115,23 @@ class Preloader(wiring.Component):
             with m.State("HANDOFF"):
                 with m.If(~slot_valid):
                     m.d.sync += [slot.eq(pre), slot_valid.eq(1)]
-                    with m.If(pre.swap):
-                        m.d.sync += shadow_waiting.eq(1)
+                    with m.If(pre.swap):  # its last row is in the array: the next tile takes the other bank
+                        m.d.sync += fill_bank.eq(~fill_bank)
                     m.next = "IDLE"
 
+        handed = fsm.ongoing("HANDOFF") & ~slot_valid & pre.swap
         with m.If(self.handoff.swapped):
-            m.d.sync += [shadow_waiting.eq(0), swap_settling.eq(R - 1)]
-        with m.Elif(swap_settling != 0):
-            m.d.sync += swap_settling.eq(swap_settling - 1)
+            m.d.sync += swap_bank.eq(~swap_bank)
+        for bank in range(2):
+            swapped = self.handoff.swapped & (swap_bank == bank)
+            with m.If(handed & (pre.bank == bank)):
+                m.d.sync += bank_waiting[bank].eq(1)
+            with m.Elif(swapped):
+                m.d.sync += bank_waiting[bank].eq(0)
+            with m.If(swapped):
+                m.d.sync += bank_settling[bank].eq(R - 1)
+            with m.Elif(bank_settling[bank] != 0):
+                m.d.sync += bank_settling[bank].eq(bank_settling[bank] - 1)
         m.d.comb += [
             self.idle.eq(fsm.ongoing("IDLE") & ~slot_valid),
             self.preloading.eq(~fsm.ongoing("IDLE") & ~fsm.ongoing("TOKEN")),

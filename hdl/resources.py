@@ -49,13 +49,14 @@ CHIPS = {
 # ULX3S builds (8x8, fixed point: 20.4 k LUT and 15.7 k FF; 40.3 k and 19.9 k with the residual add) and
 # Yosys 0.70 runs of larger cores
 # (../shared/TOOLCHAIN.md); the float32 path's share is the roughest. An array cell registers its
-# activation, two weights, its product and a 32-bit partial sum and adds; a lane pipelines six
+# activation, three weights (active and two shadow banks, chosen by an 8-bit 2:1 at the swap), its product and a
+# 32-bit partial sum and adds; a lane pipelines six
 # post-processor stages of 32- to 64-bit values and the residual add's; the rest (command processor, load and store units, CSRs, host
 # link, UART) grows with the memory port.
 #: The load unit's window set-up multiplies addresses (measured: 7 MULT18X18D); its request FIFO and the
 #: host link take block RAM beside the buffers (measured: 2 DP16KD).
 _WINDOW_DSPS, _FIFO_BRAMS = 7, 2
-_CELL = {"lut": 60, "ff": 94}
+_CELL = {"lut": 68, "ff": 102}
 _LANE = {"lut": 910, "ff": 700}
 _RESIDUAL_LANE = {"lut": 2490, "ff": 520}  # the ULX3S builds with and without it, over 8 lanes
 _FLOAT32_LANE = {"lut": 650, "ff": 690}  # the README: ~18 k LUT4 and ~22 k FF over 32 lanes

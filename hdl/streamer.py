@@ -24,7 +24,7 @@ class Streamer(wiring.Component):
     An instruction first waits for its store token (``next_tokens``, the
     compute unit's tokens with the store unit). Each cycle then reads one
     activation entry, which enters the array (``acts``) a cycle later, the
-    first of a preloaded tile flagged to swap the tile in; its dot products
+    first of a preloaded tile flagged to swap the tile in from its shadow bank; its dot products
     (``sums``) are added into, or written to, their accumulator entry, or with
     ``maximum`` (built with the configuration's ``max_pool``) the larger of
     each sum and the entry's value is kept. The
@@ -69,6 +69,7 @@ class Streamer(wiring.Component):
         signal_load = Signal()
         signal_store = Signal()
         swap = Signal()
+        bank = Signal()  # the shadow bank the swap takes
         busy = Signal()
         waiting = Signal()
 
@@ -100,7 +101,7 @@ class Streamer(wiring.Component):
                 act_addr.eq(taken.act_addr), count.eq(taken.count), acc_addr.eq(taken.acc_addr),
                 accumulate.eq(taken.accumulate), act_signed.eq(taken.act_signed),
                 act_zero_point.eq(taken.act_zero_point), signal_load.eq(taken.signal_load),
-                signal_store.eq(taken.signal_store), swap.eq(taken.swap),
+                signal_store.eq(taken.signal_store), swap.eq(taken.swap), bank.eq(taken.bank),
                 busy.eq(1), waiting.eq(taken.wait_store),
             ]
             if self.config.max_pool:
@@ -114,6 +115,7 @@ class Streamer(wiring.Component):
             self.acts.p.signed.eq(delayed(m, act_signed, 1, "elem_signed")),
             self.acts.p.zero_point.eq(delayed(m, act_zero_point, 1, "elem_zp")),
             self.acts.p.first.eq(delayed(m, first, 1, "elem_first", reset=True)),
+            self.acts.p.bank.eq(delayed(m, bank, 1, "elem_bank")),
         ]
         # Metadata reaches the accumulator read one cycle before the array's result.
         lead = self.array_latency  # from issue to the accumulator read

@@ -1,6 +1,6 @@
-"""Weight-stationary systolic array of multiply-accumulate cells with double-buffered weights."""
+"""Weight-stationary systolic array of multiply-accumulate cells with an active and two shadow weights."""
 
-from amaranth import Cat, Module, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.data import ArrayLayout
 from amaranth.lib.wiring import In, Out
@@ -11,20 +11,22 @@ __all__ = ["SystolicArray"]
 class SystolicArray(wiring.Component):
     """``rows`` x ``cols`` cells; activations move right, partial sums move down.
 
-    Each cell holds an *active* weight and a *shadow* weight. Cell ``(r, c)``
-    multiplies the activation it holds by its active weight, registers the
-    17-bit product (so the multiplier is pipelined), and adds it to the
-    partial sum from the cell above. New weights enter the shadow registers
-    from the top, one row per enabled shift, without disturbing the active
-    ones. An activation flagged ``act_first`` carries a swap: each cell
-    copies shadow to active just before that activation reaches it, so the
-    swap sweeps the array diagonally together with the data and the previous
-    tile's activations still in flight keep their weights.
+    Each cell holds an *active* weight and two *shadow* weights (banks 0
+    and 1). Cell ``(r, c)`` multiplies the activation it holds by its active
+    weight, registers the 17-bit product (so the multiplier is pipelined),
+    and adds it to the partial sum from the cell above. New weights enter
+    the shadow registers of bank ``wl_bank`` from the top, one row per
+    enabled shift, without disturbing the active ones or the other bank. An
+    activation flagged ``act_first`` carries a swap from bank ``act_bank``:
+    each cell copies that shadow to active just before the activation
+    reaches it, so the swap sweeps the array diagonally together with the
+    data and the previous tile's activations still in flight keep their
+    weights. One bank can fill while the other waits for its swap.
 
-    The caller skews the inputs: row ``r``'s activation enters ``r`` cycles
-    after row 0's, and column ``c`` of the weight-shift chain runs ``c``
-    cycles after column 0. An activation entering row ``r`` in cycle ``t``
-    is multiplied in column ``c`` in cycle ``t + 1 + c``.
+    The caller skews the inputs: row ``r``'s activation (and its flags)
+    enters ``r`` cycles after row 0's, and column ``c`` of the weight-shift
+    chain runs ``c`` cycles after column 0. An activation entering row ``r``
+    in cycle ``t`` is multiplied in column ``c`` in cycle ``t + 1 + c``.
 
     The registers that move activations along a row, and shadow weights
     along a column, are one wide shift register each: the netlist is the
@@ -41,8 +43,10 @@ class SystolicArray(wiring.Component):
         super().__init__({
             "act": In(ArrayLayout(signed(9), rows)),
             "act_first": In(ArrayLayout(1, rows)),
+            "act_bank": In(ArrayLayout(1, rows)),
             "wl_data": In(ArrayLayout(signed(8), cols)),
             "wl_en": In(ArrayLayout(1, cols)),
+            "wl_bank": In(ArrayLayout(1, cols)),
             "psum": Out(ArrayLayout(signed(psum_bits), cols)),
         })
 
@@ -52,7 +56,9 @@ class SystolicArray(wiring.Component):
         # Datapath registers need no reset: the valid bits outside the array have one.
         act_rows = [Signal(9 * C, name=f"act_row_{r}", reset_less=True) for r in range(R)]
         first_rows = [Signal(C - 1, name=f"first_row_{r}", reset_less=True) for r in range(R)]
-        shadow_cols = [Signal(8 * R, name=f"shadow_col_{c}", reset_less=True) for c in range(C)]
+        bank_rows = [Signal(C - 1, name=f"bank_row_{r}", reset_less=True) for r in range(R)]
+        shadow_cols = [[Signal(8 * R, name=f"shadow{bank}_col_{c}", reset_less=True) for c in range(C)]
+                       for bank in range(2)]
         active = [[Signal(signed(8), name=f"w_{r}_{c}", reset_less=True) for c in range(C)] for r in range(R)]
         product = [[Signal(signed(17), name=f"prod_{r}_{c}", reset_less=True) for c in range(C)] for r in range(R)]
         psum = [[Signal(signed(self.psum_bits), name=f"psum_{r}_{c}", reset_less=True) for c in range(C)]
@@ -62,17 +68,21 @@ class SystolicArray(wiring.Component):
             m.d.sync += [
                 act_rows[r].eq(Cat(self.act[r], act_rows[r][:9 * (C - 1)])),
                 first_rows[r].eq(Cat(self.act_first[r], first_rows[r][:C - 2])),
+                bank_rows[r].eq(Cat(self.act_bank[r], bank_rows[r][:C - 2])),
             ]
         for c in range(C):
-            with m.If(self.wl_en[c]):
-                m.d.sync += shadow_cols[c].eq(Cat(self.wl_data[c], shadow_cols[c][:8 * (R - 1)]))
+            for bank, shadow in enumerate(shadow_cols):
+                with m.If(self.wl_en[c] & (self.wl_bank[c] == bank)):
+                    m.d.sync += shadow[c].eq(Cat(self.wl_data[c], shadow[c][:8 * (R - 1)]))
 
         for r in range(R):
             for c in range(C):
-                # The flag of the activation that reaches this cell next cycle.
+                # The flags of the activation that reaches this cell next cycle.
                 swap = self.act_first[r] if c == 0 else first_rows[r][c - 1]
+                bank = self.act_bank[r] if c == 0 else bank_rows[r][c - 1]
                 with m.If(swap):
-                    m.d.sync += active[r][c].eq(shadow_cols[c][8 * r:8 * r + 8])
+                    m.d.sync += active[r][c].eq(Mux(bank, shadow_cols[1][c][8 * r:8 * r + 8],
+                                                    shadow_cols[0][c][8 * r:8 * r + 8]))
                 act = act_rows[r][9 * c:9 * c + 9].as_signed()
                 m.d.sync += product[r][c].eq(act * active[r][c])
                 above = psum[r - 1][c] if r > 0 else 0

@@ -167,7 +167,7 @@ def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle
     k_tiles, n_tiles = -(-k // R), -(-n // C)
     act_half, acc_half = config.act_depth // 2, config.acc_depth // 2
     wgt_half_tiles = config.wgt_depth // 2 // R
-    min_stream = 2 * R + 4  # shorter streams wait for the next weight tile
+    min_stream = R + 4  # shorter streams wait for the next weight tile (two shadow banks, docs/isa.md)
     candidates = sorted({min(m, acc_half, act_half)} | {b for b in (2 ** i for i in range(4, 17))
                                                          if b < m and b <= min(acc_half, act_half)})
     best, best_cycles = None, math.inf
@@ -182,7 +182,9 @@ def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle
                     for tiles_k, chunks in _block_sizes(k_tiles, k_chunk):
                         compute = tiles_k * tiles_n * max(rows, min_stream)
                         loaded = rows * tiles_k * R + tiles_n * tiles_k * R * C
-                        cycles += blocks_m * blocks_n * chunks * max(compute, loaded / bytes_per_cycle + latency)
+                        # Each LOAD pays (part of) the latency: K tiles' and N tiles'.
+                        fetch = loaded / bytes_per_cycle + ((tiles_k if rows > 1 else 1) + tiles_n) * latency
+                        cycles += blocks_m * blocks_n * chunks * max(compute, fetch)
                         traffic += blocks_m * blocks_n * chunks * loaded
             cycles += 1e-3 * traffic / bytes_per_cycle
             if cycles < best_cycles:
@@ -327,7 +329,10 @@ class GemmProgram:
             m0, rows, nt0, tiles_n = blocks[b]
             act_base, wgt_base = (c % 2) * act_half, (c % 2) * wgt_half
             j, i = np.arange(tiles_k), np.arange(tiles_n)
-            if self.conv is None:
+            if self.conv is None and rows == 1:  # one row's K tiles lie side by side: one LOAD
+                program.add(Opcode.LOAD, 1, buffer=Buffer.ACT, sram_addr=act_base, count=tiles_k,
+                            dram_addr=a_base + m0 * k_pad + kt0 * R, dram_stride=R, wait_compute=c >= 2)
+            elif self.conv is None:
                 program.add(Opcode.LOAD, tiles_k, buffer=Buffer.ACT, sram_addr=act_base + j * rows, count=rows,
                             dram_addr=a_base + m0 * k_pad + (kt0 + j) * R, dram_stride=k_pad,
                             first={"wait_compute": c >= 2})

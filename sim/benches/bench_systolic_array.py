@@ -4,8 +4,8 @@ The bench skews the inputs as the array expects: an activation vector
 entering row 0 in cycle ``t`` enters row ``r`` in cycle ``t + r``, and column
 ``c`` of the weight-shift chain runs ``c`` cycles after column 0. Column
 ``c`` of the vector's dot products then leaves in cycle ``t + rows + 2 + c``.
-Random int8 tiles shift in while the previous tile's activations stream, as
-early as the array allows, and the partial sums are as narrow as the array
+Random int8 tiles shift into the two shadow banks in turn while earlier tiles'
+activations stream, as early as the array allows, and the partial sums are as narrow as the array
 accepts, so the widest sums (extreme tiles and activations) must still fit.
 """
 
@@ -29,30 +29,35 @@ def component() -> SystolicArray:
 def schedule(rng: np.random.Generator, jobs: int):
     """Per-cycle inputs and expected outputs for ``jobs`` tiles, each used by a burst of activation vectors.
 
-    A tile's shifts into column 0 start ``R - 1`` cycles after the previous
-    tile's first vector entered row 0, or later; its first vector, flagged
-    ``act_first``, enters ``R`` cycles after its first shift, or later.
+    Tile ``j`` shifts into bank ``j % 2``: its shifts into column 0 start
+    ``R - 1`` cycles after tile ``j - 2``'s first vector entered row 0 and
+    after tile ``j - 1``'s shifts, or later; its first vector, flagged
+    ``act_first`` with its bank on ``act_bank``, enters ``R`` cycles after its
+    first shift, or later.
     Returns ``(drive, expect)``: ``drive[t]`` maps ports to values in cycle
     ``t``; ``expect[t]`` maps columns to the value ``psum`` must show then.
     """
     slack = lambda: int(rng.choice((0, 0, 0, 1, 4)))
-    acts, firsts, shifts, expect = {}, {}, {}, {}
-    previous_first = 1 - R  # the first shifts start in cycle 0
-    act_free = 0
-    for _ in range(jobs):
+    acts, firsts, banks, shifts, expect = {}, {}, {}, {}, {}
+    previous_firsts = [1 - R, 1 - R]  # per bank; the first shifts start in cycle 0
+    act_free = shift_free = 0
+    for j in range(jobs):
+        bank = j % 2
         extreme = rng.random() < 0.2
         tile = rng.choice([-128, 127], (R, C)) if extreme else rng.integers(-128, 128, (R, C))
-        s0 = previous_first + R - 1 + slack()
+        s0 = max(shift_free, previous_firsts[bank] + R - 1 + slack())
         for k in range(R):  # last row first
             for c in range(C):
-                shifts[(s0 + k + c, c)] = int(tile[R - 1 - k, c])
+                shifts[(s0 + k + c, c)] = (int(tile[R - 1 - k, c]), bank)
+        shift_free = s0 + R
         t = max(act_free, s0 + R + slack())
-        previous_first = t
+        previous_firsts[bank] = t
         for index in range(int(rng.integers(1, 9))):
             vector = rng.choice([-255, 255], R) if extreme else rng.integers(-255, 256, R)
             for r in range(R):
                 acts[(t + r, r)] = int(vector[r])
                 firsts[(t + r, r)] = int(index == 0)
+                banks[(t + r, r)] = bank
             for c, value in enumerate(vector @ tile):
                 expect.setdefault(t + LATENCY + c, {})[c] = int(value)
             act_free = t + 1
@@ -64,8 +69,10 @@ def schedule(rng: np.random.Generator, jobs: int):
         drive.append({
             "act": pack([acts.get((t, r), int(rng.integers(-255, 256))) for r in range(R)], 9),
             "act_first": pack([firsts.get((t, r), 0) for r in range(R)], 1),
-            "wl_data": pack([shifts.get((t, c), int(rng.integers(-128, 128))) for c in range(C)], 8),
+            "act_bank": pack([banks.get((t, r), int(rng.integers(2))) for r in range(R)], 1),
+            "wl_data": pack([shifts.get((t, c), (int(rng.integers(-128, 128)),))[0] for c in range(C)], 8),
             "wl_en": pack([(t, c) in shifts for c in range(C)], 1),
+            "wl_bank": pack([shifts.get((t, c), (0, int(rng.integers(2))))[1] for c in range(C)], 1),
         })
     return drive, expect
 
