@@ -157,17 +157,21 @@ def _block_sizes(total: int, size: int) -> list[tuple[int, int]]:
 
 
 def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle: float = 32.0,
-              latency: int = 40) -> GemmTiling:
-    """Choose the tiling with the fewest estimated cycles, loads double-buffered against compute.
+              latency: int = 40, adds: bool = False) -> GemmTiling:
+    """Choose the tiling with the fewest estimated cycles, loads double-buffered against compute and each block's
+    STOREs against the next block.
 
-    ``bytes_per_cycle`` and ``latency`` describe the memory the program will
-    run against; among equally fast tilings the one that moves fewer bytes wins.
+    ``bytes_per_cycle`` and ``latency`` describe the memory the program will run against (loads and stores share
+    it); ``adds``: the STOREs read an addend row per row. Among equally fast tilings the one that moves fewer bytes
+    wins.
     """
     R, C = config.rows, config.cols
     k_tiles, n_tiles = -(-k // R), -(-n // C)
     act_half, acc_half = config.act_depth // 2, config.acc_depth // 2
     wgt_half_tiles = config.wgt_depth // 2 // R
     min_stream = R + 4  # shorter streams wait for the next weight tile (two shadow banks, docs/isa.md)
+    # A STORE reads its parameter (and add) block and, adding, its first addend rows before its rows stream.
+    store_start = latency * (1 + adds) + 12 * C / bytes_per_cycle + 14
     candidates = sorted({min(m, acc_half, act_half)} | {b for b in (2 ** i for i in range(4, 17))
                                                          if b < m and b <= min(acc_half, act_half)})
     best, best_cycles = None, math.inf
@@ -179,13 +183,18 @@ def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle
             cycles = traffic = 0.0
             for rows, blocks_m in _block_sizes(m, m_block):
                 for tiles_n, blocks_n in _block_sizes(n_tiles, n_block):
+                    block = loaded = 0.0
                     for tiles_k, chunks in _block_sizes(k_tiles, k_chunk):
                         compute = tiles_k * tiles_n * max(rows, min_stream)
-                        loaded = rows * tiles_k * R + tiles_n * tiles_k * R * C
+                        chunk = rows * tiles_k * R + tiles_n * tiles_k * R * C
                         # Each LOAD pays (part of) the latency: K tiles' and N tiles'.
-                        fetch = loaded / bytes_per_cycle + ((tiles_k if rows > 1 else 1) + tiles_n) * latency
-                        cycles += blocks_m * blocks_n * chunks * max(compute, fetch)
-                        traffic += blocks_m * blocks_n * chunks * loaded
+                        fetch = chunk / bytes_per_cycle + ((tiles_k if rows > 1 else 1) + tiles_n) * latency
+                        block += chunks * max(compute, fetch)
+                        loaded += chunks * chunk
+                    stored = rows * tiles_n * C * (1 + adds)
+                    store = tiles_n * store_start + stored / bytes_per_cycle
+                    cycles += blocks_m * blocks_n * max(block, store, (loaded + stored) / bytes_per_cycle)
+                    traffic += blocks_m * blocks_n * (loaded + stored)
             cycles += 1e-3 * traffic / bytes_per_cycle
             if cycles < best_cycles:
                 best, best_cycles = GemmTiling(m_block, n_block, k_chunk), cycles
@@ -252,7 +261,8 @@ class GemmProgram:
                             f"{(self.m, self.n)}")
         self._check_memory_size()
         self.tiling = tiling or plan_gemm(config, self.m, self.k_pad, self.n,
-                                          bytes_per_cycle=memory_bytes_per_cycle or config.mem_bytes)
+                                          bytes_per_cycle=memory_bytes_per_cycle or config.mem_bytes,
+                                          adds=residual is not None)
         self._check_tiling()
         self.program = self._build(a, w, addend)
 
