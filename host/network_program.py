@@ -198,7 +198,8 @@ class _Unplaceable(Exception):
 
 def _placements(links: list[Link], regions: list) -> tuple[dict, dict]:
     """Where Concats put their parts: per link index and per Concat, the buffer it lies in (the outermost Concat)
-    and its channel offset there (none for an outermost Concat or a link in none); and per buffer its rows. :class:`_Unplaceable` says why they cannot be laid out so."""
+    and its channel offset there (none for an outermost Concat or a link in none); and per buffer its rows.
+    :class:`_Unplaceable` says why they cannot be laid out so."""
     concats: dict[Concat, None] = {}  # in the order met
 
     def gather(source) -> None:

@@ -174,7 +174,8 @@ def _concatenated_ranges(graph: Graph, ranges: dict) -> dict[str, tuple[float, f
 
     concatenated = set()
     for node in graph.nodes:
-        if node.op == "Concat" and node.attrs.get("axis") in (1, -3) and len(graph.shapes.get(node.outputs[0], ())) == 4 \
+        feature_maps = len(graph.shapes.get(node.outputs[0], ())) == 4
+        if node.op == "Concat" and node.attrs.get("axis") in (1, -3) and feature_maps \
                 and all(name in ranges and name not in graph.constants for name in node.inputs):
             join([node.outputs[0], *node.inputs])
             concatenated.add(node.outputs[0])

@@ -60,10 +60,13 @@ def _source_name(source) -> str:
 
 
 class Classifier:
-    """Classifies images with a model package on one of :data:`~mvu.host.executors.BACKENDS`."""
+    """Classifies images with a model package on one of :data:`~mvu.host.executors.BACKENDS`: with ``network``, each
+    batch size's layers linked into one program where they link (the device runs the network alone: the host writes
+    the input and reads the results), else one program per layer (each layer's own cycles, as ``mvu profile``
+    shows them)."""
 
     def __init__(self, package: ModelPackage, backend: str = "reference", config: HardwareConfig | None = None,
-                 executor=None, *, network: bool = False):
+                 executor=None, *, network: bool = True):
         from mvu.host.runtime.preprocess import PreprocessRecipe
 
         self.package = package

@@ -218,7 +218,7 @@ def onnxruntime_int8_comparison(recipe: str, package, image, *, backends=("refer
               "model": "the recipe quantized by onnxruntime.quantization (QOperator, per-channel int8); "
                        "onnxruntime and mvu run that same int8 model, their runs interleaved"}
     for backend in backends:
-        classifier = Classifier(int8, backend, network=True)
+        classifier = Classifier(int8, backend)
         logits, _ = classifier.logits(x)  # the first image builds the layers' programs
         report["mvu"][backend] = {"bit_exact_with_onnxruntime": bool(np.array_equal(logits, expected))}
         runs[backend] = lambda classifier=classifier: classifier.logits(x)

@@ -309,6 +309,9 @@ def _cmd_run(args) -> int:
         results.append(prediction.to_dict())
         if not args.json:
             _print_prediction(prediction, args.backend)
+    unlinked = classifier.runner.networks.get(1)
+    if isinstance(unlinked, str):  # where the network is not one program, say why
+        print(f"mvu: one program per layer: {unlinked}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0
@@ -348,7 +351,7 @@ def _cmd_profile(args) -> int:
 
     config = _load_config(args.config)
     package = load_package(args.package, config)
-    classifier = Classifier(package, args.backend, config, executor=_executor(args, config))
+    classifier = Classifier(package, args.backend, config, executor=_executor(args, config), network=False)
     prediction = classifier.classify(args.image or demo_photos()[0])
     print(layer_table(prediction.layers, config))
     if args.plot:

@@ -1,8 +1,8 @@
 """cocotb bench of :class:`mvu.hdl.load_unit.LoadUnit`: random LOADs against a random-latency memory.
 
 Every buffer write, memory request and token pulse is checked against what
-the instructions ask for, with a LOAD issuing while the one before it drains. Activation entries take two memory beats and
-weight entries four, so beats are gathered in both widths. Window LOADs
+the instructions ask for, with a LOAD issuing while the one before it drains.
+Activation entries take two memory beats and weight entries four, so beats are gathered in both widths. Window LOADs
 (implicit im2col, padding on every side, strides and dilations of 1 to 3) are
 checked against the contract's definition (:mod:`mvu.hdl.contract.window`):
 the entries inside the input are requested in order, each entry is written
