@@ -85,16 +85,21 @@ def test_the_network_program_is_bit_exact_on_the_rtl(verilator_executors):
     assert sum(s.cycles for s in runner.stats) > 0
 
 
-def test_a_host_layer_between_programs_keeps_one_program_per_layer():
-    """A layer the host computes between two programs (a reflect pad) stops the link, named; the batch still runs
-    layer by layer, exactly."""
+def padded_network():
+    """Two convolutions with a reflect pad, which the host computes, between them."""
     rng = np.random.default_rng(0)
     g = GraphBuilder("padded", (1, 3, 8, 8))
     x = g.relu(g.conv("input", rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8), padding=1))
     x = g.node("Pad", [x, g.constant(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))], mode="reflect")
     x = g.relu(g.conv(x, rng.normal(0, 0.3, (8, 8, 3, 3)), rng.normal(0, 0.1, 8)))
-    model = quantized(g.build(g.gemm(g.flatten(g.global_average_pool(x)), rng.normal(0, 0.3, (4, 8)),
-                                     rng.normal(0, 0.1, 4)), classes=4), (3, 8, 8))
+    return quantized(g.build(g.gemm(g.flatten(g.global_average_pool(x)), rng.normal(0, 0.3, (4, 8)),
+                                    rng.normal(0, 0.1, 4)), classes=4), (3, 8, 8))
+
+
+def test_a_host_layer_between_programs_keeps_one_program_per_layer():
+    """A layer the host computes between two programs (a reflect pad) stops the link, named; the batch still runs
+    layer by layer, exactly."""
+    model = padded_network()
     pad = next(layer for layer in model.layers if layer.kind == "pad")
     x = np.random.default_rng(5).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
     runner = ModelRunner(model, TINY, "reference", network=True)
@@ -251,3 +256,24 @@ def test_a_layer_beyond_the_devices_memory_is_a_clear_error():
     with pytest.raises(DeviceMemoryError, match=r"layer \S+'s program needs [\d,]+ bytes of memory; the device "
                                                 r"holds 1,024"):
         runner.run_batch(x)
+
+
+def test_mvu_run_says_why_a_network_is_one_program_per_layer(tmp_path, capsys):
+    """``mvu run`` links the network by default; where it cannot, it says which layer keeps it apart."""
+    import json
+
+    from mvu.host.compiler.recipes import demo_photos
+    from mvu.host.model.package import ModelPackage, save_package
+    from mvu.host.runtime.preprocess import TORCHVISION
+    from mvu.host.tools.cli import main
+
+    model = padded_network()
+    pad = next(layer for layer in model.layers if layer.kind == "pad")
+    preprocessing = {**TORCHVISION.to_dict(), "resize": 8, "crop": 8}
+    path = save_package(ModelPackage("padded", model, TINY, preprocessing=preprocessing,
+                                     labels=[f"class {i}" for i in range(4)], source_sha256="0" * 64), tmp_path / "padded.mvu")
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY.to_dict()))
+    assert main(["--config", str(config), "run", str(path), str(demo_photos()[0]), "--backend", "reference"]) == 0
+    err = capsys.readouterr().err
+    assert "one program per layer" in err and pad.name in err, err
