@@ -158,8 +158,9 @@ def _block_sizes(total: int, size: int) -> list[tuple[int, int]]:
 
 def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle: float = 32.0,
               latency: int = 40, adds: bool = False) -> GemmTiling:
-    """Choose the tiling with the fewest estimated cycles, loads double-buffered against compute and each block's
-    STOREs against the next block.
+    """Choose the tiling with the fewest estimated cycles: loads double-buffered against compute, each block's
+    STOREs against the next block, and the first chunk's loads and the last block's STOREs alone (a program
+    starts and ends drained).
 
     ``bytes_per_cycle`` and ``latency`` describe the memory the program will run against (loads and stores share
     it); ``adds``: the STOREs read an addend row per row. Among equally fast tilings the one that moves fewer bytes
@@ -172,32 +173,40 @@ def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle
     min_stream = R + 4  # shorter streams wait for the next weight tile (two shadow banks, docs/isa.md)
     # A STORE reads its parameter (and add) block and, adding, its first addend rows before its rows stream.
     store_start = latency * (1 + adds) + 12 * C / bytes_per_cycle + 14
+
+    def fetch(rows: int, tiles_k: int, tiles_n: int) -> tuple[float, int]:
+        """Cycles and bytes of a chunk's LOADs: one per K tile (one for a single row) and one per N tile, each
+        paying the latency."""
+        loaded = rows * tiles_k * R + tiles_n * tiles_k * R * C
+        return loaded / bytes_per_cycle + ((tiles_k if rows > 1 else 1) + tiles_n) * latency, loaded
+
+    def store(rows: int, tiles_n: int) -> tuple[float, int]:
+        stored = rows * tiles_n * C * (1 + adds)
+        return tiles_n * store_start + stored / bytes_per_cycle, stored
+
     candidates = sorted({min(m, acc_half, act_half)} | {b for b in (2 ** i for i in range(4, 17))
                                                          if b < m and b <= min(acc_half, act_half)})
     best, best_cycles = None, math.inf
     for m_block in candidates:
         for n_block in range(1, min(n_tiles, wgt_half_tiles, acc_half // m_block) + 1):
-            k_chunk = min(k_tiles, act_half // m_block, wgt_half_tiles // n_block)
-            if k_chunk < 1:
-                continue
-            cycles = traffic = 0.0
-            for rows, blocks_m in _block_sizes(m, m_block):
-                for tiles_n, blocks_n in _block_sizes(n_tiles, n_block):
-                    block = loaded = 0.0
-                    for tiles_k, chunks in _block_sizes(k_tiles, k_chunk):
-                        compute = tiles_k * tiles_n * max(rows, min_stream)
-                        chunk = rows * tiles_k * R + tiles_n * tiles_k * R * C
-                        # Each LOAD pays (part of) the latency: K tiles' and N tiles'.
-                        fetch = chunk / bytes_per_cycle + ((tiles_k if rows > 1 else 1) + tiles_n) * latency
-                        block += chunks * max(compute, fetch)
-                        loaded += chunks * chunk
-                    stored = rows * tiles_n * C * (1 + adds)
-                    store = tiles_n * store_start + stored / bytes_per_cycle
-                    cycles += blocks_m * blocks_n * max(block, store, (loaded + stored) / bytes_per_cycle)
-                    traffic += blocks_m * blocks_n * (loaded + stored)
-            cycles += 1e-3 * traffic / bytes_per_cycle
-            if cycles < best_cycles:
-                best, best_cycles = GemmTiling(m_block, n_block, k_chunk), cycles
+            most = min(k_tiles, act_half // m_block, wgt_half_tiles // n_block)
+            for k_chunk in sorted({most} | {c for c in (2 ** i for i in range(8)) if c < most}):
+                cycles = traffic = 0.0
+                for rows, blocks_m in _block_sizes(m, m_block):
+                    for tiles_n, blocks_n in _block_sizes(n_tiles, n_block):
+                        block = loaded = 0.0
+                        for tiles_k, chunks in _block_sizes(k_tiles, k_chunk):
+                            compute = tiles_k * tiles_n * max(rows, min_stream)
+                            cycles_in, chunk = fetch(rows, tiles_k, tiles_n)
+                            block += chunks * max(compute, cycles_in)
+                            loaded += chunks * chunk
+                        cycles_out, stored = store(rows, tiles_n)
+                        cycles += blocks_m * blocks_n * max(block, cycles_out, (loaded + stored) / bytes_per_cycle)
+                        traffic += blocks_m * blocks_n * (loaded + stored)
+                first = fetch(min(m, m_block), min(k_tiles, k_chunk), min(n_tiles, n_block))[0]
+                cycles += first + store(min(m, m_block), min(n_tiles, n_block))[0] + 1e-3 * traffic / bytes_per_cycle
+                if cycles < best_cycles:
+                    best, best_cycles = GemmTiling(m_block, n_block, k_chunk), cycles
     if best is None:
         raise GemmError(f"no tiling fits the buffers of {config.describe()}")
     return best
