@@ -212,7 +212,7 @@ class ModelRunner:
         self._links: list[Link] | None = None  # being recorded by a layer-by-layer batch
         self._producers: dict[str, int | str] = {}  # per tensor: the link writing it, or the host layer that does
         self._aliases: dict[str, str] = {}  # per tensor a fused Add or table hands on: the tensor whose bytes it is
-        self._replay: tuple[NetworkProgram, list[Link]] | None = None  # the network a batch runs, links to go
+        self._replay: tuple[NetworkProgram, list[int]] | None = None  # the network a batch runs, its links to go
         if executor is None:
             executor = make_executor(backend, config)
         self.executor = executor
