@@ -136,7 +136,7 @@ def test_the_placement_table_follows_the_configuration():
     assert "on the host" in runner.networks[1]
 
 
-def dense_network(nested: bool, size: int = 8) -> onnx.ModelProto:
+def dense_network(nested: bool, size: int = 8, growth: int = 4) -> onnx.ModelProto:
     """DenseNet in small: dense layers (BatchNorm+ReLU on a Concat, 1x1 Conv+ReLU, 3x3 Conv) whose outputs join the
     block's running Concat, nested (``Concat(x, new)``) or flat (``Concat(x0, new1, ..., newk)``, torchvision's
     export); a transition (BatchNorm+ReLU, 1x1 Conv, 2x2 average pool); BatchNorm+ReLU, GAP and FC. Some BatchNorm
@@ -153,9 +153,9 @@ def dense_network(nested: bool, size: int = 8) -> onnx.ModelProto:
         features = [x]
         for _ in range(layers):
             y = g.relu(g.conv(norm(x, channels), rng.normal(0, 0.3, (8, channels, 1, 1)), rng.normal(0, 0.1, 8)))
-            features.append(g.conv(y, rng.normal(0, 0.3, (4, 8, 3, 3)), rng.normal(0, 0.1, 4), padding=1))
+            features.append(g.conv(y, rng.normal(0, 0.3, (growth, 8, 3, 3)), rng.normal(0, 0.1, growth), padding=1))
             x = g.concat([x, features[-1]] if nested else features)
-            channels += 4
+            channels += growth
         return x, channels
 
     x = g.max_pool(g.relu(g.conv("input", rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8), padding=1)), 3, 2, 1)
@@ -200,6 +200,17 @@ def test_concatenations_by_addressing_are_bit_exact_on_the_rtl(verilator_executo
     runner.run_batch(x)
     assert isinstance(runner.networks[1], NetworkProgram), runner.networks[1]
     np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, TINY, "reference").run_batch(x))
+
+
+def test_parts_that_do_not_fill_whole_column_tiles_are_named():
+    """A dense layer of 3 channels on a 4-column array writes rows of 4 bytes, one of them padding, which its
+    concatenation cannot take: the link says so, and the batch runs layer by layer, exactly."""
+    model = quantized(dense_network(nested=True, growth=3))
+    x = np.random.default_rng(14).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    runner = ModelRunner(model, TINY, "reference", network=True)
+    runner.run_batch(x)
+    assert "cannot take as 3 channels" in runner.networks[1], runner.networks[1]
+    np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, TINY, "numpy").run_batch(x))
 
 
 def test_a_tensor_concatenated_in_two_places_is_named():
