@@ -211,10 +211,13 @@ def _placements(links: list[Link], regions: list) -> tuple[dict, dict]:
     for entry in links:
         gather(entry.source)
     within: dict = {}  # a link index or a Concat -> the (Concat, offset) places it lies at
+    widths: dict[int, int] = {}  # a link index -> the channels a Concat takes of it
     for concat in concats:
         offset = 0
         for part, channels in concat.parts:
             within.setdefault(part, []).append((concat, offset))
+            if not isinstance(part, Concat):
+                widths[part] = channels
             offset += channels
         for other in concats:  # a Concat whose parts begin another's is that one's first channels
             if len(other.parts) > len(concat.parts) and all(
@@ -238,9 +241,7 @@ def _placements(links: list[Link], regions: list) -> tuple[dict, dict]:
     for key in within:
         where = place(key)
         if isinstance(key, int):
-            region, entry = regions[key][1], links[key]
-            outer = within[key][0][0]
-            channels = next(c for part, c in outer.parts if not isinstance(part, Concat) and part == key)
+            region, entry, channels = regions[key][1], links[key], widths[key]
             if region.pitch != region.valid or region.valid != channels or entry.program.requant is None:
                 raise _Unplaceable(f"{entry.layer} writes rows ({region.valid} of {region.pitch} bytes) that its "
                                    f"concatenation cannot take as {channels} channels")
