@@ -1,18 +1,25 @@
-"""The reference executor's fast paths follow memory: a plan rerun after its add blocks, weights or parameters change
-in memory writes what the interpreter writes for the new bytes."""
+"""The reference executor's fast paths give the slow paths' bits: a plan rerun after its add blocks, weights or
+parameters change in memory writes what the interpreter writes for the new bytes; the residual add's float32 kernel
+gives the integer model's sums; weights vouched for as fixed are compared once."""
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import NARROW, TINY
 from test_fused_products import expected_output, fused_or_skip, random_case
+from test_network_program import quantized, small_network
 
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import Opcode
 from mvu.hdl.contract.requantization import Requantization
-from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
+from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd, residual_add
+from mvu.host.executors import FIXED_WEIGHTS
+from mvu.host.executors.fused_products import FusedProduct
 from mvu.host.executors.kernels import diagonal_maxima, same_bytes
 from mvu.host.executors.reference import ReferenceExecutor
+from mvu.host.executors.residual_add import _float32_coefficients, add_rows
 from mvu.host.gemm import GemmProgram
+from mvu.host.network_program import NetworkProgram
+from mvu.host.runtime.runner import ModelRunner
 
 
 def assert_plan_is_interpreter(executor: ReferenceExecutor, program) -> None:
@@ -114,3 +121,97 @@ def test_a_fused_product_reruns_on_its_buffers_with_their_new_bytes():
     product.run(other_x, other_out)
     np.testing.assert_array_equal(other_out, expected_output(other_x, zero_point, w, parameters, 9, 3, 250))
     np.testing.assert_array_equal(out, expected_output(x, zero_point, w, parameters, 9, 3, 250))
+
+
+def residual_adds(rng: np.random.Generator) -> list[ResidualAdd]:
+    """Adds of random float32 coefficients in both operand orders, and edge cases: halves that tie (at both
+    roundings), negative ratios, clamps, a start far below the ratios (sums beyond 2**53 grid units) and zeros."""
+    adds = [ResidualAdd.from_float32(0.5, 0.5, -0.25), ResidualAdd.from_float32(0.5, 1.0, 0.5, q_inner=True),
+            ResidualAdd.from_float32(-0.75, 1.5, 300.0, low=3, high=250), ResidualAdd(0, 0, 0, 0),
+            ResidualAdd.from_float32(90.5, -60.25, np.float32(2.0 ** -40)),
+            ResidualAdd.from_float32(np.float32(1 + 2.0 ** -23), np.float32(3 * 2.0 ** -24), 127.5, q_inner=True)]
+    for _ in range(20):
+        ratios = rng.uniform(-2, 2, 2).astype(np.float32)
+        low, high = sorted(int(x) for x in rng.integers(0, 256, 2))
+        adds.append(ResidualAdd.from_float32(*ratios, np.float32(rng.uniform(-300, 300)),
+                                             q_inner=bool(rng.integers(0, 2)), low=low, high=high))
+    return adds
+
+
+def test_fused_multiply_adds_give_the_contracts_sums_of_every_byte_pair():
+    """The float32 kernel against the integer model (the add's table) on all 65,536 byte pairs, written into a
+    new array, into the codes themselves and into a strided view."""
+    codes = np.arange(256, dtype=np.uint8)
+    q, b = (pair.ravel() for pair in np.meshgrid(codes, codes, indexing="ij"))
+    fast = 0
+    for add in residual_adds(np.random.default_rng(8)):
+        want = residual_add(q, b, add)
+        fast += _float32_coefficients(add) is not None
+        np.testing.assert_array_equal(add_rows(add, q, b), want)
+        in_place = q.copy()
+        assert add_rows(add, in_place, b, out=in_place) is in_place
+        np.testing.assert_array_equal(in_place, want)
+        rows = np.zeros((256, 300), np.uint8)
+        add_rows(add, q.reshape(256, 256), b.reshape(256, 256), out=rows[:, 7:263])
+        np.testing.assert_array_equal(rows[:, 7:263], want.reshape(256, 256))
+        assert not rows[:, :7].any() and not rows[:, 263:].any()
+    assert fast >= 20  # the kernel, not the table, computed nearly all of them
+
+
+def test_fused_multiply_adds_round_each_sum_once():
+    """3 * (1 + 2**-23) - 3 is 3 * 2**-23 exactly, but 4 * 2**-23 where the product is rounded first; plus
+    0.5 - 3.5 * 2**-23 that sum lands just below the tie at 0.5 (rint: 0), or just above it (1)."""
+    add = ResidualAdd.from_float32(np.float32(0.5 - 3.5 * 2.0 ** -23), np.float32(1 + 2.0 ** -23), -3.0)
+    q, b = np.array([1], np.uint8), np.array([3], np.uint8)
+    assert residual_add(q, b, add)[0] == 0
+    assert _float32_coefficients(add) is not None
+    assert add_rows(add, q, b)[0] == 0
+
+
+def fused_gemm(rng: np.random.Generator) -> tuple[GemmProgram, np.ndarray]:
+    """A float32-scale GEMM (fused on onnxruntime where it is exact here) and its weights."""
+    a = rng.integers(0, 256, (40, 50), dtype=np.uint8)
+    w = rng.integers(-128, 128, (50, 30), dtype=np.int8)
+    w[0], w[1] = -128, 127
+    requant = Requantization.from_float32_scales(rng.uniform(1e-4, 1e-2, 30), rng.integers(-999, 999, 30),
+                                                 out_zero_point=4, clamp_min=0, clamp_max=255)
+    return GemmProgram(NARROW, a, w, act_zero_point=7, requant=requant), w
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["checked", "fixed"])
+def test_fixed_weights_are_compared_only_when_packed(fixed, monkeypatch):
+    """A program whose notes vouch for its weights has them packed and compared on its first run only, and every
+    run, on new activations each time, writes what the interpreter writes; without the note every run compares."""
+    gemm, _ = fused_gemm(np.random.default_rng(21))
+    if fixed:
+        gemm.program.notes[FIXED_WEIGHTS] = True
+    executor = ReferenceExecutor(NARROW)
+    assert_plan_is_interpreter(executor, gemm.program)
+    plan = gemm.program.notes[ReferenceExecutor._NOTE].plan
+    if not any(plan._fused.values()):
+        pytest.skip("onnxruntime's int8 kernels are not exact on this machine; the general path runs instead")
+    compared = []
+    original = FusedProduct.same_weights
+    monkeypatch.setattr(FusedProduct, "same_weights", lambda self, w: compared.append(1) or original(self, w))
+    rng = np.random.default_rng(22)
+    for _ in range(3):
+        gemm.load_activations(rng.integers(0, 256, (40, 50), dtype=np.uint8))
+        assert_plan_is_interpreter(executor, gemm.program)
+    assert len(compared) == (0 if fixed else 3)
+
+
+def test_the_runner_vouches_for_the_weights_of_the_programs_it_builds():
+    """The runner writes nothing but inputs into its programs between runs: its layers' programs and the network it
+    links carry :data:`FIXED_WEIGHTS`, and the network's reruns on new inputs still give the numpy backend's
+    logits."""
+    model = quantized(small_network())
+    runner = ModelRunner(model, TINY, "reference", network=True)
+    rng = np.random.default_rng(23)
+    runner.run_batch(rng.integers(0, 256, (1, 3, 8, 8), dtype=np.uint8))
+    network = runner.networks[1]
+    assert isinstance(network, NetworkProgram), network
+    assert network.program.notes[FIXED_WEIGHTS]
+    assert runner._programs and all(p.program.notes[FIXED_WEIGHTS] for p in runner._programs.values())
+    for _ in range(2):
+        x = rng.integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+        np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, TINY, "numpy").run_batch(x))

@@ -13,7 +13,13 @@ from typing import Callable, Protocol
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.program import Program, RunResult
 
-__all__ = ["Executor", "Backend", "BACKENDS", "make_executor"]
+__all__ = ["Executor", "Backend", "BACKENDS", "FIXED_WEIGHTS", "make_executor"]
+
+#: A key of :attr:`Program.notes <mvu.hdl.contract.program.Program.notes>`: ``True`` where the program's owner
+#: promises that its weights (the bytes its weight LOADs read) stay as they are from run to run, because it writes
+#: nothing into the program's memory between runs but the inputs (the runner, for the programs it builds). An
+#: executor may then check or copy them on the first run only; without the note, it must read them on every run.
+FIXED_WEIGHTS = "fixed weights"
 
 
 class Executor(Protocol):

@@ -103,7 +103,8 @@ class ExecutionPlan:
 
     Products written out by one float32-scale store per column tile run as a
     :class:`~mvu.host.executors.fused_products.FusedProduct` each, packed on first use and
-    repacked when the memory's weights or parameters change.
+    repacked when the memory's weights or parameters change: parameters are compared on every run, weights too
+    unless the caller vouches that they are fixed (``fixed_weights``: then only on the run that packs them).
     """
 
     def __init__(self, config: HardwareConfig, products: list[_Product], windows: WindowGather | None = None):
@@ -112,10 +113,10 @@ class ExecutionPlan:
         self._fused: dict[int, tuple[FusedProduct, np.ndarray] | None] = {
             i: None for i, p in enumerate(products) if _fusable(p)}
 
-    def run(self, memory: np.ndarray) -> None:
+    def run(self, memory: np.ndarray, *, fixed_weights: bool = False) -> None:
         scratch = None if self.windows is None else self.windows.gather(memory)
         for index, product in enumerate(self.products):
-            if index in self._fused and self._run_fused(memory, scratch, index, product):
+            if index in self._fused and self._run_fused(memory, scratch, index, product, fixed_weights):
                 continue
             acc = self._multiply(memory, scratch, product)
             if product.output is not None:
@@ -128,16 +129,18 @@ class ExecutionPlan:
                 self._store(memory, block, store, (store.params,), _Rows(store.dram_addr, store.rows, width,
                                                                         store.dram_stride))
 
-    def _run_fused(self, memory: np.ndarray, scratch: np.ndarray | None, index: int, product: _Product) -> bool:
+    def _run_fused(self, memory: np.ndarray, scratch: np.ndarray | None, index: int, product: _Product,
+                   fixed_weights: bool) -> bool:
         """Run a fusable product as a :class:`FusedProduct`; ``False`` where onnxruntime cannot (never again
-        tried for this product: that depends only on the instructions and the machine)."""
+        tried for this product: that depends only on the instructions and the machine). Its packed weights are
+        compared with the memory's unless ``fixed_weights``."""
         where, blocks = product.output
         store = product.blocks[0][2]
         rows, signed, zero_point = product.act[0]
         w = product.wgt[0][0].view(memory).view(np.int8)
         raw = self._parameter_bytes(memory, blocks)
         packed = self._fused[index]
-        if packed is None or not (same_bytes(raw, packed[1]) and packed[0].same_weights(w)):
+        if packed is None or not (same_bytes(raw, packed[1]) and (fixed_weights or packed[0].same_weights(w))):
             fused = fused_product(
                 w, self._parameters(raw, w.shape[1]), act_signed=signed, act_zero_point=zero_point,
                 out_zero_point=store.out_zero_point, clamp_min=store.clamp_min, clamp_max=store.clamp_max)
@@ -200,7 +203,7 @@ class ExecutionPlan:
             for t, add in enumerate(adds)]
         for rows, add in tiles:
             written = rows.view(memory)
-            written[...] = add_rows(add, written, rows._replace(start=rows.start + add.addend_offset).view(memory))
+            add_rows(add, written, rows._replace(start=rows.start + add.addend_offset).view(memory), out=written)
 
     def _parameter_bytes(self, memory: np.ndarray, blocks: tuple) -> np.ndarray:
         """Column tiles' parameter blocks (``blocks``: their addresses, ``None`` for never loaded: all zero) side by

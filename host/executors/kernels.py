@@ -11,12 +11,22 @@ numba's user cache) after the first use.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
-__all__ = ["postprocess_rows", "float32_requantize_rows", "qlinear_add", "depthwise_sums", "diagonal_sums",
-           "diagonal_maxima", "same_bytes"]
+__all__ = ["postprocess_rows", "float32_requantize_rows", "qlinear_add", "fused_multiply_adds", "depthwise_sums",
+           "diagonal_sums", "diagonal_maxima", "same_bytes"]
 
 _JIT = dict(cache=True, nogil=True)
+
+
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """``a * b + c`` of float32 values rounded once (LLVM's ``llvm.fma``: a fused multiply-add whatever the
+    processor, its instruction where it has one)."""
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+    return types.float32(types.float32, types.float32, types.float32), codegen
 
 
 @njit(**_JIT)
@@ -81,6 +91,28 @@ def qlinear_add(a: np.ndarray, b: np.ndarray, ratio_a: np.float32, ratio_b: np.f
     _qlinear_add(flat[0], flat[1], np.float64(ratio_a), np.float64(ratio_b), np.float32(start),
                  np.float32(low), np.float32(high), flat[2])
     return out
+
+
+@njit(**_JIT)
+def _fused_multiply_adds(codes, addend, ratio_codes, ratio_addend, start, codes_inner, low, high):
+    # in place, so that the only store aliases a load at its own index and the loops vectorize
+    if codes_inner:
+        for i in range(codes.size):
+            partial = _fma32(np.float32(codes[i]), ratio_codes, start)
+            codes[i] = np.uint8(min(max(np.rint(_fma32(np.float32(addend[i]), ratio_addend, partial)), low), high))
+    else:
+        for i in range(codes.size):
+            partial = _fma32(np.float32(addend[i]), ratio_addend, start)
+            codes[i] = np.uint8(min(max(np.rint(_fma32(np.float32(codes[i]), ratio_codes, partial)), low), high))
+
+
+def fused_multiply_adds(codes: np.ndarray, addend: np.ndarray, ratio_codes: np.float32, ratio_addend: np.float32,
+                        start: np.float32, codes_inner: bool, low: int, high: int) -> None:
+    """``codes`` (flat uint8) replaced by ``clamp(rint(fma(outer, ratio_outer, fma(inner, ratio_inner, start))),
+    low, high)`` in float32, each fused multiply-add rounded once (half to even): ``inner`` is ``codes`` where
+    ``codes_inner``, else ``addend`` (flat uint8 of the same length), ``outer`` the other one."""
+    _fused_multiply_adds(codes, addend, np.float32(ratio_codes), np.float32(ratio_addend), np.float32(start),
+                         bool(codes_inner), np.float32(low), np.float32(high))
 
 
 @njit(**_JIT)

@@ -14,6 +14,7 @@ from mvu.hdl.contract.program import Program, RunResult, check_program
 from mvu.hdl.contract.requantization import requantize
 from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd
 from mvu.hdl.contract.window import WINDOW_FIELDS, read_window
+from mvu.host.executors import FIXED_WEIGHTS
 from mvu.host.executors.execution_plan import ExecutionPlan, build_plan
 from mvu.host.executors.intmatmul import as_unsigned, centred_matmul, engine_name
 from mvu.host.executors.kernels import same_bytes
@@ -364,7 +365,9 @@ class ReferenceExecutor:
     The hardware overlaps its units; a correct program's dependency tokens
     make that overlap invisible, so results are identical bit for bit. A
     program is checked and traced into an :class:`~mvu.host.executors.execution_plan.ExecutionPlan`
-    on its first run; later runs of the unchanged program reuse both.
+    on its first run; later runs of the unchanged program reuse both. A plan's packed weights are compared with
+    the memory's on every run, or only on the run that packs them where the program's notes say
+    :data:`~mvu.host.executors.FIXED_WEIGHTS`.
     """
 
     name = "reference"
@@ -380,10 +383,10 @@ class ReferenceExecutor:
     def run(self, program: Program) -> RunResult:
         start = time.perf_counter()
         prepared = self._prepare(program)
-        data, machine = program.memory.data, None
+        data, machine, fixed = program.memory.data, None, bool(program.notes.get(FIXED_WEIGHTS))
         for segment in prepared.segments:
             if segment.plan is not None:
-                segment.plan.run(data)
+                segment.plan.run(data, fixed_weights=fixed)
                 continue
             machine = self._interpret(segment.columns, data, machine)
         return RunResult(backend=self.name, wall_seconds=time.perf_counter() - start,

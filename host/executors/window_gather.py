@@ -26,7 +26,8 @@ class WindowGather:
 
     Each cell is one item of ``width`` bytes: cells whose sources lie alike modulo the width are taken in one
     indexing of the memory as items from that residue on (one for all of them where every source is aligned, as
-    at the default configuration), then put in cell order.
+    at the default configuration), then put in cell order. Every run gathers into the same scratch buffer, so the
+    products reading it see it at one address from run to run.
     """
 
     def __init__(self, width: int, sources: np.ndarray, inside: np.ndarray, fills: np.ndarray):
@@ -39,16 +40,23 @@ class WindowGather:
         self.inverse = None if len(self.groups) == 1 else np.argsort(order)
         self.pads = np.flatnonzero(~inside)
         self.fills = fills[self.pads, None]
+        self.scratch = np.empty((sources.size, width), np.uint8)
 
     def gather(self, memory: np.ndarray) -> np.ndarray:
-        """The scratch cells for ``memory``, ``[cells, width]`` bytes."""
+        """The scratch cells for ``memory``, ``[cells, width]`` bytes: :attr:`scratch`, refilled."""
         item, width = f"V{self.width}", self.width
-        parts = [np.take(memory[residue:residue + (memory.size - residue) // width * width].view(item), index)
-                 for residue, index in self.groups]
-        cells = parts[0] if self.inverse is None else np.take(np.concatenate(parts), self.inverse)
-        scratch = cells.view(np.uint8).reshape(-1, self.width)
-        scratch[self.pads] = self.fills
-        return scratch
+        cells = self.scratch.reshape(-1).view(item)
+        items = [memory[residue:residue + (memory.size - residue) // width * width].view(item)
+                 for residue, _ in self.groups]
+        # mode "clip" takes straight into ``out`` ("raise" buffers it); the sources lie in the memory the program
+        # was checked against, so no index is clipped
+        if self.inverse is None:
+            np.take(items[0], self.groups[0][1], out=cells, mode="clip")
+        else:
+            np.take(np.concatenate([np.take(part, index) for part, (_, index) in zip(items, self.groups)]),
+                    self.inverse, out=cells, mode="clip")
+        self.scratch[self.pads] = self.fills
+        return self.scratch
 
 
 #: What a window LOAD's bytes depend on besides its entries' pixels, tap offsets and channel offset: its tensor.

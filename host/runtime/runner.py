@@ -18,7 +18,7 @@ import numpy as np
 from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.requantization import Requantization, float32_significand, quantize_multiplier, requantize
 from mvu.host.depthwise import DepthwiseProgram, depthwise_limit
-from mvu.host.executors import BACKENDS, make_executor
+from mvu.host.executors import BACKENDS, FIXED_WEIGHTS, make_executor
 from mvu.host.executors.kernels import depthwise_sums, qlinear_add
 from mvu.host.executors.onnxruntime_add import QLinearAdd, add_coefficients, onnxruntime_add
 from mvu.host.executors.requantize import requantize_rows
@@ -228,6 +228,7 @@ class ModelRunner:
         self._program_cache_bytes = program_cache_bytes
         self._used: list[GemmProgram] = []  # by the last batch
         self._operands: dict[tuple, tuple] = {}  # per convolution group: weight matrix, requantization
+        self._lowerings: dict[tuple, tuple[str, type | None]] = {}  # per convolution group and input shape
         self._requantizations: dict[str, Requantization] = {}  # per layer, for the layers without groups
         self._adds: dict[str, QLinearAdd | None] = {}  # per Add layer with two inputs
         # Per convolution whose STOREs do an Add layer, found at its first run (the products' backends only: the
@@ -254,6 +255,7 @@ class ModelRunner:
             program = self._programs[key] = kind(
                 self.config, a, w, act_zero_point=zero_point, requant=requant,
                 memory_bytes_per_cycle=self.executor.memory_bytes_per_cycle, table=table, **options)
+            program.program.notes[FIXED_WEIGHTS] = True  # between runs only load_activations/load_addend write
             self._used.append(program)
             self._evict()
         else:
@@ -373,7 +375,7 @@ class ModelRunner:
             runs.append(self.stats)
             kept.append([np.array(self.tensors[name]) for name in keep])
             start += size
-        self.stats = [LayerStats.total(parts) for parts in zip(*runs)]
+        self.stats = runs[0] if len(runs) == 1 else [LayerStats.total(parts) for parts in zip(*runs)]
         self.kept = {name: np.concatenate(parts) for name, parts in zip(keep, zip(*kept))}
         self.last_output = np.concatenate(logits)
         return self.last_output
@@ -422,6 +424,8 @@ class ModelRunner:
         if linking:
             self.networks[n] = self._unlinked or (link(self._links, self.memory_bytes) if self._links else
                                                   "no layer ran on the accelerator")
+            if isinstance(self.networks[n], NetworkProgram):  # later batches write only its inputs
+                self.networks[n].program.notes[FIXED_WEIGHTS] = True
         self._replay, self._links = None, None
         self.last_output = tensors[self.model.output]
         self.tensors = tensors
@@ -450,10 +454,7 @@ class ModelRunner:
             w, requant = self._group_operands(layer, g, channels)
             windows = ConvolutionInput(part.transpose(0, 2, 3, 1), tuple(a["kernel"]), tuple(a["strides"]),
                                        tuple(a["pads"]), tuple(a["dilations"]))
-            accelerated = layer.placement == "accelerator" and self.executor is not None
-            stats.lowering, kind = next((name, kind) for name, fits, kind, linked in _LOWERINGS
-                                        if (self.network or not linked) and fits(self.config, windows)) \
-                if accelerated else ("im2col", None)
+            stats.lowering, kind = self._lowering(layer, g, windows)
             if kind is not None:
                 ho, wo = windows.out_size
                 out = self.gemm(windows, w, a["in_zero_point"], requant, stats, (layer.name, g), table, kind,
@@ -469,6 +470,17 @@ class ModelRunner:
                 out = golden_gemm(patches, w, a["in_zero_point"], requant, table)
             outputs.append(out.view(np.uint8))
         return _channels_first(outputs[0] if group == 1 else np.concatenate(outputs, axis=1), len(x), ho, wo)
+
+    def _lowering(self, layer: Layer, group: int, windows: ConvolutionInput) -> tuple[str, type | None]:
+        """How a convolution group reaches the array (its ``stats.lowering`` and program kind: :data:`_LOWERINGS`),
+        decided once per input shape."""
+        key = (layer.name, group, windows.x.shape)
+        if key not in self._lowerings:
+            accelerated = layer.placement == "accelerator" and self.executor is not None
+            self._lowerings[key] = next((name, kind) for name, fits, kind, linked in _LOWERINGS
+                                        if (self.network or not linked) and fits(self.config, windows)) \
+                if accelerated else ("im2col", None)
+        return self._lowerings[key]
 
     def _group_operands(self, layer: Layer, group: int, channels: slice) -> tuple[np.ndarray, Requantization]:
         """A convolution group's weight matrix (rows ordered like im2col's patches) and its post-processor
