@@ -29,19 +29,17 @@ _ADDEND_FIFO_DEPTH = 64
 class StoreUnit(wiring.Component):
     """Executes STORE instructions one at a time.
 
-    With ``load_params`` it first reads the per-channel block (bias,
-    multiplier, shift: ``cols`` int32 each) from memory, and with ``load_table``
-    then the 256-byte lookup table; with ``add`` the parameter block is followed by the add block. It then reads
-    one accumulator entry per cycle while its row FIFO has room (and, with ``add``, its addend row has arrived:
-    addend rows are requested ahead, one request of ``cols`` bytes per row), requantizes it
-    (in fixed point or, with ``float32_scale``, float32 arithmetic; or passes
-    the int32 values through for ``raw``), with ``add`` adds the addend row
-    (:class:`~mvu.hdl.residual_add.ResidualAdd`), with ``lookup`` replaces each byte
-    by its entry in the table, and writes each row as whole
-    memory beats to ``dram_addr + i * dram_stride``. ``prev_tokens`` are its
-    tokens with the compute unit. ``idle``: no instruction in progress;
-    ``stall_token``: waiting for a token; ``stall_memory``: a beat the memory
-    did not take.
+    With ``load_params`` it first reads the per-channel block (bias, multiplier, shift: ``cols`` int32 each) from
+    memory, and with ``load_table`` then the 256-byte lookup table; with ``add`` the parameter block is followed
+    by the add block. Only then does it wait for its token (``wait_compute``): none of that needs the accumulators,
+    nor do the addend rows, which it starts requesting now, one request of ``cols`` bytes per row, while the
+    addend FIFO has room. It reads one accumulator entry per cycle while its row FIFO has room (and, with ``add``,
+    the entry's addend row has arrived), requantizes it (in fixed point or, with ``float32_scale``, float32
+    arithmetic; or passes the int32 values through for ``raw``), with ``add`` adds the addend row
+    (:class:`~mvu.hdl.residual_add.ResidualAdd`), with ``lookup`` replaces each byte by its entry in the table,
+    and writes each row as whole memory beats to ``dram_addr + i * dram_stride``. ``prev_tokens`` are its tokens
+    with the compute unit. ``idle``: no instruction in progress; ``stall_token``: waiting for a token;
+    ``stall_memory``: a beat the memory did not take.
     """
 
     def __init__(self, config: HardwareConfig):
@@ -118,18 +116,12 @@ class StoreUnit(wiring.Component):
                         notify.eq(instruction_field(word, "push_prev")),
                         param_beat.eq(0),
                     ]
-                    m.next = "TOKEN"
-            with m.State("TOKEN"):
-                with m.If(waiting & ~tokens.avail):
-                    m.d.comb += self.stall_token.eq(1)
-                with m.Else():
-                    m.d.comb += tokens.pop.eq(waiting)
-                    with m.If(load_params):
+                    with m.If(field("load_params")):
                         m.next = "PARAM_REQUEST"
-                    with m.Elif(load_table):
+                    with m.Elif(field("load_table")):
                         m.next = "TABLE_REQUEST"
                     with m.Else():
-                        m.next = "STREAM"
+                        m.next = "TOKEN"
             with m.State("PARAM_REQUEST"):
                 m.d.comb += [
                     self.mem.req.valid.eq(1),
@@ -150,7 +142,7 @@ class StoreUnit(wiring.Component):
                     with m.If(last_beat & load_table):
                         m.next = "TABLE_REQUEST"
                     with m.Elif(last_beat):
-                        m.next = "STREAM"
+                        m.next = "TOKEN"
             with m.State("TABLE_REQUEST"):
                 m.d.comb += [
                     self.mem.req.valid.eq(1),
@@ -165,7 +157,13 @@ class StoreUnit(wiring.Component):
                 with m.If(self.mem.resp.valid):
                     m.d.sync += table_beat.eq(table_beat + 1)
                     with m.If(table_beat == table_beats - 1):
-                        m.next = "STREAM"
+                        m.next = "TOKEN"
+            with m.State("TOKEN"):
+                with m.If(waiting & ~tokens.avail):
+                    m.d.comb += self.stall_token.eq(1)
+                with m.Else():
+                    m.d.comb += tokens.pop.eq(waiting)
+                    m.next = "STREAM"
             with m.State("STREAM"):
                 with m.If(writes_left == 0):
                     m.d.comb += tokens.push.eq(notify)
@@ -249,7 +247,8 @@ class StoreUnit(wiring.Component):
         addend_offset = add_block[192:224].as_signed()
         requested = Signal(range(_ADDEND_FIFO_DEPTH + 1))  # rows requested, not all their beats arrived
         request = Signal()
-        m.d.comb += request.eq(fsm.ongoing("STREAM") & add & (addend_reqs_left != 0)
+        fetching = fsm.ongoing("TOKEN") | fsm.ongoing("STREAM")  # addends need no accumulator: ahead of the token
+        m.d.comb += request.eq(fetching & add & (addend_reqs_left != 0)
                                & (requested + addends.level < _ADDEND_FIFO_DEPTH))
         with m.If(request):
             m.d.comb += [self.mem.req.valid.eq(1), self.mem.req.p.addr.eq(addend_addr + addend_offset),
@@ -260,8 +259,8 @@ class StoreUnit(wiring.Component):
         addend_beat = Signal(range(row_beats))
         addend_row = Signal(8 * C)
         assembled = Cat(addend_row[8 * P:], self.mem.resp.payload)
-        arrived = fsm.ongoing("STREAM") & self.mem.resp.valid & (addend_beat == row_beats - 1)
-        with m.If(fsm.ongoing("STREAM") & self.mem.resp.valid):
+        arrived = fetching & self.mem.resp.valid & (addend_beat == row_beats - 1)
+        with m.If(fetching & self.mem.resp.valid):
             m.d.sync += [addend_row.eq(assembled), addend_beat.eq(Mux(addend_beat == row_beats - 1, 0,
                                                                         addend_beat + 1))]
         m.d.comb += [addends.w_en.eq(arrived), addends.w_data.eq(assembled)]

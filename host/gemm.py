@@ -8,7 +8,6 @@ raw int32 accumulators).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,8 +134,13 @@ class GemmTiling:
 
 
 def _blocks(total: int, size: int):
-    for start in range(0, total, size):
-        yield start, min(size, total - start)
+    """``(start, size)`` of the fewest blocks of at most ``size`` that cut ``total``, as even as whole blocks allow
+    (a short last block would stall its neighbours' pipelining)."""
+    start = 0
+    for block, count in _block_sizes(total, size):
+        for _ in range(count):
+            yield start, block
+            start += block
 
 
 def _image_runs(first: int, count: int, per_image: int):
@@ -151,32 +155,39 @@ def _image_runs(first: int, count: int, per_image: int):
 
 
 def _block_sizes(total: int, size: int) -> list[tuple[int, int]]:
-    """``(block size, how many)`` for cutting ``total`` into blocks of ``size``: at most two kinds."""
-    full, rest = divmod(total, size)
-    return [(size, full)] * (full > 0) + [(rest, 1)] * (rest > 0)
+    """``(block size, how many)`` of :func:`_blocks`' blocks, larger first: at most two kinds."""
+    count = -(-total // size)
+    small, larger = divmod(total, count)
+    return [(small + 1, larger)] * (larger > 0) + [(small, count - larger)] * (count > larger)
 
 
-def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle: float = 32.0,
-              latency: int = 40, adds: bool = False) -> GemmTiling:
-    """Choose the tiling with the fewest estimated cycles: loads double-buffered against compute, each block's
-    STOREs against the next block, and the first chunk's loads and the last block's STOREs alone (a program
-    starts and ends drained).
+def _weight_loading_blocks(chunks_per_block: int, blocks: int) -> int:
+    """How many of an N block's first ``blocks`` M blocks load their weight tiles: with at most two chunks per
+    block the halves of the weight buffer keep them for the N block's later M blocks."""
+    return blocks if chunks_per_block > 2 else min(blocks, 2 if chunks_per_block == 1 else 1)
+
+
+def estimate_gemm(config: HardwareConfig, m: int, k: int, n: int, tiling: GemmTiling, *,
+                  bytes_per_cycle: float = 32.0, latency: int = 40, adds: bool = False) -> tuple[float, float]:
+    """Estimated cycles and bytes moved of an ``m x k x n`` product cut as ``tiling``: loads double-buffered
+    against compute, each block's STOREs against the next block, and the first chunk's loads and the last block's
+    STOREs alone (a program starts and ends drained). Weight tiles that a half of the weight buffer still holds are
+    not loaded again (:func:`_weight_loading_blocks`).
 
     ``bytes_per_cycle`` and ``latency`` describe the memory the program will run against (loads and stores share
-    it); ``adds``: the STOREs read an addend row per row. Among equally fast tilings the one that moves fewer bytes
-    wins.
+    it); ``adds``: the STOREs read an addend row per row.
     """
     R, C = config.rows, config.cols
     k_tiles, n_tiles = -(-k // R), -(-n // C)
-    act_half, acc_half = config.act_depth // 2, config.acc_depth // 2
-    wgt_half_tiles = config.wgt_depth // 2 // R
+    m_block, n_block, k_chunk = tiling.m_block, tiling.n_block, tiling.k_chunk
     min_stream = R + 4  # shorter streams wait for the next weight tile (two shadow banks, docs/isa.md)
     # A STORE reads its parameter (and add) block and, adding, its first addend rows before its rows stream.
     store_start = latency * (1 + adds) + 12 * C / bytes_per_cycle + 14
 
-    def fetch(rows: int, tiles_k: int, tiles_n: int) -> tuple[float, int]:
-        """Cycles and bytes of a chunk's LOADs: one per K tile (one for a single row) and one per N tile, each
-        paying the latency."""
+    def fetch(rows: int, tiles_k: int, tiles_n: int, weights: bool = True) -> tuple[float, int]:
+        """Cycles and bytes of a chunk's LOADs: one per K tile (one for a single row) and, with ``weights``, one
+        per N tile, each paying the latency."""
+        tiles_n *= weights
         loaded = rows * tiles_k * R + tiles_n * tiles_k * R * C
         return loaded / bytes_per_cycle + ((tiles_k if rows > 1 else 1) + tiles_n) * latency, loaded
 
@@ -184,32 +195,55 @@ def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle
         stored = rows * tiles_n * C * (1 + adds)
         return tiles_n * store_start + stored / bytes_per_cycle, stored
 
+    def block_cost(rows: int, tiles_n: int, weights: bool) -> tuple[float, float]:
+        block = loaded = 0.0
+        for tiles_k, chunks in _block_sizes(k_tiles, k_chunk):
+            compute = tiles_k * tiles_n * max(rows, min_stream)
+            cycles_in, chunk = fetch(rows, tiles_k, tiles_n, weights)
+            block += chunks * max(compute, cycles_in)
+            loaded += chunks * chunk
+        cycles_out, stored = store(rows, tiles_n)
+        return max(block, cycles_out, (loaded + stored) / bytes_per_cycle), loaded + stored
+
+    per_block = -(-k_tiles // k_chunk)
+    cycles = traffic = 0.0
+    for tiles_n, blocks_n in _block_sizes(n_tiles, n_block):
+        index = 0
+        for rows, blocks_m in _block_sizes(m, m_block):
+            loading = _weight_loading_blocks(per_block, index + blocks_m) - _weight_loading_blocks(per_block, index)
+            for weights, count in ((True, loading), (False, blocks_m - loading)):
+                block, moved = block_cost(rows, tiles_n, weights)
+                cycles += blocks_n * count * block
+                traffic += blocks_n * count * moved
+            index += blocks_m
+    first = fetch(min(m, m_block), min(k_tiles, k_chunk), min(n_tiles, n_block))[0]
+    return first + store(min(m, m_block), min(n_tiles, n_block))[0] + cycles, traffic
+
+
+def plan_gemm(config: HardwareConfig, m: int, k: int, n: int, *, bytes_per_cycle: float = 32.0,
+              latency: int = 40, adds: bool = False) -> GemmTiling:
+    """The tiling that fits the buffers with the fewest cycles by :func:`estimate_gemm`, each byte moved counting
+    a twentieth of its memory cycle on top: the estimate takes the slower of compute and memory, and where they are
+    close their contention costs more than it says (measured on ResNet-50's layers)."""
+    R, C = config.rows, config.cols
+    k_tiles, n_tiles = -(-k // R), -(-n // C)
+    act_half, acc_half = config.act_depth // 2, config.acc_depth // 2
+    wgt_half_tiles = config.wgt_depth // 2 // R
     candidates = sorted({min(m, acc_half, act_half)} | {b for b in (2 ** i for i in range(4, 17))
                                                          if b < m and b <= min(acc_half, act_half)})
-    best, best_cycles = None, math.inf
-    for m_block in candidates:
-        for n_block in range(1, min(n_tiles, wgt_half_tiles, acc_half // m_block) + 1):
-            most = min(k_tiles, act_half // m_block, wgt_half_tiles // n_block)
-            for k_chunk in sorted({most} | {c for c in (2 ** i for i in range(8)) if c < most}):
-                cycles = traffic = 0.0
-                for rows, blocks_m in _block_sizes(m, m_block):
-                    for tiles_n, blocks_n in _block_sizes(n_tiles, n_block):
-                        block = loaded = 0.0
-                        for tiles_k, chunks in _block_sizes(k_tiles, k_chunk):
-                            compute = tiles_k * tiles_n * max(rows, min_stream)
-                            cycles_in, chunk = fetch(rows, tiles_k, tiles_n)
-                            block += chunks * max(compute, cycles_in)
-                            loaded += chunks * chunk
-                        cycles_out, stored = store(rows, tiles_n)
-                        cycles += blocks_m * blocks_n * max(block, cycles_out, (loaded + stored) / bytes_per_cycle)
-                        traffic += blocks_m * blocks_n * (loaded + stored)
-                first = fetch(min(m, m_block), min(k_tiles, k_chunk), min(n_tiles, n_block))[0]
-                cycles += first + store(min(m, m_block), min(n_tiles, n_block))[0] + 1e-3 * traffic / bytes_per_cycle
-                if cycles < best_cycles:
-                    best, best_cycles = GemmTiling(m_block, n_block, k_chunk), cycles
-    if best is None:
+    tilings = [GemmTiling(m_block, n_block, k_chunk)
+               for m_block in candidates for n_block in range(1, min(n_tiles, wgt_half_tiles, acc_half // m_block) + 1)
+               for most in [min(k_tiles, act_half // m_block, wgt_half_tiles // n_block)]
+               for k_chunk in sorted({most} | {c for c in (2 ** i for i in range(8)) if c < most})]
+    if not tilings:
         raise GemmError(f"no tiling fits the buffers of {config.describe()}")
-    return best
+
+    def cost(tiling: GemmTiling) -> float:
+        cycles, traffic = estimate_gemm(config, m, k, n, tiling, bytes_per_cycle=bytes_per_cycle, latency=latency,
+                                        adds=adds)
+        return cycles + 0.05 * traffic / bytes_per_cycle
+
+    return min(tilings, key=cost)
 
 
 class GemmProgram:
@@ -337,30 +371,37 @@ class GemmProgram:
 
         t = self.tiling
         act_half, acc_half, wgt_half = cfg.act_depth // 2, cfg.acc_depth // 2, cfg.wgt_depth // 2
-        blocks = [(m0, rows, nt0, tiles_n) for m0, rows in _blocks(m, t.m_block)
-                  for nt0, tiles_n in _blocks(n_tiles, t.n_block)]
+        # N blocks outermost: an N block's M blocks use the same weight tiles, which the halves of the weight
+        # buffer keep (a chunk's weights are loaded only where its half holds others).
+        blocks = [(m0, rows, nt0, tiles_n) for nt0, tiles_n in _blocks(n_tiles, t.n_block)
+                  for m0, rows in _blocks(m, t.m_block)]
         chunks = [(b, kt0, tiles_k) for b in range(len(blocks)) for kt0, tiles_k in _blocks(k_tiles, t.k_chunk)]
 
         program = InstructionColumns()
+        held = [None, None]  # the weight tiles each half of the weight buffer holds
 
         def loads(c: int) -> None:
             b, kt0, tiles_k = chunks[c]
             m0, rows, nt0, tiles_n = blocks[b]
             act_base, wgt_base = (c % 2) * act_half, (c % 2) * wgt_half
             j, i = np.arange(tiles_k), np.arange(tiles_n)
+            reuse = held[c % 2] == (kt0, tiles_k, nt0, tiles_n)
+            held[c % 2] = (kt0, tiles_k, nt0, tiles_n)
+            signal = {"signal_compute": True} if reuse else {}
             if self.conv is None and rows == 1:  # one row's K tiles lie side by side: one LOAD
                 program.add(Opcode.LOAD, 1, buffer=Buffer.ACT, sram_addr=act_base, count=tiles_k,
-                            dram_addr=a_base + m0 * k_pad + kt0 * R, dram_stride=R, wait_compute=c >= 2)
+                            dram_addr=a_base + m0 * k_pad + kt0 * R, dram_stride=R, wait_compute=c >= 2, **signal)
             elif self.conv is None:
                 program.add(Opcode.LOAD, tiles_k, buffer=Buffer.ACT, sram_addr=act_base + j * rows, count=rows,
                             dram_addr=a_base + m0 * k_pad + (kt0 + j) * R, dram_stride=k_pad,
-                            first={"wait_compute": c >= 2})
+                            first={"wait_compute": c >= 2}, last=signal)
             else:
                 self._window_loads(program, a_base, m0, rows, self._activation_tiles(kt0 + j, nt0),
-                                   act_base + j * rows, c >= 2)
-            program.add(Opcode.LOAD, tiles_n, buffer=Buffer.WGT, sram_addr=wgt_base + i * tiles_k * R,
-                        count=tiles_k * R, dram_addr=w_base + kt0 * R * n_pad + (nt0 + i) * C, dram_stride=n_pad,
-                        last={"signal_compute": True})
+                                   act_base + j * rows, c >= 2, signal)
+            if not reuse:
+                program.add(Opcode.LOAD, tiles_n, buffer=Buffer.WGT, sram_addr=wgt_base + i * tiles_k * R,
+                            count=tiles_k * R, dram_addr=w_base + kt0 * R * n_pad + (nt0 + i) * C,
+                            dram_stride=n_pad, last={"signal_compute": True})
 
         def computes(c: int) -> None:
             b, kt0, tiles_k = chunks[c]
@@ -400,20 +441,22 @@ class GemmProgram:
         return placed
 
     def _window_loads(self, program: InstructionColumns, a_base: int, m0: int, rows: int, k_tiles: np.ndarray,
-                      sram_addr: np.ndarray, wait_compute: bool) -> None:
+                      sram_addr: np.ndarray, wait_compute: bool, last: dict) -> None:
         """Window LOADs of rows ``m0 .. m0 + rows - 1`` for K tiles ``k_tiles`` into ``sram_addr``: one per tile
-        and image the rows cross (image by image, tile by tile within an image)."""
+        and image the rows cross (image by image, tile by tile within an image); the last one also carries the
+        fields ``last``."""
         conv = self.conv
         ho, wo = conv.out_size
         (sh, sw), fields = conv.strides, self._window_fields(k_tiles)
         offset, image_bytes = fields.pop("dram_addr"), fields["in_h"] * fields["row_stride"]
         first = {"wait_compute": wait_compute}
-        for placed, (image, pixel, count) in _image_runs(m0, rows, ho * wo):
+        runs = list(_image_runs(m0, rows, ho * wo))
+        for run, (placed, (image, pixel, count)) in enumerate(runs):
             start_y, start_x = divmod(pixel, wo)
             program.add(Opcode.LOAD, k_tiles.size, buffer=Buffer.ACT, window=True, sram_addr=sram_addr + placed,
                         count=count, dram_addr=a_base + image * image_bytes + offset, out_w=wo, start_y=start_y,
                         start_x=start_x, stride_y=sh, stride_x=sw, fill=self.act_zero_point & 0xFF, first=first,
-                        **fields)
+                        last=last if run == len(runs) - 1 else {}, **fields)
             first = {}
 
     def _window_fields(self, k_tiles: np.ndarray) -> dict:

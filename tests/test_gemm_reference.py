@@ -8,6 +8,7 @@ import pytest
 from conftest import NARROW, TINY
 
 from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.isa import Buffer, Load
 from mvu.hdl.contract.requantization import Requantization, float32_significand, quantize_multiplier, requantize
 from mvu.host.executors.reference import ReferenceExecutor
 from mvu.host.gemm import GemmError, GemmProgram, GemmTiling, golden_gemm, plan_gemm
@@ -113,6 +114,23 @@ def test_every_tiling_gives_the_same_answer():
     for m_block, n_block, k_chunk in [(1, 1, 1), (5, 2, 2), (21, 1, 1), (8, 4, 1), (16, 2, 2)]:
         got = run_reference(TINY, a, w, zp, requant, GemmTiling(m_block, n_block, k_chunk))
         np.testing.assert_array_equal(got, expected)
+
+
+def weight_loads(gemm: GemmProgram) -> int:
+    return sum(isinstance(ins, Load) and ins.buffer == Buffer.WGT for ins in gemm.program.instructions())
+
+
+@pytest.mark.parametrize("k_chunk, loading_blocks", [(4, 2), (2, 1), (1, 8)], ids=["one chunk", "two", "four: every block"])
+def test_weights_a_half_holds_are_not_loaded_again(k_chunk, loading_blocks):
+    """An N block's M blocks use the same weight tiles: with one or two chunks a block, the halves of the weight
+    buffer keep them, so only the N block's first blocks load them; the result is the definition's."""
+    rng = np.random.default_rng(21)
+    a, w, zp, requant = random_case(rng, 30, 16, 8)  # 4 K tiles, 2 N tiles on TINY
+    gemm = GemmProgram(TINY, a, w, act_zero_point=zp, requant=requant, tiling=GemmTiling(4, 1, k_chunk))
+    chunks = 4 // k_chunk
+    assert weight_loads(gemm) == 2 * loading_blocks * chunks  # per N block and chunk: one LOAD
+    ReferenceExecutor(TINY).run(gemm.program)
+    np.testing.assert_array_equal(gemm.result(), golden_gemm(a, w, zp, requant))
 
 
 def test_planner_fits_the_buffers_and_prefers_long_streams():

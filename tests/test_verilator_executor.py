@@ -12,7 +12,7 @@ from mvu.hdl.contract.isa import Buffer, Compute, Finish, Load, Sync
 from mvu.hdl.contract.program import MemoryImage, Program
 from mvu.hdl.contract.requantization import Requantization
 from mvu.host.executors.reference import ReferenceExecutor
-from mvu.host.gemm import GemmProgram, golden_gemm
+from mvu.host.gemm import GemmProgram, GemmTiling, golden_gemm
 from mvu.sim.verilator_executor import MemoryModel, SimulationError, SimulationTimeout
 
 
@@ -56,6 +56,20 @@ def test_gemms_with_an_output_table_are_bit_exact(config, verilator_executors):
         ReferenceExecutor(config).run(reference.program)
         np.testing.assert_array_equal(gemm.program.memory.data, reference.program.memory.data)
         np.testing.assert_array_equal(gemm.result(), golden_gemm(a, w, zero_point, requant, table))
+
+
+@pytest.mark.parametrize("k_chunk", [1, 2, 4], ids=["four chunks", "two", "one"])
+def test_weights_kept_across_blocks_are_bit_exact(k_chunk, verilator_executors):
+    """Blocks that use the weight tiles a half of the weight buffer still holds (no weight LOAD): the RTL writes
+    the reference's bytes."""
+    rng = np.random.default_rng(30 + k_chunk)
+    a, w, zero_point, requant = gemm_case(rng, 29, 15, 7, False, "float32")
+    gemms = [GemmProgram(TINY, a, w, act_zero_point=zero_point, requant=requant, tiling=GemmTiling(4, 1, k_chunk))
+             for _ in range(2)]
+    verilator_executors(TINY).run(gemms[0].program)
+    ReferenceExecutor(TINY).run(gemms[1].program)
+    np.testing.assert_array_equal(gemms[0].program.memory.data, gemms[1].program.memory.data)
+    np.testing.assert_array_equal(gemms[0].result(), golden_gemm(a, w, zero_point, requant))
 
 
 @pytest.mark.parametrize("model", [MemoryModel(latency=1, bytes_per_cycle=4), MemoryModel(latency=97, bytes_per_cycle=1.5,

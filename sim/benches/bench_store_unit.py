@@ -114,9 +114,11 @@ async def run_stores(dut, seed: int, count: int, write_chance: float, **memory_t
     """Issue ``count`` random STOREs and check the unit cycle by cycle, then in total.
 
     Per cycle: ``idle``/``instr.ready`` exactly while no STORE is in
-    progress; no parameter read or write while a ``wait_compute`` STORE
-    waits for its token; ``prev_tokens.pop`` only with ``avail``, once per
-    such STORE; ``stall_token`` while it waits without a token;
+    progress; no write while a ``wait_compute`` STORE waits for its token,
+    which it does once its parameter block and table have arrived (they and
+    its addend rows need no accumulator, so they are read ahead of the
+    token); ``prev_tokens.pop`` only with ``avail``, once per such STORE;
+    ``stall_token`` while it waits without a token;
     ``stall_memory`` while a beat is refused; ``prev_tokens.push`` exactly
     in the cycle after the last beat of a ``signal_compute`` STORE, which
     ends it. In total: the parameter reads and written beats are exactly
@@ -127,7 +129,7 @@ async def run_stores(dut, seed: int, count: int, write_chance: float, **memory_t
     stores, memory = random_stores(np_rng, acc, count)
     port = ReadMemory(dut, memory, P, rng, **memory_timing)
     queue = list(stores)
-    current, waiting, written, finishing = None, False, 0, False
+    current, waiting, written, finishing, setup = None, False, 0, False, 0
     writes, offer_at, token, read_addr = [], 0, 0, 0
     await start(dut, instr_valid=0, mem_resp_valid=0, write_ready=0)
     for cycle in range(100_000):
@@ -148,12 +150,16 @@ async def run_stores(dut, seed: int, count: int, write_chance: float, **memory_t
         read_addr = int(dut.acc_read_addr.value)
         busy = current is not None
         assert int(dut.idle.value) == int(dut.instr_ready.value) == (not busy), f"cycle {cycle}: idle"
-        assert int(dut.stall_token.value) == (waiting and not token), f"cycle {cycle}: stall_token"
+        set_up = setup == 0
+        assert int(dut.stall_token.value) == (waiting and set_up and not token), f"cycle {cycle}: stall_token"
         valid = int(dut.write_valid.value)
         assert int(dut.stall_memory.value) == (valid and not ready), f"cycle {cycle}: stall_memory"
-        assert not (waiting and (valid or int(dut.mem_req_valid.value))), f"cycle {cycle}: work before the token"
+        assert not (waiting and valid), f"cycle {cycle}: a write before the token"
+        if busy and not set_up and int(dut.mem_resp_valid.value):
+            setup -= 1
         if int(dut.prev_tokens_pop.value):
-            assert waiting and token, f"cycle {cycle}: prev_tokens.pop without a waiting STORE or a token"
+            assert waiting and set_up and token, f"cycle {cycle}: prev_tokens.pop before the parameters, without " \
+                                                 f"a waiting STORE or without a token"
             waiting = False
         push = finishing and current.store.signal_compute
         assert int(dut.prev_tokens_push.value) == push, f"cycle {cycle}: prev_tokens.push should be {int(push)}"
@@ -167,6 +173,7 @@ async def run_stores(dut, seed: int, count: int, write_chance: float, **memory_t
         if offer and int(dut.instr_ready.value):
             current, written = queue.pop(0), 0
             waiting = current.store.wait_compute
+            setup = sum(beats for _, beats in current.reads[:current.store.load_params + current.store.load_table])
             offer_at = cycle + 1 + rng.choice([0, 0, rng.randint(1, 12)])
         if not (queue or current or port.pending):
             break
