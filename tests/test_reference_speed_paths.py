@@ -12,12 +12,14 @@ from mvu.hdl.contract.config import HardwareConfig
 from mvu.hdl.contract.isa import Opcode
 from mvu.hdl.contract.requantization import Requantization
 from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES, ResidualAdd, residual_add
+from mvu.host.depthwise import DepthwiseProgram
 from mvu.host.executors import FIXED_WEIGHTS
 from mvu.host.executors.fused_products import FusedProduct
 from mvu.host.executors.kernels import diagonal_maxima, same_bytes
 from mvu.host.executors.reference import ReferenceExecutor
 from mvu.host.executors.residual_add import _float32_coefficients, add_rows
-from mvu.host.gemm import GemmProgram
+from mvu.host.executors.window_gather import WindowGather
+from mvu.host.gemm import ConvolutionInput, GemmProgram
 from mvu.host.network_program import NetworkProgram
 from mvu.host.runtime.runner import ModelRunner
 
@@ -215,3 +217,49 @@ def test_the_runner_vouches_for_the_weights_of_the_programs_it_builds():
     for _ in range(2):
         x = rng.integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
         np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, TINY, "numpy").run_batch(x))
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "any byte"])
+def test_window_gathers_copy_each_cell_from_its_source(aligned):
+    """Each scratch cell holds the ``width`` bytes from its source (the first and the last a memory holds among
+    them) or its fill, run after run into the same buffer as the memory changes."""
+    rng = np.random.default_rng(24)
+    width, size = 8, 1000
+    sources = rng.integers(0, (size - width) // width + 1, 300) * width
+    if not aligned:
+        sources = rng.integers(0, size - width + 1, 300)
+    sources[:2] = 0, (size - width) // width * width if aligned else size - width
+    inside = rng.random(300) > 0.2
+    inside[:2] = True
+    fills = rng.integers(0, 256, 300, dtype=np.uint8)
+    gather = WindowGather(width, sources, inside, fills)
+    assert gather.aligned == aligned
+    for _ in range(2):
+        memory = rng.integers(0, 256, size, dtype=np.uint8)
+        want = np.where(inside[:, None], memory[sources[:, None] + np.arange(width)], fills[:, None])
+        scratch = gather.gather(memory)
+        assert scratch is gather.scratch
+        np.testing.assert_array_equal(scratch, want)
+    with pytest.raises(ValueError, match="read up to byte"):
+        gather.gather(memory[:size - 1])
+
+
+@pytest.mark.parametrize("maximum", [True, False], ids=["max pool", "depthwise"])
+def test_products_over_consecutive_rows_chain_into_one(maximum):
+    """A pool or depthwise program tiles its output rows to the accumulators' depth: the plan runs each column
+    tile's row tiles as one product (its taps' rows continue each other's) and writes what the interpreter writes,
+    edge codes included."""
+    rng = np.random.default_rng(25 + maximum)
+    x = rng.integers(0, 256, (2, 9, 11, 8), dtype=np.uint8)
+    x[0, 0], x[1, -1] = 0, 255
+    weights = np.ones((8, 3, 3), np.int8) if maximum else rng.integers(-128, 128, (8, 3, 3), dtype=np.int8)
+    requant = Requantization(np.zeros(8), np.ones(8), np.zeros(8), out_zero_point=0, clamp_min=0, clamp_max=255) \
+        if maximum else Requantization.from_scales(rng.uniform(1e-3, 1e-2, 8), rng.integers(-99, 99, 8),
+                                                   out_zero_point=9)
+    program = DepthwiseProgram(TINY, ConvolutionInput(x, (3, 3), (1, 1), (1, 1, 1, 1)), weights,
+                               act_zero_point=0 if maximum else 5, requant=requant, maximum=maximum)
+    assert_plan_is_interpreter(ReferenceExecutor(TINY), program.program)
+    columns = program.program.notes[ReferenceExecutor._NOTE].columns
+    stores = int((columns["opcode"] == Opcode.STORE).sum())
+    (segment,) = program.program.notes[ReferenceExecutor._NOTE].segments
+    assert len(segment.plan.products) == 8 // TINY.cols < stores

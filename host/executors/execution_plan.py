@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import groupby
 from typing import NamedTuple
 
 import numpy as np
@@ -156,9 +155,7 @@ class ExecutionPlan:
 
     @staticmethod
     def _multiply(memory: np.ndarray, scratch: np.ndarray | None, product: _Product) -> np.ndarray:
-        w = [np.concatenate([p.view(memory) for p in row], axis=1) if len(row) > 1 else row[0].view(memory)
-             for row in product.wgt]
-        w = (w[0] if len(w) == 1 else np.concatenate(w)).view(np.int8)
+        w = _weights(memory, product.wgt)
         diagonals = _diagonals(w)
         kinds = {(rows.count, rows.width, signed, zero_point) for rows, signed, zero_point in product.act}
         diagonal = diagonals is not None and len(product.act) == len(diagonals) and len(kinds) == 1 \
@@ -263,13 +260,38 @@ def _largest_products(memory: np.ndarray, scratch: np.ndarray | None, act: list,
     return largest
 
 
+@lru_cache(maxsize=4096)
+def _spacing(parts: tuple[_Rows, ...]) -> int | None:
+    """How far apart parts lie where each is the one before it moved on by that many bytes (a plan's parts are
+    fixed: cached), else ``None``."""
+    first = parts[0]
+    spacing = (parts[-1].start - first.start) // max(len(parts) - 1, 1)
+    even = spacing >= 0 and all(rows == first._replace(start=first.start + t * spacing) for t, rows in enumerate(parts))
+    return spacing if even else None
+
+
+def _weights(memory: np.ndarray, wgt: list[list[_Rows]]) -> np.ndarray:
+    """A product's weights ``[K, N]`` (int8) from its K parts of column parts: one strided view where the K parts
+    are single and evenly spaced (a view where there is one), else their concatenation."""
+    if len(wgt) > 1 and all(len(row) == 1 for row in wgt):
+        parts = tuple(row[0] for row in wgt)
+        spacing = _spacing(parts)
+        if spacing is not None:
+            first = parts[0]
+            tiles = np.ndarray((len(parts), first.count, first.width), np.uint8, memory, first.start,
+                               (spacing, first.step, 1))
+            return tiles.reshape(-1, first.width).view(np.int8)
+    w = [np.concatenate([p.view(memory) for p in row], axis=1) if len(row) > 1 else row[0].view(memory)
+         for row in wgt]
+    return (w[0] if len(w) == 1 else np.concatenate(w)).view(np.int8)
+
+
 def _taps(memory: np.ndarray, scratch: np.ndarray | None, act: list) -> tuple[np.ndarray, int]:
     """K parts of one row count, signedness and zero point as ``[parts, rows, width]`` uint8 and the zero point:
     one strided view where the parts lie evenly spaced in one buffer (window LOADs' scratch rows), else a copy."""
     (first, signed, zero_point), last = act[0], act[-1][0]
-    spacing = (last.start - first.start) // max(len(act) - 1, 1)
-    even = all(rows == first._replace(start=first.start + t * spacing) for t, (rows, _, _) in enumerate(act))
-    if even and (first.start < SCRATCH_BASE) == (last.start < SCRATCH_BASE):
+    spacing = _spacing(tuple(rows for rows, _, _ in act))
+    if spacing is not None and (first.start < SCRATCH_BASE) == (last.start < SCRATCH_BASE):
         buffer, start = (memory, first.start) if first.start < SCRATCH_BASE else (scratch, first.start - SCRATCH_BASE)
         taps = np.ndarray((len(act), first.count, first.width), np.uint8, buffer, start, (spacing, first.step, 1))
     else:
@@ -494,19 +516,27 @@ def _products(config: HardwareConfig, stores: list[_Store]) -> list[_Product]:
         wgt = [[j] for j in joined] if all(j is not None for j in joined) else columns
         blocks = [(0, i * config.cols, store) for i, (_, store) in enumerate(members)]
         products.append(_Product(list(act), wgt, blocks, maximum=maximum))
-    # Products with the same weights over adjacent activation rows: one product.
+    # Products with the same weights whose K parts all continue another's activation rows: one product.
+    chains: list[list[_Product]] = []
+    ends: dict[tuple, list[_Product]] = {}  # per kind of product and where its next rows would start: its chain
+    for product in sorted(products, key=lambda p: p.act[0][0].start):
+        kind = (str(product.wgt), tuple((signed, zero_point, rows.width, rows.step)
+                                        for rows, signed, zero_point in product.act), product.maximum)
+        chain = ends.pop((kind, tuple(rows.start for rows, _, _ in product.act)), None)
+        if chain is None:
+            chains.append(chain := [])
+        chain.append(product)
+        ends[(kind, tuple(rows.start + rows.count * rows.step for rows, _, _ in product.act))] = chain
     merged = []
-    key = lambda p: (len(p.act) == 1, str(p.wgt), p.act[0][1:], p.act[0][0].width, p.act[0][0].step, p.maximum)
-    for _, group in groupby(sorted(products, key=lambda p: (key(p), p.act[0][0].start)), key=key):
-        group = list(group)
-        rows = _joined([p.act[0][0] for p in group], along_rows=True) if len(group[0].act) == 1 else None
-        if len(group) == 1 or rows is None:
-            merged.extend(group)
+    for chain in chains:
+        first = chain[0]
+        if len(chain) == 1:
+            merged.append(first)
             continue
-        offsets = np.cumsum([0] + [p.act[0][0].count for p in group]).tolist()
-        blocks = [(offset + row, column, store)
-                  for offset, p in zip(offsets, group) for row, column, store in p.blocks]
-        merged.append(_Product([(rows, *group[0].act[0][1:])], group[0].wgt, blocks, maximum=group[0].maximum))
+        offsets = np.cumsum([0] + [p.act[0][0].count for p in chain]).tolist()
+        blocks = [(offset + row, column, store) for offset, p in zip(offsets, chain) for row, column, store in p.blocks]
+        act = [(rows._replace(count=offsets[-1]), signed, zero_point) for rows, signed, zero_point in first.act]
+        merged.append(_Product(act, first.wgt, blocks, maximum=first.maximum))
     for product in merged:
         product.output = _single_write(config, product)
     return merged

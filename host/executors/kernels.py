@@ -11,11 +11,11 @@ numba's user cache) after the first use.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import njit, types, uint64
 from numba.extending import intrinsic
 
 __all__ = ["postprocess_rows", "float32_requantize_rows", "qlinear_add", "fused_multiply_adds", "depthwise_sums",
-           "diagonal_sums", "diagonal_maxima", "same_bytes"]
+           "diagonal_sums", "diagonal_maxima", "gather_rows", "same_bytes"]
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -188,6 +188,23 @@ def diagonal_maxima(taps: np.ndarray, zero_point: int, diagonals: np.ndarray) ->
     out = np.empty(taps.shape[1:], np.int32)
     _diagonal_maxima(taps, np.int64(zero_point), np.ascontiguousarray(diagonals, dtype=np.int64), out)
     return out
+
+
+@njit(**_JIT)
+def _gather_rows(memory, sources, out):
+    width = uint64(out.shape[1])
+    flat = out.reshape(-1)
+    for cell in range(sources.size):
+        source, target = uint64(sources[cell]), uint64(cell) * width  # unsigned: no negative-index handling
+        for j in range(uint64(0), width):
+            flat[target + j] = memory[source + j]
+
+
+def gather_rows(memory: np.ndarray, sources: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = memory[sources[i]:sources[i] + width]`` for a C-contiguous uint8 ``out`` [cells, width] and int64
+    byte addresses ``sources``, each with its ``width`` bytes inside ``memory`` (the caller sees to that: the
+    loop does not check)."""
+    _gather_rows(memory, sources, out)
 
 
 @njit(**_JIT)

@@ -14,6 +14,7 @@ import numpy as np
 
 from mvu.hdl.contract.isa import Buffer, Opcode
 from mvu.hdl.contract.window import WINDOW_FIELDS, window_extent, window_rows
+from mvu.host.executors.kernels import gather_rows
 
 __all__ = ["SCRATCH_BASE", "WindowGather", "layout_windows"]
 
@@ -24,37 +25,33 @@ SCRATCH_BASE = 1 << 48
 class WindowGather:
     """The scratch cells: each one's source address in memory, or a fill byte for cells outside the input.
 
-    Each cell is one item of ``width`` bytes: cells whose sources lie alike modulo the width are taken in one
-    indexing of the memory as items from that residue on (one for all of them where every source is aligned, as
-    at the default configuration), then put in cell order. Every run gathers into the same scratch buffer, so the
-    products reading it see it at one address from run to run.
+    Each cell is ``width`` bytes: where every source is a multiple of the width (as at the default configuration),
+    all are taken in one indexing of the memory as items of that size; else each is copied from its byte address
+    (:func:`~mvu.host.executors.kernels.gather_rows`: a 3-channel stem's tap rows). Every run gathers into the same
+    scratch buffer, so the products reading it see it at one address from run to run.
     """
 
     def __init__(self, width: int, sources: np.ndarray, inside: np.ndarray, fills: np.ndarray):
         self.width = width
-        sources = np.where(inside, sources, 0)
-        residues = sources % width
-        order = np.argsort(residues, kind="stable")
-        self.groups = [(int(r), sources[order[residues[order] == r]] // width) for r in np.unique(residues)]
-        self.groups = self.groups or [(0, sources)]  # no cells
-        self.inverse = None if len(self.groups) == 1 else np.argsort(order)
+        self.sources = np.where(inside, sources, 0).astype(np.int64)
+        self.aligned = not (self.sources % width).any()
+        if self.aligned:
+            self.sources //= width
         self.pads = np.flatnonzero(~inside)
         self.fills = fills[self.pads, None]
         self.scratch = np.empty((sources.size, width), np.uint8)
+        self._end = int(self.sources.max(initial=0)) * (width if self.aligned else 1) + width  # of the bytes read
 
     def gather(self, memory: np.ndarray) -> np.ndarray:
         """The scratch cells for ``memory``, ``[cells, width]`` bytes: :attr:`scratch`, refilled."""
-        item, width = f"V{self.width}", self.width
-        cells = self.scratch.reshape(-1).view(item)
-        items = [memory[residue:residue + (memory.size - residue) // width * width].view(item)
-                 for residue, _ in self.groups]
-        # mode "clip" takes straight into ``out`` ("raise" buffers it); the sources lie in the memory the program
-        # was checked against, so no index is clipped
-        if self.inverse is None:
-            np.take(items[0], self.groups[0][1], out=cells, mode="clip")
+        if self._end > memory.size:  # the program was checked against this memory: never, but the kernel trusts it
+            raise ValueError(f"window LOADs read up to byte {self._end - 1} of a memory of {memory.size} bytes")
+        if self.aligned:  # mode "clip" takes straight into ``out`` ("raise" buffers it); no index is clipped
+            item = f"V{self.width}"
+            np.take(memory[:memory.size // self.width * self.width].view(item), self.sources,
+                    out=self.scratch.reshape(-1).view(item), mode="clip")
         else:
-            np.take(np.concatenate([np.take(part, index) for part, (_, index) in zip(items, self.groups)]),
-                    self.inverse, out=cells, mode="clip")
+            gather_rows(memory, self.sources, self.scratch)
         self.scratch[self.pads] = self.fills
         return self.scratch
 
