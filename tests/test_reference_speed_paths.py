@@ -2,6 +2,8 @@
 parameters change in memory writes what the interpreter writes for the new bytes; the residual add's float32 kernel
 gives the integer model's sums; weights vouched for as fixed are compared once."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import NARROW, TINY
@@ -263,3 +265,42 @@ def test_products_over_consecutive_rows_chain_into_one(maximum):
     stores = int((columns["opcode"] == Opcode.STORE).sum())
     (segment,) = program.program.notes[ReferenceExecutor._NOTE].segments
     assert len(segment.plan.products) == 8 // TINY.cols < stores
+
+
+def test_a_network_runs_tensors_are_the_layer_by_layer_runs_and_its_output_is_kept():
+    """A network run reads its layers' results where the network left them, without copies: every tensor equals the
+    layer-by-layer run's, and the logits it returned stay as they were when the next batch runs."""
+    model = quantized(small_network())
+    network = ModelRunner(model, TINY, "reference", network=True)
+    layers = ModelRunner(model, TINY, "reference")
+    rng = np.random.default_rng(26)
+    first, second = (rng.integers(0, 256, (1, 3, 8, 8), dtype=np.uint8) for _ in range(2))
+    network.run_batch(second)  # links the network
+    logits = network.run_batch(first)
+    layers.run_batch(first)
+    assert set(network.tensors) == set(layers.tensors)
+    for name, tensor in layers.tensors.items():
+        np.testing.assert_array_equal(network.tensors[name], tensor, err_msg=name)
+    kept = logits.copy()
+    network.run_batch(second)
+    np.testing.assert_array_equal(logits, kept)
+    assert not np.array_equal(network.last_output, kept)
+
+
+def test_a_network_whose_output_an_accelerator_layer_writes_returns_a_copy():
+    """The output of a network cut after its global pool (a program's result) is the network's memory no longer:
+    the next batch leaves it as it was."""
+    model = quantized(small_network())
+    gap = next(index for index, layer in enumerate(model.layers) if layer.kind == "gap")
+    cut = dataclasses.replace(model, layers=model.layers[:gap + 1], output=model.layers[gap].output)
+    runner = ModelRunner(cut, TINY, "reference", network=True)
+    rng = np.random.default_rng(27)
+    first, second = (rng.integers(0, 256, (1, 3, 8, 8), dtype=np.uint8) for _ in range(2))
+    runner.run_batch(second)
+    pooled = runner.run_batch(first)
+    assert isinstance(runner.networks[1], NetworkProgram) and runner.stats[gap].placement == "accelerator"
+    kept = pooled.copy()
+    runner.run_batch(second)
+    np.testing.assert_array_equal(pooled, kept)
+    np.testing.assert_array_equal(kept, ModelRunner(cut, TINY, "numpy").run_batch(first))
+    assert not np.array_equal(runner.last_output, kept)

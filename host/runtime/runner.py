@@ -200,8 +200,9 @@ class ModelRunner:
     With ``network``, the first batch of a size runs layer by layer and links the layers' programs into one
     :class:`~mvu.host.network_program.NetworkProgram` where they link (:attr:`networks` says why not otherwise);
     later batches of that size run it: the host writes the input, one program runs every layer, the layers'
-    results are read where the program left them. That run's cycles and counters are in the stats of the layer
-    that starts it (the last to read the network's input).
+    results are read where the program left them (their :attr:`tensors` are views of its memory until it runs
+    again; the output is a copy). That run's cycles and counters are in the stats of the layer that starts it (the
+    last to read the network's input).
     """
 
     def __init__(self, model: QuantizedModel, config: HardwareConfig, backend: str = "numpy", executor=None, *,
@@ -279,7 +280,9 @@ class ModelRunner:
 
     def _replayed(self, a, stats: LayerStats) -> np.ndarray:
         """The next layer's result in a network run: the host writes the network's input into the layers that read
-        it, the last of them runs the network, and every layer's result is read where the network left it."""
+        it, the last of them runs the network, and every layer's result is read where the network left it (a view
+        of the network's memory, valid until the network runs again, where the layer wrote rows of its own; a copy
+        where it wrote into a Concat's buffer)."""
         network, pending = self._replay
         index = pending.pop(0)
         entry = network.links[index]
@@ -287,7 +290,7 @@ class ModelRunner:
             entry.program.load_activations(a)
             if entry is network.inputs[-1]:
                 self._count(stats, self.executor.run(network.program))
-        return network.result(index)
+        return network.result(index) if index in network.placed else entry.program.result(copy=False)
 
     def _link_on_reference(self, images_q: np.ndarray) -> np.ndarray:
         """A slow backend's first batch of a size in network mode: the layers run and link on the reference
@@ -426,8 +429,9 @@ class ModelRunner:
                                                   "no layer ran on the accelerator")
             if isinstance(self.networks[n], NetworkProgram):  # later batches write only its inputs
                 self.networks[n].program.notes[FIXED_WEIGHTS] = True
+        output = tensors[self.model.output]
+        self.last_output = np.array(output) if self._replay is not None else output  # not a view of the network
         self._replay, self._links = None, None
-        self.last_output = tensors[self.model.output]
         self.tensors = tensors
         return self.last_output
 
