@@ -7,8 +7,10 @@ the STORE's scales as per-channel weight scales. onnxruntime packs a constant
 weight matrix once and requantizes inside its kernel, which saves a pass over
 the int32 sums and the packing on every run.
 
-The packed weights are a copy: :meth:`FusedProduct.matches` compares them
-and the parameters with the memory's before every run. Whether the kernels
+The packed weights are a copy: execution plans compare them and the
+parameters with the memory's before every run (:meth:`FusedProduct.same_weights`),
+the weights only on the run that packs them where the program's owner vouches
+that they stay (:data:`~mvu.host.executors.FIXED_WEIGHTS`). Whether the kernels
 are exact on this machine (no saturated 16-bit intermediate sums, rounding
 half to even, clamping before conversion) is checked once per operand
 signedness against :func:`mvu.hdl.contract.requantization.requantize`; :func:`fused_product`
