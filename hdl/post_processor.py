@@ -1,9 +1,11 @@
 """Per-channel requantization: bias, then a fixed-point multiplier and shift or a float32 scale; zero point, clamp."""
 
-from amaranth import Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.data import ArrayLayout
 from amaranth.lib.wiring import In, Out
+
+from mvu.hdl.pipeline import idle_gated_domain
 
 __all__ = ["PostProcessor"]
 
@@ -94,11 +96,12 @@ class PostProcessor(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # One valid bit per stage; a stage's data registers only load when data arrives,
-        # so an idle post-processor costs a simulator almost nothing.
+        # One valid bit per stage; a stage's data registers only load when data arrives, and the Verilator
+        # model clocks the whole pipeline only while a row is in it (an idle one costs it nothing).
         valid = [self.in_valid] + [Signal(name=f"valid_{stage + 1}") for stage in range(self.latency)]
+        sync = m.d[idle_gated_domain(m, platform, lambda: Cat(*valid).any(), "ppu_clock")]
         for stage in range(self.latency):
-            m.d.sync += valid[stage + 1].eq(valid[stage])
+            sync += valid[stage + 1].eq(valid[stage])
         for lane in range(self.lanes):
             stages = [[] for _ in range(self.latency)]  # the assignments each stage registers
             raw = [self.in_acc[lane]] + [Signal(signed(32), name=f"raw_{lane}_{stage + 1}", reset_less=True)
@@ -155,7 +158,7 @@ class PostProcessor(wiring.Component):
                                             Mux(shifted > self.clamp_max, self.clamp_max, shifted))))
             for stage, assignments in enumerate(stages):
                 with m.If(valid[stage]):
-                    m.d.sync += assignments
+                    sync += assignments
             m.d.comb += [self.out_data[lane].eq(clamped[:8]), self.out_raw[lane].eq(raw[-1])]
         m.d.comb += self.out_valid.eq(valid[-1])
         return m

@@ -1,10 +1,11 @@
 """The requantizing residual add: each lane's code plus an addend byte, onnxruntime's QLinearAdd in integers."""
 
-from amaranth import Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.data import ArrayLayout
 from amaranth.lib.wiring import In, Out
 
+from mvu.hdl.pipeline import idle_gated_domain
 from mvu.hdl.post_processor import _bit_length, _round_right
 
 __all__ = ["ResidualAdd"]
@@ -76,11 +77,12 @@ class ResidualAdd(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # One valid bit per stage; data registers load only with valid data (an idle block costs a simulator
-        # nothing).
+        # One valid bit per stage; data registers load only with valid data, and the Verilator model clocks the
+        # whole pipeline only while a row is in it (an idle block costs it nothing).
         valid = [self.in_valid] + [Signal(name=f"valid_{stage + 1}") for stage in range(self.latency)]
+        sync = m.d[idle_gated_domain(m, platform, lambda: Cat(*valid).any(), "residual_clock")]
         for stage in range(self.latency):
-            m.d.sync += valid[stage + 1].eq(valid[stage])
+            sync += valid[stage + 1].eq(valid[stage])
         enabled = [Signal(name=f"enabled_{stage + 1}", reset_less=True) for stage in range(self.latency)]
         stages = [[enabled[0].eq(self.enable)]] + [[enabled[s].eq(enabled[s - 1])] for s in range(1, self.latency)]
         ratio_q, ratio_b = self.ratio_q[:_RATIO].as_signed(), self.ratio_b[:_RATIO].as_signed()
@@ -115,6 +117,6 @@ class ResidualAdd(wiring.Component):
             m.d.comb += self.out_data[lane].eq(result)
         for stage, assignments in enumerate(stages):
             with m.If(valid[stage]):
-                m.d.sync += assignments
+                sync += assignments
         m.d.comb += self.out_valid.eq(valid[-1])
         return m

@@ -31,24 +31,33 @@ def ports(component: wiring.Component) -> list[tuple[str, Signal, None]]:
     return named
 
 
-def component_verilog(component: wiring.Component, name: str) -> str:
-    """Verilog of any block as a top-level module ``name``, straight from Amaranth."""
+def component_verilog(component: wiring.Component, name: str, *, platform=None) -> str:
+    """Verilog of any block as a top-level module ``name``, straight from Amaranth (elaborated for ``platform``)."""
     from amaranth.back import verilog
 
-    return verilog.convert(component, name=name, ports=ports(component), emit_src=False)
+    return verilog.convert(component, name=name, ports=ports(component), emit_src=False, platform=platform)
 
 
-def generate_verilog(config: HardwareConfig, *, optimize: bool = True) -> str:
-    """Verilog of :class:`~mvu.hdl.core.MvuCore` named ``mvu_core``; ``optimize`` runs the passes above."""
+class _CycleSimulator:
+    """The ``platform`` of the Verilator model: idle pipelines get gated clocks (see
+    :func:`mvu.hdl.pipeline.idle_gated_domain`), which no FPGA build should have."""
+
+    gate_idle_pipelines = True
+
+
+def generate_verilog(config: HardwareConfig, *, optimize: bool = True, simulator: bool = False) -> str:
+    """Verilog of :class:`~mvu.hdl.core.MvuCore` named ``mvu_core``; ``optimize`` runs the passes above,
+    ``simulator`` elaborates it for a cycle-based simulator (same behaviour, idle pipelines not clocked)."""
     from amaranth.back import rtlil
 
     from mvu.hdl.core import MvuCore
 
     core = MvuCore(config)
+    platform = _CycleSimulator() if simulator else None
     if not optimize:
-        return component_verilog(core, "mvu_core")
+        return component_verilog(core, "mvu_core", platform=platform)
     from amaranth._toolchain.yosys import find_yosys
 
-    text = rtlil.convert(core, name="mvu_core", ports=ports(core), emit_src=False)
+    text = rtlil.convert(core, name="mvu_core", ports=ports(core), emit_src=False, platform=platform)
     script = f"read_rtlil <<rtlil\n{text}\nrtlil\n{SIMULATION_PASSES}\nwrite_verilog -norename -noattr"
     return find_yosys(lambda version: version >= (0, 40)).run(["-q", "-"], script, ignore_warnings=True)

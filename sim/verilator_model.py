@@ -23,7 +23,7 @@ __all__ = ["build_model", "model_key", "hdl_sources"]
 _HARNESS = Path(__file__).with_name("harness.cpp")
 VERILATOR_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert", "-Wno-fatal", "-Wno-lint",
                    "-Wno-style"]
-CXX_FLAGS = "-fPIC -O2"
+CXX_FLAGS = "-fPIC -O3"
 
 
 def hdl_sources() -> bytes:
@@ -36,8 +36,9 @@ def hdl_sources() -> bytes:
 
 
 def model_key(config: HardwareConfig) -> str:
-    """Hash of everything the model is built from: design sources, parameters, harness, tools."""
+    """Hash of everything the model is built from: design sources, parameters, harness, this recipe, tools."""
     digest = hashlib.sha256()
+    digest.update(Path(__file__).read_bytes())
     digest.update(json.dumps(config.to_dict(), sort_keys=True).encode())
     digest.update(hdl_sources())
     digest.update(_HARNESS.read_bytes())
@@ -57,7 +58,7 @@ def build_model(config: HardwareConfig, *, verbose: bool = False) -> Path:
     print(f"mvu: building the Verilator model ({config.describe()}); cached after this", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="mvu-build-", dir=cache_dir()))
     try:
-        (work / "mvu_core.v").write_text(generate_verilog(config))
+        (work / "mvu_core.v").write_text(generate_verilog(config, simulator=True))
         shutil.copy(_HARNESS, work / "harness.cpp")
         command = [
             str(verilator_root() / "bin" / "verilator"), "--cc", "mvu_core.v", "--top-module", "mvu_core",
