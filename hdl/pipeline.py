@@ -33,8 +33,8 @@ def instruction_field(word: Value, name: str, opcode: Opcode | None = None) -> V
     return bits.as_signed() if field.signed else bits
 
 
-def staggered(m: Module, lanes: list[Value], name: str, domain: str = "sync") -> list[Value]:
-    """Lane ``i`` of ``lanes`` delayed by ``i`` cycles of ``domain`` (a triangular skew buffer).
+def staggered(m: Module, lanes: list[Value], name: str) -> list[Value]:
+    """Lane ``i`` of ``lanes`` delayed by ``i`` cycles (a triangular skew buffer).
 
     Stage ``k`` is one register holding the lanes that still need delay, so a
     simulator moves a whole stage per cycle rather than one lane per register.
@@ -44,7 +44,7 @@ def staggered(m: Module, lanes: list[Value], name: str, domain: str = "sync") ->
     carried = lanes[1:]
     for stage in range(1, len(lanes)):
         register = Signal(sum(widths[stage:]), name=f"{name}_stage{stage}", reset_less=True)
-        m.d[domain] += register.eq(Cat(*carried))
+        m.d.sync += register.eq(Cat(*carried))
         offsets = [sum(widths[stage:stage + i]) for i in range(len(lanes) - stage)]
         carried = [register[offset:offset + widths[stage + i]] for i, offset in enumerate(offsets)]
         out.append(carried[0])
