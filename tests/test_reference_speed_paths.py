@@ -304,3 +304,25 @@ def test_a_network_whose_output_an_accelerator_layer_writes_returns_a_copy():
     np.testing.assert_array_equal(pooled, kept)
     np.testing.assert_array_equal(kept, ModelRunner(cut, TINY, "numpy").run_batch(first))
     assert not np.array_equal(runner.last_output, kept)
+
+
+def test_fixed_weights_are_compared_again_in_another_memory_buffer():
+    """The note vouches for the weights in the memory the program ran on: moved to another buffer (of the same
+    size, so the program's plan is kept) with other weights, the program is repacked and follows them."""
+    gemm, w = fused_gemm(np.random.default_rng(28))
+    gemm.program.notes[FIXED_WEIGHTS] = True
+    executor = ReferenceExecutor(NARROW)
+    executor.run(gemm.program)
+    plan = gemm.program.notes[ReferenceExecutor._NOTE].plan
+    if not any(plan._fused.values()):
+        pytest.skip("onnxruntime's int8 kernels are not exact on this machine; the general path runs instead")
+    before = gemm.result().copy()
+    moved = gemm.program.memory.data.copy()
+    w_pad = np.zeros((56, 32), np.int8)  # K and N padded to whole tiles of NARROW (8 x 16)
+    w_pad[:50, :30] = w
+    at = moved.tobytes().find(w_pad.tobytes())
+    moved[at:at + w_pad.size] = (-w_pad.astype(np.int16)).clip(-128, 127).astype(np.int8).view(np.uint8).ravel()
+    gemm.program.memory.data = moved
+    assert_plan_is_interpreter(executor, gemm.program)
+    assert gemm.program.notes[ReferenceExecutor._NOTE].plan is plan
+    assert (gemm.result() != before).any()

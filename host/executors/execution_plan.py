@@ -103,7 +103,8 @@ class ExecutionPlan:
     Products written out by one float32-scale store per column tile run as a
     :class:`~mvu.host.executors.fused_products.FusedProduct` each, packed on first use and
     repacked when the memory's weights or parameters change: parameters are compared on every run, weights too
-    unless the caller vouches that they are fixed (``fixed_weights``: then only on the run that packs them).
+    unless the caller vouches that they are fixed (``fixed_weights``: then only on the run that packs them, and
+    when the memory is another buffer).
     """
 
     def __init__(self, config: HardwareConfig, products: list[_Product], windows: WindowGather | None = None):
@@ -111,8 +112,13 @@ class ExecutionPlan:
         # per fusable product: its FusedProduct and the parameter block bytes it was packed with
         self._fused: dict[int, tuple[FusedProduct, np.ndarray] | None] = {
             i: None for i, p in enumerate(products) if _fusable(p)}
+        self._buffer: int | None = None  # the address of the memory the last run read
 
     def run(self, memory: np.ndarray, *, fixed_weights: bool = False) -> None:
+        """Apply the plan to ``memory``; ``fixed_weights``: its weights are those of the last run (trusted only on
+        the same memory buffer as that run's)."""
+        buffer, self._buffer = self._buffer, memory.ctypes.data
+        fixed_weights = fixed_weights and buffer == self._buffer
         scratch = None if self.windows is None else self.windows.gather(memory)
         for index, product in enumerate(self.products):
             if index in self._fused and self._run_fused(memory, scratch, index, product, fixed_weights):
