@@ -317,7 +317,7 @@ def link(links: list[Link], memory_bytes: int | None = None) -> NetworkProgram |
     offsets = [memory.allocate(entry.program.program.memory.size) for entry in links]
     starts = {root: memory.allocate(count * root.channels) for root, count in buffers.items()}
     limit = ADDRESS_SPACE if memory_bytes is None else memory_bytes
-    if (outgrown := _outgrown(links, offsets, memory.size, limit)) is not None:
+    if (outgrown := _outgrown(links, offsets, memory.used, limit)) is not None:
         return outgrown
 
     def move(region: Region, source) -> _Move:
@@ -351,8 +351,9 @@ def link(links: list[Link], memory_bytes: int | None = None) -> NetworkProgram |
     streams[-1] = encode_columns({"opcode": np.array([Opcode.FINISH])})
     words = np.concatenate(streams)
     program = Program.place_words(memory, words, macs=sum(entry.program.program.macs for entry in links))
-    if (outgrown := _outgrown(links, offsets, memory.size, limit)) is not None:
+    if (outgrown := _outgrown(links, offsets, memory.used, limit)) is not None:
         return outgrown
+    memory.trim()  # what the device is sent: no spare capacity
     for entry, offset in zip(links, offsets):  # each program's memory is now its place in the network's
         image = entry.program.program.memory
         image.data = memory.data[offset:offset + image.size]

@@ -257,6 +257,21 @@ def test_a_network_beyond_the_devices_memory_is_named_and_runs_layer_by_layer():
     np.testing.assert_array_equal(runner.run_batch(x), ModelRunner(model, TINY, "numpy").run_batch(x))
 
 
+def test_a_network_image_is_as_large_as_what_it_holds():
+    """The linked image carries no spare capacity: a device holding exactly its bytes runs it as one program, one
+    byte less runs layer by layer."""
+    model = quantized(small_network())
+    x = np.random.default_rng(14).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    whole = ModelRunner(model, TINY, "reference", ReferenceExecutor(TINY), network=True)
+    whole.run_batch(x)
+    image = whole.networks[1].program.memory
+    assert image.size == image.used
+    for held, linked in ((image.size, True), (image.size - 1, False)):
+        runner = ModelRunner(model, TINY, "reference", Holding(ReferenceExecutor(TINY), held), network=True)
+        runner.run_batch(x)
+        assert isinstance(runner.networks[1], str) != linked, runner.networks[1]
+
+
 def test_a_layer_beyond_the_devices_memory_is_a_clear_error():
     """A layer whose own program does not fit the device's memory: an error naming the layer and both sizes."""
     from mvu.host.runtime.runner import DeviceMemoryError

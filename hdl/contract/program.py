@@ -63,9 +63,14 @@ class MemoryImage:
     def read(self, address: int, nbytes: int) -> np.ndarray:
         return self.data[address:address + nbytes]
 
+    @property
+    def used(self) -> int:
+        """Bytes allocated so far, to the alignment: what :meth:`trim` keeps (:attr:`size` may hold spare capacity)."""
+        return -(-self._top // self.alignment) * self.alignment
+
     def trim(self) -> None:
         """Drop unused capacity so the image is exactly as large as what was allocated."""
-        self.data = self.data[:-(-self._top // self.alignment) * self.alignment].copy()
+        self.data = self.data[:self.used].copy()
 
 
 @dataclass
