@@ -42,6 +42,14 @@ def test_exact_ties_round_half_to_even():
     assert round_significant(np.int64((1 << 25) + 3)) == (1 << 25) + 4
 
 
+def test_zero_coefficients_are_an_add_of_nothing():
+    """All three coefficients zero (an add of two constant-zero tensors): every output is the clamped zero."""
+    add = ResidualAdd.from_float32(0.0, 0.0, 0.0, low=3, high=200)
+    assert (add.ratio_q, add.ratio_b, add.start, add.shift) == (0, 0, 0, 0)
+    q = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(add(q, q[::-1].copy()), np.full(256, 3))
+
+
 def test_coefficients_outside_the_grid_are_refused():
     with pytest.raises(ValueError, match="fraction bits"):
         ResidualAdd.from_float32(np.float32(2.0 ** -70), 1.0, 0.0)

@@ -100,7 +100,7 @@ class ResidualAdd:
         if not all(np.isfinite(v) for v in values):
             raise ValueError(f"the add's coefficients {values} must be finite")
         parts = [_fixed(v) for v in values]
-        shift = max(0, *(-e for m, e in parts if m))
+        shift = max([0, *(-e for m, e in parts if m)])
         if shift > 63:
             raise ValueError(f"the add's coefficients {values} need {shift} fraction bits; at most 63 fit")
         q, b, s = (m << (e + shift) for m, e in parts)
