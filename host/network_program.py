@@ -117,13 +117,15 @@ class NetworkProgram:
         return [link for link in self.links if link.source is None]
 
     def result(self, index: int) -> np.ndarray:
-        """What link ``index``'s program wrote (a copy where it is requantized), read where it wrote it."""
+        """What link ``index``'s program wrote (a copy where it is requantized), read where it wrote it; a link placed
+        in a Concat's buffer: a read-only view of its slice, which shows what the network's latest run left there
+        (however early in a batch it is asked for)."""
         program = self.links[index].program
         if index not in self.placed:
             return program.result(copy=program.requant is not None)
         start, pitch = self.placed[index]
         rows = self.program.memory.data[start:start + (program.m - 1) * pitch + program.n]
-        return np.lib.stride_tricks.as_strided(rows, (program.m, program.n), (pitch, 1)).copy()
+        return np.lib.stride_tricks.as_strided(rows, (program.m, program.n), (pitch, 1), writeable=False)
 
 
 def _columns(program) -> dict[str, np.ndarray]:

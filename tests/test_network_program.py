@@ -191,6 +191,27 @@ def test_concatenations_are_laid_out_by_addressing(nested):
     np.testing.assert_array_equal(first, ModelRunner(model, TINY, "numpy").run_batch(x))
 
 
+def test_layers_that_share_the_input_read_this_batchs_results():
+    """Two layers read the network's input and store into one Concat's buffer: the network runs once the last of
+    them has its input, and every tensor read back, the first one's too, is this batch's, not the last one's."""
+    rng = np.random.default_rng(3)
+    g = GraphBuilder("branches", (1, 3, 8, 8))
+    a = g.relu(g.conv("input", rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8), padding=1))
+    b = g.relu(g.conv("input", rng.normal(0, 0.3, (8, 3, 1, 1)), rng.normal(0, 0.1, 8)))
+    x = g.relu(g.conv(g.concat([a, b]), rng.normal(0, 0.3, (8, 16, 1, 1)), rng.normal(0, 0.1, 8)))
+    x = g.max_pool(x, 3, 2, 1)  # TINY pools 4x4 globally
+    model = quantized(g.build(g.gemm(g.flatten(g.global_average_pool(x)), rng.normal(0, 0.3, (10, 8)),
+                                     rng.normal(0, 0.1, 10)), classes=10))
+    runner = ModelRunner(model, TINY, "reference", ReferenceExecutor(TINY), network=True)
+    layer_by_layer = ModelRunner(model, TINY, "reference")
+    for seed in (20, 21, 22):
+        x = np.random.default_rng(seed).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+        np.testing.assert_array_equal(runner.run_batch(x), layer_by_layer.run_batch(x))
+        assert isinstance(runner.networks[1], NetworkProgram) and runner.networks[1].placed, runner.networks[1]
+        for name, tensor in layer_by_layer.tensors.items():
+            np.testing.assert_array_equal(runner.tensors[name], tensor, err_msg=f"{name}, batch {seed}")
+
+
 def test_concatenations_by_addressing_are_bit_exact_on_the_rtl(verilator_executors):
     """The RTL runs a DenseNet's one program, its producers' STOREs and readers' LOADs moved to the buffers' pitch,
     to the reference's logits."""

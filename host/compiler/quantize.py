@@ -169,6 +169,7 @@ def _concatenated_ranges(graph: Graph, ranges: dict) -> dict[str, tuple[float, f
         return name
 
     def join(names: list[str]) -> None:
+        parent.setdefault(names[0], names[0])  # a group's root is one of its members too
         for name in names[1:]:
             parent[root(name)] = root(names[0])
 

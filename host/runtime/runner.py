@@ -281,8 +281,7 @@ class ModelRunner:
     def _replayed(self, a, stats: LayerStats) -> np.ndarray:
         """The next layer's result in a network run: the host writes the network's input into the layers that read
         it, the last of them runs the network, and every layer's result is read where the network left it (a view
-        of the network's memory, valid until the network runs again, where the layer wrote rows of its own; a copy
-        where it wrote into a Concat's buffer)."""
+        of the network's memory, valid until the network runs again)."""
         network, pending = self._replay
         index = pending.pop(0)
         entry = network.links[index]
