@@ -85,6 +85,29 @@ def test_the_network_program_is_bit_exact_on_the_rtl(verilator_executors):
     assert sum(s.cycles for s in runner.stats) > 0
 
 
+def test_the_rtl_computes_every_tensor_it_returns(verilator_executors):
+    """Linking runs no layer: when the RTL starts the network, every layer's output in its memory is still zero, so
+    the results it returns are its own, not an earlier executor's left in the image."""
+    model = quantized(small_network())
+    x = np.random.default_rng(7).integers(1, 256, (1, 3, 8, 8), dtype=np.uint8)
+    verilator, before = verilator_executors(TINY), []
+
+    class Watching(Counting):
+        def run(self, program):
+            network = runner.networks[1]
+            before.append([np.array(network.result(index)) for index in range(len(network.links))])
+            return super().run(program)
+
+    executor = Watching(verilator)
+    runner = ModelRunner(model, TINY, "verilator", executor, network=True)
+    logits = runner.run_batch(x)
+    assert executor.runs == 1 and len(before) == 1
+    assert all(not result.any() for result in before[0])
+    after = [runner.networks[1].result(index) for index in range(len(runner.networks[1].links))]
+    assert all(result.any() for result in after)
+    np.testing.assert_array_equal(logits, ModelRunner(model, TINY, "numpy").run_batch(x))
+
+
 def padded_network():
     """Two convolutions with a reflect pad, which the host computes, between them."""
     rng = np.random.default_rng(0)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mvu.hdl.contract.config import HardwareConfig
+from mvu.hdl.contract.program import Program, RunResult
 from mvu.hdl.contract.requantization import Requantization, float32_significand, quantize_multiplier, requantize
 from mvu.host.depthwise import DepthwiseProgram, depthwise_limit
 from mvu.host.executors import BACKENDS, FIXED_WEIGHTS, make_executor
@@ -31,6 +32,19 @@ from mvu.host.runtime.fused_adds import FUSED_ADD, FUSED_TABLE, FusedAdd, fused_
 from mvu.host.runtime.scores import softmax
 
 __all__ = ["DeviceMemoryError", "LayerStats", "ModelRunner", "im2col", "sub_batch_sizes", "uniform_pool"]
+
+
+class _Unrun:
+    """An executor that leaves programs unrun: the pass that builds and links a slow backend's network program
+    needs each layer's program and what it reads, not what it computes."""
+
+    name = "unrun"
+
+    def __init__(self, memory_bytes_per_cycle: float | None):
+        self.memory_bytes_per_cycle = memory_bytes_per_cycle
+
+    def run(self, program: Program) -> RunResult:
+        return RunResult(backend=self.name, wall_seconds=0.0, instructions=0, counters={})
 
 
 @dataclass
@@ -291,12 +305,13 @@ class ModelRunner:
                 self._count(stats, self.executor.run(network.program))
         return network.result(index) if index in network.placed else entry.program.result(copy=False)
 
-    def _link_on_reference(self, images_q: np.ndarray) -> np.ndarray:
-        """A slow backend's first batch of a size in network mode: the layers run and link on the reference
-        executor (the same programs and bits: its programs are tiled for the same memory), then the batch runs on
-        the slow backend, as the network where the programs linked, else layer by layer."""
+    def _link_unrun(self, images_q: np.ndarray) -> np.ndarray:
+        """A slow backend's first batch of a size in network mode: the layers' programs are built and linked
+        without running (:class:`_Unrun`: the same programs, tiled for the same memory), then the batch runs on the
+        slow backend, as the network where the programs linked, else layer by layer. Nothing the network computes
+        is in its memory before it runs: every tensor but the input is the device's own."""
         (backend, executor), (self.backend, self.executor) = (self.backend, self.executor), (
-            "reference", make_executor("reference", self.config))
+            "reference", _Unrun(self.executor.memory_bytes_per_cycle))
         try:
             self.run_batch(images_q)
         finally:
@@ -399,9 +414,8 @@ class ModelRunner:
         """
         images_q = self._checked(images_q)
         n = len(images_q)
-        if self.network and self.executor is not None and n not in self.networks and BACKENDS[self.backend].slow \
-                and (self.executor.memory_bytes_per_cycle or self.config.mem_bytes) == self.config.mem_bytes:
-            return self._link_on_reference(images_q)
+        if self.network and self.executor is not None and n not in self.networks and BACKENDS[self.backend].slow:
+            return self._link_unrun(images_q)
         tensors = {self.model.input: images_q}
         self.stats, self._used = [], []
         network = self.networks.get(n) if self.network and self.executor is not None else None
