@@ -7,6 +7,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from mvu.hdl.contract.isa import TABLE_BYTES
+from mvu.hdl.pipeline import idle_gated_domain
 
 __all__ = ["LookupTable"]
 
@@ -19,7 +20,8 @@ class LookupTable(wiring.Component):
         write_beat: ``In(range(256 // beat_bytes))``: which beat of the table ``write_data`` is: it becomes
             entries ``write_beat * beat_bytes`` .. ``+ beat_bytes - 1``, lowest byte first (a memory beat).
         write_data: ``In(8 * beat_bytes)``: the beat.
-        in_valid: ``In(1)``: ``in_data`` holds a row.
+        in_valid: ``In(1)``: ``in_data`` holds a row (driven by a register: the Verilator model's clock gate
+            samples it).
         in_data: ``In(ArrayLayout(unsigned(8), lanes))``: the bytes to look up.
         enable: ``In(1)``: look the row up (else pass it through unchanged); sampled with ``in_valid``.
         out_valid: ``Out(1)``: ``out_data`` holds the row that came in :attr:`latency` cycles earlier.
@@ -53,17 +55,18 @@ class LookupTable(wiring.Component):
         P = self.beat_bytes
         # A copy of the table per lane, stored as beats: one write port and one read port each (an FPGA's
         # distributed or block RAM). A lane reads the beat holding its entry, which a register of the entry's
-        # place in the beat then selects. Beats are read only in cycles with a valid row, so an idle table
-        # costs a simulator nothing.
+        # place in the beat then selects. Beats are read only in cycles with a valid row, and the Verilator model
+        # clocks the lookups only while a row is in them, so an idle table costs a simulator nothing.
         place_bits = (P - 1).bit_length()
+        domain = idle_gated_domain(m, platform, lambda: self.in_valid | self.out_valid, "table_clock")
         passed = Signal(ArrayLayout(unsigned(8), self.lanes), reset_less=True)
         looked_up = Signal(reset_less=True)
         with m.If(self.in_valid):
-            m.d.sync += [passed.eq(self.in_data), looked_up.eq(self.enable)]
-        m.d.sync += self.out_valid.eq(self.in_valid)
+            m.d[domain] += [passed.eq(self.in_data), looked_up.eq(self.enable)]
+        m.d[domain] += self.out_valid.eq(self.in_valid)
         for lane in range(self.lanes):
             m.submodules[f"table_{lane}"] = table = Memory(shape=8 * P, depth=TABLE_BYTES // P, init=[])
-            write, read = table.write_port(), table.read_port()
+            write, read = table.write_port(), table.read_port(domain=domain)
             m.d.comb += [write.en.eq(self.write_en), write.addr.eq(self.write_beat), write.data.eq(self.write_data),
                          read.en.eq(self.in_valid & self.enable), read.addr.eq(self.in_data[lane] >> place_bits)]
             place = passed[lane][:place_bits]

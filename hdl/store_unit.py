@@ -1,6 +1,6 @@
 """The store unit: accumulators through the post-processor and out to memory."""
 
-from amaranth import Cat, Const, Module, Mux, Signal, Value, signed
+from amaranth import Cat, Const, DomainRenamer, Elaboratable, Module, Mux, Signal, Value, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -10,7 +10,7 @@ from mvu.hdl.contract.isa import TABLE_BYTES, Opcode
 from mvu.hdl.contract.residual_add import ADD_BLOCK_BYTES
 from mvu.hdl.interfaces import INSTRUCTIONS, MemoryReader, TokenPort, buffer_read, write_beat
 from mvu.hdl.lookup_table import LookupTable
-from mvu.hdl.pipeline import delayed, instruction_field
+from mvu.hdl.pipeline import delayed, idle_gated_domain, instruction_field
 from mvu.hdl.post_processor import PostProcessor
 from mvu.hdl.residual_add import ResidualAdd
 
@@ -24,6 +24,21 @@ _ROW_FIFO_DEPTH = PostProcessor.latency + ResidualAdd.latency + LookupTable.late
 # cycle needs as many rows in flight as the latency's cycles: 40 in the simulation's memory model; 16 rows held
 # ResNet-50 to 0.4 rows a cycle in the STOREs that add).
 _ADDEND_FIFO_DEPTH = 64
+
+
+def _clocked(block: Elaboratable, domain: str) -> Elaboratable:
+    """``block`` with its ``sync`` domain clocked by ``domain`` (itself for ``sync``)."""
+    return block if domain == "sync" else DomainRenamer(domain)(block)
+
+
+def _delayed_in(m: Module, domain: str, value: Value, cycles: int, name: str) -> Value:
+    """:func:`~mvu.hdl.pipeline.delayed` with its registers in ``domain`` (a submodule unless ``sync``)."""
+    if domain == "sync":
+        return delayed(m, value, cycles, name)
+    chain = Module()
+    value = delayed(chain, value, cycles, name)
+    m.submodules[f"{name}_delay"] = _clocked(chain, domain)
+    return value
 
 
 class StoreUnit(wiring.Component):
@@ -60,7 +75,10 @@ class StoreUnit(wiring.Component):
         m.submodules.ppu = ppu = PostProcessor(C, float32=self.config.float32_requant)
         m.submodules.table = table = LookupTable(C, P)
         table_beats = TABLE_BYTES // P
-        m.submodules.rows = rows = SyncFIFOBuffered(width=32 * C, depth=_ROW_FIFO_DEPTH)
+        rows = SyncFIFOBuffered(width=32 * C, depth=_ROW_FIFO_DEPTH)
+        # The Verilator model clocks the row FIFO only while it holds a row or one arrives.
+        rows_domain = idle_gated_domain(m, platform, lambda: table.out_valid | (rows.level != 0), "store_rows_clock")
+        m.submodules.rows = _clocked(rows, rows_domain)
         residual_add = self.config.residual_add  # else the add's logic is left out, not just unused
         add_beats = ADD_BLOCK_BYTES // P if residual_add else 0
 
@@ -89,6 +107,9 @@ class StoreUnit(wiring.Component):
         clamp_max = Signal(signed(16))
         params = Signal(8 * self.config.param_block_bytes)
         param_beat = Signal(range(param_beats + add_beats + 1))
+        # The Verilator model clocks the (wide) parameter and add blocks only while a parameter block arrives.
+        receiving = Signal()
+        param_domain = idle_gated_domain(m, platform, lambda: receiving, "store_param_clock")
 
         with m.FSM(name="store") as fsm:
             with m.State("IDLE"):
@@ -135,10 +156,10 @@ class StoreUnit(wiring.Component):
                 with m.If(self.mem.resp.valid):
                     m.d.sync += param_beat.eq(param_beat + 1)
                     with m.If(param_beat < param_beats):
-                        m.d.sync += params.eq(Cat(params[8 * P:], self.mem.resp.payload))
+                        m.d[param_domain] += params.eq(Cat(params[8 * P:], self.mem.resp.payload))
                     if residual_add:
                         with m.Else():
-                            m.d.sync += add_block.eq(Cat(add_block[8 * P:], self.mem.resp.payload))
+                            m.d[param_domain] += add_block.eq(Cat(add_block[8 * P:], self.mem.resp.payload))
                     with m.If(last_beat & load_table):
                         m.next = "TABLE_REQUEST"
                     with m.Elif(last_beat):
@@ -169,12 +190,15 @@ class StoreUnit(wiring.Component):
                     m.d.comb += tokens.push.eq(notify)
                     m.next = "IDLE"
 
+        if param_domain != "sync":
+            m.d.comb += receiving.eq(fsm.ongoing("PARAM_RECEIVE"))
+
         # Read one accumulator entry per cycle while the row FIFO has room for it (and, with add, an addend row
         # that no earlier entry claimed has arrived).
         in_flight = Signal(range(_ROW_FIFO_DEPTH + 1))
         issue = Signal()
         if residual_add:
-            addend_ready, requantized = self._residual_add(m, fsm, ppu, issue, add, add_block, stride)
+            addend_ready, requantized = self._residual_add(m, platform, fsm, ppu, issue, add, add_block, stride)
         else:
             addend_ready, requantized = 1, (ppu.out_valid, ppu.out_data)
         m.d.comb += issue.eq(fsm.ongoing("STREAM") & (reads_left != 0)
@@ -183,6 +207,8 @@ class StoreUnit(wiring.Component):
         with m.If(issue):
             m.d.sync += [acc_addr.eq(acc_addr + 1), reads_left.eq(reads_left - 1)]
         m.d.sync += in_flight.eq(in_flight + issue - table.out_valid)
+        # The raw accumulators travel beside the residual add and the table: clocked while a row is in flight.
+        raw_domain = idle_gated_domain(m, platform, lambda: in_flight != 0, "store_raw_clock")
 
         for lane in range(C):
             m.d.comb += [
@@ -201,8 +227,9 @@ class StoreUnit(wiring.Component):
             table.in_data.eq(requantized[1]),
             table.enable.eq(lookup),
             rows.w_en.eq(table.out_valid),
-            rows.w_data.eq(Mux(raw, delayed(m, ppu.out_raw.as_value(), self._add_latency + LookupTable.latency,
-                                            "raw"), table.out_data.as_value())),
+            rows.w_data.eq(Mux(raw, _delayed_in(m, raw_domain, ppu.out_raw.as_value(),
+                                                self._add_latency + LookupTable.latency, "raw"),
+                               table.out_data.as_value())),
         ]
 
         # Write each row as whole beats.
@@ -227,7 +254,7 @@ class StoreUnit(wiring.Component):
     def _add_latency(self) -> int:
         return ResidualAdd.latency if self.config.residual_add else 0
 
-    def _residual_add(self, m: Module, fsm, ppu: PostProcessor, issue: Signal, add: Signal,
+    def _residual_add(self, m: Module, platform, fsm, ppu: PostProcessor, issue: Signal, add: Signal,
                       add_block: Signal, stride: Signal) -> tuple[Value, tuple[Value, Value]]:
         """The residual add after ``ppu``: requests each row's addend ahead while the addend FIFO has room for it
         and adds it to the requantized row. Returns whether an accumulator entry may be read (its addend row has
@@ -237,7 +264,13 @@ class StoreUnit(wiring.Component):
         word = self.instr.payload
         field = lambda name: instruction_field(word, name, Opcode.STORE)
         m.submodules.residual = residual = ResidualAdd(C)
-        m.submodules.addends = addends = SyncFIFOBuffered(width=8 * C, depth=_ADDEND_FIFO_DEPTH)
+        addends = SyncFIFOBuffered(width=8 * C, depth=_ADDEND_FIFO_DEPTH)
+        fetching = fsm.ongoing("TOKEN") | fsm.ongoing("STREAM")  # addends need no accumulator: ahead of the token
+        # The Verilator model clocks the addend rows only while they are fetched or held (in TOKEN and STREAM
+        # the only responses are addend rows).
+        addend_domain = idle_gated_domain(m, platform, lambda: fetching & add | (addends.level != 0),
+                                          "store_addend_clock")
+        m.submodules.addends = _clocked(addends, addend_domain)
         addend_addr = Signal(32)
         addend_reqs_left = Signal(17)
         with m.If(fsm.ongoing("IDLE") & self.instr.valid):
@@ -247,7 +280,6 @@ class StoreUnit(wiring.Component):
         addend_offset = add_block[192:224].as_signed()
         requested = Signal(range(_ADDEND_FIFO_DEPTH + 1))  # rows requested, not all their beats arrived
         request = Signal()
-        fetching = fsm.ongoing("TOKEN") | fsm.ongoing("STREAM")  # addends need no accumulator: ahead of the token
         m.d.comb += request.eq(fetching & add & (addend_reqs_left != 0)
                                & (requested + addends.level < _ADDEND_FIFO_DEPTH))
         with m.If(request):
@@ -261,8 +293,8 @@ class StoreUnit(wiring.Component):
         assembled = Cat(addend_row[8 * P:], self.mem.resp.payload)
         arrived = fetching & self.mem.resp.valid & (addend_beat == row_beats - 1)
         with m.If(fetching & self.mem.resp.valid):
-            m.d.sync += [addend_row.eq(assembled), addend_beat.eq(Mux(addend_beat == row_beats - 1, 0,
-                                                                        addend_beat + 1))]
+            m.d[addend_domain] += [addend_row.eq(assembled),
+                                   addend_beat.eq(Mux(addend_beat == row_beats - 1, 0, addend_beat + 1))]
         m.d.comb += [addends.w_en.eq(arrived), addends.w_data.eq(assembled)]
         m.d.sync += requested.eq(requested + requested_now - arrived)
 
