@@ -28,9 +28,11 @@ class SystolicArray(wiring.Component):
     chain runs ``c`` cycles after column 0. An activation entering row ``r``
     in cycle ``t`` is multiplied in column ``c`` in cycle ``t + 1 + c``.
 
-    The registers that move activations along a row, and shadow weights
-    along a column, are one wide shift register each: the netlist is the
-    same cells, but a cycle-based simulator moves a whole row or column in a
+    The form is chosen for Verilator; the netlist is the same cells either
+    way. Each cell's activation is its own register, so the model copies a
+    row's chain in place, last cell first (as one wide shift register, each
+    row went through a temporary copy every cycle). The shadow weights of a
+    column are one wide shift register, which moves under its enable in a
     few word operations.
     """
 
@@ -54,7 +56,7 @@ class SystolicArray(wiring.Component):
         m = Module()
         R, C = self.rows, self.cols
         # Datapath registers need no reset: the valid bits outside the array have one.
-        act_rows = [Signal(9 * C, name=f"act_row_{r}", reset_less=True) for r in range(R)]
+        acts = [[Signal(signed(9), name=f"act_{r}_{c}", reset_less=True) for c in range(C)] for r in range(R)]
         first_rows = [Signal(C - 1, name=f"first_row_{r}", reset_less=True) for r in range(R)]
         bank_rows = [Signal(C - 1, name=f"bank_row_{r}", reset_less=True) for r in range(R)]
         shadow_cols = [[Signal(8 * R, name=f"shadow{bank}_col_{c}", reset_less=True) for c in range(C)]
@@ -66,7 +68,8 @@ class SystolicArray(wiring.Component):
 
         for r in range(R):
             m.d.sync += [
-                act_rows[r].eq(Cat(self.act[r], act_rows[r][:9 * (C - 1)])),
+                acts[r][0].eq(self.act[r]),
+                *(acts[r][c].eq(acts[r][c - 1]) for c in range(1, C)),
                 first_rows[r].eq(Cat(self.act_first[r], first_rows[r][:C - 2])),
                 bank_rows[r].eq(Cat(self.act_bank[r], bank_rows[r][:C - 2])),
             ]
@@ -83,8 +86,7 @@ class SystolicArray(wiring.Component):
                 with m.If(swap):
                     m.d.sync += active[r][c].eq(Mux(bank, shadow_cols[1][c][8 * r:8 * r + 8],
                                                     shadow_cols[0][c][8 * r:8 * r + 8]))
-                act = act_rows[r][9 * c:9 * c + 9].as_signed()
-                m.d.sync += product[r][c].eq(act * active[r][c])
+                m.d.sync += product[r][c].eq(acts[r][c] * active[r][c])
                 above = psum[r - 1][c] if r > 0 else 0
                 m.d.sync += psum[r][c].eq(above + product[r][c])
         for c in range(C):
