@@ -5,6 +5,8 @@ from amaranth.lib import wiring
 from amaranth.lib.data import ArrayLayout
 from amaranth.lib.wiring import In, Out
 
+from mvu.hdl.pipeline import idle_gated_domain
+
 __all__ = ["SystolicArray"]
 
 
@@ -33,7 +35,8 @@ class SystolicArray(wiring.Component):
     row's chain in place, last cell first (as one wide shift register, each
     row went through a temporary copy every cycle). The shadow weights of a
     column are one wide shift register, which moves under its enable in a
-    few word operations.
+    few word operations; in the simulator's Verilog on a clock that runs
+    only while a tile loads (:func:`~mvu.hdl.pipeline.idle_gated_domain`).
     """
 
     def __init__(self, rows: int, cols: int, psum_bits: int):
@@ -73,10 +76,13 @@ class SystolicArray(wiring.Component):
                 first_rows[r].eq(Cat(self.act_first[r], first_rows[r][:C - 2])),
                 bank_rows[r].eq(Cat(self.act_bank[r], bank_rows[r][:C - 2])),
             ]
+        # Shadow weights shift only while a tile loads: the simulator's Verilog skips them otherwise. ``wl_en`` comes
+        # from registers (the preloader's shift flag and its skew stages), as the gate's enable must.
+        loading = m.d[idle_gated_domain(m, platform, lambda: Cat(*self.wl_en).any(), "shadow_clock")]
         for c in range(C):
             for bank, shadow in enumerate(shadow_cols):
                 with m.If(self.wl_en[c] & (self.wl_bank[c] == bank)):
-                    m.d.sync += shadow[c].eq(Cat(self.wl_data[c], shadow[c][:8 * (R - 1)]))
+                    loading += shadow[c].eq(Cat(self.wl_data[c], shadow[c][:8 * (R - 1)]))
 
         for r in range(R):
             for c in range(C):
